@@ -1,0 +1,164 @@
+// Every setting the gateway reads, declared once. The Config type is derived from this table, the
+// server and (later) the CLI share it, and a bad value stops the process at boot with one line that
+// names the setting (see server.ts).
+
+export class ConfigError extends Error {
+  constructor(
+    readonly setting: string,
+    problem: string,
+  ) {
+    super(`${setting} ${problem}`);
+    this.name = 'ConfigError';
+  }
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+interface Setting<T> {
+  readonly env: string;
+  readonly fallback: string;
+  readonly parse: (text: string, env: string) => T;
+}
+
+function setting<T>(env: string, fallback: string, parse: (text: string, env: string) => T): Setting<T> {
+  return { env, fallback, parse };
+}
+
+export const MIN_KEY_LENGTH = 16;
+const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
+const BYTE_UNITS: Record<string, number> = { '': 1, b: 1, kb: 1024, mb: 1024 ** 2, gb: 1024 ** 3 };
+
+function apiKeyList(text: string, env: string): string[] {
+  const keys = text
+    .split(',')
+    .map((k) => k.trim())
+    .filter((k) => k !== '');
+  if (keys.length === 0) {
+    throw new ConfigError(env, 'is empty: set at least one client key (comma-separated), e.g. generate one with `node -e "console.log(\'sk-\' + crypto.randomBytes(24).toString(\'base64url\'))"`');
+  }
+  const seen = new Map<string, number>();
+  keys.forEach((key, i) => {
+    // Never echo a key: name it by its position only.
+    if (key.length < MIN_KEY_LENGTH) {
+      throw new ConfigError(env, `key ${i + 1} is ${key.length} characters long; each key needs at least ${MIN_KEY_LENGTH}`);
+    }
+    if (/\s/.test(key)) throw new ConfigError(env, `key ${i + 1} contains whitespace`);
+    const before = seen.get(key);
+    if (before !== undefined) throw new ConfigError(env, `key ${i + 1} repeats key ${before}`);
+    seen.set(key, i + 1);
+  });
+  return keys;
+}
+
+function httpUrl(text: string, env: string): string {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new ConfigError(env, `must be an http(s) URL such as http://127.0.0.1:5857, got "${text}"`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new ConfigError(env, `must be an http(s) URL, got protocol "${url.protocol}"`);
+  }
+  if (url.username || url.password) throw new ConfigError(env, 'must not contain credentials; use LLM_UPSTREAM_API_KEY');
+  if (url.search || url.hash) throw new ConfigError(env, 'must not contain a query or fragment');
+  // Keep an optional path prefix (llama-server --api-prefix), without its trailing slash.
+  return url.origin + url.pathname.replace(/\/+$/, '');
+}
+
+function optionalSecret(text: string, env: string): string {
+  const value = text.trim();
+  if (/\s/.test(value)) throw new ConfigError(env, 'must not contain whitespace');
+  return value;
+}
+
+function port(text: string, env: string): number {
+  const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
+  if (!Number.isInteger(n) || n < 1 || n > 65535) {
+    throw new ConfigError(env, `must be a port number from 1 to 65535, got "${text}"`);
+  }
+  return n;
+}
+
+function host(text: string, env: string): string {
+  const value = text.trim();
+  if (value === '' || /[\s/]/.test(value)) throw new ConfigError(env, `must be a listen address such as 127.0.0.1 or 0.0.0.0, got "${text}"`);
+  return value;
+}
+
+export type CorsOrigins = '*' | readonly string[] | null;
+
+function corsOrigins(text: string, env: string): CorsOrigins {
+  const value = text.trim();
+  if (value === '') return null;
+  if (value === '*') return '*';
+  return value
+    .split(',')
+    .map((o) => o.trim())
+    .filter((o) => o !== '')
+    .map((origin) => {
+      let parsed: URL | undefined;
+      try {
+        parsed = new URL(origin);
+      } catch {
+        parsed = undefined;
+      }
+      if (parsed === undefined || parsed.origin !== origin) {
+        throw new ConfigError(env, `must be "*" or a comma list of exact origins like https://chat.example.com (scheme and host, no path or trailing slash), got "${origin}"`);
+      }
+      return origin;
+    });
+}
+
+function byteSize(text: string, env: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb)?\s*$/i.exec(text);
+  const n = m ? Math.floor(Number(m[1]) * BYTE_UNITS[(m[2] ?? '').toLowerCase()]!) : NaN;
+  if (!Number.isSafeInteger(n) || n < 1) {
+    throw new ConfigError(env, `must be a size such as 50mb, 512kb or 1048576 (bytes), got "${text}"`);
+  }
+  return n;
+}
+
+function millis(text: string, env: string): number {
+  const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n) || n < 1) throw new ConfigError(env, `must be a whole number of milliseconds (> 0), got "${text}"`);
+  return n;
+}
+
+function logLevel(text: string, env: string): string {
+  const value = text.trim().toLowerCase();
+  if (!LOG_LEVELS.has(value)) throw new ConfigError(env, `must be one of ${[...LOG_LEVELS].join(', ')}, got "${text}"`);
+  return value;
+}
+
+export const SETTINGS = {
+  apiKeys: setting('LLM_API_KEYS', '', apiKeyList),
+  upstream: setting('LLM_UPSTREAM', 'http://127.0.0.1:5857', httpUrl),
+  upstreamApiKey: setting('LLM_UPSTREAM_API_KEY', '', optionalSecret),
+  port: setting('GATEWAY_PORT', '8787', port),
+  host: setting('GATEWAY_HOST', '127.0.0.1', host),
+  corsAllowOrigin: setting('CORS_ALLOW_ORIGIN', '', corsOrigins),
+  bodyLimit: setting('GATEWAY_BODY_LIMIT', '50mb', byteSize),
+  headersTimeoutMs: setting('GATEWAY_HEADERS_TIMEOUT_MS', String(10 * 60_000), millis),
+  idleTimeoutMs: setting('GATEWAY_IDLE_TIMEOUT_MS', String(5 * 60_000), millis),
+  shutdownGraceMs: setting('GATEWAY_SHUTDOWN_GRACE_MS', '30000', millis),
+  logLevel: setting('LOG_LEVEL', 'info', logLevel),
+} as const;
+
+export type Config = { readonly [K in keyof typeof SETTINGS]: ReturnType<(typeof SETTINGS)[K]['parse']> };
+
+/** Reads every setting from `env` (an unset or empty value takes the default). Throws ConfigError. */
+export function loadConfig(env: Env = process.env): Config {
+  const out: Record<string, unknown> = {};
+  for (const [name, s] of Object.entries(SETTINGS) as [string, Setting<unknown>][]) {
+    const raw = env[s.env];
+    out[name] = s.parse(raw === undefined || raw.trim() === '' ? s.fallback : raw, s.env);
+  }
+  return out as Config;
+}
+
+/** Config for tests and embedding: defaults plus what is given, without reading the environment. */
+export function configWith(overrides: Partial<Config> & Pick<Config, 'apiKeys'>): Config {
+  const defaults = loadConfig({ [SETTINGS.apiKeys.env]: overrides.apiKeys.join(',') });
+  return { ...defaults, ...overrides };
+}

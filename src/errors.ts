@@ -1,0 +1,71 @@
+// The errors the gateway itself answers with. Clients are OpenAI SDKs, so every one has OpenAI's
+// shape {"error":{"message","type","param","code"}}; upstream (llama-server) errors are passed
+// through untouched instead. A 5xx never carries an internal message.
+
+export class GatewayError extends Error {
+  /** The serialized response body, computed once. */
+  readonly body: string;
+
+  constructor(
+    readonly statusCode: number,
+    readonly type: string,
+    readonly code: string | null,
+    message: string,
+    readonly param: string | null = null,
+  ) {
+    super(message);
+    this.name = 'GatewayError';
+    this.body = JSON.stringify({ error: { message, type, param, code } });
+  }
+}
+
+// The body the original gateway sent for a missing or wrong key; kept word for word (clients match
+// on it), with OpenAI's `param`/`code` added.
+export const INVALID_API_KEY = new GatewayError(401, 'invalid_api_key', 'invalid_api_key', 'Incorrect API key provided.');
+
+export const ROUTE_NOT_FOUND = (method: string, url: string): GatewayError =>
+  new GatewayError(404, 'invalid_request_error', 'route_not_found', `No route ${method} ${url.split('?')[0]!.slice(0, 200)}. This gateway serves the OpenAI-compatible /v1 API.`);
+
+export const MODEL_NOT_FOUND = (id: string): GatewayError =>
+  new GatewayError(404, 'invalid_request_error', 'model_not_found', `The model '${id.slice(0, 200)}' does not exist`, 'model');
+
+export const INVALID_JSON = (detail: string): GatewayError =>
+  new GatewayError(400, 'invalid_request_error', 'invalid_json', `We could not parse the JSON body of your request. (${detail}) Send a JSON object with Content-Type: application/json.`);
+
+export const BODY_NOT_OBJECT = new GatewayError(400, 'invalid_request_error', 'invalid_json', 'The request body must be a JSON object.');
+
+export const BODY_MISSING = new GatewayError(400, 'invalid_request_error', 'missing_body', 'This route needs a JSON request body.');
+
+export const BODY_TOO_LARGE = (limit: number): GatewayError =>
+  new GatewayError(413, 'invalid_request_error', 'request_too_large', `The request body is larger than this gateway's limit of ${limit} bytes (GATEWAY_BODY_LIMIT).`);
+
+export const UPSTREAM_UNREACHABLE = new GatewayError(502, 'upstream_error', 'upstream_unreachable', 'The gateway could not reach the model server (llama-server). It may be stopped or starting up; try again shortly.');
+
+export const UPSTREAM_BAD_RESPONSE = new GatewayError(502, 'upstream_error', 'upstream_bad_response', 'The model server (llama-server) sent a response the gateway could not use.');
+
+export const UPSTREAM_TIMEOUT = (ms: number): GatewayError =>
+  new GatewayError(504, 'upstream_error', 'upstream_timeout', `The model server (llama-server) did not answer within ${Math.round(ms / 1000)} s (GATEWAY_HEADERS_TIMEOUT_MS).`);
+
+export const SHUTTING_DOWN = new GatewayError(503, 'server_error', 'shutting_down', 'The gateway is restarting; retry in a few seconds.');
+
+export const INTERNAL = new GatewayError(500, 'server_error', 'internal_error', 'The gateway hit an internal error.');
+
+/** Fastify's own request errors, answered in OpenAI shape. */
+export function fromFastifyError(err: { code?: string; statusCode?: number; message: string }, bodyLimit: number): GatewayError {
+  switch (err.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return BODY_TOO_LARGE(bodyLimit);
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return BODY_MISSING;
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return new GatewayError(400, 'invalid_request_error', 'invalid_content_length', 'Content-Length does not match the body that was sent.');
+    default:
+      break;
+  }
+  const status = err.statusCode ?? 500;
+  if (status === 503) return SHUTTING_DOWN; // Fastify's answer to requests that arrive while closing
+  if (status >= 400 && status < 500) {
+    return new GatewayError(status, 'invalid_request_error', err.code ?? null, err.message);
+  }
+  return INTERNAL;
+}

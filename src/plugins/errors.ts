@@ -1,0 +1,37 @@
+// Every error the gateway answers leaves in OpenAI's shape: thrown GatewayErrors, Fastify's own
+// request errors (body too large, bad content-length…), unknown routes, and anything unexpected
+// (a plain 500 without internals).
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import fp from 'fastify-plugin';
+import { GatewayError, ROUTE_NOT_FOUND, fromFastifyError } from '../errors.js';
+
+const JSON_TYPE = 'application/json; charset=utf-8';
+
+export function sendError(reply: FastifyReply, err: GatewayError): FastifyReply {
+  return reply.code(err.statusCode).header('content-type', JSON_TYPE).send(err.body);
+}
+
+export default fp(
+  async function errorsPlugin(app: FastifyInstance, opts: { bodyLimit: number }) {
+    app.setErrorHandler((err: FastifyError | GatewayError, request: FastifyRequest, reply: FastifyReply) => {
+      const gatewayError = err instanceof GatewayError ? err : fromFastifyError(err, opts.bodyLimit);
+      if (gatewayError.statusCode >= 500) {
+        // Upstream failures are logged where they happen; this one is ours.
+        if (!(err instanceof GatewayError)) request.log.error({ err }, 'unhandled error');
+      } else if (!(err instanceof GatewayError)) {
+        request.log.info({ code: err.code, statusCode: gatewayError.statusCode }, err.message);
+      }
+      // A 5xx ends the connection only if the reply had already started; otherwise answer.
+      if (reply.raw.headersSent) {
+        reply.raw.destroy();
+        return;
+      }
+      return sendError(reply, gatewayError);
+    });
+
+    app.setNotFoundHandler((request: FastifyRequest, reply: FastifyReply) => {
+      sendError(reply, ROUTE_NOT_FOUND(request.method, request.url));
+    });
+  },
+  { name: 'errors', fastify: '5.x' },
+);

@@ -1,0 +1,156 @@
+// The way to llama-server: one pooled undici connection pool, and `forward()`, which sends a
+// request's bytes upstream and streams the answer back.
+//
+// We call undici directly instead of @fastify/reply-from (DESIGN.md, "Cancellation"): reply-from
+// leaves the upstream request running when the client leaves before upstream headers arrive
+// (llama-server still processing the prompt or waiting for a slot) and for `stream:false` (the
+// whole generation runs on). Here every upstream request carries an AbortSignal tied to the client
+// response's `close`, so llama-server frees its slot at once in every phase.
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import fp from 'fastify-plugin';
+import { Pool, type Dispatcher } from 'undici';
+import type { Config } from '../config.js';
+import { GatewayError, UPSTREAM_BAD_RESPONSE, UPSTREAM_TIMEOUT, UPSTREAM_UNREACHABLE } from '../errors.js';
+import { clientResponseHeaders, upstreamRequestHeaders } from '../lib/headers.js';
+import { relaySse, type BrokenStream, type SseDialect } from '../lib/sse-relay.js';
+
+/** A parsed JSON request body: the bytes as received (forwarded unchanged) and their parse. */
+export interface JsonBody {
+  readonly raw: Buffer;
+  readonly json: Record<string, unknown>;
+}
+
+export interface UpstreamAnswer {
+  readonly statusCode: number;
+  readonly headers: Record<string, string | string[] | undefined>;
+  readonly text: string;
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    upstream: Upstream;
+  }
+}
+
+const SHORT_CALL_TIMEOUT_MS = 10_000;
+
+/** What to tell the client when a stream from upstream breaks after it started. */
+function describeBreak(idleTimeoutMs: number) {
+  return (err: Error): BrokenStream => {
+    if ((err as { code?: string }).code === 'UND_ERR_BODY_TIMEOUT') {
+      return { code: 'upstream_timeout', message: `The model server sent nothing for ${Math.round(idleTimeoutMs / 1000)} s (GATEWAY_IDLE_TIMEOUT_MS); the stream was ended.` };
+    }
+    return { code: 'upstream_stream_broken', message: 'The model server (llama-server) closed the stream before it was complete.' };
+  };
+}
+
+export class Upstream {
+  readonly #pool: Pool;
+  readonly #basePath: string;
+  readonly #authorization: string | undefined;
+  readonly #headersTimeout: number;
+  readonly #describeBreak: (err: Error) => BrokenStream;
+
+  constructor(config: Config) {
+    const url = new URL(config.upstream);
+    this.#basePath = url.pathname === '/' ? '' : url.pathname;
+    this.#authorization = config.upstreamApiKey === '' ? undefined : `Bearer ${config.upstreamApiKey}`;
+    this.#headersTimeout = config.headersTimeoutMs;
+    this.#describeBreak = describeBreak(config.idleTimeoutMs);
+    // One connection per request in flight (HTTP/1.1, no pipelining); kept alive between them.
+    // The pool's own timeouts are the defaults for forward(); short calls pass their own.
+    this.#pool = new Pool(url.origin, {
+      headersTimeout: config.headersTimeoutMs,
+      bodyTimeout: config.idleTimeoutMs,
+      connectTimeout: SHORT_CALL_TIMEOUT_MS,
+      pipelining: 1,
+    });
+  }
+
+  /**
+   * Sends the request to `path` upstream (the route's canonical path: the client's URL and query
+   * never reach llama-server) and replies with llama-server's status, scrubbed headers and body.
+   * SSE bodies are relayed chunk by chunk; everything else is streamed as it arrives.
+   */
+  async forward(request: FastifyRequest, reply: FastifyReply, path: string, dialect: SseDialect): Promise<FastifyReply | undefined> {
+    const body = request.body as JsonBody | undefined;
+    const res = reply.raw;
+    const ac = new AbortController();
+    const abort = (): void => ac.abort();
+    res.once('close', abort);
+
+    let answer: Dispatcher.ResponseData;
+    try {
+      answer = await this.#pool.request({
+        method: request.method as Dispatcher.HttpMethod,
+        path: this.#basePath + path,
+        headers: upstreamRequestHeaders(request.headers, request.ip, this.#authorization, body !== undefined),
+        body: body?.raw,
+        signal: ac.signal,
+      });
+    } catch (err) {
+      if (ac.signal.aborted) {
+        // Nobody is waiting any more; the abort has already closed the upstream socket.
+        request.log.info({ key: request.apiKey?.id }, 'client closed the connection before the model server answered; upstream request cancelled');
+        return undefined;
+      }
+      throw this.#toGatewayError(err, request);
+    }
+
+    reply.code(answer.statusCode).headers(clientResponseHeaders(answer.headers));
+    const contentType = answer.headers['content-type'];
+    if (typeof contentType === 'string' && contentType.startsWith('text/event-stream')) {
+      reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
+      return reply.send(
+        relaySse(answer.body, dialect, this.#describeBreak, (err) => request.log.warn({ err: { code: (err as { code?: string }).code, message: err.message } }, 'upstream stream broke')),
+      );
+    }
+    return reply.send(answer.body);
+  }
+
+  /** A short GET to llama-server that the gateway reads itself (health, model list). */
+  async get(path: string): Promise<UpstreamAnswer> {
+    try {
+      const answer = await this.#pool.request({
+        method: 'GET',
+        path: this.#basePath + path,
+        headers: this.#authorization === undefined ? {} : { authorization: this.#authorization },
+        headersTimeout: SHORT_CALL_TIMEOUT_MS,
+        bodyTimeout: SHORT_CALL_TIMEOUT_MS,
+      });
+      return { statusCode: answer.statusCode, headers: answer.headers, text: await answer.body.text() };
+    } catch (err) {
+      throw this.#toGatewayError(err);
+    }
+  }
+
+  #toGatewayError(err: unknown, request?: FastifyRequest): GatewayError {
+    const code = (err as { code?: string }).code;
+    request?.log.warn({ err: { code, message: (err as Error).message } }, 'upstream request failed');
+    if (code === 'UND_ERR_HEADERS_TIMEOUT') return UPSTREAM_TIMEOUT(request === undefined ? SHORT_CALL_TIMEOUT_MS : this.#headersTimeout);
+    if (code !== undefined && code.startsWith('HPE_')) return UPSTREAM_BAD_RESPONSE; // llhttp parse error
+    // ECONNREFUSED, ENOTFOUND, ECONNRESET, UND_ERR_SOCKET, UND_ERR_CONNECT_TIMEOUT, …
+    return UPSTREAM_UNREACHABLE;
+  }
+
+  /** Ends every upstream request at once (shutdown after the grace period). */
+  destroy(): Promise<void> {
+    return this.#pool.destroy();
+  }
+
+  close(): Promise<void> {
+    return this.#pool.close();
+  }
+}
+
+export default fp(
+  async function proxyPlugin(app: FastifyInstance, opts: { config: Config }) {
+    const upstream = new Upstream(opts.config);
+    app.decorate('upstream', upstream);
+    // In-flight streams are done (or cut by the shutdown grace timer) when onClose runs.
+    app.addHook('onClose', async () => {
+      await upstream.destroy();
+    });
+  },
+  { name: 'proxy', fastify: '5.x' },
+);

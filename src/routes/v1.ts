@@ -1,0 +1,60 @@
+// The OpenAI-compatible surface, and nothing else: an explicit allowlist. Every other path (the
+// llama-server operator routes /slots, /props, /metrics, /lora-adapters, /tools, /cors-proxy,
+// /v1/stream…, /models, /predict, the web UI) answers the gateway's 404 without touching upstream.
+// Each route forwards to its own canonical path, so path tricks (/v1/../slots, //slots, %2e%2e)
+// can only miss a route, never reach another one upstream, and query strings are dropped.
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { BODY_MISSING, MODEL_NOT_FOUND, UPSTREAM_BAD_RESPONSE } from '../errors.js';
+import type { SseDialect } from '../lib/sse-relay.js';
+
+export const POST_ROUTES = [
+  '/v1/chat/completions',
+  '/v1/completions',
+  '/v1/embeddings',
+  '/v1/rerank',
+  '/v1/responses',
+  '/v1/messages',
+  '/v1/messages/count_tokens',
+] as const;
+
+interface ModelEntry {
+  id?: unknown;
+  aliases?: unknown;
+}
+
+function findModel(text: string, id: string): ModelEntry | undefined {
+  let list: { data?: unknown };
+  try {
+    list = JSON.parse(text) as { data?: unknown };
+  } catch {
+    throw UPSTREAM_BAD_RESPONSE;
+  }
+  if (!Array.isArray(list.data)) throw UPSTREAM_BAD_RESPONSE;
+  return (list.data as ModelEntry[]).find((m) => m.id === id || (Array.isArray(m.aliases) && m.aliases.includes(id)));
+}
+
+export default async function v1Routes(app: FastifyInstance): Promise<void> {
+  const upstream = app.upstream;
+
+  for (const path of POST_ROUTES) {
+    const dialect: SseDialect = path.startsWith('/v1/messages') ? 'anthropic' : 'openai';
+    app.post(path, (request: FastifyRequest, reply: FastifyReply) => {
+      if (request.body === undefined) throw BODY_MISSING;
+      return upstream.forward(request, reply, path, dialect);
+    });
+  }
+
+  app.get('/v1/models', (request: FastifyRequest, reply: FastifyReply) => upstream.forward(request, reply, '/v1/models', 'openai'));
+
+  // llama-server has no /v1/models/{id}; the SDK's models.retrieve() expects one.
+  app.get<{ Params: { id: string } }>('/v1/models/:id', async (request, reply) => {
+    const answer = await upstream.get('/v1/models');
+    if (answer.statusCode !== 200) {
+      return reply.code(answer.statusCode).header('content-type', 'application/json; charset=utf-8').send(answer.text);
+    }
+    const model = findModel(answer.text, request.params.id);
+    if (model === undefined) throw MODEL_NOT_FOUND(request.params.id);
+    return reply.header('content-type', 'application/json; charset=utf-8').send(JSON.stringify(model));
+  });
+}
+

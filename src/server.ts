@@ -1,0 +1,109 @@
+// Process entry: read settings (.env, then the real environment wins), print the banner, build the
+// app, listen, tell pm2 we are ready, and close gracefully on SIGINT/SIGTERM.
+import type { FastifyServerOptions } from 'fastify';
+import { buildApp } from './app.js';
+import { ConfigError, loadConfig, type Config } from './config.js';
+
+const ENV_FILE = '.env';
+const IDLE_SWEEP_MS = 200;
+
+function fail(message: string): never {
+  process.stderr.write(`❌ LLM Gateway cannot start: ${message}\n`);
+  process.exit(1);
+}
+
+function readSettings(): Config {
+  try {
+    // Node's own .env reader; values already in the environment are kept.
+    process.loadEnvFile(ENV_FILE);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') fail(`could not read ${ENV_FILE}: ${(err as Error).message}`);
+  }
+  try {
+    return loadConfig(process.env);
+  } catch (err) {
+    if (err instanceof ConfigError) fail(err.message);
+    throw err;
+  }
+}
+
+function loggerOptions(config: Config): FastifyServerOptions['logger'] {
+  return {
+    level: config.logLevel,
+    // Keys never reach a log line, even if someone logs a request's headers.
+    redact: { paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers.cookie', 'req.headers["x-my-llm-key"]'], censor: '[redacted]' },
+    // JSON for machines; pretty only when a person watches a terminal.
+    ...(process.stdout.isTTY ? { transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss', ignore: 'pid,hostname' } } } : {}),
+  };
+}
+
+function displayHost(host: string): string {
+  return host === '127.0.0.1' || host === '0.0.0.0' || host === '::' || host === '::1' ? 'localhost' : host;
+}
+
+async function main(): Promise<void> {
+  const config = readSettings();
+  console.log('✅ LLM Gateway starting with config:');
+  console.log(`  - Port: ${config.port}`);
+  console.log(`  - Upstream: ${config.upstream}`);
+  console.log(`  - Valid API keys: ${config.apiKeys.length}`);
+
+  const app = await buildApp(config, { logger: loggerOptions(config) });
+  try {
+    await app.listen({ port: config.port, host: config.host });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE') fail(`GATEWAY_PORT ${config.port} is already in use on ${config.host}`);
+    if (code === 'EADDRNOTAVAIL' || code === 'ENOTFOUND') fail(`GATEWAY_HOST ${config.host} is not an address of this machine`);
+    throw err;
+  }
+  console.log(`🚀 LLM API Gateway listening on http://${displayHost(config.host)}:${config.port}`);
+  process.send?.('ready'); // pm2 wait_ready
+
+  // Say once at start whether llama-server answers; requests will say it again if not.
+  app.upstream.get('/health').then(
+    (answer) => app.log.info({ upstream: config.upstream, status: answer.statusCode }, answer.statusCode === 200 ? 'upstream ready' : 'upstream not ready yet'),
+    () => app.log.warn({ upstream: config.upstream }, 'upstream unreachable: is llama-server running? Requests will get 502 until it is'),
+  );
+
+  let stopping = false;
+  const abortInFlight = (): void => {
+    app.upstream.destroy().catch(() => {});
+    app.server.closeAllConnections();
+  };
+  const stop = (signal: NodeJS.Signals): void => {
+    if (stopping) {
+      app.log.warn({ signal }, 'second signal: ending in-flight requests now');
+      abortInFlight();
+      return;
+    }
+    stopping = true;
+    app.log.info({ signal, graceMs: config.shutdownGraceMs }, 'shutting down: no new connections, letting in-flight requests finish');
+    const grace = setTimeout(() => {
+      app.log.warn('shutdown grace period over: ending in-flight requests');
+      abortInFlight();
+    }, config.shutdownGraceMs);
+    // A keep-alive connection whose last response just finished would hold server.close() open
+    // until its idle timeout; close such connections as soon as they go idle.
+    const sweep = setInterval(() => app.server.closeIdleConnections(), IDLE_SWEEP_MS);
+    app.close().then(
+      () => {
+        clearTimeout(grace);
+        clearInterval(sweep);
+        app.log.info('stopped');
+        process.exit(0);
+      },
+      (err: unknown) => {
+        app.log.error({ err }, 'error while closing');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`❌ LLM Gateway failed: ${(err as Error).message}\n`);
+  process.exit(1);
+});
