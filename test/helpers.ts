@@ -1,0 +1,140 @@
+// Test plumbing: a real gateway on a real port in front of the fake llama-server, and a plain
+// HTTP client that sends paths exactly as written (fetch would normalise /v1/../slots).
+import http from 'node:http';
+import net from 'node:net';
+import { Writable } from 'node:stream';
+import type { FastifyInstance } from 'fastify';
+import { buildApp } from '../src/app.js';
+import { configWith, type Config } from '../src/config.js';
+import { startFakeLlama, type FakeBehavior, type FakeLlama } from './fixtures/fake-llama.js';
+
+export const KEY_A = 'sk-test-alice-0123456789abcdef';
+export const KEY_B = 'sk-test-bob-0123456789abcdef00';
+export const AUTH_A = { authorization: `Bearer ${KEY_A}` };
+
+export interface Teardown {
+  teardown(fn: () => unknown): void;
+}
+
+export interface Gateway {
+  readonly url: string;
+  readonly port: number;
+  readonly app: FastifyInstance;
+  readonly fake: FakeLlama;
+  /** Every log line the gateway wrote, parsed. */
+  readonly logs: Record<string, unknown>[];
+  /** The raw log text (to prove a key never appears in it). */
+  logText(): string;
+}
+
+export async function startGateway(
+  t: Teardown,
+  overrides: Partial<Config> = {},
+  behavior: Partial<FakeBehavior> = {},
+): Promise<Gateway> {
+  const fake = await startFakeLlama(behavior);
+  const logs: Record<string, unknown>[] = [];
+  let text = '';
+  const stream = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      const line = chunk.toString('utf8');
+      text += line;
+      for (const l of line.split('\n')) if (l.trim() !== '') logs.push(JSON.parse(l) as Record<string, unknown>);
+      cb();
+    },
+  });
+  const config = configWith({ apiKeys: [KEY_A, KEY_B], upstream: fake.url, ...overrides });
+  const app = await buildApp(config, { logger: { level: 'info', stream } });
+  await app.listen({ port: 0, host: '127.0.0.1' });
+  const port = (app.server.address() as net.AddressInfo).port;
+  t.teardown(async () => {
+    app.server.closeAllConnections();
+    await app.close();
+    await fake.close();
+  });
+  return { url: `http://127.0.0.1:${port}`, port, app, fake, logs, logText: () => text };
+}
+
+export interface RawResponse {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  rawHeaders: string[];
+  body: Buffer;
+  text: string;
+}
+
+export interface RawRequest {
+  method?: string;
+  path: string;
+  headers?: http.OutgoingHttpHeaders;
+  body?: string | Buffer;
+}
+
+/** One request on its own connection; the path is sent byte for byte. */
+export function request(port: number, req: RawRequest): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const r = http.request(
+      { host: '127.0.0.1', port, method: req.method ?? (req.body === undefined ? 'GET' : 'POST'), path: req.path, headers: req.headers, agent: false },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const body = Buffer.concat(chunks);
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, rawHeaders: res.rawHeaders, body, text: body.toString('utf8') });
+        });
+        res.on('error', reject);
+      },
+    );
+    r.on('error', reject);
+    r.end(req.body);
+  });
+}
+
+/** Sends raw bytes on a fresh socket and returns everything received until the server closes or `untilMs`. */
+export function rawExchange(port: number, bytes: string, untilMs = 2000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1');
+    let out = '';
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve(out);
+    }, untilMs);
+    socket.on('data', (d: Buffer) => (out += d.toString('utf8')));
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve(out);
+    });
+    socket.on('error', reject);
+    socket.write(bytes);
+  });
+}
+
+export function chatBody(extra: Record<string, unknown> = {}): string {
+  return JSON.stringify({ model: 'gpt-oss-20b', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 8, ...extra });
+}
+
+/** The body of a recording as one Buffer (what llama-server sent, chunk framing removed). */
+export function recordedBody(chunks: Buffer[]): string {
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Resolves with `p`, or rejects after `ms` saying what did not happen. */
+export function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (e: unknown) => {
+        clearTimeout(timer);
+        reject(e instanceof Error ? e : new Error(String(e)));
+      },
+    );
+  });
+}
