@@ -128,7 +128,7 @@ export class Upstream {
     const code = (err as { code?: string }).code;
     request?.log.warn({ err: { code, message: (err as Error).message } }, 'upstream request failed');
     if (code === 'UND_ERR_HEADERS_TIMEOUT') return UPSTREAM_TIMEOUT(request === undefined ? SHORT_CALL_TIMEOUT_MS : this.#headersTimeout);
-    if (code !== undefined && code.startsWith('HPE_')) return UPSTREAM_BAD_RESPONSE; // llhttp parse error
+    if ((err as Error).name === 'HTTPParserError' || code?.startsWith('HPE_') === true) return UPSTREAM_BAD_RESPONSE; // not HTTP
     // ECONNREFUSED, ENOTFOUND, ECONNRESET, UND_ERR_SOCKET, UND_ERR_CONNECT_TIMEOUT, …
     return UPSTREAM_UNREACHABLE;
   }
