@@ -6,6 +6,8 @@ import { ConfigError, loadConfig, type Config } from './config.js';
 
 const ENV_FILE = '.env';
 const IDLE_SWEEP_MS = 200;
+// Time for the last error events and 503s to be written before connections are cut.
+const CUT_FLUSH_MS = 100;
 
 function fail(message: string): never {
   process.stderr.write(`❌ LLM Gateway cannot start: ${message}\n`);
@@ -68,8 +70,10 @@ async function main(): Promise<void> {
 
   let stopping = false;
   const abortInFlight = (): void => {
+    // Streams get a final error event and non-streamed requests a 503; then every connection
+    // that is still open is closed.
     app.upstream.destroy().catch(() => {});
-    app.server.closeAllConnections();
+    setTimeout(() => app.server.closeAllConnections(), CUT_FLUSH_MS).unref();
   };
   const stop = (signal: NodeJS.Signals): void => {
     if (stopping) {

@@ -10,7 +10,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { Pool, type Dispatcher } from 'undici';
 import type { Config } from '../config.js';
-import { GatewayError, UPSTREAM_BAD_RESPONSE, UPSTREAM_TIMEOUT, UPSTREAM_UNREACHABLE } from '../errors.js';
+import { GatewayError, SHUTTING_DOWN, UPSTREAM_BAD_RESPONSE, UPSTREAM_TIMEOUT, UPSTREAM_UNREACHABLE } from '../errors.js';
 import { clientResponseHeaders, upstreamRequestHeaders } from '../lib/headers.js';
 import { relaySse, type BrokenStream, type SseDialect } from '../lib/sse-relay.js';
 
@@ -35,8 +35,9 @@ declare module 'fastify' {
 const SHORT_CALL_TIMEOUT_MS = 10_000;
 
 /** What to tell the client when a stream from upstream breaks after it started. */
-function describeBreak(idleTimeoutMs: number) {
+function describeBreak(idleTimeoutMs: number, shuttingDown: () => boolean) {
   return (err: Error): BrokenStream => {
+    if (shuttingDown()) return { code: 'shutting_down', message: SHUTTING_DOWN.message };
     if ((err as { code?: string }).code === 'UND_ERR_BODY_TIMEOUT') {
       return { code: 'upstream_timeout', message: `The model server sent nothing for ${Math.round(idleTimeoutMs / 1000)} s (GATEWAY_IDLE_TIMEOUT_MS); the stream was ended.` };
     }
@@ -50,13 +51,14 @@ export class Upstream {
   readonly #authorization: string | undefined;
   readonly #headersTimeout: number;
   readonly #describeBreak: (err: Error) => BrokenStream;
+  #destroyed = false;
 
   constructor(config: Config) {
     const url = new URL(config.upstream);
     this.#basePath = url.pathname === '/' ? '' : url.pathname;
     this.#authorization = config.upstreamApiKey === '' ? undefined : `Bearer ${config.upstreamApiKey}`;
     this.#headersTimeout = config.headersTimeoutMs;
-    this.#describeBreak = describeBreak(config.idleTimeoutMs);
+    this.#describeBreak = describeBreak(config.idleTimeoutMs, () => this.#destroyed);
     // One connection per request in flight (HTTP/1.1, no pipelining); kept alive between them.
     // The pool's own timeouts are the defaults for forward(); short calls pass their own.
     this.#pool = new Pool(url.origin, {
@@ -126,6 +128,7 @@ export class Upstream {
 
   #toGatewayError(err: unknown, request?: FastifyRequest): GatewayError {
     const code = (err as { code?: string }).code;
+    if (this.#destroyed) return SHUTTING_DOWN;
     request?.log.warn({ err: { code, message: (err as Error).message } }, 'upstream request failed');
     if (code === 'UND_ERR_HEADERS_TIMEOUT') return UPSTREAM_TIMEOUT(request === undefined ? SHORT_CALL_TIMEOUT_MS : this.#headersTimeout);
     if ((err as Error).name === 'HTTPParserError' || code?.startsWith('HPE_') === true) return UPSTREAM_BAD_RESPONSE; // not HTTP
@@ -133,9 +136,11 @@ export class Upstream {
     return UPSTREAM_UNREACHABLE;
   }
 
-  /** Ends every upstream request at once (shutdown after the grace period). */
-  destroy(): Promise<void> {
-    return this.#pool.destroy();
+  /** Ends every upstream request at once (shutdown after the grace period). Idempotent. */
+  async destroy(): Promise<void> {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    await this.#pool.destroy();
   }
 
   close(): Promise<void> {
