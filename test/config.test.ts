@@ -1,7 +1,7 @@
 // Settings: defaults, every kind of bad value, and what a person sees when starting the real
 // process (dist/server.js, built by `npm test`'s pretest step).
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -171,4 +171,26 @@ t.test('the real process: banner, .env read, real environment wins, key never pr
   for (const l of jsonLines) t.doesNotThrow(() => JSON.parse(l));
   t.notMatch(run.stdout + run.stderr, KEY_A);
   t.notMatch(run.stdout + run.stderr, KEY_B);
+});
+
+t.test('npm run setup: creates .env with one fresh key, shown once, private file; keeps an existing .env', async (t) => {
+  const cwd = mkdtempSync(join(tmpdir(), 'gw-setup-'));
+  const setup = (): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, [join(ROOT, 'scripts', 'setup.mjs')], { cwd, stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
+      child.on('error', reject);
+      child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`exit ${code}`))));
+    });
+  const first = await setup();
+  const env = readFileSync(join(cwd, '.env'), 'utf8');
+  const key = /^LLM_API_KEYS=(sk-[A-Za-z0-9_-]{32})$/m.exec(env)?.[1];
+  t.ok(key, 'a generated sk- key with 192 bits');
+  t.match(first, key ?? 'missing', 'shown once');
+  t.equal(statSync(join(cwd, '.env')).mode & 0o777, 0o600, 'only the owner can read .env');
+  t.same(loadConfig({ LLM_API_KEYS: key }).apiKeys, [key], 'the gateway accepts it');
+  const second = await setup();
+  t.notMatch(second, key ?? 'missing', 'not shown again');
+  t.equal(readFileSync(join(cwd, '.env'), 'utf8'), env, 'an existing .env is left alone');
 });
