@@ -15,6 +15,7 @@
 //
 // Usage: node bench/fake-upstream.mjs  → prints {"port":N} on stdout once listening on 127.0.0.1:0.
 import http from 'node:http';
+import { pathToFileURL } from 'node:url';
 
 const nowUs = () => {
   const [s, ns] = process.hrtime();
@@ -137,7 +138,7 @@ export function createFakeUpstream() {
   return server;
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const server = createFakeUpstream();
   server.listen(0, '127.0.0.1', () => {
     process.stdout.write(`${JSON.stringify({ port: server.address().port })}\n`);
