@@ -43,8 +43,8 @@ export const UPSTREAM_UNREACHABLE = new GatewayError(502, 'upstream_error', 'ups
 
 export const UPSTREAM_BAD_RESPONSE = new GatewayError(502, 'upstream_error', 'upstream_bad_response', 'The model server (llama-server) sent a response the gateway could not use.');
 
-export const UPSTREAM_TIMEOUT = (ms: number): GatewayError =>
-  new GatewayError(504, 'upstream_error', 'upstream_timeout', `The model server (llama-server) did not answer within ${Math.round(ms / 1000)} s (GATEWAY_HEADERS_TIMEOUT_MS).`);
+export const UPSTREAM_TIMEOUT = (ms: number, setting?: string): GatewayError =>
+  new GatewayError(504, 'upstream_error', 'upstream_timeout', `The model server (llama-server) did not answer within ${Math.round(ms / 1000)} s${setting === undefined ? '' : ` (${setting})`}.`);
 
 export const SHUTTING_DOWN = new GatewayError(503, 'server_error', 'shutting_down', 'The gateway is restarting; retry in a few seconds.');
 

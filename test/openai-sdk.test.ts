@@ -1,6 +1,7 @@
 // The official OpenAI SDK (v6) as a real client through the gateway: every call a client app makes
 // returns what llama-server recorded, upstream errors surface as the SDK's typed errors, and the
 // SDK's own headers reach upstream while the client's key does not.
+import net from 'node:net';
 import OpenAI from 'openai';
 import t from 'tap';
 import { recordings } from './fixtures/fake-llama.js';
@@ -201,6 +202,25 @@ t.test('llama-server loading is an APIError with status 503', async (t) => {
     t.equal(err.message, '503 Loading model');
   }
   t.equal(gw.fake.requests.length, 4, 'one attempt each (maxRetries: 0)');
+});
+
+t.test('llama-server down is an APIError with status 502 and the gateway’s upstream_error', async (t) => {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  const gw = await startGateway(t, { upstream: `http://127.0.0.1:${port}` });
+  const { openai } = client(gw);
+  const err = await openai.chat.completions.create({ model: 'gpt-oss-20b', messages: MESSAGES }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  t.ok(err instanceof OpenAI.InternalServerError, 'OpenAI.InternalServerError');
+  if (err instanceof OpenAI.APIError) {
+    t.equal(err.status, 502);
+    t.equal(err.code, 'upstream_unreachable');
+    t.equal(err.type, 'upstream_error');
+  }
 });
 
 t.test('an error in the middle of a stream makes the iteration throw', async (t) => {

@@ -130,7 +130,9 @@ export class Upstream {
     const code = (err as { code?: string }).code;
     if (this.#destroyed) return SHUTTING_DOWN;
     request?.log.warn({ err: { code, message: (err as Error).message } }, 'upstream request failed');
-    if (code === 'UND_ERR_HEADERS_TIMEOUT') return UPSTREAM_TIMEOUT(request === undefined ? SHORT_CALL_TIMEOUT_MS : this.#headersTimeout);
+    if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
+      return request === undefined ? UPSTREAM_TIMEOUT(SHORT_CALL_TIMEOUT_MS) : UPSTREAM_TIMEOUT(this.#headersTimeout, 'GATEWAY_HEADERS_TIMEOUT_MS');
+    }
     if ((err as Error).name === 'HTTPParserError' || code?.startsWith('HPE_') === true) return UPSTREAM_BAD_RESPONSE; // not HTTP
     // ECONNREFUSED, ENOTFOUND, ECONNRESET, UND_ERR_SOCKET, UND_ERR_CONNECT_TIMEOUT, …
     return UPSTREAM_UNREACHABLE;

@@ -1,0 +1,285 @@
+// Helpers for the benchmark runner: child processes (each one killed by its PID at the end, also on
+// error and SIGINT), free ports, /proc readings (CPU seconds, RSS, other processes' CPU), wrk.
+import { spawn, execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+const children = new Map(); // pid -> { name, child }
+
+/** `taskset -c <cpu>` prefix when pinning is on and taskset exists. */
+let pinning = false;
+export function setPinning(on) {
+  pinning = on;
+}
+
+/**
+ * Starts a child process and registers it for cleanup. `cpu` pins it (taskset execs the command,
+ * so the PID is the command's own). stdout: 'pipe' | 'ignore' (i.e. /dev/null).
+ */
+export function startProcess(name, command, args, { env = process.env, cwd, cpu, stdout = 'pipe', stderr = 'pipe' } = {}) {
+  const [cmd, argv] = pinning && cpu !== undefined ? ['taskset', ['-c', String(cpu), command, ...args]] : [command, args];
+  const child = spawn(cmd, argv, { env, cwd, stdio: ['ignore', stdout, stderr] });
+  const proc = { name, child, pid: child.pid, stderr: '', exited: false, exitCode: null };
+  children.set(child.pid, proc);
+  if (child.stderr) child.stderr.on('data', (d) => (proc.stderr = (proc.stderr + d).slice(-4000)));
+  proc.exit = new Promise((resolve) => {
+    child.on('exit', (code, signal) => {
+      proc.exited = true;
+      proc.exitCode = code ?? signal;
+      children.delete(child.pid);
+      resolve(proc.exitCode);
+    });
+  });
+  child.on('error', (err) => {
+    proc.stderr += String(err);
+  });
+  return proc;
+}
+
+/** Waits for the first stdout line that parses as JSON (our servers print {"port":N}). */
+export function firstJsonLine(proc, timeoutMs = 10_000) {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const timer = setTimeout(() => reject(new Error(`${proc.name}: no output after ${timeoutMs} ms; stderr: ${proc.stderr}`)), timeoutMs);
+    proc.child.stdout.on('data', (d) => {
+      buf += d;
+      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        try {
+          const value = JSON.parse(line);
+          clearTimeout(timer);
+          resolve(value);
+          return;
+        } catch {
+          /* not yet */
+        }
+      }
+    });
+    proc.exit.then((code) => reject(new Error(`${proc.name} exited (${code}) before it was ready: ${proc.stderr}`)));
+  });
+}
+
+/** Collects a child's whole stdout and resolves with it when it exits. */
+export function collectStdout(proc) {
+  let out = '';
+  proc.child.stdout.on('data', (d) => (out += d));
+  return proc.exit.then((code) => ({ code, out }));
+}
+
+/** SIGTERM by PID, then SIGKILL after graceMs. */
+export async function stopProcess(proc, graceMs = 2000) {
+  if (proc.exited) return;
+  try {
+    process.kill(proc.pid, 'SIGTERM');
+  } catch {
+    return;
+  }
+  const killed = await Promise.race([proc.exit.then(() => true), sleep(graceMs).then(() => false)]);
+  if (!killed) {
+    try {
+      process.kill(proc.pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+    await Promise.race([proc.exit, sleep(1000)]);
+  }
+}
+
+export async function stopAll() {
+  await Promise.all([...children.values()].map((p) => stopProcess(p)));
+}
+
+/** Last resort in process.on('exit'): synchronous SIGKILL of every child still registered. */
+export function killAllSync() {
+  for (const pid of children.keys()) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+}
+
+export function livePids() {
+  return [...children.keys()];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Polls url until it answers `status` (default 200). */
+export async function waitHttp(url, { headers = {}, status = 200, timeoutMs = 15_000, proc } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  let last = '';
+  while (Date.now() < deadline) {
+    if (proc?.exited) throw new Error(`${proc.name} exited (${proc.exitCode}): ${proc.stderr}`);
+    try {
+      const res = await fetch(url, { headers });
+      await res.arrayBuffer();
+      if (res.status === status) return;
+      last = `HTTP ${res.status}`;
+    } catch (err) {
+      last = err.message;
+    }
+    await sleep(100);
+  }
+  throw new Error(`${url} not ready after ${timeoutMs} ms (${last})`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc
+
+let clkTck = 100;
+try {
+  clkTck = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+} catch {
+  /* 100 */
+}
+
+/** utime+stime of a process (all its threads), in seconds. */
+export function cpuSeconds(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // fields[0] is field 3 (state); utime is field 14, stime field 15.
+  return (Number(fields[11]) + Number(fields[12])) / clkTck;
+}
+
+/** VmRSS in bytes. */
+export function rssBytes(pid) {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) * 1024 : NaN;
+}
+
+/** Busy CPU seconds of the whole machine (all cores) from /proc/stat. */
+export function machineBusySeconds() {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n')[0];
+  const v = line.trim().split(/\s+/).slice(1).map(Number);
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = v;
+  return (user + nice + system + irq + softirq + (steal ?? 0)) / clkTck + 0 * (idle + iowait);
+}
+
+/** CPU seconds used so far by us and every child we started. */
+export function ourCpuSeconds() {
+  let total = (process.cpuUsage().user + process.cpuUsage().system) / 1e6;
+  for (const pid of children.keys()) {
+    try {
+      total += cpuSeconds(pid);
+    } catch {
+      /* just exited */
+    }
+  }
+  return total;
+}
+
+/**
+ * Measures how much CPU other processes on the machine (not ours) use during fn(): returns
+ * { result, otherCores } where otherCores is their average use in cores over fn's wall time.
+ * Children that start and exit inside fn (wrk, clients) are counted as "ours" via `extraPids`'
+ * last reading, which fn reports by returning { cpu } in its result when it can.
+ */
+export async function withNoise(fn) {
+  const busy0 = machineBusySeconds();
+  const ours0 = ourCpuSeconds();
+  const t0 = performance.now();
+  const result = await fn();
+  const wall = (performance.now() - t0) / 1000;
+  const busy = machineBusySeconds() - busy0;
+  const ours = ourCpuSeconds() - ours0 + (result?.transientCpu ?? 0);
+  return { result, otherCores: Math.max(0, (busy - ours) / wall) };
+}
+
+export function machineInfo() {
+  const cpus = readFileSync('/proc/cpuinfo', 'utf8');
+  const model = /model name\s*:\s*(.*)/.exec(cpus)?.[1] ?? 'unknown';
+  const mhz = /cpu MHz\s*:\s*(.*)/.exec(cpus)?.[1];
+  let cores = 0;
+  try {
+    cores = Number(execFileSync('nproc', { encoding: 'utf8' }).trim());
+  } catch {
+    /* below */
+  }
+  const mem = /MemTotal:\s+(\d+) kB/.exec(readFileSync('/proc/meminfo', 'utf8'));
+  return { model, mhz: mhz ? Number(mhz).toFixed(0) : undefined, cores, memGiB: mem ? (Number(mem[1]) / 1024 / 1024).toFixed(1) : '?' };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+
+export function percentile(sorted, p) {
+  if (sorted.length === 0) return NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i];
+}
+
+export function median(values) {
+  const v = values.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return NaN;
+  const mid = v.length >> 1;
+  return v.length % 2 ? v[mid] : (v[mid - 1] + v[mid]) / 2;
+}
+
+// ---------------------------------------------------------------------------------------------
+// wrk
+
+/** Writes a wrk Lua script for one request shape; done() prints one JSON line (latencies in µs). */
+export function wrkScript(dir, name, { method, body, headers }) {
+  const lua = [
+    `wrk.method = ${JSON.stringify(method)}`,
+    body === undefined ? '' : `wrk.body = ${luaString(body)}`,
+    ...Object.entries(headers).map(([k, v]) => `wrk.headers[${luaString(k)}] = ${luaString(v)}`),
+    'function done(summary, latency, requests)',
+    '  local e = summary.errors',
+    '  io.write(string.format(\'WRKJSON {"requests":%d,"duration_us":%d,"bytes":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d,"p50":%.1f,"p99":%.1f,"mean":%.1f,"max":%.1f}\\n\',',
+    '    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,',
+    '    latency:percentile(50), latency:percentile(99), latency.mean, latency.max))',
+    'end',
+  ].join('\n');
+  const file = join(dir, `${name}.lua`);
+  writeFileSync(file, lua);
+  return file;
+}
+
+function luaString(s) {
+  return `"${String(s).replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`;
+}
+
+/**
+ * One wrk run. Returns { rps, p50, p99 (µs), errors, wrkCpu } or throws when wrk fails.
+ * wrk runs one thread (-t1) on the load-side core.
+ */
+export async function runWrk({ url, script, connections, seconds, cpu }) {
+  const proc = startProcess('wrk', 'wrk', ['-t1', `-c${connections}`, `-d${seconds}s`, '--timeout', '5s', '-s', script, url], { cpu });
+  const outP = collectStdout(proc);
+  let lastCpu = 0;
+  const poll = setInterval(() => {
+    try {
+      lastCpu = cpuSeconds(proc.pid);
+    } catch {
+      /* exited */
+    }
+  }, 200);
+  const { code, out } = await outP;
+  clearInterval(poll);
+  const line = out.split('\n').find((l) => l.startsWith('WRKJSON '));
+  if (code !== 0 || line === undefined) throw new Error(`wrk failed (${code}): ${out} ${proc.stderr}`);
+  const r = JSON.parse(line.slice(8));
+  const errors = r.connect + r.read + r.write + r.status + r.timeout;
+  return { rps: r.requests / (r.duration_us / 1e6), p50: r.p50, p99: r.p99, mean: r.mean, max: r.max, requests: r.requests, errors, status: r.status, wrkCpu: lastCpu };
+}
