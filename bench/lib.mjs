@@ -1,9 +1,10 @@
 // Helpers for the benchmark runner: child processes (each one killed by its PID at the end, also on
 // error and SIGINT), free ports, /proc readings (CPU seconds, RSS, other processes' CPU), wrk.
 import { spawn, execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 // ---------------------------------------------------------------------------------------------
@@ -171,28 +172,51 @@ export function rssBytes(pid) {
 export function machineBusySeconds() {
   const line = readFileSync('/proc/stat', 'utf8').split('\n')[0];
   const v = line.trim().split(/\s+/).slice(1).map(Number);
-  const [user, nice, system, idle, iowait, irq, softirq, steal] = v;
-  return (user + nice + system + irq + softirq + (steal ?? 0)) / clkTck + 0 * (idle + iowait);
+  const [user, nice, system, , , irq, softirq, steal] = v;
+  return (user + nice + system + irq + softirq + (steal ?? 0)) / clkTck;
 }
 
-/** CPU seconds used so far by us and every child we started. */
-export function ourCpuSeconds() {
-  let total = (process.cpuUsage().user + process.cpuUsage().system) / 1e6;
-  for (const pid of children.keys()) {
+/** Every process on the machine: pid -> { ppid, cpu (seconds) }. */
+function processTable() {
+  const table = new Map();
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
     try {
-      total += cpuSeconds(pid);
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      table.set(Number(name), { ppid: Number(f[1]), cpu: (Number(f[11]) + Number(f[12])) / clkTck });
     } catch {
-      /* just exited */
+      /* gone */
     }
   }
+  return table;
+}
+
+function treeCpu(table, pid) {
+  let total = table.get(pid)?.cpu ?? 0;
+  for (const [child, info] of table) if (info.ppid === pid) total += treeCpu(table, child);
+  return total;
+}
+
+/** CPU seconds of pid and all its live descendants (nginx: master + worker). */
+export function treeCpuSeconds(pid) {
+  return treeCpu(processTable(), pid);
+}
+
+/** CPU seconds used so far by this process, its reaped children (wrk, clients: cutime+cstime) and its live ones. */
+export function ourCpuSeconds() {
+  const stat = readFileSync('/proc/self/stat', 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  let total = (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / clkTck;
+  const table = processTable();
+  for (const pid of children.keys()) total += treeCpu(table, pid);
   return total;
 }
 
 /**
  * Measures how much CPU other processes on the machine (not ours) use during fn(): returns
- * { result, otherCores } where otherCores is their average use in cores over fn's wall time.
- * Children that start and exit inside fn (wrk, clients) are counted as "ours" via `extraPids`'
- * last reading, which fn reports by returning { cpu } in its result when it can.
+ * { result, otherCores }: their average use, in cores, over fn's wall time. A shared machine (other
+ * people's test runs) shows up here and in the report.
  */
 export async function withNoise(fn) {
   const busy0 = machineBusySeconds();
@@ -201,8 +225,8 @@ export async function withNoise(fn) {
   const result = await fn();
   const wall = (performance.now() - t0) / 1000;
   const busy = machineBusySeconds() - busy0;
-  const ours = ourCpuSeconds() - ours0 + (result?.transientCpu ?? 0);
-  return { result, otherCores: Math.max(0, (busy - ours) / wall) };
+  const ours = ourCpuSeconds() - ours0;
+  return { result, otherCores: Math.max(0, (busy - ours) / wall), wall };
 }
 
 export function machineInfo() {
@@ -261,25 +285,15 @@ function luaString(s) {
 }
 
 /**
- * One wrk run. Returns { rps, p50, p99 (µs), errors, wrkCpu } or throws when wrk fails.
+ * One wrk run. Returns { rps, p50, p99 (µs), errors } or throws when wrk fails.
  * wrk runs one thread (-t1) on the load-side core.
  */
 export async function runWrk({ url, script, connections, seconds, cpu }) {
   const proc = startProcess('wrk', 'wrk', ['-t1', `-c${connections}`, `-d${seconds}s`, '--timeout', '5s', '-s', script, url], { cpu });
-  const outP = collectStdout(proc);
-  let lastCpu = 0;
-  const poll = setInterval(() => {
-    try {
-      lastCpu = cpuSeconds(proc.pid);
-    } catch {
-      /* exited */
-    }
-  }, 200);
-  const { code, out } = await outP;
-  clearInterval(poll);
+  const { code, out } = await collectStdout(proc);
   const line = out.split('\n').find((l) => l.startsWith('WRKJSON '));
   if (code !== 0 || line === undefined) throw new Error(`wrk failed (${code}): ${out} ${proc.stderr}`);
   const r = JSON.parse(line.slice(8));
   const errors = r.connect + r.read + r.write + r.status + r.timeout;
-  return { rps: r.requests / (r.duration_us / 1e6), p50: r.p50, p99: r.p99, mean: r.mean, max: r.max, requests: r.requests, errors, status: r.status, wrkCpu: lastCpu };
+  return { rps: r.requests / (r.duration_us / 1e6), p50: r.p50, p99: r.p99, mean: r.mean, max: r.max, requests: r.requests, errors, status: r.status };
 }

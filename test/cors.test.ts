@@ -271,3 +271,24 @@ t.test('unset (the default): no CORS at all; OPTIONS is a 404', async (t) => {
   t.equal(gw.fake.requests.length, 1, 'only the keyed POST reached upstream');
   t.equal(gw.fake.requests[0]?.method, 'POST');
 });
+
+t.test("Vary: Origin on every answer of an origin list, merged with llama-server's own Vary", async (t) => {
+  const http = await import('node:http');
+  const { once } = await import('node:events');
+  const upstream = http.createServer((req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'application/json', vary: 'Accept-Encoding' });
+    res.end('{"object":"list","data":[]}');
+  });
+  upstream.listen(0, '127.0.0.1');
+  await once(upstream, 'listening');
+  t.teardown(() => upstream.close());
+  const gw = await startGateway(t, { corsAllowOrigin: [ALLOWED], upstream: `http://127.0.0.1:${(upstream.address() as net.AddressInfo).port}` });
+  const withOrigin = await request(gw.port, { path: '/v1/models', headers: { ...AUTH_A, origin: ALLOWED } });
+  t.equal(withOrigin.headers.vary, 'Origin, Accept-Encoding');
+  t.equal(withOrigin.headers['access-control-allow-origin'], ALLOWED);
+  const noOrigin = await request(gw.port, { path: '/v1/models', headers: AUTH_A });
+  t.equal(noOrigin.headers.vary, 'Origin, Accept-Encoding', 'a no-Origin answer is not cached for browsers either');
+  const healthz = await request(gw.port, { path: '/healthz' });
+  t.equal(healthz.headers.vary, 'Origin');
+});

@@ -44,13 +44,13 @@ export default fp(
     const origins = new Set(anyOrigin ? [] : opts.origins);
 
     app.addHook('onRequest', (request: FastifyRequest, reply: FastifyReply, done: () => void) => {
+      // Shared caches must not serve one origin's answer (or a no-Origin answer) to another.
+      if (!anyOrigin) reply.header('vary', 'Origin');
       const origin = request.headers.origin;
       if (origin === undefined) {
         done();
         return;
       }
-      // Shared caches must not serve one origin's answer to another.
-      if (!anyOrigin) reply.header('vary', 'Origin');
       const allowed = anyOrigin || origins.has(origin);
       const preflight = request.method === 'OPTIONS' && request.headers['access-control-request-method'] !== undefined;
       if (allowed) reply.header('access-control-allow-origin', anyOrigin ? '*' : origin);

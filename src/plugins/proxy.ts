@@ -99,7 +99,9 @@ export class Upstream {
       throw this.#toGatewayError(err, request);
     }
 
+    const gatewayVary = reply.getHeader('vary'); // set by CORS; llama-server's must not replace it
     reply.code(answer.statusCode).headers(clientResponseHeaders(answer.headers));
+    if (gatewayVary !== undefined && answer.headers.vary !== undefined) reply.header('vary', `${String(gatewayVary)}, ${String(answer.headers.vary)}`);
     const contentType = answer.headers['content-type'];
     if (typeof contentType === 'string' && contentType.startsWith('text/event-stream')) {
       reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
