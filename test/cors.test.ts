@@ -2,6 +2,8 @@
 // allowed origins get exactly our headers on every response (errors included), disallowed origins
 // and an unset CORS_ALLOW_ORIGIN get none, and llama-server's reflect-any-origin-with-credentials
 // headers never reach a browser.
+import http from 'node:http';
+import { once } from 'node:events';
 import net from 'node:net';
 import type { IncomingHttpHeaders } from 'node:http';
 import t from 'tap';
@@ -273,8 +275,6 @@ t.test('unset (the default): no CORS at all; OPTIONS is a 404', async (t) => {
 });
 
 t.test("Vary: Origin on every answer of an origin list, merged with llama-server's own Vary", async (t) => {
-  const http = await import('node:http');
-  const { once } = await import('node:events');
   const upstream = http.createServer((req, res) => {
     req.resume();
     res.writeHead(200, { 'content-type': 'application/json', vary: 'Accept-Encoding' });
