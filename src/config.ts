@@ -28,14 +28,13 @@ export const MIN_KEY_LENGTH = 16;
 const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
 const BYTE_UNITS: Record<string, number> = { '': 1, b: 1, kb: 1024, mb: 1024 ** 2, gb: 1024 ** 3 };
 
+export const MIN_ADMIN_KEY_LENGTH = 32;
+
 function apiKeyList(text: string, env: string): string[] {
   const keys = text
     .split(',')
     .map((k) => k.trim())
     .filter((k) => k !== '');
-  if (keys.length === 0) {
-    throw new ConfigError(env, 'is empty: set at least one client key (comma-separated), e.g. generate one with `node -e "console.log(\'sk-\' + crypto.randomBytes(24).toString(\'base64url\'))"`');
-  }
   const seen = new Map<string, number>();
   keys.forEach((key, i) => {
     // Never echo a key: name it by its position only.
@@ -48,6 +47,20 @@ function apiKeyList(text: string, env: string): string[] {
     seen.set(key, i + 1);
   });
   return keys;
+}
+
+function adminKey(text: string, env: string): string {
+  const value = text.trim();
+  if (value === '') return '';
+  if (value.length < MIN_ADMIN_KEY_LENGTH) throw new ConfigError(env, `is ${value.length} characters long; it needs at least ${MIN_ADMIN_KEY_LENGTH} (or leave it empty to turn the admin API off)`);
+  if (/\s/.test(value)) throw new ConfigError(env, 'must not contain whitespace');
+  return value;
+}
+
+function filePath(text: string, env: string): string {
+  const value = text.trim();
+  if (value === '' || value.endsWith('/')) throw new ConfigError(env, `must be a file path such as ./data/gateway.db, got "${text}"`);
+  return value;
 }
 
 function httpUrl(text: string, env: string): string {
@@ -143,6 +156,8 @@ export const SETTINGS = {
   idleTimeoutMs: setting('GATEWAY_IDLE_TIMEOUT_MS', String(5 * 60_000), millis),
   shutdownGraceMs: setting('GATEWAY_SHUTDOWN_GRACE_MS', '30000', millis),
   logLevel: setting('LOG_LEVEL', 'info', logLevel),
+  db: setting('GATEWAY_DB', './data/gateway.db', filePath),
+  adminKey: setting('GATEWAY_ADMIN_KEY', '', adminKey),
 } as const;
 
 export type Config = { readonly [K in keyof typeof SETTINGS]: ReturnType<(typeof SETTINGS)[K]['parse']> };
@@ -154,8 +169,16 @@ export function loadConfig(env: Env = process.env): Config {
     const raw = env[s.env];
     out[name] = s.parse(raw === undefined || raw.trim() === '' ? s.fallback : raw, s.env);
   }
-  return out as Config;
+  const config = out as Config;
+  if (config.adminKey !== '' && config.apiKeys.includes(config.adminKey)) {
+    throw new ConfigError(SETTINGS.adminKey.env, 'must not be one of the client keys in LLM_API_KEYS');
+  }
+  return config;
 }
+
+/** Said when neither LLM_API_KEYS nor the key database holds a key. */
+export const NO_KEYS_MESSAGE =
+  'no API keys: set LLM_API_KEYS in .env (run `npm run setup` to make one), or create a key with `npx llm-gateway keys create --name alice`';
 
 /** Config for tests and embedding: defaults plus what is given, without reading the environment. */
 export function configWith(overrides: Partial<Config> & Pick<Config, 'apiKeys'>): Config {

@@ -23,6 +23,22 @@ export class GatewayError extends Error {
 // on it), with OpenAI's `param`/`code` added.
 export const INVALID_API_KEY = new GatewayError(401, 'invalid_api_key', 'invalid_api_key', 'Incorrect API key provided.');
 
+export const KEY_DISABLED = new GatewayError(401, 'invalid_api_key', 'key_disabled', 'This API key has been disabled. Ask the gateway owner to enable it.');
+
+export const KEY_EXPIRED = (expiresAt: number): GatewayError =>
+  new GatewayError(401, 'invalid_api_key', 'key_expired', `This API key expired on ${new Date(expiresAt).toISOString()}. Ask the gateway owner for a new one.`);
+
+export const MODEL_NOT_ALLOWED = (model: unknown): GatewayError =>
+  new GatewayError(
+    403,
+    'invalid_request_error',
+    'model_not_allowed',
+    typeof model === 'string' ? `This API key may not use the model '${model.slice(0, 200)}'.` : 'This API key may only use certain models; name one in "model".',
+    'model',
+  );
+
+export const ORIGIN_NOT_ALLOWED = new GatewayError(403, 'invalid_request_error', 'origin_not_allowed', 'This API key may not be used from this website (Origin).');
+
 export const ROUTE_NOT_FOUND = (method: string, url: string): GatewayError =>
   new GatewayError(404, 'invalid_request_error', 'route_not_found', `No route ${method} ${url.split('?')[0]!.slice(0, 200)}. This gateway serves the OpenAI-compatible /v1 API.`);
 

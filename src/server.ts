@@ -2,7 +2,9 @@
 // app, listen, tell pm2 we are ready, and close gracefully on SIGINT/SIGTERM.
 import type { FastifyServerOptions } from 'fastify';
 import { buildApp } from './app.js';
-import { ConfigError, loadConfig, type Config } from './config.js';
+import { ConfigError, NO_KEYS_MESSAGE, loadConfig, type Config } from './config.js';
+import { KeyRegistry } from './lib/key-registry.js';
+import { KeyStore, KeyStoreError } from './lib/key-store.js';
 
 const ENV_FILE = '.env';
 const IDLE_SWEEP_MS = 200;
@@ -43,14 +45,28 @@ function displayHost(host: string): string {
   return host === '127.0.0.1' || host === '0.0.0.0' || host === '::' || host === '::1' ? 'localhost' : host;
 }
 
+function openKeyStore(config: Config): KeyStore {
+  try {
+    return KeyStore.open(config.db);
+  } catch (err) {
+    if (err instanceof KeyStoreError) fail(err.message);
+    throw err;
+  }
+}
+
 async function main(): Promise<void> {
   const config = readSettings();
+  const store = openKeyStore(config);
+  const registry = new KeyRegistry(config.apiKeys, store);
+  if (registry.size === 0) fail(NO_KEYS_MESSAGE);
+  const usable = registry.usable(); // disabled and expired keys are held (for their 401) but not counted
   console.log('✅ LLM Gateway starting with config:');
   console.log(`  - Port: ${config.port}`);
   console.log(`  - Upstream: ${config.upstream}`);
-  console.log(`  - Valid API keys: ${config.apiKeys.length}`);
+  console.log(`  - Valid API keys: ${usable}`);
 
-  const app = await buildApp(config, { logger: loggerOptions(config) });
+  const app = await buildApp(config, { logger: loggerOptions(config), registry });
+
   try {
     await app.listen({ port: config.port, host: config.host });
   } catch (err) {
@@ -94,6 +110,7 @@ async function main(): Promise<void> {
       () => {
         clearTimeout(grace);
         clearInterval(sweep);
+        store.close(); // after app.close(): its onClose wrote the keys' last-used times
         app.log.info('stopped');
         process.exit(0);
       },

@@ -26,6 +26,10 @@ t.test('defaults', async (t) => {
   t.equal(c.idleTimeoutMs, 300_000);
   t.equal(c.shutdownGraceMs, 30_000);
   t.equal(c.logLevel, 'info');
+  t.equal(c.db, './data/gateway.db');
+  t.equal(c.adminKey, '', 'admin API off');
+  t.same(loadConfig({}).apiKeys, [], 'LLM_API_KEYS may be empty when the key database holds keys');
+  t.same(loadConfig({ LLM_API_KEYS: ' , ' }).apiKeys, []);
 });
 
 t.test('values are parsed', async (t) => {
@@ -48,8 +52,6 @@ t.test('values are parsed', async (t) => {
 });
 
 const BAD: [Record<string, string>, string, RegExp][] = [
-  [{ LLM_API_KEYS: '' }, 'LLM_API_KEYS', /is empty/],
-  [{ LLM_API_KEYS: ' , ' }, 'LLM_API_KEYS', /is empty/],
   [{ LLM_API_KEYS: `${KEY_A},short-key` }, 'LLM_API_KEYS', /key 2 is 9 characters long; each key needs at least 16/],
   [{ LLM_API_KEYS: `${KEY_A},${KEY_A}` }, 'LLM_API_KEYS', /key 2 repeats key 1/],
   [{ LLM_UPSTREAM: 'ftp://127.0.0.1:21' }, 'LLM_UPSTREAM', /http\(s\) URL/],
@@ -67,6 +69,9 @@ const BAD: [Record<string, string>, string, RegExp][] = [
   [{ GATEWAY_SHUTDOWN_GRACE_MS: 'soon' }, 'GATEWAY_SHUTDOWN_GRACE_MS', /milliseconds/],
   [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL', /must be one of fatal, error, warn, info, debug, trace, silent/],
   [{ LLM_UPSTREAM_API_KEY: 'two words' }, 'LLM_UPSTREAM_API_KEY', /whitespace/],
+  [{ GATEWAY_ADMIN_KEY: 'too-short-admin-key' }, 'GATEWAY_ADMIN_KEY', /is 19 characters long; it needs at least 32/],
+  [{ LLM_API_KEYS: 'sk-admin-and-client-0123456789abcdef', GATEWAY_ADMIN_KEY: 'sk-admin-and-client-0123456789abcdef' }, 'GATEWAY_ADMIN_KEY', /must not be one of the client keys in LLM_API_KEYS/],
+  [{ GATEWAY_DB: 'data/' }, 'GATEWAY_DB', /file path/],
 ];
 
 t.test('bad values name the setting and never echo a key', async (t) => {
@@ -136,7 +141,7 @@ function runServer(env: Record<string, string>, cwd: string, untilStdout?: RegEx
 t.test('the real process: a bad setting exits 1 with one line, no stack', async (t) => {
   const cwd = mkdtempSync(join(tmpdir(), 'gw-config-'));
   const cases: [Record<string, string>, RegExp][] = [
-    [{}, /LLM_API_KEYS is empty/],
+    [{}, /no API keys: set LLM_API_KEYS in \.env \(run `npm run setup` to make one\), or create a key with `npx llm-gateway keys create --name alice`/],
     [{ LLM_API_KEYS: KEY_A, GATEWAY_PORT: 'abc' }, /GATEWAY_PORT must be a port number from 1 to 65535, got "abc"/],
     [{ LLM_API_KEYS: KEY_A, LLM_UPSTREAM: 'ftp://x' }, /LLM_UPSTREAM must be an http\(s\) URL/],
     [{ LLM_API_KEYS: 'sk-short' }, /LLM_API_KEYS key 1 is 8 characters long/],

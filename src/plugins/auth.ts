@@ -1,9 +1,12 @@
 // Who is calling. An onRequest hook, so it runs before a byte of the body is read: a request
-// without a valid key is answered 401 and never parsed, never forwarded.
+// without a valid key is answered 401 and never parsed, never forwarded. A stored key may also be
+// disabled, expired, or kept to certain browser origins (per-key CORS): checked here too, since
+// none of them needs the body.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import { INVALID_API_KEY } from '../errors.js';
-import type { KeyIdentity, KeyIndex } from '../lib/key-index.js';
+import { GatewayError, INVALID_API_KEY, KEY_DISABLED, KEY_EXPIRED, ORIGIN_NOT_ALLOWED } from '../errors.js';
+import type { KeyIdentity } from '../lib/key-index.js';
+import type { KeyRegistry } from '../lib/key-registry.js';
 import { sendError } from './errors.js';
 
 declare module 'fastify' {
@@ -28,19 +31,30 @@ function hasPendingBody(request: FastifyRequest): boolean {
   return (length !== undefined && length !== '0') || request.headers['transfer-encoding'] !== undefined;
 }
 
+function refuse(request: FastifyRequest, reply: FastifyReply, err: GatewayError): void {
+  if (err.statusCode === 401) reply.header('www-authenticate', 'Bearer');
+  // The body is never read; close the connection instead of draining it.
+  if (hasPendingBody(request)) reply.header('connection', 'close');
+  sendError(reply, err);
+}
+
 export default fp(
-  async function authPlugin(app: FastifyInstance, opts: { keys: KeyIndex }) {
-    const keys = opts.keys;
+  async function authPlugin(app: FastifyInstance, opts: { registry: KeyRegistry }) {
+    const registry = opts.registry;
+    const index = registry.index;
     app.decorateRequest('apiKey', null);
     app.addHook('onRequest', (request: FastifyRequest, reply: FastifyReply, done: () => void) => {
       const key = presentedKey(request);
-      const identity = key === undefined ? undefined : keys.verify(key);
-      if (identity === undefined) {
-        reply.header('www-authenticate', 'Bearer');
-        // The body is never read; close the connection instead of draining it.
-        if (hasPendingBody(request)) reply.header('connection', 'close');
-        sendError(reply, INVALID_API_KEY);
-        return;
+      const identity = key === undefined ? undefined : index.verify(key);
+      if (identity === undefined) return refuse(request, reply, INVALID_API_KEY);
+      if (identity.fromDb) {
+        if (!identity.enabled) return refuse(request, reply, KEY_DISABLED);
+        const now = Date.now();
+        if (identity.expiresAt !== null && now >= identity.expiresAt) return refuse(request, reply, KEY_EXPIRED(identity.expiresAt));
+        const origin = request.headers.origin;
+        // Only browsers send Origin; a key kept to some sites refuses every other site.
+        if (identity.origins !== null && origin !== undefined && !identity.origins.has(origin)) return refuse(request, reply, ORIGIN_NOT_ALLOWED);
+        registry.markUsed(identity, now);
       }
       request.apiKey = identity;
       done();

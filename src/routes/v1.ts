@@ -20,18 +20,31 @@ export const POST_ROUTES = [
 interface ModelEntry {
   id?: unknown;
   aliases?: unknown;
+  name?: unknown;
+  model?: unknown;
 }
 
-function findModel(text: string, id: string): ModelEntry | undefined {
-  let list: { data?: unknown };
+interface ModelList {
+  data?: unknown;
+  models?: unknown;
+}
+
+function parseModelList(text: string): ModelList & { data: ModelEntry[] } {
+  let list: ModelList;
   try {
-    list = JSON.parse(text) as { data?: unknown };
+    list = JSON.parse(text) as ModelList;
   } catch {
     throw UPSTREAM_BAD_RESPONSE;
   }
-  if (!Array.isArray(list.data)) throw UPSTREAM_BAD_RESPONSE;
-  return (list.data as ModelEntry[]).find((m) => m.id === id || (Array.isArray(m.aliases) && m.aliases.includes(id)));
+  if (list === null || typeof list !== 'object' || !Array.isArray(list.data)) throw UPSTREAM_BAD_RESPONSE;
+  return list as ModelList & { data: ModelEntry[] };
 }
+
+function isModel(m: ModelEntry, id: string): boolean {
+  return m.id === id || (Array.isArray(m.aliases) && m.aliases.includes(id));
+}
+
+const JSON_TYPE = 'application/json; charset=utf-8';
 
 export default async function v1Routes(app: FastifyInstance): Promise<void> {
   const upstream = app.upstream;
@@ -44,17 +57,28 @@ export default async function v1Routes(app: FastifyInstance): Promise<void> {
     });
   }
 
-  app.get('/v1/models', (request: FastifyRequest, reply: FastifyReply) => upstream.forward(request, reply, '/v1/models', 'openai'));
+  app.get('/v1/models', async (request: FastifyRequest, reply: FastifyReply) => {
+    const allowed = request.apiKey?.models;
+    if (allowed === null || allowed === undefined) return upstream.forward(request, reply, '/v1/models', 'openai');
+    // A key kept to certain models sees only those.
+    const answer = await upstream.get('/v1/models');
+    if (answer.statusCode !== 200) return reply.code(answer.statusCode).header('content-type', JSON_TYPE).send(answer.text);
+    const list = parseModelList(answer.text);
+    const visible = (m: ModelEntry): boolean => [...allowed].some((id) => isModel(m, id));
+    list.data = list.data.filter(visible);
+    if (Array.isArray(list.models)) list.models = (list.models as ModelEntry[]).filter((m) => (typeof m.model === 'string' && allowed.has(m.model)) || (typeof m.name === 'string' && allowed.has(m.name)));
+    return reply.header('content-type', JSON_TYPE).send(JSON.stringify(list));
+  });
 
   // llama-server has no /v1/models/{id}; the SDK's models.retrieve() expects one.
   app.get<{ Params: { id: string } }>('/v1/models/:id', async (request, reply) => {
+    const id = request.params.id;
+    const allowed = request.apiKey?.models;
+    if (allowed !== null && allowed !== undefined && !allowed.has(id)) throw MODEL_NOT_FOUND(id);
     const answer = await upstream.get('/v1/models');
-    if (answer.statusCode !== 200) {
-      return reply.code(answer.statusCode).header('content-type', 'application/json; charset=utf-8').send(answer.text);
-    }
-    const model = findModel(answer.text, request.params.id);
-    if (model === undefined) throw MODEL_NOT_FOUND(request.params.id);
-    return reply.header('content-type', 'application/json; charset=utf-8').send(JSON.stringify(model));
+    if (answer.statusCode !== 200) return reply.code(answer.statusCode).header('content-type', JSON_TYPE).send(answer.text);
+    const model = parseModelList(answer.text).data.find((m) => isModel(m, id));
+    if (model === undefined) throw MODEL_NOT_FOUND(id);
+    return reply.header('content-type', JSON_TYPE).send(JSON.stringify(model));
   });
 }
-

@@ -1,0 +1,98 @@
+// A/B of gateway builds: `node bench/compare.mjs [--rounds N] [--seconds S] NAME=DIR[:LOG_LEVEL] ...` where each DIR
+// holds a built gateway (its server.js; e.g. a copy of dist/ with one change, next to a node_modules
+// link). Every build runs as its own process on core 0 against the same fake upstream on core 1;
+// rounds are interleaved; prints medians of req/s and server CPU µs per request at 64 connections
+// (small POST and GET /v1/models) and p50/p99 at 1 connection (small POST).
+import { join, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { firstJsonLine, freePort, killAllSync, median, runWrk, setPinning, startProcess, stopAll, treeCpuSeconds, waitHttp, withNoise, wrkScript } from './lib.mjs';
+
+const BENCH = dirname(fileURLToPath(import.meta.url));
+const args = process.argv.slice(2);
+const opt = (name, dflt) => {
+  const i = args.indexOf(name);
+  if (i < 0) return dflt;
+  const v = args[i + 1];
+  args.splice(i, 2);
+  return v;
+};
+const ROUNDS = Number(opt('--rounds', '5'));
+const SECONDS = Number(opt('--seconds', '4'));
+const LOG = opt('--log', 'info');
+// NAME=DIR or NAME=DIR:LEVEL (LOG_LEVEL for that build; default --log, itself default info).
+const builds = args.map((a) => {
+  const [name, spec] = a.split('=');
+  const [dir, level] = spec.split(':');
+  return { name, dir: resolve(dir), level: level ?? LOG };
+});
+if (builds.length === 0) {
+  console.error('usage: node bench/compare.mjs [--rounds N] [--seconds S] [--log LEVEL] NAME=DIST_DIR ...');
+  process.exit(2);
+}
+
+process.on('exit', killAllSync);
+process.on('SIGINT', () => stopAll().finally(() => process.exit(130)));
+setPinning(true);
+const tmp = mkdtempSync(join(tmpdir(), 'llm-gateway-ab-'));
+const key = `sk-bench-${randomBytes(12).toString('hex')}`;
+const auth = { Authorization: `Bearer ${key}` };
+
+try {
+  const up = startProcess('fake-upstream', process.execPath, [join(BENCH, 'fake-upstream.mjs')], { cpu: 1 });
+  const { port: upPort } = await firstJsonLine(up);
+  for (const b of builds) {
+    const port = await freePort();
+    const env = { PATH: process.env.PATH, HOME: tmp, LLM_API_KEYS: key, LLM_UPSTREAM: `http://127.0.0.1:${upPort}`, GATEWAY_PORT: String(port), GATEWAY_SHUTDOWN_GRACE_MS: '1000', LOG_LEVEL: b.level };
+    b.proc = startProcess(b.name, process.execPath, [join(b.dir, 'server.js')], { cpu: 0, env, cwd: tmp, stdout: 'ignore' });
+    b.url = `http://127.0.0.1:${port}`;
+    await waitHttp(`${b.url}/v1/models`, { headers: auth, proc: b.proc });
+  }
+  const post = wrkScript(tmp, 'chat', { method: 'POST', body: '{"model":"bench-model","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16}', headers: { ...auth, 'Content-Type': 'application/json' } });
+  const get = wrkScript(tmp, 'models', { method: 'GET', headers: auth });
+  const scenarios = [
+    { id: 'POST c64', path: '/v1/chat/completions', script: post, c: 64 },
+    { id: 'GET c64', path: '/v1/models', script: get, c: 64 },
+    { id: 'POST c1', path: '/v1/chat/completions', script: post, c: 1 },
+  ];
+  for (const b of builds) await runWrk({ url: `${b.url}/v1/chat/completions`, script: post, connections: 64, seconds: 2, cpu: 1 });
+  const res = {};
+  for (let r = 0; r < ROUNDS; r++) {
+    for (const s of scenarios) {
+      // Rotate the order each round so no build always runs first.
+      for (let k = 0; k < builds.length; k++) {
+        const b = builds[(k + r) % builds.length];
+        const cpu0 = treeCpuSeconds(b.proc.pid);
+        const { result: m, otherCores } = await withNoise(() => runWrk({ url: `${b.url}${s.path}`, script: s.script, connections: s.c, seconds: s.c === 1 ? Math.max(1, SECONDS / 2) : SECONDS, cpu: 1 }));
+        const cpu = treeCpuSeconds(b.proc.pid) - cpu0;
+        if (m.errors) throw new Error(`${b.name} ${s.id}: ${m.errors} errors`);
+        ((res[s.id] ??= {})[b.name] ??= []).push({ rps: m.rps, p50: m.p50, p99: m.p99, cpuUs: (cpu / m.requests) * 1e6, noise: otherCores });
+      }
+    }
+    process.stderr.write(`round ${r + 1}/${ROUNDS} done\n`);
+  }
+  const base = builds[0].name;
+  for (const s of scenarios) {
+    console.log(`\n${s.id}`);
+    console.log('build'.padEnd(16), 'req/s'.padStart(8), 'vs base'.padStart(8), 'CPU µs/req'.padStart(11), 'vs base'.padStart(8), 'p50 µs'.padStart(8), 'p99 µs'.padStart(8), 'noise'.padStart(6));
+    const med = (n, k) => median(res[s.id][n].map((x) => x[k]));
+    for (const b of builds) {
+      console.log(
+        b.name.padEnd(16),
+        med(b.name, 'rps').toFixed(0).padStart(8),
+        `${((100 * med(b.name, 'rps')) / med(base, 'rps') - 100).toFixed(1)}%`.padStart(8),
+        med(b.name, 'cpuUs').toFixed(1).padStart(11),
+        `${((100 * med(b.name, 'cpuUs')) / med(base, 'cpuUs') - 100).toFixed(1)}%`.padStart(8),
+        med(b.name, 'p50').toFixed(0).padStart(8),
+        med(b.name, 'p99').toFixed(0).padStart(8),
+        Math.max(...res[s.id][b.name].map((x) => x.noise)).toFixed(2).padStart(6),
+      );
+    }
+  }
+} finally {
+  await stopAll();
+  rmSync(tmp, { recursive: true, force: true });
+}

@@ -1,0 +1,27 @@
+// "When does this key expire", as people write it: a date (valid through that day, UTC), an
+// ISO timestamp, or a duration from now (30d, 12h, 90m, 45s). Shared by the CLI and the admin API.
+
+const UNIT_MS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
+const DAY_MS = 86_400_000;
+
+/** ms since epoch; throws Error with a sentence for anything else or for a time not in the future. */
+export function parseExpiry(text: string, now = Date.now()): number {
+  const value = text.trim();
+  const duration = /^(\d+)\s*([smhdw])$/i.exec(value);
+  let at: number;
+  if (duration) {
+    at = now + Number(duration[1]) * UNIT_MS[duration[2]!.toLowerCase()]!;
+  } else if (/^\d{4}-\d{2}-\d{2}$/.test(value)) {
+    // A plain date: the key works through the whole of that day (UTC).
+    at = Date.parse(`${value}T00:00:00Z`) + DAY_MS;
+  } else if (/^\d{4}-\d{2}-\d{2}T/.test(value)) {
+    at = Date.parse(value);
+  } else {
+    at = NaN;
+  }
+  if (Number.isNaN(at)) {
+    throw new Error(`"${text}" is not a date: use YYYY-MM-DD (valid through that day, UTC), an ISO time like 2026-12-31T18:00:00Z, or a duration like 30d, 12h, 90m`);
+  }
+  if (at <= now) throw new Error(`"${text}" is in the past`);
+  return at;
+}

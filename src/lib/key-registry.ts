@@ -1,0 +1,102 @@
+// Keeps the in-memory key index in step with its two sources: LLM_API_KEYS (fixed at start) and
+// the key database, which other processes (the CLI) change. A timer polls SQLite's data_version,
+// a cheap in-memory read, and reloads the index only when another connection committed. It also
+// writes the keys' last-used times in batches, so no request ever touches the disk.
+import { KeyIndex, type IndexEntry, type KeyIdentity } from './key-index.js';
+import type { KeyStore, StoredKey } from './key-store.js';
+
+export const DEFAULT_POLL_MS = 250;
+
+function entryOf(k: StoredKey): IndexEntry {
+  return {
+    digest: k.digest,
+    identity: {
+      id: k.id,
+      name: k.name,
+      fromDb: true,
+      enabled: k.enabled,
+      expiresAt: k.expiresAt,
+      models: k.models === null ? null : new Set(k.models),
+      origins: k.origins === null ? null : new Set(k.origins),
+      limits: k.limits,
+    },
+  };
+}
+
+export interface RegistryLog {
+  info(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+export class KeyRegistry {
+  readonly index = new KeyIndex();
+  readonly store: KeyStore | undefined;
+  readonly #env: readonly IndexEntry[];
+  #lastUsed = new Map<string, number>();
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(envKeys: readonly string[], store?: KeyStore) {
+    this.#env = KeyIndex.envEntries(envKeys);
+    this.store = store;
+    this.reload();
+  }
+
+  /** Rebuilds the index from both sources. */
+  reload(): void {
+    const db = this.store === undefined ? [] : this.store.list().map(entryOf);
+    this.index.replace([...this.#env, ...db]);
+  }
+
+  get size(): number {
+    return this.index.size;
+  }
+
+  /** Keys that would be accepted now (enabled, not expired). */
+  usable(now = Date.now()): number {
+    let n = 0;
+    for (const identity of this.index.identities()) if (identity.enabled && (identity.expiresAt === null || identity.expiresAt > now)) n++;
+    return n;
+  }
+
+  /** Called on each authenticated request: remembered in memory, written by the timer. */
+  markUsed(identity: KeyIdentity, now: number): void {
+    if (identity.fromDb) this.#lastUsed.set(identity.id, now);
+  }
+
+  /** One poll: reload if the database changed elsewhere, then write last-used times. */
+  tick(log?: RegistryLog): void {
+    if (this.store === undefined) return;
+    try {
+      if (this.store.changedElsewhere()) {
+        this.reload();
+        log?.info({ keys: this.index.size }, 'keys reloaded: the key database changed');
+      }
+      this.flushLastUsed();
+    } catch (err) {
+      log?.error({ err: { message: (err as Error).message, code: (err as { code?: string }).code } }, 'key database poll failed; keeping the keys in memory');
+    }
+  }
+
+  flushLastUsed(): void {
+    if (this.store === undefined || this.#lastUsed.size === 0) return;
+    const batch = this.#lastUsed;
+    this.#lastUsed = new Map();
+    this.store.recordLastUsed(batch);
+  }
+
+  start(log?: RegistryLog, pollMs = DEFAULT_POLL_MS): void {
+    if (this.store === undefined || this.#timer !== undefined) return;
+    this.#timer = setInterval(() => this.tick(log), pollMs);
+    this.#timer.unref();
+  }
+
+  stop(): void {
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+    try {
+      this.flushLastUsed();
+    } catch {
+      // the database went away; last-used times are not worth failing a shutdown for
+    }
+  }
+}

@@ -1,0 +1,127 @@
+// The admin API: the `llm-gateway keys` operations as JSON, under /admin. Registered only when
+// GATEWAY_ADMIN_KEY is set; it has its own key check (constant time, never a client key), so a
+// client key gets 401 here. Bodies are validated by JSON schema.
+import { timingSafeEqual } from 'node:crypto';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { GatewayError, INVALID_API_KEY } from '../errors.js';
+import { parseExpiry } from '../lib/expiry.js';
+import { digestKey } from '../lib/key-index.js';
+import type { KeyRegistry } from '../lib/key-registry.js';
+import { KeyStoreError, keyJson, type KeyChanges, type KeyLimits, type KeyStore } from '../lib/key-store.js';
+import { presentedKey } from '../plugins/auth.js';
+import { sendError } from '../plugins/errors.js';
+
+const nullableStrings = { type: ['array', 'null'], items: { type: 'string', minLength: 1, maxLength: 500 }, maxItems: 1000 } as const;
+const nullableLimit = { type: ['integer', 'null'], minimum: 1 } as const;
+const fields = {
+  name: { type: 'string', minLength: 1, maxLength: 64 },
+  note: { type: 'string', maxLength: 2000 },
+  enabled: { type: 'boolean' },
+  expires: { type: ['string', 'null'], maxLength: 64 },
+  models: nullableStrings,
+  origins: nullableStrings,
+  limits: {
+    type: 'object',
+    additionalProperties: false,
+    properties: { rpm: nullableLimit, tpm: nullableLimit, tpd: nullableLimit, concurrency: nullableLimit },
+  },
+} as const;
+const createSchema = { type: 'object', additionalProperties: false, required: ['name'], properties: fields } as const;
+const patchSchema = { type: 'object', additionalProperties: false, minProperties: 1, properties: fields } as const;
+const idParams = { type: 'object', required: ['id'], properties: { id: { type: 'string', minLength: 1, maxLength: 100 } } } as const;
+
+interface KeyBody {
+  name?: string;
+  note?: string;
+  enabled?: boolean;
+  expires?: string | null;
+  models?: string[] | null;
+  origins?: string[] | null;
+  limits?: Partial<KeyLimits>;
+}
+
+function toGatewayError(err: unknown): unknown {
+  if (err instanceof KeyStoreError) return new GatewayError(err.status, err.status >= 500 ? 'server_error' : 'invalid_request_error', err.code, err.message);
+  return err;
+}
+
+function changesFrom(body: KeyBody): KeyChanges {
+  const changes: KeyChanges = {};
+  if (body.name !== undefined) changes.name = body.name;
+  if (body.note !== undefined) changes.note = body.note;
+  if (body.enabled !== undefined) changes.enabled = body.enabled;
+  if (body.models !== undefined) changes.models = body.models;
+  if (body.origins !== undefined) changes.origins = body.origins;
+  if (body.limits !== undefined) changes.limits = body.limits;
+  if (body.expires !== undefined) {
+    try {
+      changes.expiresAt = body.expires === null ? null : parseExpiry(body.expires);
+    } catch (err) {
+      throw new GatewayError(400, 'invalid_request_error', 'invalid_key_field', `expires: ${(err as Error).message}`, 'expires');
+    }
+  }
+  return changes;
+}
+
+export default async function adminRoutes(app: FastifyInstance, opts: { adminKey: string; registry: KeyRegistry; store: KeyStore }): Promise<void> {
+  const adminDigest = digestKey(opts.adminKey);
+  const { registry, store } = opts;
+
+  app.addHook('onRequest', (request: FastifyRequest, reply: FastifyReply, done: () => void) => {
+    const key = presentedKey(request);
+    if (key === undefined || !timingSafeEqual(digestKey(key), adminDigest)) {
+      reply.header('www-authenticate', 'Bearer');
+      sendError(reply, INVALID_API_KEY);
+      return;
+    }
+    done();
+  });
+
+  /** Runs a store operation; our own writes do not bump data_version, so reload at once. */
+  const write = <T>(fn: () => T): T => {
+    try {
+      const result = fn();
+      registry.reload();
+      return result;
+    } catch (err) {
+      throw toGatewayError(err);
+    }
+  };
+  const read = <T>(fn: () => T): T => {
+    try {
+      return fn();
+    } catch (err) {
+      throw toGatewayError(err);
+    }
+  };
+
+  app.get('/keys', async () => ({ object: 'list', data: read(() => store.list()).map(keyJson) }));
+
+  app.post<{ Body: KeyBody }>('/keys', { schema: { body: createSchema } }, async (request, reply) => {
+    const changes = changesFrom(request.body);
+    const { record, key } = write(() => store.create({ ...changes, name: request.body.name ?? '' }));
+    request.log.info({ keyId: record.id, keyName: record.name }, 'admin: key created');
+    return reply.code(201).send({ ...keyJson(record), key });
+  });
+
+  app.get<{ Params: { id: string } }>('/keys/:id', { schema: { params: idParams } }, async (request) => keyJson(read(() => store.get(request.params.id))));
+
+  app.patch<{ Params: { id: string }; Body: KeyBody }>('/keys/:id', { schema: { params: idParams, body: patchSchema } }, async (request) => {
+    const changes = changesFrom(request.body);
+    const record = write(() => store.update(request.params.id, changes));
+    request.log.info({ keyId: record.id, keyName: record.name, fields: Object.keys(request.body) }, 'admin: key changed');
+    return keyJson(record);
+  });
+
+  app.delete<{ Params: { id: string } }>('/keys/:id', { schema: { params: idParams } }, async (request) => {
+    const record = write(() => store.revoke(request.params.id));
+    request.log.info({ keyId: record.id, keyName: record.name }, 'admin: key revoked');
+    return { id: record.id, name: record.name, deleted: true };
+  });
+
+  app.post<{ Params: { id: string } }>('/keys/:id/rotate', { schema: { params: idParams } }, async (request) => {
+    const { record, key } = write(() => store.rotate(request.params.id));
+    request.log.info({ keyId: record.id, keyName: record.name }, 'admin: key rotated');
+    return { ...keyJson(record), key };
+  });
+}
