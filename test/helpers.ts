@@ -1,11 +1,16 @@
 // Test plumbing: a real gateway on a real port in front of the fake llama-server, and a plain
 // HTTP client that sends paths exactly as written (fetch would normalise /v1/../slots).
+import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import net from 'node:net';
 import { Writable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../src/app.js';
 import { configWith, type Config } from '../src/config.js';
+import { KeyRegistry } from '../src/lib/key-registry.js';
+import { KeyStore } from '../src/lib/key-store.js';
 import { startFakeLlama, type FakeBehavior, type FakeLlama } from './fixtures/fake-llama.js';
 
 export const KEY_A = 'sk-test-alice-0123456789abcdef';
@@ -27,10 +32,27 @@ export interface Gateway {
   logText(): string;
 }
 
+export interface GatewayOptions {
+  /** Keys from a key database as well (see tempStore); default: LLM_API_KEYS only. */
+  registry?: KeyRegistry;
+}
+
+/** A fresh key database in a temp folder, closed at teardown. */
+export function tempStore(t: Teardown): KeyStore {
+  const dir = mkdtempSync(join(tmpdir(), 'gw-keys-'));
+  const store = KeyStore.open(join(dir, 'gateway.db'));
+  t.teardown(() => {
+    store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return store;
+}
+
 export async function startGateway(
   t: Teardown,
   overrides: Partial<Config> = {},
   behavior: Partial<FakeBehavior> = {},
+  options: GatewayOptions = {},
 ): Promise<Gateway> {
   const fake = await startFakeLlama(behavior);
   const logs: Record<string, unknown>[] = [];
@@ -44,7 +66,7 @@ export async function startGateway(
     },
   });
   const config = configWith({ apiKeys: [KEY_A, KEY_B], upstream: fake.url, ...overrides });
-  const app = await buildApp(config, { logger: { level: 'info', stream } });
+  const app = await buildApp(config, { logger: { level: 'info', stream }, ...(options.registry === undefined ? {} : { registry: options.registry }) });
   await app.listen({ port: 0, host: '127.0.0.1' });
   const port = (app.server.address() as net.AddressInfo).port;
   t.teardown(async () => {
