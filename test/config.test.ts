@@ -1,12 +1,13 @@
 // Settings: defaults, every kind of bad value, and what a person sees when starting the real
 // process (dist/server.js, built by `npm test`'s pretest step).
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { ConfigError, SETTINGS, loadConfig } from '../src/config.js';
+import { KeyStore } from '../src/lib/key-store.js';
 import { startFakeLlama } from './fixtures/fake-llama.js';
 import { KEY_A, KEY_B } from './helpers.js';
 
@@ -198,4 +199,26 @@ t.test('npm run setup: creates .env with one fresh key, shown once, private file
   const second = await setup();
   t.notMatch(second, key ?? 'missing', 'not shown again');
   t.equal(readFileSync(join(cwd, '.env'), 'utf8'), env, 'an existing .env is left alone');
+});
+
+t.test('the real process: a corrupt or read-only key database is a clear error at start', async (t) => {
+  const cwd = mkdtempSync(join(tmpdir(), 'gw-baddb-'));
+  writeFileSync(join(cwd, 'corrupt.db'), 'not a database '.repeat(100));
+  const corrupt = await runServer({ LLM_API_KEYS: KEY_A, GATEWAY_DB: './corrupt.db' }, cwd);
+  t.equal(corrupt.code, 1);
+  t.equal(corrupt.stderr, '❌ LLM Gateway cannot start: GATEWAY_DB ./corrupt.db cannot be used: the file is not a SQLite database or is damaged\n');
+  t.equal(corrupt.stdout, '');
+
+  // Root ignores file modes, so make the file immutable instead (where the filesystem allows it).
+  const store = KeyStore.open(join(cwd, 'ro.db'));
+  store.close();
+  const locked = spawnSync('chattr', ['+i', join(cwd, 'ro.db')]);
+  if (locked.status !== 0) {
+    t.skip('chattr +i is not available here; cannot make a read-only file as root');
+    return;
+  }
+  t.teardown(() => spawnSync('chattr', ['-i', join(cwd, 'ro.db')]));
+  const readonly = await runServer({ LLM_API_KEYS: KEY_A, GATEWAY_DB: './ro.db' }, cwd);
+  t.equal(readonly.code, 1);
+  t.equal(readonly.stderr, '❌ LLM Gateway cannot start: GATEWAY_DB ./ro.db cannot be used: the file or its folder is read-only; the gateway needs to write to it\n');
 });

@@ -210,6 +210,8 @@ export class KeyStore {
       db.pragma('busy_timeout = 5000');
       db.pragma('foreign_keys = ON');
       migrate(db);
+      // SQLite quietly opens a file it cannot write read-only; find out now, not at the first write.
+      db.pragma(`user_version = ${MIGRATIONS.length}`);
       return new KeyStore(path, db);
     } catch (err) {
       db?.close();
