@@ -1,278 +1,30 @@
 #!/usr/bin/env node
-// `llm-gateway`: the command line. `keys` manages the key database (GATEWAY_DB) directly; a running
-// gateway picks up every change within a second. Exit codes: 0 ok, 1 failure, 2 usage.
-import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { ConfigError, SETTINGS } from '../config.js';
-import { parseExpiry } from '../lib/expiry.js';
-import { KeyStore, KeyStoreError, LIMIT_NAMES, keyJson, type KeyChanges, type KeyLimits, type KeyRecord } from '../lib/key-store.js';
+// `llm-gateway`: the command line. Each command lives in its own module and parses its own
+// arguments. Exit codes: 0 ok, 1 failure, 2 usage.
+import { keysCommand } from './keys.js';
 
-class UsageError extends Error {}
-class Failure extends Error {}
-
-const MAIN_HELP = `Usage: llm-gateway <command> [options]
-
-Commands:
-  keys      manage API keys in the key database (see: llm-gateway keys --help)
-
-Options:
-  -h, --help     show help
-`;
-
-const KEYS_HELP = `Usage: llm-gateway keys <action> [options]
-
-Manage API keys in the key database (GATEWAY_DB, default ./data/gateway.db; .env is read).
-A running gateway applies every change within a second, without a restart.
-
-Actions:
-  create --name NAME [options]   create a key; the key is printed once, never again
-  list [--json]                  all keys: name, prefix, enabled, expires, last used, note
-  show NAME [--json]             one key in full
-  disable NAME                   stop a key working (reversible)
-  enable NAME                    let a disabled key work again
-  rotate NAME                    new secret for the same key; the old one stops working
-  set NAME [options]             change any field
-  revoke NAME                    delete a key for good
-
-NAME is a key's name or id. Options for create and set:
-  --name NAME            unique name (set: rename)
-  --note TEXT            free text, e.g. who has it
-  --expires WHEN         YYYY-MM-DD (valid through that day, UTC), ISO time, or 30d/12h/90m;
-                         set: "never" removes the expiry
-  --models a,b           models this key may use (the request's "model"); set: "all" lifts it
-  --origins o1,o2        browser origins this key may be used from; set: "all" lifts it
-  --rpm N --tpm N --tpd N --concurrency N
-                         limits (requests/min, tokens/min, tokens/day, concurrent requests),
-                         stored for the admission feature; set: "none" removes one
-  --db PATH              key database file (default: GATEWAY_DB or ./data/gateway.db)
-  --json                 machine-readable output
-  -h, --help             show help
-`;
-
-const OPTIONS = {
-  help: { type: 'boolean', short: 'h' },
-  json: { type: 'boolean' },
-  db: { type: 'string' },
-  name: { type: 'string' },
-  note: { type: 'string' },
-  expires: { type: 'string' },
-  models: { type: 'string' },
-  origins: { type: 'string' },
-  rpm: { type: 'string' },
-  tpm: { type: 'string' },
-  tpd: { type: 'string' },
-  concurrency: { type: 'string' },
-} as const satisfies ParseArgsConfig['options'];
-
-type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true; strict: true }>>['values'];
-
-const ACTION_OPTIONS: Record<string, readonly (keyof typeof OPTIONS)[]> = {
-  create: ['name', 'note', 'expires', 'models', 'origins', 'rpm', 'tpm', 'tpd', 'concurrency', 'json'],
-  list: ['json'],
-  show: ['json'],
-  disable: ['json'],
-  enable: ['json'],
-  rotate: ['json'],
-  revoke: ['json'],
-  set: ['name', 'note', 'expires', 'models', 'origins', 'rpm', 'tpm', 'tpd', 'concurrency', 'json'],
+const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
+  keys: { summary: 'manage API keys in the key database', run: keysCommand },
 };
 
-function list(text: string, option: string, allowAll: boolean): string[] | null {
-  if (allowAll && text.trim().toLowerCase() === 'all') return null;
-  const items = text
-    .split(',')
-    .map((s) => s.trim())
-    .filter((s) => s !== '');
-  if (items.length === 0) throw new UsageError(`--${option} needs a comma-separated list${allowAll ? ' (or "all")' : ''}`);
-  return items;
+function help(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length)) + 2;
+  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}${c.summary} (llm-gateway ${name} --help)`);
+  return `Usage: llm-gateway <command> [options]\n\nCommands:\n${lines.join('\n')}\n\nOptions:\n  -h, --help   show help\n`;
 }
 
-function limit(text: string, option: string, allowNone: boolean): number | null {
-  if (allowNone && text.trim().toLowerCase() === 'none') return null;
-  const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
-  if (!Number.isSafeInteger(n) || n < 1) throw new UsageError(`--${option} must be a whole number ≥ 1${allowNone ? ' (or "none")' : ''}, got "${text}"`);
-  return n;
-}
-
-function changesFrom(values: Values, forSet: boolean): KeyChanges {
-  const changes: KeyChanges = {};
-  if (values.name !== undefined) changes.name = values.name;
-  if (values.note !== undefined) changes.note = values.note;
-  if (values.expires !== undefined) {
-    if (forSet && values.expires.trim().toLowerCase() === 'never') changes.expiresAt = null;
-    else {
-      try {
-        changes.expiresAt = parseExpiry(values.expires);
-      } catch (err) {
-        throw new UsageError(`--expires: ${(err as Error).message}`);
-      }
-    }
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === '--help' || command === '-h') {
+    process.stdout.write(help());
+    return command === undefined ? 2 : 0;
   }
-  if (values.models !== undefined) changes.models = list(values.models, 'models', forSet);
-  if (values.origins !== undefined) changes.origins = list(values.origins, 'origins', forSet);
-  const limits: Partial<Record<keyof KeyLimits, number | null>> = {};
-  for (const name of LIMIT_NAMES) {
-    const v = values[name];
-    if (v !== undefined) limits[name] = limit(v, name, forSet);
-  }
-  if (Object.keys(limits).length > 0) changes.limits = limits;
-  return changes;
-}
-
-function when(t: number | null, none: string): string {
-  return t === null ? none : new Date(t).toISOString().replace('T', ' ').replace(/\.\d{3}Z$/, 'Z');
-}
-
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  return rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n');
-}
-
-function describe(k: KeyRecord): string {
-  const limits = LIMIT_NAMES.map((n) => `${n}=${k.limits[n] ?? '-'}`).join(' ');
-  return [
-    `name:       ${k.name}`,
-    `id:         ${k.id}`,
-    `prefix:     ${k.prefix}…`,
-    `enabled:    ${k.enabled ? 'yes' : 'no'}`,
-    `created:    ${when(k.createdAt, '-')}`,
-    `expires:    ${when(k.expiresAt, 'never')}`,
-    `last used:  ${when(k.lastUsedAt, 'never')}`,
-    `models:     ${k.models === null ? 'all' : k.models.join(', ')}`,
-    `origins:    ${k.origins === null ? 'all' : k.origins.join(', ')}`,
-    `limits:     ${limits}`,
-    `note:       ${k.note}`,
-  ].join('\n');
-}
-
-function print(values: Values, json: unknown, text: string): void {
-  console.log(values.json === true ? JSON.stringify(json, null, 2) : text);
-}
-
-function showSecret(values: Values, record: KeyRecord, key: string, verb: string): void {
-  if (values.json === true) {
-    console.log(JSON.stringify({ ...keyJson(record), key }, null, 2));
-    return;
-  }
-  console.log(`✅ ${verb} key "${record.name}" (${record.id}). This is the only time it is shown:\n\n    ${key}\n\nThe running gateway accepts it within a second.`);
-}
-
-function dbPath(values: Values): string {
-  try {
-    process.loadEnvFile('.env');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new Failure(`could not read .env: ${(err as Error).message}`);
-  }
-  const raw = values.db ?? process.env[SETTINGS.db.env];
-  try {
-    return SETTINGS.db.parse(raw === undefined || raw.trim() === '' ? SETTINGS.db.fallback : raw, values.db === undefined ? SETTINGS.db.env : '--db');
-  } catch (err) {
-    if (err instanceof ConfigError) throw new UsageError(err.message);
-    throw err;
-  }
-}
-
-function keys(action: string | undefined, positionals: string[], values: Values): void {
-  if (action === undefined || values.help === true) {
-    console.log(KEYS_HELP);
-    if (action === undefined && values.help !== true) throw new UsageError('name an action');
-    return;
-  }
-  const allowed = ACTION_OPTIONS[action];
-  if (allowed === undefined) throw new UsageError(`unknown action "${action}"`);
-  for (const option of Object.keys(values) as (keyof typeof OPTIONS)[]) {
-    if (option !== 'db' && option !== 'help' && !allowed.includes(option)) throw new UsageError(`--${option} does not apply to "keys ${action}"`);
-  }
-  const needsName = action !== 'create' && action !== 'list';
-  const target = positionals[0];
-  if (needsName && target === undefined) throw new UsageError(`"keys ${action}" needs a key name or id`);
-  if (positionals.length > (needsName ? 1 : 0)) throw new UsageError(`unexpected argument "${positionals[needsName ? 1 : 0]}"`);
-  if (action === 'create' && values.name === undefined) throw new UsageError('"keys create" needs --name NAME');
-
-  const changes = changesFrom(values, action === 'set');
-  const store = KeyStore.open(dbPath(values));
-  try {
-    switch (action) {
-      case 'create': {
-        const { record, key } = store.create({ ...changes, name: values.name ?? '' });
-        showSecret(values, record, key, 'Created');
-        return;
-      }
-      case 'list': {
-        const all = store.list();
-        const rows = [['NAME', 'ID', 'PREFIX', 'ENABLED', 'EXPIRES', 'LAST USED', 'NOTE']];
-        for (const k of all) rows.push([k.name, k.id, `${k.prefix}…`, k.enabled ? 'yes' : 'no', when(k.expiresAt, 'never'), when(k.lastUsedAt, 'never'), k.note]);
-        const text = all.length === 0 ? `No keys in ${store.path}. Create one: llm-gateway keys create --name alice` : table(rows);
-        print(values, { object: 'list', data: all.map(keyJson) }, text);
-        return;
-      }
-      case 'show': {
-        const k = store.get(target!);
-        print(values, keyJson(k), describe(k));
-        return;
-      }
-      case 'disable':
-      case 'enable': {
-        const k = store.update(target!, { enabled: action === 'enable' });
-        print(values, keyJson(k), `✅ Key "${k.name}" ${action}d.`);
-        return;
-      }
-      case 'rotate': {
-        const { record, key } = store.rotate(target!);
-        showSecret(values, record, key, 'Rotated');
-        return;
-      }
-      case 'revoke': {
-        const k = store.revoke(target!);
-        print(values, { id: k.id, name: k.name, deleted: true }, `✅ Key "${k.name}" revoked (deleted).`);
-        return;
-      }
-      case 'set': {
-        if (Object.keys(changes).length === 0) throw new UsageError('"keys set" needs at least one field to change (see --help)');
-        const k = store.update(target!, changes);
-        print(values, keyJson(k), `✅ Key "${k.name}" updated.\n${describe(k)}`);
-        return;
-      }
-      default:
-        throw new UsageError(`unknown action "${action}"`);
-    }
-  } finally {
-    store.close();
-  }
-}
-
-export function main(argv: string[]): number {
-  let parsed: { values: Values; positionals: string[] };
-  try {
-    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
-  } catch (err) {
-    process.stderr.write(`llm-gateway: ${(err as Error).message}\nTry: llm-gateway --help\n`);
+  const entry = COMMANDS[command];
+  if (entry === undefined) {
+    process.stderr.write(`llm-gateway: unknown command "${command}"\nTry: llm-gateway --help\n`);
     return 2;
   }
-  const [command, action, ...rest] = parsed.positionals;
-  try {
-    if (command === undefined) {
-      process.stdout.write(MAIN_HELP);
-      return parsed.values.help === true ? 0 : 2;
-    }
-    if (command !== 'keys') throw new UsageError(`unknown command "${command}"`);
-    keys(action, rest, parsed.values);
-    return 0;
-  } catch (err) {
-    if (err instanceof UsageError) {
-      process.stderr.write(`llm-gateway: ${err.message}\nTry: llm-gateway ${command === 'keys' ? 'keys ' : ''}--help\n`);
-      return 2;
-    }
-    if (err instanceof KeyStoreError) {
-      process.stderr.write(`llm-gateway: ${err.message}\n`);
-      return err.code === 'invalid_key_field' ? 2 : 1;
-    }
-    if (err instanceof Failure) {
-      process.stderr.write(`llm-gateway: ${err.message}\n`);
-      return 1;
-    }
-    process.stderr.write(`llm-gateway: ${(err as Error).message}\n`);
-    return 1;
-  }
+  return entry.run(rest);
 }
 
-process.exitCode = main(process.argv.slice(2));
+process.exitCode = await main(process.argv.slice(2));
