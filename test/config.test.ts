@@ -1,7 +1,7 @@
 // Settings: defaults, every kind of bad value, and what a person sees when starting the real
 // process (dist/server.js, built by `npm test`'s pretest step).
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -209,16 +209,18 @@ t.test('the real process: a corrupt or read-only key database is a clear error a
   t.equal(corrupt.stderr, '❌ LLM Gateway cannot start: GATEWAY_DB ./corrupt.db cannot be used: the file is not a SQLite database or is damaged\n');
   t.equal(corrupt.stdout, '');
 
-  // Root ignores file modes, so make the file immutable instead (where the filesystem allows it).
-  const store = KeyStore.open(join(cwd, 'ro.db'));
+  // A read-only file: file modes for a normal user; root ignores those, so make it immutable.
+  const path = join(cwd, 'ro.db');
+  const store = KeyStore.open(path);
   store.close();
-  const locked = spawnSync('chattr', ['+i', join(cwd, 'ro.db')]);
-  if (locked.status !== 0) {
-    t.skip('chattr +i is not available here; cannot make a read-only file as root');
-    return;
-  }
-  t.teardown(() => spawnSync('chattr', ['-i', join(cwd, 'ro.db')]));
-  const readonly = await runServer({ LLM_API_KEYS: KEY_A, GATEWAY_DB: './ro.db' }, cwd);
-  t.equal(readonly.code, 1);
-  t.equal(readonly.stderr, '❌ LLM Gateway cannot start: GATEWAY_DB ./ro.db cannot be used: the file or its folder is read-only; the gateway needs to write to it\n');
+  const isRoot = process.getuid?.() === 0;
+  const locked = isRoot ? spawnSync('chattr', ['+i', path]).status === 0 : (chmodSync(path, 0o444), true);
+  t.test('read-only', { skip: locked ? false : 'chattr +i is not available here, and root ignores file modes' }, async (t) => {
+    t.teardown(() => {
+      if (isRoot) spawnSync('chattr', ['-i', path]);
+    });
+    const readonly = await runServer({ LLM_API_KEYS: KEY_A, GATEWAY_DB: './ro.db' }, cwd);
+    t.equal(readonly.code, 1);
+    t.equal(readonly.stderr, '❌ LLM Gateway cannot start: GATEWAY_DB ./ro.db cannot be used: the file or its folder is read-only; the gateway needs to write to it\n');
+  });
 });
