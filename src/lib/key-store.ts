@@ -2,9 +2,8 @@
 // each key plus a short non-secret prefix for display. Framework-free: the gateway, the admin API
 // and the `llm-gateway keys` CLI all use this module.
 import { randomBytes } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
-import { dirname } from 'node:path';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { DatabaseUnusable, MIGRATIONS, openDatabase } from './db.js';
 import { digestKey, type KeyLimits } from './key-index.js';
 
 export type { KeyLimits };
@@ -70,29 +69,7 @@ function newId(): string {
   return `key_${randomBytes(6).toString('hex')}`;
 }
 
-// Each entry upgrades the schema by one version (PRAGMA user_version). Never edit a shipped entry;
-// add a new one. Exported so tests can build a file of an older version.
-export const MIGRATIONS: readonly string[] = [
-  // 1: keys with name, note, enabled
-  `CREATE TABLE keys (
-     id          TEXT PRIMARY KEY,
-     name        TEXT NOT NULL UNIQUE,
-     note        TEXT NOT NULL DEFAULT '',
-     digest      BLOB NOT NULL UNIQUE,
-     prefix      TEXT NOT NULL,
-     enabled     INTEGER NOT NULL DEFAULT 1,
-     created_at  INTEGER NOT NULL
-   )`,
-  // 2: expiry, last use, per-key policy and limits
-  `ALTER TABLE keys ADD COLUMN expires_at INTEGER;
-   ALTER TABLE keys ADD COLUMN last_used_at INTEGER;
-   ALTER TABLE keys ADD COLUMN models TEXT;
-   ALTER TABLE keys ADD COLUMN origins TEXT;
-   ALTER TABLE keys ADD COLUMN rpm INTEGER;
-   ALTER TABLE keys ADD COLUMN tpm INTEGER;
-   ALTER TABLE keys ADD COLUMN tpd INTEGER;
-   ALTER TABLE keys ADD COLUMN concurrency INTEGER`,
-];
+export { MIGRATIONS };
 
 interface Row {
   id: string;
@@ -202,22 +179,12 @@ export class KeyStore {
    * KeyStoreError with a clear message for a file that is not a database, read-only, or newer.
    */
   static open(path: string): KeyStore {
-    let db: Database.Database | undefined;
-    try {
-      if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
-      db = new Database(path);
-      db.pragma('journal_mode = WAL');
-      db.pragma('busy_timeout = 5000');
-      db.pragma('foreign_keys = ON');
-      migrate(db);
-      // SQLite quietly opens a file it cannot write read-only; find out now, not at the first write.
-      db.pragma(`user_version = ${MIGRATIONS.length}`);
-      return new KeyStore(path, db);
-    } catch (err) {
-      db?.close();
-      if (err instanceof KeyStoreError) throw err;
-      throw new KeyStoreError('db_unusable', `GATEWAY_DB ${path} cannot be used: ${describeSqliteError(err)}`, 500);
-    }
+    return new KeyStore(path, openDatabaseForKeys(path));
+  }
+
+  /** The shared connection (the usage store writes through it, so its writes are "our own"). */
+  get db(): Database.Database {
+    return this.#db;
   }
 
   close(): void {
@@ -353,16 +320,12 @@ export class KeyStore {
   }
 }
 
-function migrate(db: Database.Database): void {
-  const version = db.pragma('user_version', { simple: true }) as number;
-  if (version > MIGRATIONS.length) {
-    throw new KeyStoreError('db_unusable', `the database has schema version ${version}, newer than this gateway knows (${MIGRATIONS.length}); update the gateway`, 500);
-  }
-  for (let v = version; v < MIGRATIONS.length; v++) {
-    db.transaction(() => {
-      db.exec(MIGRATIONS[v]!);
-      db.pragma(`user_version = ${v + 1}`);
-    })();
+function openDatabaseForKeys(path: string): Database.Database {
+  try {
+    return openDatabase(path);
+  } catch (err) {
+    if (err instanceof DatabaseUnusable) throw new KeyStoreError('db_unusable', err.message, 500);
+    throw err;
   }
 }
 
@@ -372,12 +335,4 @@ function uniqueNameError(err: unknown, name: string): unknown {
     return new KeyStoreError('key_name_taken', `a key named "${name}" already exists`, 409);
   }
   return err;
-}
-
-function describeSqliteError(err: unknown): string {
-  const code = (err as { code?: string }).code ?? '';
-  if (code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT') return 'the file is not a SQLite database or is damaged';
-  if (code.startsWith('SQLITE_READONLY') || code === 'SQLITE_PERM' || code === 'EACCES' || code === 'EROFS') return 'the file or its folder is read-only; the gateway needs to write to it';
-  if (code === 'SQLITE_CANTOPEN') return 'the file cannot be opened (check the path and folder permissions)';
-  return (err as Error).message;
 }

@@ -1,0 +1,104 @@
+// The gateway's one database file (GATEWAY_DB): SQLite through better-sqlite3, WAL mode, created
+// with its folder on first use, upgraded in place by numbered migrations. Keys and usage records
+// share it (and one connection inside a gateway process).
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+
+/** The file cannot be used; the message names GATEWAY_DB and says why, in one sentence. */
+export class DatabaseUnusable extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'DatabaseUnusable';
+  }
+}
+
+// Each entry upgrades the schema by one version (PRAGMA user_version). Never edit a shipped entry;
+// add a new one. Exported so tests can build a file of an older version.
+export const MIGRATIONS: readonly string[] = [
+  // 1: keys with name, note, enabled
+  `CREATE TABLE keys (
+     id          TEXT PRIMARY KEY,
+     name        TEXT NOT NULL UNIQUE,
+     note        TEXT NOT NULL DEFAULT '',
+     digest      BLOB NOT NULL UNIQUE,
+     prefix      TEXT NOT NULL,
+     enabled     INTEGER NOT NULL DEFAULT 1,
+     created_at  INTEGER NOT NULL
+   )`,
+  // 2: expiry, last use, per-key policy and limits
+  `ALTER TABLE keys ADD COLUMN expires_at INTEGER;
+   ALTER TABLE keys ADD COLUMN last_used_at INTEGER;
+   ALTER TABLE keys ADD COLUMN models TEXT;
+   ALTER TABLE keys ADD COLUMN origins TEXT;
+   ALTER TABLE keys ADD COLUMN rpm INTEGER;
+   ALTER TABLE keys ADD COLUMN tpm INTEGER;
+   ALTER TABLE keys ADD COLUMN tpd INTEGER;
+   ALTER TABLE keys ADD COLUMN concurrency INTEGER`,
+  // 3: one row per request (usage accounting)
+  `CREATE TABLE usage (
+     id                INTEGER PRIMARY KEY,
+     ts                INTEGER NOT NULL,
+     request_id        TEXT NOT NULL,
+     key_id            TEXT,
+     key_name          TEXT,
+     route             TEXT NOT NULL,
+     model             TEXT,
+     status            INTEGER NOT NULL,
+     streamed          INTEGER NOT NULL,
+     prompt_tokens     INTEGER,
+     cached_tokens     INTEGER,
+     completion_tokens INTEGER,
+     estimated         INTEGER NOT NULL DEFAULT 0,
+     ttft_ms           REAL,
+     duration_ms       REAL NOT NULL,
+     bytes_in          INTEGER NOT NULL,
+     bytes_out         INTEGER NOT NULL,
+     client_ip         TEXT,
+     user_agent        TEXT,
+     outcome           TEXT NOT NULL
+   );
+   CREATE INDEX usage_ts ON usage (ts);
+   CREATE INDEX usage_key_ts ON usage (key_id, ts)`,
+];
+
+/** Opens (creating it and its folder on first use) and migrates the database. Throws DatabaseUnusable. */
+export function openDatabase(path: string): Database.Database {
+  let db: Database.Database | undefined;
+  try {
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    db = new Database(path);
+    db.pragma('journal_mode = WAL');
+    db.pragma('busy_timeout = 5000');
+    db.pragma('foreign_keys = ON');
+    migrate(db);
+    // SQLite quietly opens a file it cannot write read-only; find out now, not at the first write.
+    db.pragma(`user_version = ${MIGRATIONS.length}`);
+    return db;
+  } catch (err) {
+    db?.close();
+    if (err instanceof DatabaseUnusable) throw err;
+    throw new DatabaseUnusable(`GATEWAY_DB ${path} cannot be used: ${describeSqliteError(err)}`);
+  }
+}
+
+function migrate(db: Database.Database): void {
+  const version = db.pragma('user_version', { simple: true }) as number;
+  if (version > MIGRATIONS.length) {
+    throw new DatabaseUnusable(`GATEWAY_DB has schema version ${version}, newer than this gateway knows (${MIGRATIONS.length}); update the gateway`);
+  }
+  for (let v = version; v < MIGRATIONS.length; v++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v]!);
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+  }
+}
+
+function describeSqliteError(err: unknown): string {
+  const code = (err as { code?: string }).code ?? '';
+  if (code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT') return 'the file is not a SQLite database or is damaged';
+  if (code.startsWith('SQLITE_READONLY') || code === 'SQLITE_PERM' || code === 'EACCES' || code === 'EROFS') return 'the file or its folder is read-only; the gateway needs to write to it';
+  if (code === 'SQLITE_CANTOPEN') return 'the file cannot be opened (check the path and folder permissions)';
+  return (err as Error).message;
+}
