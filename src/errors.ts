@@ -73,6 +73,12 @@ export function fromFastifyError(err: { code?: string; statusCode?: number; mess
       return BODY_TOO_LARGE(bodyLimit);
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
       return BODY_MISSING;
+    case 'FST_ERR_BAD_URL':
+      return new GatewayError(400, 'invalid_request_error', 'invalid_url', 'The request path is not a valid URL.');
+    case 'FST_ERR_MAX_PARAM_LENGTH':
+      return new GatewayError(414, 'invalid_request_error', 'path_too_long', 'A part of the request path is too long.');
+    case 'FST_ERR_VALIDATION':
+      return new GatewayError(400, 'invalid_request_error', 'invalid_body', err.message);
     case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
       return new GatewayError(400, 'invalid_request_error', 'invalid_content_length', 'Content-Length does not match the body that was sent.');
     default:

@@ -39,8 +39,13 @@ export async function run(helpHint: string, body: () => Promise<number> | number
       return 2;
     }
     if (err instanceof KeyStoreError) {
+      // A field the store refuses (bad name, origin, limit) is a usage error like any other.
+      if (err.code === 'invalid_key_field') {
+        process.stderr.write(`llm-gateway: ${err.message}\nTry: ${helpHint}\n`);
+        return 2;
+      }
       process.stderr.write(`llm-gateway: ${err.message}\n`);
-      return err.code === 'invalid_key_field' ? 2 : 1;
+      return 1;
     }
     process.stderr.write(`llm-gateway: ${(err as Error).message}\n`);
     return 1;

@@ -27,9 +27,10 @@ NAME is a key's name or id. Options for create and set:
                          set: "never" removes the expiry
   --models a,b           models this key may use (the request's "model"); set: "all" lifts it
   --origins o1,o2        browser origins this key may be used from; set: "all" lifts it
-  --rpm N --tpm N --tpd N --concurrency N
-                         limits (requests/min, tokens/min, tokens/day, concurrent requests),
-                         stored for the admission feature; set: "none" removes one
+  --rpm N                requests per minute      (limits are stored for the admission
+  --tpm N                tokens per minute         feature; set: "none" removes one)
+  --tpd N                tokens per day
+  --concurrency N        requests at the same time
   --db PATH              key database file (default: GATEWAY_DB or ./data/gateway.db)
   --json                 machine-readable output
   -h, --help             show help
@@ -144,11 +145,11 @@ function showSecret(values: Values, record: KeyRecord, key: string, verb: string
 }
 
 function keys(action: string | undefined, positionals: string[], values: Values): void {
-  if (action === undefined || values.help === true) {
+  if (values.help === true) {
     console.log(KEYS_HELP);
-    if (action === undefined && values.help !== true) throw new UsageError('name an action');
     return;
   }
+  if (action === undefined) throw new UsageError('name an action: create, list, show, disable, enable, rotate, set or revoke');
   const allowed = ACTION_OPTIONS[action];
   if (allowed === undefined) throw new UsageError(`unknown action "${action}"`);
   for (const option of Object.keys(values) as (keyof typeof OPTIONS)[]) {

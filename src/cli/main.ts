@@ -15,9 +15,13 @@ function help(): string {
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
-  if (command === undefined || command === '--help' || command === '-h') {
+  if (command === '--help' || command === '-h') {
     process.stdout.write(help());
-    return command === undefined ? 2 : 0;
+    return 0;
+  }
+  if (command === undefined) {
+    process.stderr.write(`llm-gateway: name a command (${Object.keys(COMMANDS).join(', ')})\nTry: llm-gateway --help\n`);
+    return 2;
   }
   const entry = COMMANDS[command];
   if (entry === undefined) {

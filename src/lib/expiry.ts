@@ -3,6 +3,13 @@
 
 const UNIT_MS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
 const DAY_MS = 86_400_000;
+// Far enough for any key; well inside what a JavaScript Date can hold (8.64e15 ms).
+const LATEST = Date.parse('9999-12-31T00:00:00Z');
+
+/** The date part of `value` names a real day (2099-02-30 does not). */
+function realDay(value: string, at: number): boolean {
+  return !Number.isNaN(at) && new Date(at).toISOString().slice(0, 10) === value.slice(0, 10);
+}
 
 /** ms since epoch; throws Error with a sentence for anything else or for a time not in the future. */
 export function parseExpiry(text: string, now = Date.now()): number {
@@ -13,9 +20,12 @@ export function parseExpiry(text: string, now = Date.now()): number {
     at = now + Number(duration[1]) * UNIT_MS[duration[2]!.toLowerCase()]!;
   } else if (/^\d{4}-\d{2}-\d{2}$/.test(value)) {
     // A plain date: the key works through the whole of that day (UTC).
-    at = Date.parse(`${value}T00:00:00Z`) + DAY_MS;
+    const start = Date.parse(`${value}T00:00:00Z`);
+    at = realDay(value, start) ? start + DAY_MS : NaN;
   } else if (/^\d{4}-\d{2}-\d{2}T/.test(value)) {
-    at = Date.parse(value);
+    const parsed = Date.parse(value);
+    // Compare the day in UTC only when the time is given in UTC; offsets move the day legitimately.
+    at = /(Z|T\d{2}:\d{2}(:\d{2}(\.\d+)?)?)$/i.test(value) && !realDay(value, parsed) ? NaN : parsed;
   } else {
     at = NaN;
   }
@@ -23,5 +33,6 @@ export function parseExpiry(text: string, now = Date.now()): number {
     throw new Error(`"${text}" is not a date: use YYYY-MM-DD (valid through that day, UTC), an ISO time like 2026-12-31T18:00:00Z, or a duration like 30d, 12h, 90m`);
   }
   if (at <= now) throw new Error(`"${text}" is in the past`);
+  if (at > LATEST) throw new Error(`"${text}" is too far in the future (latest: 9999-12-30)`);
   return at;
 }

@@ -50,6 +50,8 @@ export class KeyStoreError extends Error {
     readonly code: 'key_not_found' | 'key_name_taken' | 'invalid_key_field' | 'db_unusable',
     message: string,
     readonly status: number,
+    /** the field at fault, for invalid_key_field */
+    readonly param: string | null = null,
   ) {
     super(message);
     this.name = 'KeyStoreError';
@@ -60,6 +62,7 @@ const KEY_PREFIX = 'sk-';
 const KEY_RANDOM_BYTES = 24; // 192 bits
 const DISPLAY_PREFIX_LENGTH = 10; // "sk-" + 7 characters: 42 of 192 bits
 const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
+const ID_PATTERN = /^key_[0-9a-f]{12}$/;
 
 export function generateKey(): string {
   return KEY_PREFIX + randomBytes(KEY_RANDOM_BYTES).toString('base64url');
@@ -132,9 +135,11 @@ export function keyJson(k: KeyRecord): Record<string, unknown> {
 
 function validName(name: string): string {
   if (!NAME_PATTERN.test(name)) {
-    throw new KeyStoreError('invalid_key_field', `name "${name}" is not valid: use 1-64 letters, digits, '.', '_', '-' or '@', starting with a letter or digit`, 400);
+    throw new KeyStoreError('invalid_key_field', `name "${name}" is not valid: use 1-64 letters, digits, '.', '_', '-' or '@', starting with a letter or digit`, 400, 'name');
   }
-  if (name.startsWith('env-')) throw new KeyStoreError('invalid_key_field', 'names starting with "env-" are reserved for LLM_API_KEYS', 400);
+  if (name.startsWith('env-')) throw new KeyStoreError('invalid_key_field', 'names starting with "env-" are reserved for LLM_API_KEYS', 400, 'name');
+  // Keys are found by id or name; a name shaped like an id could shadow another key.
+  if (ID_PATTERN.test(name)) throw new KeyStoreError('invalid_key_field', `name "${name}" looks like a key id; choose another name`, 400, 'name');
   return name;
 }
 
@@ -142,7 +147,7 @@ function validList(field: 'models' | 'origins', list: readonly string[] | null |
   if (list === undefined) return undefined;
   if (list === null) return null;
   const items = [...new Set(list.map((s) => s.trim()).filter((s) => s !== ''))];
-  if (items.length === 0) throw new KeyStoreError('invalid_key_field', `${field} must name at least one entry (or be "all")`, 400);
+  if (items.length === 0) throw new KeyStoreError('invalid_key_field', `${field} must name at least one entry (or be "all")`, 400, field);
   if (field === 'origins') {
     for (const o of items) {
       let ok = false;
@@ -151,7 +156,7 @@ function validList(field: 'models' | 'origins', list: readonly string[] | null |
       } catch {
         ok = false;
       }
-      if (!ok) throw new KeyStoreError('invalid_key_field', `origin "${o}" is not an exact origin like https://chat.example.com (no path, no trailing slash)`, 400);
+      if (!ok) throw new KeyStoreError('invalid_key_field', `origin "${o}" is not an exact origin like https://chat.example.com (no path, no trailing slash)`, 400, 'origins');
     }
   }
   return JSON.stringify(items);
@@ -159,7 +164,7 @@ function validList(field: 'models' | 'origins', list: readonly string[] | null |
 
 function validLimit(name: string, v: number | null | undefined): number | null | undefined {
   if (v === undefined || v === null) return v;
-  if (!Number.isSafeInteger(v) || v < 1) throw new KeyStoreError('invalid_key_field', `${name} must be a whole number ≥ 1 (or none)`, 400);
+  if (!Number.isSafeInteger(v) || v < 1) throw new KeyStoreError('invalid_key_field', `${name} must be a whole number ≥ 1 (or none)`, 400, `limits.${name}`);
   return v;
 }
 
@@ -217,7 +222,7 @@ export class KeyStore {
     const id = newId();
     const name = validName(input.name);
     if (input.expiresAt !== undefined && input.expiresAt !== null && input.expiresAt <= now) {
-      throw new KeyStoreError('invalid_key_field', 'expires is in the past', 400);
+      throw new KeyStoreError('invalid_key_field', 'expires is in the past', 400, 'expires');
     }
     const limits = input.limits ?? {};
     try {
@@ -261,7 +266,7 @@ export class KeyStore {
     if (changes.note !== undefined) set('note', changes.note);
     if (changes.enabled !== undefined) set('enabled', changes.enabled ? 1 : 0);
     if (changes.expiresAt !== undefined) {
-      if (changes.expiresAt !== null && changes.expiresAt <= now) throw new KeyStoreError('invalid_key_field', 'expires is in the past', 400);
+      if (changes.expiresAt !== null && changes.expiresAt <= now) throw new KeyStoreError('invalid_key_field', 'expires is in the past', 400, 'expires');
       set('expires_at', changes.expiresAt);
     }
     if (changes.models !== undefined) set('models', validList('models', changes.models));
@@ -332,7 +337,7 @@ function openDatabaseForKeys(path: string): Database.Database {
 function uniqueNameError(err: unknown, name: string): unknown {
   const code = (err as { code?: string }).code;
   if (code === 'SQLITE_CONSTRAINT_UNIQUE' && String((err as Error).message).includes('keys.name')) {
-    return new KeyStoreError('key_name_taken', `a key named "${name}" already exists`, 409);
+    return new KeyStoreError('key_name_taken', `a key named "${name}" already exists`, 409, 'name');
   }
   return err;
 }

@@ -3,11 +3,13 @@
 // client key gets 401 here. Bodies are validated by JSON schema.
 import { timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { GatewayError, INVALID_API_KEY } from '../errors.js';
+import { GatewayError, INVALID_API_KEY, INVALID_JSON } from '../errors.js';
 import { parseExpiry } from '../lib/expiry.js';
 import { digestKey } from '../lib/key-index.js';
 import type { KeyRegistry } from '../lib/key-registry.js';
 import { KeyStoreError, keyJson, type KeyChanges, type KeyLimits, type KeyStore } from '../lib/key-store.js';
+import { groupBy, usageFilter } from '../lib/period.js';
+import type { UsageStore } from '../lib/usage-store.js';
 import { presentedKey } from '../plugins/auth.js';
 import { sendError } from '../plugins/errors.js';
 
@@ -41,7 +43,7 @@ interface KeyBody {
 }
 
 function toGatewayError(err: unknown): unknown {
-  if (err instanceof KeyStoreError) return new GatewayError(err.status, err.status >= 500 ? 'server_error' : 'invalid_request_error', err.code, err.message);
+  if (err instanceof KeyStoreError) return new GatewayError(err.status, err.status >= 500 ? 'server_error' : 'invalid_request_error', err.code, err.message, err.param);
   return err;
 }
 
@@ -63,9 +65,34 @@ function changesFrom(body: KeyBody): KeyChanges {
   return changes;
 }
 
-export default async function adminRoutes(app: FastifyInstance, opts: { adminKey: string; registry: KeyRegistry; store: KeyStore }): Promise<void> {
+const usageQuery = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    key: { type: 'string', maxLength: 100 },
+    since: { type: 'string', maxLength: 64 },
+    until: { type: 'string', maxLength: 64 },
+    by: { type: 'string', enum: ['day', 'key', 'model'] },
+  },
+} as const;
+
+export default async function adminRoutes(app: FastifyInstance, opts: { adminKey: string; registry: KeyRegistry; store: KeyStore; usage: UsageStore }): Promise<void> {
   const adminDigest = digestKey(opts.adminKey);
-  const { registry, store } = opts;
+  const { registry, store, usage } = opts;
+
+  // JSON bodies; an empty one (curl -X POST -H 'Content-Type: application/json' …/rotate) is no body.
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, text, done) => {
+    if (text === '') {
+      done(null, undefined);
+      return;
+    }
+    try {
+      done(null, JSON.parse(text as string) as unknown);
+    } catch (err) {
+      done(INVALID_JSON((err as Error).message));
+    }
+  });
 
   app.addHook('onRequest', (request: FastifyRequest, reply: FastifyReply, done: () => void) => {
     const key = presentedKey(request);
@@ -123,5 +150,36 @@ export default async function adminRoutes(app: FastifyInstance, opts: { adminKey
     const { record, key } = write(() => store.rotate(request.params.id));
     request.log.info({ keyId: record.id, keyName: record.name }, 'admin: key rotated');
     return { ...keyJson(record), key };
+  });
+
+  // Usage report: totals per day, key or model, with the CLI's filters (?key=&since=7d&until=&by=).
+  app.get<{ Querystring: { key?: string; since?: string; until?: string; by?: string } }>('/usage', { schema: { querystring: usageQuery } }, async (request) => {
+    let filter;
+    let by;
+    try {
+      filter = usageFilter(request.query);
+      by = groupBy(request.query.by);
+    } catch (err) {
+      throw new GatewayError(400, 'invalid_request_error', 'invalid_period', (err as Error).message);
+    }
+    const rows = usage.report(filter, by);
+    const total = rows.reduce(
+      (t, r) => ({
+        requests: t.requests + r.requests,
+        prompt_tokens: t.prompt_tokens + r.promptTokens,
+        cached_tokens: t.cached_tokens + r.cachedTokens,
+        completion_tokens: t.completion_tokens + r.completionTokens,
+        total_tokens: t.total_tokens + r.totalTokens,
+      }),
+      { requests: 0, prompt_tokens: 0, cached_tokens: 0, completion_tokens: 0, total_tokens: 0 },
+    );
+    return {
+      object: 'usage_report',
+      by,
+      since: filter.since === undefined ? null : new Date(filter.since).toISOString(),
+      until: filter.until === undefined ? null : new Date(filter.until).toISOString(),
+      data: rows.map((r) => ({ [by]: r.group, requests: r.requests, prompt_tokens: r.promptTokens, cached_tokens: r.cachedTokens, completion_tokens: r.completionTokens, total_tokens: r.totalTokens, estimated: r.estimated, errors: r.errors })),
+      total,
+    };
   });
 }
