@@ -138,6 +138,25 @@ function millis(text: string, env: string): number {
   return n;
 }
 
+function onOff(text: string, env: string): boolean {
+  const value = text.trim().toLowerCase();
+  if (['on', 'true', '1', 'yes'].includes(value)) return true;
+  if (['off', 'false', '0', 'no'].includes(value)) return false;
+  throw new ConfigError(env, `must be on or off (true/false), got "${text}"`);
+}
+
+function optionalPath(text: string, env: string): string {
+  const value = text.trim();
+  if (value.endsWith('/')) throw new ConfigError(env, `must be a file path such as ./data/audit.jsonl (or empty for off), got "${text}"`);
+  return value;
+}
+
+function days(text: string, env: string): number {
+  const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n) || n < 1) throw new ConfigError(env, `must be a whole number of days (≥ 1), got "${text}"`);
+  return n;
+}
+
 function logLevel(text: string, env: string): string {
   const value = text.trim().toLowerCase();
   if (!LOG_LEVELS.has(value)) throw new ConfigError(env, `must be one of ${[...LOG_LEVELS].join(', ')}, got "${text}"`);
@@ -158,6 +177,10 @@ export const SETTINGS = {
   logLevel: setting('LOG_LEVEL', 'info', logLevel),
   db: setting('GATEWAY_DB', './data/gateway.db', filePath),
   adminKey: setting('GATEWAY_ADMIN_KEY', '', adminKey),
+  usage: setting('GATEWAY_USAGE', 'on', onOff),
+  auditLog: setting('GATEWAY_AUDIT_LOG', '', optionalPath),
+  auditKeepDays: setting('GATEWAY_AUDIT_KEEP_DAYS', '30', days),
+  logBodies: setting('GATEWAY_LOG_BODIES', 'false', onOff),
 } as const;
 
 export type Config = { readonly [K in keyof typeof SETTINGS]: ReturnType<(typeof SETTINGS)[K]['parse']> };

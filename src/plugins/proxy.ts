@@ -8,11 +8,15 @@
 // response's `close`, so llama-server frees its slot at once in every phase.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
+import { pipeline } from 'node:stream';
 import { Pool, type Dispatcher } from 'undici';
 import type { Config } from '../config.js';
 import { GatewayError, SHUTTING_DOWN, UPSTREAM_BAD_RESPONSE, UPSTREAM_TIMEOUT, UPSTREAM_UNREACHABLE } from '../errors.js';
 import { clientResponseHeaders, upstreamRequestHeaders } from '../lib/headers.js';
-import { relaySse, type BrokenStream, type SseDialect } from '../lib/sse-relay.js';
+import { JsonTap } from '../lib/json-tap.js';
+import { relaySse, type BrokenStream } from '../lib/sse-relay.js';
+import { Exchange, needsIncludeUsage, withIncludeUsage, type RouteKind } from '../lib/usage.js';
+import type { UsageRecorder } from '../lib/usage-recorder.js';
 
 /** A parsed JSON request body: the bytes as received (forwarded unchanged) and their parse. */
 export interface JsonBody {
@@ -30,7 +34,16 @@ declare module 'fastify' {
   interface FastifyInstance {
     upstream: Upstream;
   }
+  interface FastifyRequest {
+    /** The proxied exchange's usage state (null when not proxied or accounting is off). */
+    exchange: Exchange | null;
+  }
 }
+
+/** Called when a proxied request's client left before its response finished. */
+export type ClientClosed = (request: FastifyRequest, exchange: Exchange) => void;
+
+const noop = (): void => {};
 
 const SHORT_CALL_TIMEOUT_MS = 10_000;
 
@@ -51,9 +64,13 @@ export class Upstream {
   readonly #authorization: string | undefined;
   readonly #headersTimeout: number;
   readonly #describeBreak: (err: Error) => BrokenStream;
+  readonly #usage: UsageRecorder | null;
+  readonly #clientClosed: ClientClosed;
   #destroyed = false;
 
-  constructor(config: Config) {
+  constructor(config: Config, usage: UsageRecorder | null = null, clientClosed: ClientClosed = noop) {
+    this.#usage = usage;
+    this.#clientClosed = clientClosed;
     const url = new URL(config.upstream);
     this.#basePath = url.pathname === '/' ? '' : url.pathname;
     this.#authorization = config.upstreamApiKey === '' ? undefined : `Bearer ${config.upstreamApiKey}`;
@@ -74,12 +91,29 @@ export class Upstream {
    * never reach llama-server) and replies with llama-server's status, scrubbed headers and body.
    * SSE bodies are relayed chunk by chunk; everything else is streamed as it arrives.
    */
-  async forward(request: FastifyRequest, reply: FastifyReply, path: string, dialect: SseDialect): Promise<FastifyReply | undefined> {
+  async forward(request: FastifyRequest, reply: FastifyReply, path: string, kind: RouteKind): Promise<FastifyReply | undefined> {
     const body = request.body as JsonBody | undefined;
+    let bytes = body?.raw;
+    let ex: Exchange | null = null;
+    if (this.#usage !== null) {
+      const model = body?.json.model;
+      ex = new Exchange(kind, path, typeof model === 'string' ? model : null, bytes?.length ?? 0);
+      // A chat stream reports its tokens only when asked; ask, and hide the answer from a client
+      // that did not (usage-tap drops that one chunk).
+      if (kind === 'chat' && body !== undefined && needsIncludeUsage(body.json)) {
+        bytes = withIncludeUsage(body.raw, body.json);
+        ex.stripUsageChunk = true;
+      }
+      if (this.#usage.logBodies) ex.text = '';
+      request.exchange = ex;
+      this.#usage.inFlight++;
+    }
     const res = reply.raw;
     const ac = new AbortController();
-    const abort = (): void => ac.abort();
-    res.once('close', abort);
+    res.once('close', () => {
+      ac.abort();
+      if (ex !== null && !res.writableFinished) this.#clientClosed(request, ex);
+    });
 
     let answer: Dispatcher.ResponseData;
     try {
@@ -87,29 +121,37 @@ export class Upstream {
         method: request.method as Dispatcher.HttpMethod,
         path: this.#basePath + path,
         headers: upstreamRequestHeaders(request.headers, request.ip, this.#authorization, body !== undefined),
-        body: body?.raw,
+        body: bytes,
         signal: ac.signal,
       });
     } catch (err) {
       if (ac.signal.aborted) {
         // Nobody is waiting any more; the abort has already closed the upstream socket.
-        request.log.info({ key: request.apiKey?.id }, 'client closed the connection before the model server answered; upstream request cancelled');
+        request.log.info({ key: request.apiKey?.name }, 'client closed the connection before the model server answered; upstream request cancelled');
         return undefined;
       }
       throw this.#toGatewayError(err, request);
     }
 
+    if (ex !== null) ex.status = answer.statusCode;
     const gatewayVary = reply.getHeader('vary'); // set by CORS; llama-server's must not replace it
     reply.code(answer.statusCode).headers(clientResponseHeaders(answer.headers));
     if (gatewayVary !== undefined && answer.headers.vary !== undefined) reply.header('vary', `${String(gatewayVary)}, ${String(answer.headers.vary)}`);
     const contentType = answer.headers['content-type'];
     if (typeof contentType === 'string' && contentType.startsWith('text/event-stream')) {
+      if (ex !== null) ex.streamed = true;
       reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
       return reply.send(
-        relaySse(answer.body, dialect, this.#describeBreak, (err) => request.log.warn({ err: { code: (err as { code?: string }).code, message: err.message } }, 'upstream stream broke')),
+        relaySse(answer.body, kind === 'messages' ? 'anthropic' : 'openai', ex, this.#describeBreak, (err) =>
+          request.log.warn({ err: { code: (err as { code?: string }).code, message: err.message } }, 'upstream stream broke'),
+        ),
       );
     }
-    return reply.send(answer.body);
+    if (ex === null) return reply.send(answer.body);
+    // pipeline: an upstream error mid-body destroys the tap, and Fastify then ends the response.
+    const tap = new JsonTap(ex);
+    pipeline(answer.body, tap, noop);
+    return reply.send(tap);
   }
 
   /** A short GET to llama-server that the gateway reads itself (health, model list). */
@@ -153,9 +195,10 @@ export class Upstream {
 }
 
 export default fp(
-  async function proxyPlugin(app: FastifyInstance, opts: { config: Config }) {
-    const upstream = new Upstream(opts.config);
+  async function proxyPlugin(app: FastifyInstance, opts: { config: Config; usage?: UsageRecorder | null; clientClosed?: ClientClosed }) {
+    const upstream = new Upstream(opts.config, opts.usage ?? null, opts.clientClosed);
     app.decorate('upstream', upstream);
+    app.decorateRequest('exchange', null);
     // In-flight streams are done (or cut by the shutdown grace timer) when onClose runs.
     app.addHook('onClose', async () => {
       await upstream.destroy();

@@ -5,17 +5,18 @@
 // can only miss a route, never reach another one upstream, and query strings are dropped.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { BODY_MISSING, MODEL_NOT_FOUND, UPSTREAM_BAD_RESPONSE } from '../errors.js';
-import type { SseDialect } from '../lib/sse-relay.js';
+import type { RouteKind } from '../lib/usage.js';
 
-export const POST_ROUTES = [
-  '/v1/chat/completions',
-  '/v1/completions',
-  '/v1/embeddings',
-  '/v1/rerank',
-  '/v1/responses',
-  '/v1/messages',
-  '/v1/messages/count_tokens',
-] as const;
+/** The forwarded POST routes and the API each speaks (where its token numbers are). */
+export const POST_ROUTES: readonly (readonly [string, RouteKind])[] = [
+  ['/v1/chat/completions', 'chat'],
+  ['/v1/completions', 'completions'],
+  ['/v1/embeddings', 'embeddings'],
+  ['/v1/rerank', 'rerank'],
+  ['/v1/responses', 'responses'],
+  ['/v1/messages', 'messages'],
+  ['/v1/messages/count_tokens', 'count_tokens'],
+];
 
 interface ModelEntry {
   id?: unknown;
@@ -49,17 +50,16 @@ const JSON_TYPE = 'application/json; charset=utf-8';
 export default async function v1Routes(app: FastifyInstance): Promise<void> {
   const upstream = app.upstream;
 
-  for (const path of POST_ROUTES) {
-    const dialect: SseDialect = path.startsWith('/v1/messages') ? 'anthropic' : 'openai';
+  for (const [path, kind] of POST_ROUTES) {
     app.post(path, (request: FastifyRequest, reply: FastifyReply) => {
       if (request.body === undefined) throw BODY_MISSING;
-      return upstream.forward(request, reply, path, dialect);
+      return upstream.forward(request, reply, path, kind);
     });
   }
 
   app.get('/v1/models', async (request: FastifyRequest, reply: FastifyReply) => {
     const allowed = request.apiKey?.models;
-    if (allowed === null || allowed === undefined) return upstream.forward(request, reply, '/v1/models', 'openai');
+    if (allowed === null || allowed === undefined) return upstream.forward(request, reply, '/v1/models', 'models');
     // A key kept to certain models sees only those.
     const answer = await upstream.get('/v1/models');
     if (answer.statusCode !== 200) return reply.code(answer.statusCode).header('content-type', JSON_TYPE).send(answer.text);

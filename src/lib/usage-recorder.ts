@@ -1,0 +1,65 @@
+// Collects usage records in memory and writes them in batches, once a second, to the usage table
+// and the audit log: nothing touches the disk on the request path, a graceful shutdown flushes
+// everything, and a crash loses at most the last second. Listeners (metrics) see each record at once.
+import type { AuditLog } from './audit-log.js';
+import type { UsageRecord } from './usage.js';
+import type { UsageStore } from './usage-store.js';
+
+export const DEFAULT_FLUSH_MS = 1000;
+
+export interface RecorderLog {
+  error(obj: object, msg: string): void;
+}
+
+export class UsageRecorder {
+  readonly logBodies: boolean;
+  readonly #store: UsageStore | undefined;
+  readonly #audit: AuditLog | undefined;
+  readonly #listeners: ((r: UsageRecord) => void)[] = [];
+  #pending: UsageRecord[] = [];
+  #timer: NodeJS.Timeout | undefined;
+  #log: RecorderLog | undefined;
+  /** proxied requests started and not yet recorded */
+  inFlight = 0;
+
+  constructor(opts: { store?: UsageStore; audit?: AuditLog; logBodies?: boolean }) {
+    this.#store = opts.store;
+    this.#audit = opts.audit;
+    this.logBodies = opts.logBodies === true;
+  }
+
+  onRecord(listener: (r: UsageRecord) => void): void {
+    this.#listeners.push(listener);
+  }
+
+  record(r: UsageRecord): void {
+    for (const l of this.#listeners) l(r);
+    if (this.#store !== undefined || this.#audit !== undefined) this.#pending.push(r);
+  }
+
+  start(log?: RecorderLog, flushMs = DEFAULT_FLUSH_MS): void {
+    this.#log = log;
+    if (this.#timer !== undefined) return;
+    this.#timer = setInterval(() => void this.flush(), flushMs);
+    this.#timer.unref();
+  }
+
+  /** Writes what is pending; resolves when the audit lines are on disk too. */
+  flush(): Promise<void> {
+    const batch = this.#pending;
+    if (batch.length === 0) return this.#audit?.drain() ?? Promise.resolve();
+    this.#pending = [];
+    try {
+      this.#store?.insert(batch);
+    } catch (err) {
+      this.#log?.error({ err: { message: (err as Error).message, code: (err as { code?: string }).code }, records: batch.length }, 'usage records could not be written to the database');
+    }
+    return this.#audit?.write(batch.map((r) => JSON.stringify({ time: new Date(r.ts).toISOString(), ...r }))) ?? Promise.resolve();
+  }
+
+  async close(): Promise<void> {
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+    await this.flush();
+  }
+}

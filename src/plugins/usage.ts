@@ -1,0 +1,96 @@
+// One usage record per request in the authenticated scope: proxied ones carry the token numbers
+// their taps read; refused ones (bad key, policy) record who tried what. Records go to the
+// UsageRecorder, which writes them in batches off the request path.
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import fp from 'fastify-plugin';
+import type { Exchange, Outcome, UsageRecord } from '../lib/usage.js';
+import type { UsageRecorder } from '../lib/usage-recorder.js';
+import type { ClientClosed, JsonBody } from './proxy.js';
+
+const MAX_LOGGED_BODY = 1 << 20;
+/** nginx's code for "the client closed the connection before the response was complete" */
+const CLIENT_CLOSED_STATUS = 499;
+
+function outcomeOf(status: number, ex: Exchange | null, clientClosed: boolean): Outcome {
+  if (clientClosed) return 'client_closed';
+  if (ex?.broken === 'timeout') return 'timeout';
+  if (ex?.broken === 'error') return 'upstream_error';
+  if (status < 400) return 'ok';
+  if (status === 401) return 'rejected_auth';
+  if (status === 429) return 'rejected_limit';
+  if (status === 504) return 'timeout';
+  // llama-server's own refusals passed through, and the gateway's 502/503 for upstream trouble
+  if (status >= 500 || ex?.status === status) return 'upstream_error';
+  return 'rejected_policy';
+}
+
+export function buildRecord(request: FastifyRequest, status: number, durationMs: number, clientClosed: boolean, logBodies: boolean): UsageRecord {
+  const ex = request.exchange;
+  const key = request.apiKey;
+  const body = request.body as JsonBody | undefined;
+  let completion = ex?.completionTokens ?? null;
+  let estimated = false;
+  if (clientClosed && ex !== null && ex.streamed && completion === null) {
+    // The client left before llama-server reported: count the content chunks it was sent.
+    completion = ex.contentEvents;
+    estimated = true;
+  }
+  const bodyModel = body?.json.model;
+  const ua = request.headers['user-agent'];
+  const record: UsageRecord = {
+    ts: ex?.ts ?? Date.now() - durationMs,
+    requestId: request.id,
+    keyId: key?.id ?? null,
+    keyName: key?.name ?? null,
+    route: request.routeOptions.url ?? request.url.split('?')[0]!,
+    model: ex?.model ?? (typeof bodyModel === 'string' ? bodyModel : null),
+    status,
+    streamed: ex?.streamed ?? false,
+    promptTokens: ex?.promptTokens ?? null,
+    cachedTokens: ex?.cachedTokens ?? null,
+    completionTokens: completion,
+    estimated,
+    ttftMs: ex !== null && ex.firstContentAt > 0 ? ex.firstContentAt - ex.startedAt : null,
+    durationMs,
+    bytesIn: ex?.bytesIn ?? body?.raw.length ?? 0,
+    bytesOut: ex?.bytesOut ?? 0,
+    clientIp: request.ip ?? null,
+    userAgent: typeof ua === 'string' ? ua.slice(0, 300) : null,
+    outcome: outcomeOf(status, ex, clientClosed),
+  };
+  if (logBodies) {
+    if (body !== undefined) record.requestBody = body.raw.subarray(0, MAX_LOGGED_BODY).toString('utf8');
+    if (ex?.text !== null && ex?.text !== undefined) record.responseText = ex.text;
+  }
+  return record;
+}
+
+/** For the proxy: a client that left mid-request is recorded as client_closed. */
+export function recordClientClosed(recorder: UsageRecorder): ClientClosed {
+  return (request, ex) => {
+    if (ex.recorded) return;
+    ex.recorded = true;
+    recorder.inFlight--;
+    recorder.record(buildRecord(request, ex.status || CLIENT_CLOSED_STATUS, performance.now() - ex.startedAt, true, recorder.logBodies));
+  };
+}
+
+export default fp(
+  async function usagePlugin(app: FastifyInstance, opts: { recorder: UsageRecorder }) {
+    const recorder = opts.recorder;
+    app.addHook('onResponse', (request: FastifyRequest, reply: FastifyReply, done: () => void) => {
+      const ex = request.exchange;
+      if (ex !== null) {
+        if (ex.recorded) {
+          done();
+          return;
+        }
+        ex.recorded = true;
+        recorder.inFlight--;
+      }
+      recorder.record(buildRecord(request, reply.statusCode, reply.elapsedTime, false, recorder.logBodies));
+      done();
+    });
+  },
+  { name: 'usage', fastify: '5.x' },
+);
