@@ -35,6 +35,8 @@ export interface Gateway {
 export interface GatewayOptions {
   /** Keys from a key database as well (see tempStore); default: LLM_API_KEYS only. */
   registry?: KeyRegistry;
+  /** How often usage records are written (ms). */
+  usageFlushMs?: number;
 }
 
 /** A fresh key database in a temp folder, closed at teardown. */
@@ -66,7 +68,7 @@ export async function startGateway(
     },
   });
   const config = configWith({ apiKeys: [KEY_A, KEY_B], upstream: fake.url, ...overrides });
-  const app = await buildApp(config, { logger: { level: 'info', stream }, ...(options.registry === undefined ? {} : { registry: options.registry }) });
+  const app = await buildApp(config, { logger: { level: 'info', stream }, ...(options.registry === undefined ? {} : { registry: options.registry }), ...(options.usageFlushMs === undefined ? {} : { usageFlushMs: options.usageFlushMs }) });
   await app.listen({ port: 0, host: '127.0.0.1' });
   const port = (app.server.address() as net.AddressInfo).port;
   t.teardown(async () => {
@@ -138,6 +140,11 @@ export function chatBody(extra: Record<string, unknown> = {}): string {
 /** The body of a recording as one Buffer (what llama-server sent, chunk framing removed). */
 export function recordedBody(chunks: Buffer[]): string {
   return Buffer.concat(chunks).toString('utf8');
+}
+
+/** A chat stream without its usage-only chunk: what a client that did not ask for usage gets. */
+export function withoutUsageChunk(text: string): string {
+  return text.replace(/data: \{"choices":\[\],[^\n]*"usage":[^\n]*\n\n/g, '');
 }
 
 export function sleep(ms: number): Promise<void> {

@@ -74,7 +74,7 @@ const FORBIDDEN: [string, string][] = [
   ['POST', '/slots/0?action=erase'],
   ['GET', '/props'],
   ['POST', '/props'],
-  ['GET', '/metrics'],
+  ['POST', '/metrics'],
   ['GET', '/lora-adapters'],
   ['POST', '/lora-adapters'],
   ['GET', '/cors-proxy?url=http://169.254.169.254/'],

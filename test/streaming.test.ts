@@ -6,7 +6,11 @@ import { once } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import t from 'tap';
 import { recordings } from './fixtures/fake-llama.js';
-import { AUTH_A, chatBody, recordedBody, request, sleep, startGateway, within } from './helpers.js';
+import { AUTH_A, chatBody, recordedBody, request, sleep, startGateway, withoutUsageChunk, within } from './helpers.js';
+
+// A chat stream whose client did not ask for usage is answered, for accounting, as one that did
+// (the gateway adds stream_options.include_usage upstream) minus the usage-only chunk.
+const USAGE_HIDDEN = withoutUsageChunk(recordedBody(recordings['chat-stream-include-usage']!.chunks));
 
 const STREAMS: [string, string, string][] = [
   ['chat-stream', '/v1/chat/completions', chatBody({ stream: true })],
@@ -21,7 +25,8 @@ t.test('each recorded stream reaches the client byte for byte, with SSE headers'
   for (const [name, path, body] of STREAMS) {
     const res = await request(gw.port, { path, headers: AUTH_A, body });
     t.equal(res.status, 200, name);
-    t.equal(res.text, recordedBody(recordings[name]!.chunks), `${name}: body identical ([DONE], event: lines and all)`);
+    const expected = name === 'chat-stream' ? USAGE_HIDDEN : recordedBody(recordings[name]!.chunks);
+    t.equal(res.text, expected, `${name}: body identical ([DONE], event: lines and all)`);
     t.equal(res.headers['content-type'], 'text/event-stream');
     t.equal(res.headers['cache-control'], 'no-cache');
     t.equal(res.headers['x-accel-buffering'], 'no');
@@ -86,7 +91,9 @@ t.test('a slow reader slows the upstream socket; memory for the stream stays bou
   });
   res.resume();
   await once(res, 'end');
-  t.equal(received, gw.fake.requests[0]?.bytesWritten, 'every byte llama-server wrote reached the client');
+  const includeUsage = recordedBody(recordings['chat-stream-include-usage']!.chunks);
+  const hidden = Buffer.byteLength(includeUsage) - Buffer.byteLength(withoutUsageChunk(includeUsage));
+  t.equal(received, gw.fake.requests[0]!.bytesWritten - hidden, 'every byte llama-server wrote reached the client (but the usage chunk it was asked for)');
   t.ok(received >= TOTAL);
   t.match(tail, /data: \[DONE\]\n\n$/);
 });
@@ -95,7 +102,7 @@ t.test('llama-server crashing mid-stream ends the client stream with an error ev
   const gw = await startGateway(t, {}, { cutAfterChunks: 2 });
   const res = await within(request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true }) }), 5000, 'the client stream ends');
   t.equal(res.status, 200);
-  const firstTwo = recordedBody(recordings['chat-stream']!.chunks.slice(0, 2));
+  const firstTwo = recordedBody(recordings['chat-stream-include-usage']!.chunks.slice(0, 2));
   t.ok(res.text.startsWith(firstTwo), 'what upstream sent arrives unchanged');
   const rest = res.text.slice(firstTwo.length);
   t.equal(
@@ -115,7 +122,7 @@ t.test('Anthropic streams end with an Anthropic error event', async (t) => {
 t.test("llama-server's own mid-stream error event passes through unchanged", async (t) => {
   const gw = await startGateway(t, {}, { midStreamError: true });
   const res = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true }) });
-  const first = recordings['chat-stream']!.chunks[0]!.toString('utf8');
+  const first = recordings['chat-stream-include-usage']!.chunks[0]!.toString('utf8');
   t.equal(res.text, `${first}data: {"error":{"code":500,"message":"fake-llama: simulated failure in the middle of the stream","type":"server_error"}}\n\n`);
 });
 

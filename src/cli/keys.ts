@@ -3,6 +3,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { parseExpiry } from '../lib/expiry.js';
 import { KeyStore, LIMIT_NAMES, keyJson, type KeyChanges, type KeyLimits, type KeyRecord } from '../lib/key-store.js';
+import { UsageStore } from '../lib/usage-store.js';
 import { UsageError, dbPath, run } from './common.js';
 
 const KEYS_HELP = `Usage: llm-gateway keys <action> [options]
@@ -172,10 +173,12 @@ function keys(action: string | undefined, positionals: string[], values: Values)
       }
       case 'list': {
         const all = store.list();
-        const rows = [['NAME', 'ID', 'PREFIX', 'ENABLED', 'EXPIRES', 'LAST USED', 'NOTE']];
-        for (const k of all) rows.push([k.name, k.id, `${k.prefix}…`, k.enabled ? 'yes' : 'no', when(k.expiresAt, 'never'), when(k.lastUsedAt, 'never'), k.note]);
+        // Tokens today (UTC), as llama-server reported them, from the usage table.
+        const today = new UsageStore(store.db).tokensByKey(Date.parse(`${new Date().toISOString().slice(0, 10)}T00:00:00Z`));
+        const rows = [['NAME', 'ID', 'PREFIX', 'ENABLED', 'EXPIRES', 'LAST USED', 'TOKENS TODAY', 'NOTE']];
+        for (const k of all) rows.push([k.name, k.id, `${k.prefix}…`, k.enabled ? 'yes' : 'no', when(k.expiresAt, 'never'), when(k.lastUsedAt, 'never'), (today.get(k.id) ?? 0).toLocaleString('en-US'), k.note]);
         const text = all.length === 0 ? `No keys in ${store.path}. Create one: llm-gateway keys create --name alice` : table(rows);
-        print(values, { object: 'list', data: all.map(keyJson) }, text);
+        print(values, { object: 'list', data: all.map((k) => ({ ...keyJson(k), tokens_today: today.get(k.id) ?? 0 })) }, text);
         return;
       }
       case 'show': {

@@ -72,8 +72,7 @@ export function openDatabase(path: string): Database.Database {
     db.pragma('busy_timeout = 5000');
     db.pragma('foreign_keys = ON');
     migrate(db);
-    // SQLite quietly opens a file it cannot write read-only; find out now, not at the first write.
-    db.pragma(`user_version = ${MIGRATIONS.length}`);
+    probeWritable(db);
     return db;
   } catch (err) {
     db?.close();
@@ -83,15 +82,30 @@ export function openDatabase(path: string): Database.Database {
 }
 
 function migrate(db: Database.Database): void {
-  const version = db.pragma('user_version', { simple: true }) as number;
-  if (version > MIGRATIONS.length) {
-    throw new DatabaseUnusable(`GATEWAY_DB has schema version ${version}, newer than this gateway knows (${MIGRATIONS.length}); update the gateway`);
-  }
-  for (let v = version; v < MIGRATIONS.length; v++) {
-    db.transaction(() => {
+  // IMMEDIATE: take the write lock before reading the version, so two processes opening a new
+  // file at once (gateway and CLI) cannot both run the same migration.
+  db.transaction(() => {
+    const version = db.pragma('user_version', { simple: true }) as number;
+    if (version > MIGRATIONS.length) {
+      throw new DatabaseUnusable(`GATEWAY_DB has schema version ${version}, newer than this gateway knows (${MIGRATIONS.length}); update the gateway`);
+    }
+    for (let v = version; v < MIGRATIONS.length; v++) {
       db.exec(MIGRATIONS[v]!);
       db.pragma(`user_version = ${v + 1}`);
-    })();
+    }
+  }).immediate();
+}
+
+/**
+ * SQLite quietly opens a file it cannot write read-only; find out now, not at the first write.
+ * The probe write is rolled back, so other connections see no change (no data_version bump).
+ */
+function probeWritable(db: Database.Database): void {
+  db.exec('BEGIN IMMEDIATE');
+  try {
+    db.pragma(`user_version = ${MIGRATIONS.length}`);
+  } finally {
+    db.exec('ROLLBACK');
   }
 }
 

@@ -1,0 +1,111 @@
+// `llm-gateway usage …`: who used how many tokens, from the usage table in GATEWAY_DB. A readable
+// table with totals by default; --csv for billing spreadsheets; --json for scripts.
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { openDatabase } from '../lib/db.js';
+import { groupBy, usageFilter } from '../lib/period.js';
+import { UsageStore, type UsageRow } from '../lib/usage-store.js';
+import { UsageError, dbPath, run } from './common.js';
+
+const HELP = `Usage: llm-gateway usage [options]
+
+Token usage per day, key or model, as llama-server reported it (GATEWAY_DB; .env is read).
+
+Options:
+  --key NAME       only this key (name or id)
+  --since WHEN     from: 7d, 24h, 90m, a date YYYY-MM-DD (UTC) or an ISO time (default: all)
+  --until WHEN     to: a date (through that day, UTC), an ISO time, or 7d (7 days ago)
+  --by day|key|model   group rows (default: day)
+  --csv            CSV with a header row (for billing)
+  --json           JSON
+  --db PATH        database file (default: GATEWAY_DB or ./data/gateway.db)
+  -h, --help       show help
+
+"est." counts requests whose client left mid-stream: their completion tokens are the chunks
+delivered, not llama-server's count.
+`;
+
+const OPTIONS = {
+  help: { type: 'boolean', short: 'h' },
+  key: { type: 'string' },
+  since: { type: 'string' },
+  until: { type: 'string' },
+  by: { type: 'string' },
+  csv: { type: 'boolean' },
+  json: { type: 'boolean' },
+  db: { type: 'string' },
+} as const satisfies ParseArgsConfig['options'];
+
+const COLUMNS = ['requests', 'prompt_tokens', 'cached_tokens', 'completion_tokens', 'total_tokens', 'estimated', 'errors'] as const;
+
+function cells(r: UsageRow): number[] {
+  return [r.requests, r.promptTokens, r.cachedTokens, r.completionTokens, r.totalTokens, r.estimated, r.errors];
+}
+
+function csvCell(v: string | number): string {
+  const s = String(v);
+  return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}
+
+export function usageCommand(argv: string[]): Promise<number> {
+  return run('llm-gateway usage --help', () => {
+    let values: { [K in keyof typeof OPTIONS]?: (typeof OPTIONS)[K]['type'] extends 'boolean' ? boolean : string };
+    try {
+      ({ values } = parseArgs({ args: argv, options: OPTIONS, allowPositionals: false, strict: true }));
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+    if (values.help === true) {
+      process.stdout.write(HELP);
+      return 0;
+    }
+    if (values.csv === true && values.json === true) throw new UsageError('choose one of --csv and --json');
+    let filter;
+    let by;
+    try {
+      filter = usageFilter({ key: values.key, since: values.since, until: values.until });
+      by = groupBy(values.by);
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+    const db = openDatabase(dbPath(values.db));
+    let rows: UsageRow[];
+    try {
+      rows = new UsageStore(db).report(filter, by);
+    } finally {
+      db.close();
+    }
+    const total: UsageRow = { group: 'TOTAL', requests: 0, promptTokens: 0, cachedTokens: 0, completionTokens: 0, totalTokens: 0, estimated: 0, errors: 0 };
+    for (const r of rows) {
+      total.requests += r.requests;
+      total.promptTokens += r.promptTokens;
+      total.cachedTokens += r.cachedTokens;
+      total.completionTokens += r.completionTokens;
+      total.totalTokens += r.totalTokens;
+      total.estimated += r.estimated;
+      total.errors += r.errors;
+    }
+    if (values.json === true) {
+      const shape = (r: UsageRow): Record<string, unknown> => ({ [by]: r.group, ...Object.fromEntries(COLUMNS.map((c, i) => [c, cells(r)[i]])) });
+      console.log(JSON.stringify({ by, since: filter.since ?? null, until: filter.until ?? null, data: rows.map(shape), total: { ...shape(total), [by]: undefined } }, null, 2));
+      return 0;
+    }
+    if (values.csv === true) {
+      const lines = [[by, ...COLUMNS].join(',')];
+      for (const r of rows) lines.push([csvCell(r.group), ...cells(r)].join(','));
+      process.stdout.write(`${lines.join('\n')}\n`);
+      return 0;
+    }
+    if (rows.length === 0) {
+      console.log('No usage recorded for this selection.');
+      return 0;
+    }
+    const header = [by.toUpperCase(), 'REQUESTS', 'PROMPT', 'CACHED', 'COMPLETION', 'TOTAL', 'EST.', 'ERRORS'];
+    const body = [...rows, total].map((r) => [r.group, ...cells(r).map((n) => n.toLocaleString('en-US'))]);
+    const all = [header, ...body];
+    const widths = header.map((_, c) => Math.max(...all.map((row) => row[c]!.length)));
+    const line = (row: string[]): string => row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ');
+    const out = [line(header), ...body.slice(0, -1).map(line), widths.map((w) => '-'.repeat(w)).join('  '), line(body.at(-1)!)];
+    console.log(out.join('\n'));
+    return 0;
+  });
+}
