@@ -96,8 +96,8 @@ function changesFrom(values: Values, forSet: boolean): KeyChanges {
       }
     }
   }
-  if (values.models !== undefined) changes.models = list(values.models, 'models', forSet);
-  if (values.origins !== undefined) changes.origins = list(values.origins, 'origins', forSet);
+  if (values.models !== undefined) changes.models = list(values.models, 'models', true);
+  if (values.origins !== undefined) changes.origins = list(values.origins, 'origins', true);
   const limits: Partial<Record<keyof KeyLimits, number | null>> = {};
   for (const name of LIMIT_NAMES) {
     const v = values[name];
