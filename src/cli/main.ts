@@ -2,10 +2,12 @@
 // `llm-gateway`: the command line. Each command lives in its own module and parses its own
 // arguments. Exit codes: 0 ok, 1 failure, 2 usage.
 import { keysCommand } from './keys.js';
+import { tunnelCommand } from './tunnel.js';
 import { usageCommand } from './usage.js';
 
 const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
   keys: { summary: 'manage API keys in the key database', run: keysCommand },
+  tunnel: { summary: 'write the Cloudflare Tunnel config template (tunnel init)', run: tunnelCommand },
   usage: { summary: 'token usage per day, key or model (table, CSV, JSON)', run: usageCommand },
 };
 
