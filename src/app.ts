@@ -3,9 +3,13 @@
 import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import type { Config } from './config.js';
 import { AuditLog } from './lib/audit-log.js';
+import { MemoryCounters } from './lib/counters.js';
+import { FairQueue } from './lib/fair-queue.js';
+import { AuthBrake, Limits } from './lib/limits.js';
 import { KeyRegistry } from './lib/key-registry.js';
 import { UsageRecorder } from './lib/usage-recorder.js';
 import { UsageStore } from './lib/usage-store.js';
+import admissionPlugin from './plugins/admission.js';
 import authPlugin from './plugins/auth.js';
 import corsPlugin from './plugins/cors.js';
 import { fromFastifyError } from './errors.js';
@@ -15,7 +19,7 @@ import metricsRoutes from './plugins/metrics.js';
 import policyPlugin from './plugins/policy.js';
 import proxyPlugin from './plugins/proxy.js';
 import requestLogPlugin from './plugins/request-log.js';
-import usagePlugin, { recordClientClosed } from './plugins/usage.js';
+import usagePlugin, { recordClientClosed, recordLeftQueue } from './plugins/usage.js';
 import adminRoutes from './routes/admin.js';
 import healthRoutes from './routes/health.js';
 import v1Routes from './routes/v1.js';
@@ -28,6 +32,11 @@ export interface BuildOptions {
   /** How often usage records are written (ms); tests shorten it. */
   usageFlushMs?: number;
 }
+
+/** Until llama-server says how many slots it has (GET /props total_slots). */
+export const FALLBACK_SLOTS = 4;
+const SLOTS_RECHECK_MS = 30_000;
+const COUNTER_SWEEP_MS = 60_000;
 
 // Longest time a client may take to send one whole request (headers and body), against slow-body
 // (slowloris) clients. Generous for a 50 MB upload over a slow link; responses are not limited.
@@ -66,25 +75,46 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     app.addHook('onClose', () => usage.close()); // runs once every connection is done
   }
 
+  // Admission: per-key limits and the failed-auth brake count in a CounterStore (in memory for one
+  // process); the fair queue holds this process's share of llama-server's slots.
+  const counters = new MemoryCounters();
+  const sweep = setInterval(() => counters.sweep(Date.now(), 2 * 86_400_000), COUNTER_SWEEP_MS);
+  sweep.unref();
+  app.addHook('onClose', async () => clearInterval(sweep));
+  const limits = new Limits(counters, { rpm: config.defaultRpm, tpm: config.defaultTpm, tpd: config.defaultTpd, concurrency: config.defaultConcurrency });
+  const brake = new AuthBrake(counters, config.authFailLimit, config.authBlockMs);
+  usage?.onRecord((r) => {
+    if (r.keyId !== null) limits.addTokens(r.keyId, (r.promptTokens ?? 0) + (r.completionTokens ?? 0), Date.now());
+  });
+  const queue = new FairQueue({ maxInflight: config.maxInflight ?? FALLBACK_SLOTS, maxQueue: config.maxQueue, maxQueuePerKey: config.maxQueuePerKey, timeoutMs: config.queueTimeoutMs });
+  app.decorate('queue', queue);
+
   // Everywhere, before anything else: OpenAI-shaped errors and 404s, CORS, the upstream pool.
   await app.register(errorsPlugin, { bodyLimit: config.bodyLimit });
   if (config.corsAllowOrigin !== null) await app.register(corsPlugin, { origins: config.corsAllowOrigin });
-  await app.register(proxyPlugin, { config, usage, ...(usage === null ? {} : { clientClosed: recordClientClosed(usage) }) });
+  await app.register(proxyPlugin, { config, usage, ...(usage === null ? {} : { clientClosed: recordClientClosed(usage, config.trustProxy) }) });
   await app.register(requestLogPlugin);
 
   // Public: no key. /metrics: the admin key or a local scraper.
   await app.register(healthRoutes);
-  await app.register(metricsRoutes, { recorder: usage, adminKey: config.adminKey });
+  await app.register(metricsRoutes, { recorder: usage, queue, adminKey: config.adminKey });
 
   // Everything else needs a key: auth (onRequest, before the body is read) → JSON body → policy
   // (model allowed for this key?) → routes; every answer in this scope is a usage record.
   registry.start(app.log);
   app.addHook('onClose', async () => registry.stop());
   await app.register(async function authenticated(api) {
-    if (usage !== null) await api.register(usagePlugin, { recorder: usage });
-    await api.register(authPlugin, { registry });
+    if (usage !== null) await api.register(usagePlugin, { recorder: usage, trustProxy: config.trustProxy });
+    await api.register(authPlugin, { registry, brake, trustProxy: config.trustProxy });
     await api.register(jsonBodyPlugin);
     await api.register(policyPlugin);
+    await api.register(admissionPlugin, {
+      limits,
+      queue,
+      queueTimeoutMs: config.queueTimeoutMs,
+      maxQueuePerKey: config.maxQueuePerKey,
+      ...(usage === null ? {} : { onLeftQueue: recordLeftQueue(usage, config.trustProxy) }),
+    });
     await api.register(v1Routes);
   });
 
@@ -93,5 +123,36 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     await app.register(adminRoutes, { prefix: '/admin', adminKey: config.adminKey, registry, store: registry.store, usage: new UsageStore(registry.store.db) });
   }
 
+  // GATEWAY_MAX_INFLIGHT unset: as many at once as llama-server has slots, read from its /props at
+  // start and again every 30 s (so a restarted llama-server with another -np is followed).
+  if (config.maxInflight === null) {
+    const readSlots = async (): Promise<void> => {
+      try {
+        const answer = await app.upstream.get('/props');
+        const slots = (JSON.parse(answer.text) as { total_slots?: unknown }).total_slots;
+        if (answer.statusCode === 200 && typeof slots === 'number' && Number.isInteger(slots) && slots > 0 && slots !== queue.maxInflight) {
+          queue.setMaxInflight(slots);
+          app.log.info({ slots }, 'llama-server slots: requests run upstream at once');
+        }
+      } catch {
+        // unreachable or not llama-server: keep the current number, try again later
+      }
+    };
+    let timer: NodeJS.Timeout | undefined;
+    app.addHook('onReady', async () => {
+      void readSlots();
+      timer = setInterval(() => void readSlots(), SLOTS_RECHECK_MS);
+      timer.unref();
+    });
+    app.addHook('onClose', async () => clearInterval(timer));
+  }
+
   return app;
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The fair queue in front of llama-server's slots. */
+    queue: FairQueue;
+  }
 }

@@ -157,6 +157,20 @@ function days(text: string, env: string): number {
   return n;
 }
 
+function optionalCount(text: string, env: string): number | null {
+  const value = text.trim().toLowerCase();
+  if (value === '' || value === 'auto' || value === 'none') return null;
+  const n = /^\d+$/.test(value) ? Number(value) : NaN;
+  if (!Number.isSafeInteger(n) || n < 1) throw new ConfigError(env, `must be a whole number ≥ 1 (or empty), got "${text}"`);
+  return n;
+}
+
+function count(text: string, env: string): number {
+  const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(n) || n < 1) throw new ConfigError(env, `must be a whole number ≥ 1, got "${text}"`);
+  return n;
+}
+
 function logLevel(text: string, env: string): string {
   const value = text.trim().toLowerCase();
   if (!LOG_LEVELS.has(value)) throw new ConfigError(env, `must be one of ${[...LOG_LEVELS].join(', ')}, got "${text}"`);
@@ -181,6 +195,17 @@ export const SETTINGS = {
   auditLog: setting('GATEWAY_AUDIT_LOG', '', optionalPath),
   auditKeepDays: setting('GATEWAY_AUDIT_KEEP_DAYS', '30', days),
   logBodies: setting('GATEWAY_LOG_BODIES', 'false', onOff),
+  maxInflight: setting('GATEWAY_MAX_INFLIGHT', '', optionalCount),
+  maxQueue: setting('GATEWAY_MAX_QUEUE', '100', count),
+  maxQueuePerKey: setting('GATEWAY_MAX_QUEUE_PER_KEY', '20', count),
+  queueTimeoutMs: setting('GATEWAY_QUEUE_TIMEOUT_MS', '120000', millis),
+  defaultRpm: setting('GATEWAY_DEFAULT_RPM', '', optionalCount),
+  defaultTpm: setting('GATEWAY_DEFAULT_TPM', '', optionalCount),
+  defaultTpd: setting('GATEWAY_DEFAULT_TPD', '', optionalCount),
+  defaultConcurrency: setting('GATEWAY_DEFAULT_CONCURRENCY', '', optionalCount),
+  trustProxy: setting('GATEWAY_TRUST_PROXY', 'off', onOff),
+  authFailLimit: setting('GATEWAY_AUTH_FAIL_LIMIT', '20', count),
+  authBlockMs: setting('GATEWAY_AUTH_BLOCK_MS', '300000', millis),
 } as const;
 
 export type Config = { readonly [K in keyof typeof SETTINGS]: ReturnType<(typeof SETTINGS)[K]['parse']> };

@@ -39,6 +39,20 @@ export const MODEL_NOT_ALLOWED = (model: unknown): GatewayError =>
 
 export const ORIGIN_NOT_ALLOWED = new GatewayError(403, 'invalid_request_error', 'origin_not_allowed', 'This API key may not be used from this website (Origin).');
 
+export const RATE_LIMITED = (limit: string, max: number, retryAfter: number): GatewayError =>
+  new GatewayError(429, 'rate_limit_exceeded', limit.replace(/ /g, '_'), `Rate limit reached for this API key: ${max} ${limit}. Try again in ${retryAfter} s.`);
+
+export const KEY_QUEUE_FULL = (max: number): GatewayError =>
+  new GatewayError(429, 'rate_limit_exceeded', 'queue_full_for_key', `This API key already has ${max} requests waiting for the model server; wait for some to finish.`);
+
+export const QUEUE_FULL = new GatewayError(503, 'server_error', 'queue_full', 'The model server is busy and the waiting line is full; try again shortly.');
+
+export const QUEUE_TIMEOUT = (ms: number): GatewayError =>
+  new GatewayError(503, 'server_error', 'queue_timeout', `The model server stayed busy for ${Math.round(ms / 1000)} s while this request waited (GATEWAY_QUEUE_TIMEOUT_MS); try again shortly.`);
+
+export const AUTH_BRAKE = (seconds: number): GatewayError =>
+  new GatewayError(429, 'rate_limit_exceeded', 'too_many_failed_attempts', `Too many requests with a wrong API key from your address; try again in ${seconds} s.`);
+
 export const ROUTE_NOT_FOUND = (method: string, url: string): GatewayError =>
   new GatewayError(404, 'invalid_request_error', 'route_not_found', `No route ${method} ${url.split('?')[0]!.slice(0, 200)}. This gateway serves the OpenAI-compatible /v1 API.`);
 

@@ -67,7 +67,8 @@ export async function startGateway(
       cb();
     },
   });
-  const config = configWith({ apiKeys: [KEY_A, KEY_B], upstream: fake.url, ...overrides });
+  // A fixed slot count: reading llama-server's /props in the background would add upstream requests.
+  const config = configWith({ apiKeys: [KEY_A, KEY_B], upstream: fake.url, maxInflight: 4, ...overrides });
   const app = await buildApp(config, { logger: { level: 'info', stream }, ...(options.registry === undefined ? {} : { registry: options.registry }), ...(options.usageFlushMs === undefined ? {} : { usageFlushMs: options.usageFlushMs }) });
   await app.listen({ port: 0, host: '127.0.0.1' });
   const port = (app.server.address() as net.AddressInfo).port;

@@ -4,9 +4,11 @@
 // none of them needs the body.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import { GatewayError, INVALID_API_KEY, KEY_DISABLED, KEY_EXPIRED, ORIGIN_NOT_ALLOWED } from '../errors.js';
+import { AUTH_BRAKE, GatewayError, INVALID_API_KEY, KEY_DISABLED, KEY_EXPIRED, ORIGIN_NOT_ALLOWED } from '../errors.js';
+import { clientIp } from '../lib/client-ip.js';
 import type { KeyIdentity } from '../lib/key-index.js';
 import type { KeyRegistry } from '../lib/key-registry.js';
+import type { AuthBrake } from '../lib/limits.js';
 import { sendError } from './errors.js';
 
 declare module 'fastify' {
@@ -26,6 +28,8 @@ export function presentedKey(request: FastifyRequest): string | undefined {
   return typeof xApiKey === 'string' && xApiKey !== '' ? xApiKey.trim() : undefined;
 }
 
+const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1']);
+
 function hasPendingBody(request: FastifyRequest): boolean {
   const length = request.headers['content-length'];
   return (length !== undefined && length !== '0') || request.headers['transfer-encoding'] !== undefined;
@@ -39,14 +43,31 @@ function refuse(request: FastifyRequest, reply: FastifyReply, err: GatewayError)
 }
 
 export default fp(
-  async function authPlugin(app: FastifyInstance, opts: { registry: KeyRegistry }) {
-    const registry = opts.registry;
+  async function authPlugin(app: FastifyInstance, opts: { registry: KeyRegistry; brake?: AuthBrake; trustProxy?: boolean }) {
+    const { registry, brake } = opts;
+    const trustProxy = opts.trustProxy === true;
     const index = registry.index;
     app.decorateRequest('apiKey', null);
     app.addHook('onRequest', (request: FastifyRequest, reply: FastifyReply, done: () => void) => {
+      // An address that sent too many wrong keys waits, whatever it sends now (no more guesses).
+      // Without GATEWAY_TRUST_PROXY a tunnel's requests all come from loopback: braking that one
+      // address would lock every user out, so loopback is exempt then.
+      const ip = brake === undefined ? '' : clientIp(request, trustProxy);
+      const braked = brake !== undefined && (trustProxy || !LOOPBACK.has(ip));
+      if (braked) {
+        const wait = brake.blockedFor(ip, Date.now());
+        if (wait > 0) {
+          const seconds = Math.ceil(wait / 1000);
+          reply.header('retry-after', String(seconds));
+          return refuse(request, reply, AUTH_BRAKE(seconds));
+        }
+      }
       const key = presentedKey(request);
       const identity = key === undefined ? undefined : index.verify(key);
-      if (identity === undefined) return refuse(request, reply, INVALID_API_KEY);
+      if (identity === undefined) {
+        if (braked && brake.fail(ip, Date.now())) request.log.warn({ ip }, 'too many wrong API keys from this address: blocked for a while');
+        return refuse(request, reply, INVALID_API_KEY);
+      }
       if (identity.fromDb) {
         if (!identity.enabled) return refuse(request, reply, KEY_DISABLED);
         const now = Date.now();

@@ -8,6 +8,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { INVALID_API_KEY } from '../errors.js';
 import { digestKey } from '../lib/key-index.js';
+import type { FairQueue } from '../lib/fair-queue.js';
 import type { UsageRecord } from '../lib/usage.js';
 import type { UsageRecorder } from '../lib/usage-recorder.js';
 import { presentedKey } from './auth.js';
@@ -26,7 +27,7 @@ export function isLocalScrape(request: FastifyRequest): boolean {
   return true;
 }
 
-export default async function metricsRoutes(app: FastifyInstance, opts: { recorder: UsageRecorder | null; adminKey: string }): Promise<void> {
+export default async function metricsRoutes(app: FastifyInstance, opts: { recorder: UsageRecorder | null; queue: FairQueue; adminKey: string }): Promise<void> {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const requests = new Counter({ name: 'llm_gateway_requests_total', help: 'Requests answered, by route, status and key', labelNames: ['route', 'status', 'key'] as const, registers: [registry] });
@@ -37,7 +38,9 @@ export default async function metricsRoutes(app: FastifyInstance, opts: { record
   const clientClosed = new Counter({ name: 'llm_gateway_client_closed_total', help: 'Requests whose client left before the answer was complete (upstream cancelled)', labelNames: ['route'] as const, registers: [registry] });
   const recorder = opts.recorder;
   new Gauge({ name: 'llm_gateway_requests_in_flight', help: 'Requests being answered by llama-server now', registers: [registry], collect() { this.set(recorder?.inFlight ?? 0); } });
-  new Gauge({ name: 'llm_gateway_requests_waiting', help: 'Requests waiting in the gateway for a llama-server slot', registers: [registry], collect() { this.set(0); } });
+  const queue = opts.queue;
+  new Gauge({ name: 'llm_gateway_requests_waiting', help: 'Requests waiting in the gateway for a llama-server slot', registers: [registry], collect() { this.set(queue.waiting); } });
+  new Gauge({ name: 'llm_gateway_slots', help: 'Requests the gateway lets run upstream at once (llama-server slots)', registers: [registry], collect() { this.set(queue.maxInflight); } });
 
   const models = new Set<string>();
   const modelLabel = (m: string | null): string => {

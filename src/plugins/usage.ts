@@ -3,6 +3,7 @@
 // UsageRecorder, which writes them in batches off the request path.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
+import { clientIp } from '../lib/client-ip.js';
 import type { Exchange, Outcome, UsageRecord } from '../lib/usage.js';
 import type { UsageRecorder } from '../lib/usage-recorder.js';
 import type { ClientClosed, JsonBody } from './proxy.js';
@@ -24,7 +25,7 @@ function outcomeOf(status: number, ex: Exchange | null, clientClosed: boolean): 
   return 'rejected_policy';
 }
 
-export function buildRecord(request: FastifyRequest, status: number, durationMs: number, clientClosed: boolean, logBodies: boolean): UsageRecord {
+export function buildRecord(request: FastifyRequest, status: number, durationMs: number, clientClosed: boolean, logBodies: boolean, trustProxy: boolean): UsageRecord {
   const ex = request.exchange;
   const key = request.apiKey;
   const body = request.body as JsonBody | undefined;
@@ -54,7 +55,7 @@ export function buildRecord(request: FastifyRequest, status: number, durationMs:
     durationMs,
     bytesIn: ex?.bytesIn ?? body?.raw.length ?? 0,
     bytesOut: ex?.bytesOut ?? 0,
-    clientIp: request.ip ?? null,
+    clientIp: clientIp(request, trustProxy) || null,
     userAgent: typeof ua === 'string' ? ua.slice(0, 300) : null,
     outcome: outcomeOf(status, ex, clientClosed),
   };
@@ -66,18 +67,26 @@ export function buildRecord(request: FastifyRequest, status: number, durationMs:
 }
 
 /** For the proxy: a client that left mid-request is recorded as client_closed. */
-export function recordClientClosed(recorder: UsageRecorder): ClientClosed {
+export function recordClientClosed(recorder: UsageRecorder, trustProxy: boolean): ClientClosed {
   return (request, ex) => {
     if (ex.recorded) return;
     ex.recorded = true;
     recorder.inFlight--;
-    recorder.record(buildRecord(request, ex.status || CLIENT_CLOSED_STATUS, performance.now() - ex.startedAt, true, recorder.logBodies));
+    recorder.record(buildRecord(request, ex.status || CLIENT_CLOSED_STATUS, performance.now() - ex.startedAt, true, recorder.logBodies, trustProxy));
+  };
+}
+
+/** For admission: a client that left while waiting in the queue (never sent upstream). */
+export function recordLeftQueue(recorder: UsageRecorder, trustProxy: boolean): (request: FastifyRequest) => void {
+  return (request) => {
+    const started = request.exchange === null ? undefined : request.exchange.startedAt;
+    recorder.record(buildRecord(request, CLIENT_CLOSED_STATUS, started === undefined ? 0 : performance.now() - started, true, recorder.logBodies, trustProxy));
   };
 }
 
 export default fp(
-  async function usagePlugin(app: FastifyInstance, opts: { recorder: UsageRecorder }) {
-    const recorder = opts.recorder;
+  async function usagePlugin(app: FastifyInstance, opts: { recorder: UsageRecorder; trustProxy: boolean }) {
+    const { recorder, trustProxy } = opts;
     app.addHook('onResponse', (request: FastifyRequest, reply: FastifyReply, done: () => void) => {
       const ex = request.exchange;
       if (ex !== null) {
@@ -88,7 +97,7 @@ export default fp(
         ex.recorded = true;
         recorder.inFlight--;
       }
-      recorder.record(buildRecord(request, reply.statusCode, reply.elapsedTime, false, recorder.logBodies));
+      recorder.record(buildRecord(request, reply.statusCode, reply.elapsedTime, false, recorder.logBodies, trustProxy));
       done();
     });
   },

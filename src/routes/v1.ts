@@ -51,7 +51,8 @@ export default async function v1Routes(app: FastifyInstance): Promise<void> {
   const upstream = app.upstream;
 
   for (const [path, kind] of POST_ROUTES) {
-    app.post(path, (request: FastifyRequest, reply: FastifyReply) => {
+    // Generation routes take their turn in the fair queue; counting tokens is cheap and does not.
+    app.post(path, { config: { queued: kind !== 'count_tokens' } }, (request: FastifyRequest, reply: FastifyReply) => {
       if (request.body === undefined) throw BODY_MISSING;
       return upstream.forward(request, reply, path, kind);
     });

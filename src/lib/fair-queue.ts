@@ -1,0 +1,189 @@
+// The fair queue in front of llama-server's slots. At most `maxInflight` requests run upstream at
+// once; the rest wait here, and each free slot goes to the waiting key that has the fewest
+// requests running (ties: the key served least recently, i.e. round robin). So a key with 1
+// request is served next to a key with 50, instead of behind all of them as in llama-server's own
+// first-come queue.
+// Bounded (overall and per key) and with a deadline per waiting request.
+
+export class QueueFull extends Error {
+  constructor(readonly scope: 'key' | 'all') {
+    super(scope === 'key' ? 'too many waiting requests for this key' : 'the queue is full');
+    this.name = 'QueueFull';
+  }
+}
+
+export class QueueTimeout extends Error {
+  constructor() {
+    super('waited too long for a free slot');
+    this.name = 'QueueTimeout';
+  }
+}
+
+export class QueueLeft extends Error {
+  constructor() {
+    super('the client left while waiting');
+    this.name = 'QueueLeft';
+  }
+}
+
+interface Waiter {
+  readonly key: string;
+  readonly since: number;
+  resolve(release: () => void): void;
+  reject(err: Error): void;
+  timer: NodeJS.Timeout | undefined;
+}
+
+export interface QueueOptions {
+  maxInflight: number;
+  maxQueue: number;
+  maxQueuePerKey: number;
+  timeoutMs: number;
+}
+
+export interface Ticket {
+  /** resolves with the release function once the request may go upstream */
+  readonly admitted: Promise<() => void>;
+  /** the client left: leave the queue (or give the slot back) */
+  cancel(): void;
+}
+
+export class FairQueue {
+  #maxInflight: number;
+  readonly #maxQueue: number;
+  readonly #maxPerKey: number;
+  readonly #timeoutMs: number;
+  #running = 0;
+  readonly #runningByKey = new Map<string, number>();
+  /** when each key last got a slot (a sequence number); keys with nothing running or waiting are forgotten */
+  readonly #lastStart = new Map<string, number>();
+  readonly #waiting = new Map<string, Waiter[]>();
+  #size = 0;
+  #seq = 0;
+
+  constructor(opts: QueueOptions) {
+    this.#maxInflight = opts.maxInflight;
+    this.#maxQueue = opts.maxQueue;
+    this.#maxPerKey = opts.maxQueuePerKey;
+    this.#timeoutMs = opts.timeoutMs;
+  }
+
+  get maxInflight(): number {
+    return this.#maxInflight;
+  }
+
+  /** llama-server's slot count changed (read from /props): admit more at once, or fewer from now on. */
+  setMaxInflight(n: number): void {
+    this.#maxInflight = Math.max(1, n);
+    this.#dispatch();
+  }
+
+  get running(): number {
+    return this.#running;
+  }
+
+  get waiting(): number {
+    return this.#size;
+  }
+
+  waitingFor(key: string): number {
+    return this.#waiting.get(key)?.length ?? 0;
+  }
+
+  /** Asks for a slot for `key`. Throws QueueFull at once; `admitted` rejects with QueueTimeout. */
+  enter(key: string): Ticket {
+    if (this.#running < this.#maxInflight && this.#size === 0) {
+      const release = this.#start(key);
+      let released = false;
+      return {
+        admitted: Promise.resolve(release),
+        cancel: () => {
+          if (!released) release();
+          released = true;
+        },
+      };
+    }
+    const mine = this.#waiting.get(key);
+    if ((mine?.length ?? 0) >= this.#maxPerKey) throw new QueueFull('key');
+    if (this.#size >= this.#maxQueue) throw new QueueFull('all');
+    let waiter!: Waiter;
+    let release: (() => void) | undefined;
+    const admitted = new Promise<() => void>((resolve, reject) => {
+      waiter = {
+        key,
+        since: this.#seq++,
+        resolve: (r) => {
+          release = r;
+          resolve(r);
+        },
+        reject,
+        timer: undefined,
+      };
+    });
+    waiter.timer = setTimeout(() => {
+      if (this.#remove(waiter)) waiter.reject(new QueueTimeout());
+    }, this.#timeoutMs); // cleared when the waiter leaves the queue in any way
+    if (mine === undefined) this.#waiting.set(key, [waiter]);
+    else mine.push(waiter);
+    this.#size++;
+    return {
+      admitted,
+      cancel: () => {
+        if (this.#remove(waiter)) waiter.reject(new QueueLeft());
+        else if (release !== undefined) {
+          const r = release;
+          release = undefined;
+          r();
+        }
+      },
+    };
+  }
+
+  #start(key: string): () => void {
+    this.#running++;
+    this.#runningByKey.set(key, (this.#runningByKey.get(key) ?? 0) + 1);
+    this.#lastStart.set(key, this.#seq++);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.#running--;
+      const n = (this.#runningByKey.get(key) ?? 1) - 1;
+      if (n === 0) {
+        this.#runningByKey.delete(key);
+        if (!this.#waiting.has(key)) this.#lastStart.delete(key);
+      } else this.#runningByKey.set(key, n);
+      this.#dispatch();
+    };
+  }
+
+  #remove(waiter: Waiter): boolean {
+    const list = this.#waiting.get(waiter.key);
+    const at = list === undefined ? -1 : list.indexOf(waiter);
+    if (at < 0) return false;
+    list!.splice(at, 1);
+    if (list!.length === 0) this.#waiting.delete(waiter.key);
+    this.#size--;
+    if (waiter.timer !== undefined) clearTimeout(waiter.timer);
+    return true;
+  }
+
+  #dispatch(): void {
+    while (this.#running < this.#maxInflight && this.#size > 0) {
+      let best: Waiter | undefined;
+      let bestRunning = Infinity;
+      let bestLast = Infinity;
+      for (const [key, list] of this.#waiting) {
+        const running = this.#runningByKey.get(key) ?? 0;
+        const last = this.#lastStart.get(key) ?? -1;
+        if (running < bestRunning || (running === bestRunning && last < bestLast)) {
+          best = list[0]!;
+          bestRunning = running;
+          bestLast = last;
+        }
+      }
+      this.#remove(best!);
+      best!.resolve(this.#start(best!.key));
+    }
+  }
+}
