@@ -31,6 +31,8 @@ export interface BuildOptions {
   registry?: KeyRegistry;
   /** How often usage records are written (ms); tests shorten it. */
   usageFlushMs?: number;
+  /** How often a stream waiting in the queue gets a keep-alive comment (ms); tests shorten it. */
+  queuePingMs?: number;
 }
 
 /** Until llama-server says how many slots it has (GET /props total_slots). */
@@ -113,6 +115,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       queue,
       queueTimeoutMs: config.queueTimeoutMs,
       maxQueuePerKey: config.maxQueuePerKey,
+      ...(options.queuePingMs === undefined ? {} : { pingMs: options.queuePingMs }),
       ...(usage === null ? {} : { onLeftQueue: recordLeftQueue(usage, config.trustProxy) }),
     });
     await api.register(v1Routes);

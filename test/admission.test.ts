@@ -295,3 +295,65 @@ t.test('GATEWAY_MAX_INFLIGHT unset: llama-server’s /props total_slots', async 
   t.ok(gw.fake.requests.some((r) => r.url === '/props'), 'asked llama-server (directly, never for a client)');
   t.ok(gw.logs.some((l) => l.msg === 'llama-server slots: requests run upstream at once' && l.slots === 2));
 });
+
+/** Reads a streamed response as it arrives: its status, and the chunks with the time each came. */
+function openStream(port: number, key: string, body: string): Promise<{ status: number; chunks: string[]; done: Promise<string> }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/v1/chat/completions', headers: bearer(key) }, (res) => {
+      const chunks: string[] = [];
+      res.setEncoding('utf8');
+      const done = new Promise<string>((r) => res.on('end', () => r(chunks.join(''))));
+      res.on('data', (c: string) => chunks.push(c));
+      resolve({ status: res.statusCode ?? 0, chunks, done });
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+t.test('a stream waiting in the queue is started early and kept alive with comments, then continues', async (t) => {
+  const store = tempStore(t);
+  const registry = new KeyRegistry([KEY_A, KEY_B], store);
+  const gw = await startGateway(t, { maxInflight: 1 }, { headersDelayMs: 700 }, { registry, queuePingMs: 100 });
+  const running = request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
+  await gw.fake.waitForRequests(1);
+  const waiting = await openStream(gw.port, KEY_B, chatBody({ stream: true }));
+  t.equal(waiting.status, 200, 'headers arrive while the request still waits');
+  t.equal(gw.fake.requests.length, 1, 'it has not reached llama-server yet');
+  await until('a keep-alive comment', () => waiting.chunks.join('').startsWith(':\n\n'));
+  t.equal((await running).status, 200);
+  const text = await within(waiting.done, 5000, 'the stream ends');
+  const pings = /^(:\n\n)+/.exec(text)?.[0] ?? '';
+  t.ok(pings.length >= 3, `${pings.length / 3} comments while waiting`);
+  t.match(text.slice(pings.length), /^data: \{"choices":\[\{"finish_reason":null,"index":0,"delta":\{"role":"assistant"/, 'then llama-server’s stream');
+  t.match(text, /data: \[DONE\]\n\n$/);
+  await gw.app.close();
+  const rows = store.db.prepare('SELECT status, outcome, completion_tokens AS c FROM usage ORDER BY id').all();
+  t.same(rows, [
+    { status: 200, outcome: 'ok', c: 8 },
+    { status: 200, outcome: 'ok', c: 6 },
+  ], 'recorded like any other stream');
+});
+
+t.test('a started stream that times out in the queue ends with an error event', async (t) => {
+  const gw = await startGateway(t, { maxInflight: 1, queueTimeoutMs: 350 }, { headersDelayMs: 1500 }, { queuePingMs: 100 });
+  const running = request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
+  await gw.fake.waitForRequests(1);
+  const waiting = await openStream(gw.port, KEY_B, chatBody({ stream: true }));
+  const text = await within(waiting.done, 5000, 'the stream ends');
+  t.match(text, /^(:\n\n)+data: \{"error":\{"message":"The model server stayed busy for 0 s while this request waited \(GATEWAY_QUEUE_TIMEOUT_MS\); try again shortly\.","type":"upstream_error","param":null,"code":"queue_timeout"\}\}\n\n$/);
+  t.equal((await running).status, 200);
+  t.equal(gw.fake.requests.length, 1);
+});
+
+t.test('a started stream whose upstream then fails gets the failure as an error event', async (t) => {
+  const gw = await startGateway(t, { maxInflight: 1 }, { headersDelayMs: 400 }, { queuePingMs: 100 });
+  const running = request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
+  await gw.fake.waitForRequests(1);
+  const waiting = await openStream(gw.port, KEY_B, chatBody({ stream: true, x_fake_context_exceeded: true }));
+  await until('started early', () => waiting.chunks.length > 0);
+  gw.fake.behavior.headersDelayMs = 0;
+  const text = await within(waiting.done, 5000, 'the stream ends');
+  t.match(text, /^(:\n\n)+data: \{"error":\{"message":"request \(5028 tokens\) exceeds the available context size \(2048 tokens\), try increasing it","type":"upstream_error","param":null,"code":"exceed_context_size_error"\}\}\n\n$/);
+  t.equal((await running).status, 200);
+});

@@ -37,6 +37,8 @@ export interface GatewayOptions {
   registry?: KeyRegistry;
   /** How often usage records are written (ms). */
   usageFlushMs?: number;
+  /** How often a queued stream gets a keep-alive comment (ms). */
+  queuePingMs?: number;
 }
 
 /** A fresh key database in a temp folder, closed at teardown. */
@@ -69,7 +71,7 @@ export async function startGateway(
   });
   // A fixed slot count: reading llama-server's /props in the background would add upstream requests.
   const config = configWith({ apiKeys: [KEY_A, KEY_B], upstream: fake.url, maxInflight: 4, ...overrides });
-  const app = await buildApp(config, { logger: { level: 'info', stream }, ...(options.registry === undefined ? {} : { registry: options.registry }), ...(options.usageFlushMs === undefined ? {} : { usageFlushMs: options.usageFlushMs }) });
+  const app = await buildApp(config, { logger: { level: 'info', stream }, ...(options.registry === undefined ? {} : { registry: options.registry }), ...(options.usageFlushMs === undefined ? {} : { usageFlushMs: options.usageFlushMs }), ...(options.queuePingMs === undefined ? {} : { queuePingMs: options.queuePingMs }) });
   await app.listen({ port: 0, host: '127.0.0.1' });
   const port = (app.server.address() as net.AddressInfo).port;
   t.teardown(async () => {

@@ -6,14 +6,19 @@
 //   queue    at most maxInflight upstream at once; the rest wait, a free slot going to the key with
 //            the fewest running; bounded per key (429) and overall (503), with a deadline (503).
 //            A client that leaves while waiting leaves the queue and never reaches upstream.
+import type { OutgoingHttpHeaders } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { KEY_QUEUE_FULL, QUEUE_FULL, QUEUE_TIMEOUT, RATE_LIMITED } from '../errors.js';
 import { FairQueue, QueueFull, QueueLeft } from '../lib/fair-queue.js';
 import { Limits } from '../lib/limits.js';
+import { sseErrorEvent } from '../lib/sse-relay.js';
+import type { JsonBody } from './proxy.js';
 
 const QUEUE_FULL_RETRY_S = 5;
 const QUEUE_TIMEOUT_RETRY_S = 10;
+/** Cloudflare drops a connection silent for ~100 s; a queued stream says something every 15 s. */
+export const DEFAULT_QUEUE_PING_MS = 15_000;
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -27,6 +32,8 @@ export interface AdmissionOptions {
   queue: FairQueue;
   queueTimeoutMs: number;
   maxQueuePerKey: number;
+  /** How often a waiting stream gets a keep-alive comment (and, the first time, its headers). */
+  pingMs?: number;
   /** A request whose client left while it waited (for the usage record). */
   onLeftQueue?: (request: FastifyRequest) => void;
 }
@@ -34,6 +41,7 @@ export interface AdmissionOptions {
 export default fp(
   async function admissionPlugin(app: FastifyInstance, opts: AdmissionOptions) {
     const { limits, queue } = opts;
+    const pingMs = opts.pingMs ?? DEFAULT_QUEUE_PING_MS;
     app.addHook('preHandler', async (request: FastifyRequest, reply: FastifyReply) => {
       const key = request.apiKey;
       if (key === null) return;
@@ -64,6 +72,21 @@ export default fp(
       // Leaving while waiting takes the request out of the queue; after admission, the same
       // call gives the slot back (the response finished, or the client left mid-answer).
       res.once('close', ticket.cancel);
+      // A stream that waits long starts early: 200 and SSE headers, then a comment line every
+      // pingMs, so proxies (Cloudflare: ~100 s) keep the connection. The proxy then continues it.
+      const streamed = (request.body as JsonBody | undefined)?.json.stream === true;
+      const ping = streamed
+        ? setInterval(() => {
+            if (res.destroyed) return;
+            if (!res.headersSent) {
+              // From here on the response is written by hand (the proxy sees res.headersSent).
+              const headers: OutgoingHttpHeaders = { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', 'x-accel-buffering': 'no' };
+              for (const [name, value] of Object.entries(reply.getHeaders())) if (value !== undefined) headers[name] = value;
+              res.writeHead(200, headers);
+            }
+            res.write(':\n\n');
+          }, pingMs)
+        : undefined;
       try {
         await ticket.admitted;
       } catch (err) {
@@ -73,8 +96,15 @@ export default fp(
           reply.hijack(); // nobody to answer
           return;
         }
+        const timeout = QUEUE_TIMEOUT(opts.queueTimeoutMs);
+        if (res.headersSent) {
+          res.end(sseErrorEvent(request.routeOptions.url?.startsWith('/v1/messages') === true ? 'anthropic' : 'openai', timeout.message, 'queue_timeout'));
+          return;
+        }
         reply.header('retry-after', String(QUEUE_TIMEOUT_RETRY_S));
-        throw QUEUE_TIMEOUT(opts.queueTimeoutMs);
+        throw timeout;
+      } finally {
+        clearInterval(ping);
       }
     });
   },

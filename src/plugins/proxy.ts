@@ -8,13 +8,14 @@
 // response's `close`, so llama-server frees its slot at once in every phase.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
+import type { ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream';
 import { Pool, type Dispatcher } from 'undici';
 import type { Config } from '../config.js';
 import { GatewayError, SHUTTING_DOWN, UPSTREAM_BAD_RESPONSE, UPSTREAM_TIMEOUT, UPSTREAM_UNREACHABLE } from '../errors.js';
 import { clientResponseHeaders, upstreamRequestHeaders } from '../lib/headers.js';
 import { JsonTap } from '../lib/json-tap.js';
-import { relaySse, type BrokenStream } from '../lib/sse-relay.js';
+import { relaySse, sseErrorEvent, type BrokenStream, type SseDialect } from '../lib/sse-relay.js';
 import { Exchange, needsIncludeUsage, withIncludeUsage, type RouteKind } from '../lib/usage.js';
 import type { UsageRecorder } from '../lib/usage-recorder.js';
 
@@ -44,6 +45,26 @@ declare module 'fastify' {
 export type ClientClosed = (request: FastifyRequest, exchange: Exchange) => void;
 
 const noop = (): void => {};
+
+export function dialectOf(kind: RouteKind): SseDialect {
+  return kind === 'messages' ? 'anthropic' : 'openai';
+}
+
+/** Ends a stream whose 200 is already sent with an error event (what else can still be said). */
+export function endEarlyStream(res: ServerResponse, dialect: SseDialect, message: string, code: string, ex: Exchange | null): void {
+  if (ex !== null) ex.broken = code === 'upstream_timeout' || code === 'queue_timeout' ? 'timeout' : 'error';
+  if (!res.destroyed) res.end(sseErrorEvent(dialect, message, code));
+}
+
+function parseErrorBody(text: string): { message: string; type: string } | undefined {
+  try {
+    const e = (JSON.parse(text) as { error?: { message?: unknown; type?: unknown } }).error;
+    if (typeof e?.message === 'string') return { message: e.message, type: typeof e.type === 'string' ? e.type : 'upstream_error' };
+  } catch {
+    // not JSON
+  }
+  return undefined;
+}
 
 const SHORT_CALL_TIMEOUT_MS = 10_000;
 
@@ -93,6 +114,7 @@ export class Upstream {
    */
   async forward(request: FastifyRequest, reply: FastifyReply, path: string, kind: RouteKind): Promise<FastifyReply | undefined> {
     const body = request.body as JsonBody | undefined;
+    const dialect = dialectOf(kind);
     let bytes = body?.raw;
     let ex: Exchange | null = null;
     if (this.#usage !== null) {
@@ -130,10 +152,29 @@ export class Upstream {
         request.log.info({ key: request.apiKey?.name }, 'client closed the connection before the model server answered; upstream request cancelled');
         return undefined;
       }
-      throw this.#toGatewayError(err, request);
+      const failure = this.#toGatewayError(err, request);
+      if (res.headersSent) {
+        endEarlyStream(res, dialect, failure.message, failure.code ?? 'upstream_error', ex);
+        return undefined;
+      }
+      throw failure;
     }
 
     if (ex !== null) ex.status = answer.statusCode;
+    if (res.headersSent) {
+      // The fair queue already started this stream (200 and keep-alive comments while it waited).
+      if (ex !== null) ex.streamed = true;
+      const type = answer.headers['content-type'];
+      if (answer.statusCode === 200 && typeof type === 'string' && type.startsWith('text/event-stream')) {
+        pipeline(relaySse(answer.body, dialect, ex, this.#describeBreak, noop), res, noop);
+        return undefined;
+      }
+      // Too late for llama-server's status: its error becomes the stream's error event.
+      const text = await answer.body.text().catch(() => '');
+      const upstreamError = parseErrorBody(text);
+      endEarlyStream(res, dialect, upstreamError?.message ?? `The model server answered ${answer.statusCode}.`, upstreamError?.type ?? 'upstream_error', ex);
+      return undefined;
+    }
     const gatewayVary = reply.getHeader('vary'); // set by CORS; llama-server's must not replace it
     reply.code(answer.statusCode).headers(clientResponseHeaders(answer.headers));
     if (gatewayVary !== undefined && answer.headers.vary !== undefined) reply.header('vary', `${String(gatewayVary)}, ${String(answer.headers.vary)}`);
@@ -142,7 +183,7 @@ export class Upstream {
       if (ex !== null) ex.streamed = true;
       reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
       return reply.send(
-        relaySse(answer.body, kind === 'messages' ? 'anthropic' : 'openai', ex, this.#describeBreak, (err) =>
+        relaySse(answer.body, dialect, ex, this.#describeBreak, (err) =>
           request.log.warn({ err: { code: (err as { code?: string }).code, message: err.message } }, 'upstream stream broke'),
         ),
       );
