@@ -3,7 +3,7 @@
 // template (`llm-gateway tunnel init`, never overwriting) and the consistency checks between
 // llama-server's port, LLM_UPSTREAM, the tunnel's ingress and GATEWAY_PORT.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -139,9 +139,13 @@ t.test('PM2 app definitions', async (t) => {
   const llama = pm2App(stack, 'llama', ENV);
   t.match(llama, { name: 'llama', script: 'llama-server', interpreter: 'none', args: ['-m', '/models/tiny.gguf', '--port', '5857'], exec_mode: 'fork', autorestart: true, kill_timeout: 10_000, exp_backoff_restart_delay: 1000, cwd: stack.root });
   t.notOk('wait_ready' in llama);
+  const bin = join(stack.root, 'bin');
+  mkdirSync(bin);
+  symlinkSync(join(STAND_INS, 'llama-server.mjs'), join(bin, 'llama-server'));
+  t.equal(pm2App(stack, 'llama', { PATH: `${bin}:${ENV.PATH}` }).script, join(bin, 'llama-server'), 'a program in PATH is given to PM2 as the path found');
 
   const gateway = pm2App(stack, 'gateway', ENV);
-  t.match(gateway, { name: 'gateway', interpreter: 'node', node_args: ['--max-old-space-size=512'], script: join(ROOT, 'dist', 'server.js'), args: ['--flag'] });
+  t.match(gateway, { name: 'gateway', interpreter: /\/node$/, node_args: ['--max-old-space-size=512'], script: join(ROOT, 'dist', 'server.js'), args: ['--flag'] });
   t.equal(gateway.wait_ready, true, 'the gateway tells PM2 when it listens');
   t.equal(gateway.listen_timeout, 15_000);
   t.equal(gateway.kill_timeout, 35_000, 'longer than the default GATEWAY_SHUTDOWN_GRACE_MS (30000)');
@@ -163,7 +167,7 @@ t.test('what stops a process from starting is said before PM2 is asked', async (
   const example = parseStackConfig(defaultStackConfig(), join(tempDir(t), 'pm2-config.json'));
   t.match(startBlockers(example, 'llama', { PATH: '' }), [/^fill in <path\/to\/model\.gguf> in pm2-config\.json \(llama\)$/, /^llama-server is not in PATH: install it, or set llama\.command in pm2-config\.json to its full path$/]);
   t.match(startBlockers(example, 'gateway', ENV), [/dist\/server\.js does not exist: run `npm run build`$/]);
-  t.match(startBlockers(example, 'tunnel', { PATH: '' }), [/fill in <tunnel-name>/, /cloudflared is not in PATH/, /cloudflared-config\.yml does not exist \(llm-gateway tunnel init writes a template\)$/]);
+  t.match(startBlockers(example, 'tunnel', { PATH: '' }), [/fill in <tunnel-name>/, /cloudflared is not in PATH/, /cloudflared-config\.yml does not exist \(`llm-gateway tunnel init` writes a template\)$/]);
 
   const { file } = project(t, () => {}, 'GATEWAY_PORT=eighty\n');
   const stack = loadStackConfig(file);

@@ -1,12 +1,16 @@
 #!/usr/bin/env node
 // `llm-gateway`: the command line. Each command lives in its own module and parses its own
 // arguments. Exit codes: 0 ok, 1 failure, 2 usage.
+import { doctorCommand } from './doctor.js';
 import { keysCommand } from './keys.js';
+import { menuCommand } from './menu.js';
 import { tunnelCommand } from './tunnel.js';
 import { usageCommand } from './usage.js';
 
 const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
   keys: { summary: 'manage API keys in the key database', run: keysCommand },
+  menu: { summary: 'start/stop llama-server, gateway and tunnel under PM2 with one key', run: menuCommand },
+  doctor: { summary: 'check settings, keys, llama-server, tunnel and PM2 processes', run: doctorCommand },
   tunnel: { summary: 'write the Cloudflare Tunnel config template (tunnel init)', run: tunnelCommand },
   usage: { summary: 'token usage per day, key or model (table, CSV, JSON)', run: usageCommand },
 };

@@ -79,6 +79,24 @@ export function daemonRunning(pm2Home: string): boolean {
   }
 }
 
+/** 42s, 3m 12s, 2h 5m, 3d 4h */
+export function formatUptime(ms: number): string {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  if (s < 60) return `${s}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m ${s % 60}s`;
+  const h = Math.floor(m / 60);
+  if (h < 24) return `${h}h ${m % 60}m`;
+  return `${Math.floor(h / 24)}d ${h % 24}h`;
+}
+
+/** 512 KB, 61.4 MB, 1.20 GB */
+export function formatBytes(n: number): string {
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(0)} KB`;
+  if (n < 1024 ** 3) return `${(n / 1024 ** 2).toFixed(1)} MB`;
+  return `${(n / 1024 ** 3).toFixed(2)} GB`;
+}
+
 function pm2Error(err: unknown): Error {
   // PM2 answers with an Error, a list of them, or a string.
   const first: unknown = Array.isArray(err) ? err[0] : err;

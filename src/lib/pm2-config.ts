@@ -409,14 +409,15 @@ export interface Pm2AppDefinition {
 export function pm2App(stack: StackConfig, name: ProcessName, env: Env): Pm2AppDefinition {
   const spec = stack.processes[name];
   const common = { name, cwd: spec.cwd, env: { ...spec.env }, exec_mode: 'fork' as const, autorestart: true };
+  // The program as the checks found it (PATH here), so PM2 — which would search its own PATH — and a
+  // boot-time `pm2 resurrect` run exactly that.
+  const program = resolveCommand(spec.command, spec.cwd, env.PATH) ?? (spec.command.includes('/') ? resolve(spec.cwd, expandHome(spec.command)) : spec.command);
   let app: Pm2AppDefinition;
   if (isNodeCommand(spec.command)) {
     const { nodeArgs, script, args } = nodeScript(spec);
-    app = { ...common, script: resolve(spec.cwd, script ?? ''), args, interpreter: spec.command, node_args: nodeArgs, kill_timeout: 0 };
+    app = { ...common, script: resolve(spec.cwd, script ?? ''), args, interpreter: program, node_args: nodeArgs, kill_timeout: 0 };
   } else {
-    // A bare name is looked up in PATH by PM2 (as by a shell).
-    const script = spec.command.includes('/') ? resolve(spec.cwd, expandHome(spec.command)) : spec.command;
-    app = { ...common, script, args: [...spec.args], interpreter: 'none', node_args: [], kill_timeout: 0 };
+    app = { ...common, script: program, args: [...spec.args], interpreter: 'none', node_args: [], kill_timeout: 0 };
   }
   if (name === 'gateway') {
     const grace = settingOr(gatewayEnvironment(stack, env), SETTINGS.shutdownGraceMs);
@@ -455,8 +456,9 @@ export function startBlockers(stack: StackConfig, name: ProcessName, env: Env): 
   const out = processBlockers(stack, name, env);
   const path = name === 'tunnel' ? tunnelConfigPath(stack) : null;
   if (path !== null) {
-    if (!existsSync(path)) out.push(`${path} does not exist (llm-gateway tunnel init writes a template)`);
-    else {
+    if (!existsSync(path)) {
+      out.push(`${path} does not exist (${isInside(stack.root, path) ? '`llm-gateway tunnel init` writes a template' : `\`llm-gateway tunnel init --file ${path}\` writes a template`})`);
+    } else {
       const holes = placeholdersIn(readFileSync(path, 'utf8'));
       if (holes.length > 0) out.push(`fill in ${holes.join(', ')} in ${path}`);
     }
@@ -644,7 +646,7 @@ const fail = (topic: ProcessName, text: string): Finding => ({ level: 'fail', to
 
 /** The checks on a cloudflared config file: present, filled in, ingress to the gateway, 404 last. */
 export function tunnelFindings(path: string, opts: { gatewayPort: number; llamaPort: number | null; runName: string | null }): Finding[] {
-  if (!existsSync(path)) return [fail('tunnel', `${path} does not exist (llm-gateway tunnel init writes a template)`)];
+  if (!existsSync(path)) return [fail('tunnel', `${path} does not exist (\`llm-gateway tunnel init\` writes a template)`)];
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
