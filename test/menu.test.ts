@@ -303,6 +303,7 @@ t.test('a process that does not stay up is reported with its last log lines', as
   const screen = await menu.nextScreen(menu.type('2'));
   t.match(screen, /Starting gateway…\n✘ gateway did not stay up \((errored|waiting restart|launching|online), restarted \d+ times?\)\. Its last log lines:\n/);
   t.match(screen, /❌ LLM Gateway cannot start: no API keys: set LLM_API_KEYS in \.env/);
+  t.match(screen, /PM2 keeps restarting it; 5 stops it\.\n/);
   const stopped = await menu.nextScreen(menu.type('5'));
   t.match(stopped, /■ gateway stopped|gateway is not running\./);
   menu.type('q');

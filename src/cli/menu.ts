@@ -65,6 +65,8 @@ const STOP_ORDER: readonly ProcessName[] = ['tunnel', 'gateway', 'llama'];
 
 const PROCESS_BY_DIGIT: Readonly<Record<string, ProcessName>> = { 1: 'llama', 2: 'gateway', 3: 'tunnel', 4: 'llama', 5: 'gateway', 6: 'tunnel' };
 
+const STOP_KEY: Readonly<Record<ProcessName, string>> = { llama: '4', gateway: '5', tunnel: '6' };
+
 const KEY_HELP = [
   'a/7 start all      1 start llama     4 stop llama     l restart llama',
   'k/8 stop all       2 start gateway   5 stop gateway   g restart gateway',
@@ -284,7 +286,11 @@ class Menu {
   }
 
   #gatewayPort(stack: StackConfig): number {
-    return gatewaySettings(gatewayEnvironment(stack, this.#env)).config?.port ?? 8787;
+    try {
+      return gatewaySettings(gatewayEnvironment(stack, this.#env)).config?.port ?? 8787;
+    } catch {
+      return 8787; // .env unreadable: said under the table
+    }
   }
 
   /** First run: write pm2-config.json and the cloudflared template if they are missing. */
@@ -337,7 +343,12 @@ class Menu {
       s.line(`  ${s.paint('red', '✘')} ${basename(error.file)} has problems:`);
       for (const p of error.problems) s.line(`      ${p}`);
     } else {
-      const findings = stackFindings(stack, this.#env).filter((f) => f.level !== 'ok');
+      let findings: { level: string; text: string }[];
+      try {
+        findings = stackFindings(stack, this.#env).filter((f) => f.level !== 'ok');
+      } catch (err) {
+        findings = [{ level: 'fail', text: (err as Error).message }]; // e.g. an unreadable .env
+      }
       if (findings.length > 0) s.line();
       for (const f of findings) s.line(`  ${f.level === 'fail' ? s.paint('red', '✘') : s.paint('yellow', '⚠')} ${f.text}`);
     }
@@ -354,7 +365,12 @@ class Menu {
   /** One line each for llama-server's /health and the gateway's /healthz. */
   async #health(stack: StackConfig | null): Promise<string[]> {
     const s = this.#screen;
-    const settings = gatewaySettings(gatewayEnvironment(stack, this.#env));
+    let settings: ReturnType<typeof gatewaySettings>;
+    try {
+      settings = gatewaySettings(gatewayEnvironment(stack, this.#env));
+    } catch (err) {
+      return [`${s.paint('red', '✘')} ${(err as Error).message}`];
+    }
     if (settings.config === undefined) return [`${s.paint('red', '✘')} gateway settings: ${settings.error}`];
     const { upstream, host, port } = settings.config;
     const gateway = localUrl(host, port);
@@ -478,6 +494,7 @@ class Menu {
       s.note(`${s.paint('red', '✘')} ${name} did not stay up (${how}). Its last log lines:`);
       const lines = [...(tailLines(p?.errLog ?? '', 6) ?? []), ...(tailLines(p?.outLog ?? '', 4) ?? [])];
       for (const l of lines.length > 0 ? lines : ['(nothing logged)']) s.note(`    ${this.#pretty(l)}`);
+      if (p !== undefined && p.status !== 'stopped') s.note(`    PM2 keeps restarting it; ${STOP_KEY[name]} stops it.`);
     }
   }
 
