@@ -8,6 +8,7 @@
 // response's `close`, so llama-server frees its slot at once in every phase.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
+import { EventEmitter } from 'node:events';
 import type { ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream';
 import { Pool, type Dispatcher } from 'undici';
@@ -131,10 +132,16 @@ export class Upstream {
       this.#usage.inFlight++;
     }
     const res = reply.raw;
-    const ac = new AbortController();
+    // undici takes an EventEmitter as `signal`: unlike an AbortController it costs nothing unless
+    // used (measured: AbortController/DOMException was ~12% of the gateway's CPU per request).
+    const signal = new EventEmitter();
+    let aborted = false;
     res.once('close', () => {
-      ac.abort();
-      if (ex !== null && !res.writableFinished) this.#clientClosed(request, ex);
+      // 'close' follows every response; only one that did not finish means the client left.
+      if (res.writableFinished) return;
+      aborted = true;
+      signal.emit('abort');
+      if (ex !== null) this.#clientClosed(request, ex);
     });
 
     let answer: Dispatcher.ResponseData;
@@ -144,10 +151,10 @@ export class Upstream {
         path: this.#basePath + path,
         headers: upstreamRequestHeaders(request.headers, request.ip, this.#authorization, body !== undefined),
         body: bytes,
-        signal: ac.signal,
+        signal,
       });
     } catch (err) {
-      if (ac.signal.aborted) {
+      if (aborted) {
         // Nobody is waiting any more; the abort has already closed the upstream socket.
         request.log.info({ key: request.apiKey?.name }, 'client closed the connection before the model server answered; upstream request cancelled');
         return undefined;
@@ -189,9 +196,15 @@ export class Upstream {
       );
     }
     if (ex === null) return reply.send(answer.body);
-    // pipeline: an upstream error mid-body destroys the tap, and Fastify then ends the response.
+    // An upstream error mid-body destroys the tap, and Fastify then ends the response. pipe, not
+    // pipeline(): pipeline() builds and aborts an AbortController for every response.
     const tap = new JsonTap(ex);
-    pipeline(answer.body, tap, noop);
+    const upstreamBody = answer.body;
+    upstreamBody.once('error', (err) => tap.destroy(err));
+    tap.once('close', () => {
+      if (!upstreamBody.destroyed) upstreamBody.destroy();
+    });
+    upstreamBody.pipe(tap);
     return reply.send(tap);
   }
 
