@@ -5,11 +5,12 @@
 // (small POST and GET /v1/models) and p50/p99 at 1 connection (small POST).
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { firstJsonLine, freePort, killAllSync, median, runWrk, setPinning, startProcess, stopAll, treeCpuSeconds, waitHttp, withNoise, wrkScript } from './lib.mjs';
+import { firstJsonLine, freePort, gatewayEnv, killAllSync, median, runWrk, setPinning, startProcess, stopAll, treeCpuSeconds, waitHttp, withNoise, wrkScript } from './lib.mjs';
 
 const BENCH = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -36,7 +37,7 @@ if (builds.length === 0) {
 
 process.on('exit', killAllSync);
 process.on('SIGINT', () => stopAll().finally(() => process.exit(130)));
-setPinning(true);
+setPinning(process.env.BENCH_PIN !== '0' && spawnSync('sh', ['-c', 'command -v taskset']).status === 0);
 const tmp = mkdtempSync(join(tmpdir(), 'llm-gateway-ab-'));
 const key = `sk-bench-${randomBytes(12).toString('hex')}`;
 const auth = { Authorization: `Bearer ${key}` };
@@ -46,7 +47,7 @@ try {
   const { port: upPort } = await firstJsonLine(up);
   for (const b of builds) {
     const port = await freePort();
-    const env = { PATH: process.env.PATH, HOME: tmp, LLM_API_KEYS: key, LLM_UPSTREAM: `http://127.0.0.1:${upPort}`, GATEWAY_PORT: String(port), GATEWAY_SHUTDOWN_GRACE_MS: '1000', LOG_LEVEL: b.level };
+    const env = gatewayEnv({ key, upstream: `http://127.0.0.1:${upPort}`, port, logLevel: b.level, home: tmp });
     b.proc = startProcess(b.name, process.execPath, [join(b.dir, 'server.js')], { cpu: 0, env, cwd: tmp, stdout: 'ignore' });
     b.url = `http://127.0.0.1:${port}`;
     await waitHttp(`${b.url}/v1/models`, { headers: auth, proc: b.proc });
@@ -65,11 +66,18 @@ try {
       // Rotate the order each round so no build always runs first.
       for (let k = 0; k < builds.length; k++) {
         const b = builds[(k + r) % builds.length];
-        const cpu0 = treeCpuSeconds(b.proc.pid);
-        const { result: m, otherCores } = await withNoise(() => runWrk({ url: `${b.url}${s.path}`, script: s.script, connections: s.c, seconds: s.c === 1 ? Math.max(1, SECONDS / 2) : SECONDS, cpu: 1 }));
-        const cpu = treeCpuSeconds(b.proc.pid) - cpu0;
-        if (m.errors) throw new Error(`${b.name} ${s.id}: ${m.errors} errors`);
-        ((res[s.id] ??= {})[b.name] ??= []).push({ rps: m.rps, p50: m.p50, p99: m.p99, cpuUs: (cpu / m.requests) * 1e6, noise: otherCores });
+        let best = null;
+        for (let attempt = 0; attempt < 3; attempt++) {
+          // Another process on the machine (a test run) spoils a run: repeat it, keep the quietest.
+          const cpu0 = treeCpuSeconds(b.proc.pid);
+          const { result: m, otherCores } = await withNoise(() => runWrk({ url: `${b.url}${s.path}`, script: s.script, connections: s.c, seconds: s.c === 1 ? Math.max(1, SECONDS / 2) : SECONDS, cpu: 1 }));
+          const cpu = treeCpuSeconds(b.proc.pid) - cpu0;
+          if (m.errors) throw new Error(`${b.name} ${s.id}: ${m.errors} errors`);
+          const x = { rps: m.rps, p50: m.p50, p99: m.p99, cpuUs: (cpu / m.requests) * 1e6, noise: otherCores };
+          if (best === null || x.noise < best.noise) best = x;
+          if (x.noise < 0.25) break;
+        }
+        ((res[s.id] ??= {})[b.name] ??= []).push(best);
       }
     }
     process.stderr.write(`round ${r + 1}/${ROUNDS} done\n`);

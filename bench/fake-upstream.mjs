@@ -3,7 +3,7 @@
 // little work per request as it can, so that it is never the bottleneck; run.mjs measures its
 // CPU use in every phase to show that.
 //
-//   GET  /health, /v1/models          small JSON, Content-Length
+//   GET  /health, /v1/models, /props  small JSON, Content-Length (/props: total_slots = FAKE_SLOTS, 1024)
 //   POST /v1/chat/completions         small chat.completion JSON; with "stream":true an SSE stream
 //                                     shaped by the request's "bench" object:
 //     {"mode":"chunks","chunks":500,"interval_ms":2}   n chunks, one every interval (one shared ticker)
@@ -29,6 +29,9 @@ const COMPLETION = Buffer.from(
   '{"choices":[{"finish_reason":"length","index":0,"message":{"role":"assistant","content":"Hello! I am fine."}}],"created":1795674703,"model":"bench-model","system_fingerprint":"b10587-3f545becc","object":"chat.completion","usage":{"completion_tokens":5,"prompt_tokens":29,"total_tokens":34,"prompt_tokens_details":{"cached_tokens":28}},"id":"chatcmpl-jS6NMulleoT7kAM6jF58Ln00oO4zDJwJ","timings":{"cache_n":28,"prompt_n":1,"prompt_ms":5.552,"prompt_per_token_ms":5.552,"prompt_per_second":180.11527377521614,"predicted_n":5,"predicted_ms":0.369,"predicted_per_token_ms":0.369,"predicted_per_second":2710.027100271003}}',
 );
 const HEALTH = Buffer.from('{"status":"ok"}');
+// llama-server's /props (trimmed): the gateway reads total_slots to size its fair queue.
+const SLOTS = Number(process.env.FAKE_SLOTS ?? 1024);
+const PROPS = Buffer.from(JSON.stringify({ default_generation_settings: { n_ctx: 2048 }, total_slots: SLOTS, model_alias: 'bench-model', build_info: 'b10587-3f545becc' }));
 const NOT_FOUND = Buffer.from('{"error":{"code":404,"message":"File Not Found","type":"not_found_error"}}');
 
 // Raw header arrays: writeHead with a flat array is node:http's cheapest path.
@@ -36,6 +39,7 @@ const jsonHeaders = (body) => ['Server', 'llama.cpp', 'Access-Control-Allow-Orig
 const H_MODELS = jsonHeaders(MODELS);
 const H_COMPLETION = jsonHeaders(COMPLETION);
 const H_HEALTH = jsonHeaders(HEALTH);
+const H_PROPS = jsonHeaders(PROPS);
 const H_NOT_FOUND = jsonHeaders(NOT_FOUND);
 const H_SSE = ['Server', 'llama.cpp', 'Access-Control-Allow-Origin', '', 'X-Accel-Buffering', 'no', 'Content-Type', 'text/event-stream'];
 
@@ -120,6 +124,7 @@ export function createFakeUpstream() {
     if (req.method === 'GET') {
       if (url === '/v1/models') return void res.writeHead(200, H_MODELS).end(MODELS);
       if (url === '/health') return void res.writeHead(200, H_HEALTH).end(HEALTH);
+      if (url === '/props') return void res.writeHead(200, H_PROPS).end(PROPS);
       return void res.writeHead(404, H_NOT_FOUND).end(NOT_FOUND);
     }
     let body = '';

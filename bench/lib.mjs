@@ -112,6 +112,27 @@ export function livePids() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The gateway's environment in every bench: a clean one (nothing from the caller's shell or a .env),
+// the given settings, and everything else at its default as a user would run it. The exception is
+// admission: the fake llama-server stands for one with 1024 slots, so that the fair queue lets every
+// request through (64 connections, 1,000 idle streams) and the bench measures the pass-through, not
+// the queue's 429s.
+export const GATEWAY_SETTINGS_NOTE = 'GATEWAY_MAX_INFLIGHT=1024 (a llama-server with 1024 slots: the fair queue never rejects); every other setting at its default (usage recording on, its SQLite file in a temp dir)';
+export function gatewayEnv({ key, upstream, port, logLevel, home }) {
+  return {
+    PATH: process.env.PATH,
+    HOME: home,
+    LLM_API_KEYS: key,
+    LLM_UPSTREAM: upstream,
+    GATEWAY_PORT: String(port),
+    GATEWAY_HOST: '127.0.0.1',
+    GATEWAY_SHUTDOWN_GRACE_MS: '1000',
+    GATEWAY_MAX_INFLIGHT: '1024',
+    LOG_LEVEL: logLevel,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
 // Network
 
 export function freePort() {
@@ -168,7 +189,11 @@ export function rssBytes(pid) {
   return m ? Number(m[1]) * 1024 : NaN;
 }
 
-/** Busy CPU seconds of the whole machine (all cores) from /proc/stat. */
+/**
+ * Busy CPU seconds of the whole machine (all cores) from /proc/stat, steal (time the hypervisor gave
+ * to someone else) included. irq/softirq count too: the kernel charges those ticks to the task that
+ * was running as well, so our processes' utime+stime include their own loopback TCP work.
+ */
 export function machineBusySeconds() {
   const line = readFileSync('/proc/stat', 'utf8').split('\n')[0];
   const v = line.trim().split(/\s+/).slice(1).map(Number);
@@ -289,7 +314,7 @@ function luaString(s) {
  * wrk runs one thread (-t1) on the load-side core.
  */
 export async function runWrk({ url, script, connections, seconds, cpu }) {
-  const proc = startProcess('wrk', 'wrk', ['-t1', `-c${connections}`, `-d${seconds}s`, '--timeout', '5s', '-s', script, url], { cpu });
+  const proc = startProcess('wrk', 'wrk', ['-t1', `-c${connections}`, `-d${Math.max(1, Math.round(seconds))}s`, '--timeout', '5s', '-s', script, url], { cpu });
   const { code, out } = await collectStdout(proc);
   const line = out.split('\n').find((l) => l.startsWith('WRKJSON '));
   if (code !== 0 || line === undefined) throw new Error(`wrk failed (${code}): ${out} ${proc.stderr}`);

@@ -11,9 +11,11 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import {
   firstJsonLine,
   freePort,
+  gatewayEnv,
   killAllSync,
   runWrk,
   setPinning,
@@ -116,14 +118,14 @@ export function formatAnalysis({ total, fns, cats }, { top = 30, requests } = {}
 }
 
 export async function profileGateway({ seconds = 10, dist = join(ROOT, 'dist'), logLevel = 'info', keep } = {}) {
-  setPinning(true);
+  setPinning(process.env.BENCH_PIN !== '0' && spawnSync('sh', ['-c', 'command -v taskset']).status === 0);
   const tmp = mkdtempSync(join(tmpdir(), 'llm-gateway-prof-'));
   const key = `sk-bench-${randomBytes(12).toString('hex')}`;
   try {
     const up = startProcess('fake-upstream', process.execPath, [join(BENCH, 'fake-upstream.mjs')], { cpu: 1 });
     const { port: upPort } = await firstJsonLine(up);
     const port = await freePort();
-    const env = { PATH: process.env.PATH, HOME: tmp, LLM_API_KEYS: key, LLM_UPSTREAM: `http://127.0.0.1:${upPort}`, GATEWAY_PORT: String(port), GATEWAY_SHUTDOWN_GRACE_MS: '1000', LOG_LEVEL: logLevel };
+    const env = gatewayEnv({ key, upstream: `http://127.0.0.1:${upPort}`, port, logLevel, home: tmp });
     const gw = startProcess('gateway-prof', process.execPath, ['--cpu-prof', `--cpu-prof-dir=${tmp}`, '--cpu-prof-interval=200', join(dist, 'server.js')], { cpu: 0, env, cwd: tmp, stdout: 'ignore' });
     const url = `http://127.0.0.1:${port}`;
     await waitHttp(`${url}/v1/models`, { headers: { authorization: `Bearer ${key}` }, proc: gw });
@@ -135,6 +137,7 @@ export async function profileGateway({ seconds = 10, dist = join(ROOT, 'dist'), 
     const warm = await runWrk({ url: `${url}/v1/chat/completions`, script, connections: 64, seconds: 2, cpu: 1 }); // warm-up (profiled too)
     const cpu0 = treeCpuSeconds(gw.pid);
     const r = await runWrk({ url: `${url}/v1/chat/completions`, script, connections: 64, seconds, cpu: 1 });
+    if (r.errors > 0 || warm.errors > 0) throw new Error(`the gateway answered ${r.errors + warm.errors} requests with errors (non-2xx or socket errors): the profile would show the error path`);
     const cpu = treeCpuSeconds(gw.pid) - cpu0;
     await stopProcess(gw, 10_000);
     await stopProcess(up);

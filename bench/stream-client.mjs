@@ -1,7 +1,7 @@
 // Streaming load for run.mjs, in its own process (pinned to the load-side core). One JSON argument,
 // one JSON result line on stdout (and {"event":...} progress lines before it).
 //
-//   {"mode":"streams","url","key","streams":100,"chunks":500,"interval_ms":2}
+//   {"mode":"streams","url","key","streams":100,"chunks":500,"interval_ms":2[,"warmup":true]}
 //      N concurrent chat streams; per chunk: lag = client receive time − upstream send time (both
 //      CLOCK_MONOTONIC, µs), gap = time since the previous chunk of the same stream; per stream TTFB.
 //   {"mode":"idle","url","key","streams":1000,"interval_ms":10000,"seconds":15}
@@ -45,8 +45,20 @@ function post(body, onResponse, onError) {
 const chatBody = (bench) => ({ model: 'bench-model', stream: true, messages: [{ role: 'user', content: 'Tell me a story.' }], bench });
 
 // ---------------------------------------------------------------------------------------------
+/** One short stream first, unrecorded: the client's own first-request costs stay out of TTFB. */
+function warmUp() {
+  return new Promise((resolve) => {
+    post(chatBody({ mode: 'chunks', chunks: 2, interval_ms: 1 }), (res) => {
+      res.resume();
+      res.on('end', resolve);
+      res.on('error', resolve);
+    }, resolve);
+  });
+}
+
 async function streams() {
   const { streams: n, chunks, interval_ms: intervalMs } = args;
+  if (args.warmup) await warmUp();
   const lags = [];
   const gaps = [];
   const ttfbs = [];
