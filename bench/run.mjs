@@ -176,16 +176,16 @@ function snapshotDist() {
   DIST = join(dir, 'dist');
 }
 
-async function startGateway(upstream, logLevel, extraNodeArgs = []) {
+async function startGateway(upstream, logLevel, extraNodeArgs = [], variant = undefined) {
   const port = await freePort();
   // A clean environment and a cwd without .env: only these settings apply.
-  const env = gatewayEnv({ key: KEY, upstream: upstream.url, port, logLevel, home: tmp });
+  const env = { ...gatewayEnv({ key: KEY, upstream: upstream.url, port, logLevel, home: tmp }), ...(variant?.env ?? {}) };
   const proc = startProcess(`gateway-${logLevel}`, process.execPath, [...extraNodeArgs, join(DIST, 'server.js')], { cpu: SERVER_CPU, env, cwd: tmp, stdout: 'ignore' });
   const url = `http://127.0.0.1:${port}`;
   await waitHttp(`${url}/healthz`, { proc });
   await waitHttp(`${url}/v1/models`, { headers: AUTH, proc });
-  const name = logLevel === 'info' ? 'gateway' : `gateway-${logLevel}`;
-  return { name, label: `gateway, LOG_LEVEL=${logLevel}`, url, proc, pid: proc.pid };
+  const name = variant?.name ?? (logLevel === 'info' ? 'gateway' : `gateway-${logLevel}`);
+  return { name, label: variant?.label ?? `gateway, LOG_LEVEL=${logLevel}`, url, proc, pid: proc.pid };
 }
 
 async function startNginx(upstream) {
@@ -731,6 +731,14 @@ async function main() {
   const bare = await startBare(upstream);
   const gateway = await startGateway(upstream, 'info');
   const gatewayWarn = await startGateway(upstream, 'warn');
+  // Features on vs off, in the same run: usage accounting off; per-key limits on (high enough never
+  // to refuse, so every request pays for checking and counting them).
+  const gatewayNoUsage = await startGateway(upstream, 'info', [], { name: 'gateway-nousage', label: 'gateway, GATEWAY_USAGE=off', env: { GATEWAY_USAGE: 'off' } });
+  const gatewayLimits = await startGateway(upstream, 'info', [], {
+    name: 'gateway-limits',
+    label: 'gateway, every per-key limit on (never reached)',
+    env: { GATEWAY_DEFAULT_RPM: '100000000', GATEWAY_DEFAULT_TPM: '100000000', GATEWAY_DEFAULT_TPD: '100000000', GATEWAY_DEFAULT_CONCURRENCY: '100000' },
+  });
   let nginx = null;
   if (nginxOk) {
     try {
@@ -740,14 +748,14 @@ async function main() {
       nginxOk = false;
     }
   }
-  const variants = [upstream, ...(nginx ? [nginx] : []), bare, gateway, gatewayWarn];
+  const variants = [upstream, ...(nginx ? [nginx] : []), bare, gateway, gatewayWarn, gatewayNoUsage, gatewayLimits];
   log(`Started: ${variants.map((v) => `${v.name} ${v.url} (pid ${v.pid})`).join(', ')}`);
 
   const small = await phaseSmall(variants, upstream);
   const streams = await phaseStreams(variants, upstream);
 
   // Memory phases on fresh processes, so RSS is what the streams cost and not what phase 1 left.
-  for (const v of [bare, gateway, gatewayWarn, ...(nginx ? [nginx] : [])]) await stopProcess(v.proc);
+  for (const v of [bare, gateway, gatewayWarn, gatewayNoUsage, gatewayLimits, ...(nginx ? [nginx] : [])]) await stopProcess(v.proc);
   const freshBare = await startBare(upstream);
   const freshGateway = await startGateway(upstream, 'info');
   await sleep(1000);
