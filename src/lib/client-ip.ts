@@ -6,9 +6,13 @@ import type { FastifyRequest } from 'fastify';
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1']);
 
+export function isLoopback(address: string | undefined): boolean {
+  return address !== undefined && LOOPBACK.has(address);
+}
+
 export function clientIp(request: FastifyRequest, trustProxy: boolean): string {
   const peer = request.socket.remoteAddress ?? '';
-  if (!trustProxy || !LOOPBACK.has(peer)) return peer;
+  if (!trustProxy || !isLoopback(peer)) return peer;
   const cf = request.headers['cf-connecting-ip'];
   if (typeof cf === 'string' && cf !== '') return cf.trim();
   const xff = request.headers['x-forwarded-for'];

@@ -5,7 +5,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { AUTH_BRAKE, GatewayError, INVALID_API_KEY, KEY_DISABLED, KEY_EXPIRED, ORIGIN_NOT_ALLOWED } from '../errors.js';
-import { clientIp } from '../lib/client-ip.js';
+import { clientIp, isLoopback } from '../lib/client-ip.js';
 import type { KeyIdentity } from '../lib/key-index.js';
 import type { KeyRegistry } from '../lib/key-registry.js';
 import type { AuthBrake } from '../lib/limits.js';
@@ -27,8 +27,6 @@ export function presentedKey(request: FastifyRequest): string | undefined {
   const xApiKey = request.headers['x-api-key'];
   return typeof xApiKey === 'string' && xApiKey !== '' ? xApiKey.trim() : undefined;
 }
-
-const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1']);
 
 function hasPendingBody(request: FastifyRequest): boolean {
   const length = request.headers['content-length'];
@@ -53,7 +51,7 @@ export default fp(
       // Without GATEWAY_TRUST_PROXY a tunnel's requests all come from loopback: braking that one
       // address would lock every user out, so loopback is exempt then.
       const ip = brake === undefined ? '' : clientIp(request, trustProxy);
-      const braked = brake !== undefined && (trustProxy || !LOOPBACK.has(ip));
+      const braked = brake !== undefined && (trustProxy || !isLoopback(ip));
       if (braked) {
         const wait = brake.blockedFor(ip, Date.now());
         if (wait > 0) {

@@ -7,6 +7,7 @@ import { timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { INVALID_API_KEY } from '../errors.js';
+import { isLoopback } from '../lib/client-ip.js';
 import { digestKey } from '../lib/key-index.js';
 import type { FairQueue } from '../lib/fair-queue.js';
 import type { UsageRecord } from '../lib/usage.js';
@@ -14,7 +15,6 @@ import type { UsageRecorder } from '../lib/usage-recorder.js';
 import { presentedKey } from './auth.js';
 import { sendError } from './errors.js';
 
-const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1']);
 const FORWARDING_HEADERS = ['cf-connecting-ip', 'x-forwarded-for', 'forwarded', 'x-real-ip'];
 // A client with a key picks the "model" string; beyond this many distinct values, label "other".
 const MAX_MODEL_LABELS = 50;
@@ -22,7 +22,7 @@ const DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
 const TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
 export function isLocalScrape(request: FastifyRequest): boolean {
-  if (!LOOPBACK.has(request.socket.remoteAddress ?? '')) return false;
+  if (!isLoopback(request.socket.remoteAddress)) return false;
   for (const h of FORWARDING_HEADERS) if (request.headers[h] !== undefined) return false;
   return true;
 }
