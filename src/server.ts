@@ -4,6 +4,7 @@ import type { FastifyServerOptions } from 'fastify';
 import { buildApp } from './app.js';
 import { ConfigError, NO_KEYS_MESSAGE, loadConfig, type Config } from './config.js';
 import { KeyRegistry } from './lib/key-registry.js';
+import { BatchedLog } from './lib/log-stream.js';
 import { KeyStore, KeyStoreError } from './lib/key-store.js';
 
 const ENV_FILE = '.env';
@@ -36,9 +37,15 @@ function loggerOptions(config: Config): FastifyServerOptions['logger'] {
     level: config.logLevel,
     // Keys never reach a log line, even if someone logs a request's headers.
     redact: { paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers.cookie', 'req.headers["x-my-llm-key"]'], censor: '[redacted]' },
-    // JSON for machines; pretty only when a person watches a terminal.
-    ...(process.stdout.isTTY ? { transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss', ignore: 'pid,hostname' } } } : {}),
+    // JSON for machines, written in batches; pretty only when a person watches a terminal.
+    ...(process.stdout.isTTY ? { transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss', ignore: 'pid,hostname' } } } : { stream: batchedStdout() }),
   };
+}
+
+function batchedStdout(): BatchedLog {
+  const log = new BatchedLog(process.stdout);
+  process.once('exit', () => log.flush()); // process.exit() and crashes: the last lines too
+  return log;
 }
 
 function displayHost(host: string): string {

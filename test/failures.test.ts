@@ -106,6 +106,22 @@ t.test('upstream answers garbage → 502 upstream_bad_response', async (t) => {
   t.equal((JSON.parse(res.text) as { error: { code: string } }).error.code, 'upstream_bad_response');
 });
 
+t.test('a JSON answer whose body never comes (upstream closes after its headers) → 502 upstream_bad_response', async (t) => {
+  const upstream = await rawUpstream(t, (s) =>
+    s.once('data', () => {
+      s.write('HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n');
+      setTimeout(() => s.destroy(), 50);
+    }),
+  );
+  const gw = await startGateway(t, { upstream });
+  const res = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
+  t.equal(res.status, 502, 'nothing was sent yet: the client still gets a proper error');
+  t.equal(res.headers['content-type'], 'application/json; charset=utf-8');
+  t.same(JSON.parse(res.text), {
+    error: { message: 'The model server (llama-server) sent a response the gateway could not use.', type: 'upstream_error', param: null, code: 'upstream_bad_response' },
+  });
+});
+
 t.test('a non-streamed body cut short by upstream ends the client response (no hang)', async (t) => {
   const upstream = await rawUpstream(t, (s) =>
     s.once('data', () => {
@@ -125,4 +141,19 @@ t.test('a non-streamed body cut short by upstream ends the client response (no h
   // The status line was already sent; the only honest signal left is a truncated response.
   t.match(outcome, /client saw an error|completed 200 with \d+ bytes/);
   t.notMatch(outcome, 'with 1000 bytes', 'the client is not told the body was complete');
+  // The gateway cut the connection because upstream broke: counted as upstream's failure, not as
+  // a client that left.
+  const metrics = await waitForMetric(gw.port, 'llm_gateway_upstream_errors_total{');
+  t.match(metrics, 'llm_gateway_upstream_errors_total{route="/v1/chat/completions",outcome="upstream_error"} 1');
+  t.notMatch(metrics, 'llm_gateway_client_closed_total{');
 });
+
+/** The /metrics text once it shows `name` (a record arrives when the response has closed). */
+async function waitForMetric(port: number, name: string): Promise<string> {
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    const res = await request(port, { path: '/metrics' });
+    if (res.text.includes(name) || Date.now() > deadline) return res.text;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

@@ -142,3 +142,34 @@ t.test('a request still waiting for llama-server when the grace period ends gets
   t.same(JSON.parse(body), { error: { message: 'The gateway is restarting; retry in a few seconds.', type: 'server_error', param: null, code: 'shutting_down' } });
   t.equal(await within(run.exit, 5000, 'exit'), 0);
 });
+
+t.test('log lines reach stdout as JSON, one per request, and none is lost at exit', async (t) => {
+  const run = await startProcess(t, {}, {});
+  for (let i = 0; i < 3; i++) {
+    await new Promise<void>((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port: run.port, method: 'POST', path: '/v1/chat/completions', headers: AUTH_A }, (res) => {
+        res.resume();
+        res.on('end', resolve);
+      });
+      req.on('error', reject);
+      req.end(chatBody());
+    });
+  }
+  run.child.kill('SIGTERM');
+  t.equal(await within(run.exit, 5000, 'the process exits'), 0);
+  const lines = run
+    .output()
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as { msg: string; status?: number; key?: string });
+  t.same(
+    lines.filter((l) => l.msg === 'request').map((l) => [l.status, l.key]),
+    [
+      [200, 'env-1'],
+      [200, 'env-1'],
+      [200, 'env-1'],
+    ],
+  );
+  t.equal(lines.at(-1)?.msg, 'stopped', 'the line written just before process.exit() is there');
+  t.notMatch(run.output(), KEY_A, 'no key in the log');
+});

@@ -59,12 +59,12 @@ export function upstreamRequestHeaders(
   return out;
 }
 
-export function clientResponseHeaders(upstream: IncomingHttpHeaders | Record<string, string | string[] | undefined>): OutgoingHttpHeaders {
-  const out: OutgoingHttpHeaders = {};
+/** Copies llama-server's response headers that may reach the client into `into` (theirs win). */
+export function copyResponseHeaders(upstream: IncomingHttpHeaders | Record<string, string | string[] | undefined>, into: OutgoingHttpHeaders): OutgoingHttpHeaders {
   for (const name in upstream) {
     const value = upstream[name];
     if (value === undefined || RESPONSE_DROP.has(name) || name.startsWith(RESPONSE_DROP_PREFIX)) continue;
-    out[name] = value;
+    into[name] = value;
   }
-  return out;
+  return into;
 }

@@ -1,13 +1,14 @@
-// Passes a non-streamed upstream body (JSON) through unchanged and reads its token numbers on the
-// side. Bodies can be large (embeddings, base64), so it keeps only the first and last 16 KiB:
+// Looks at a non-streamed upstream body (JSON) on its way through the relay, unchanged, and reads
+// its token numbers. Bodies can be large (embeddings, base64), so it keeps only the first and last 16 KiB:
 // llama-server writes `usage` near the start (embeddings, rerank) or near the end (completions).
-import { Transform, type TransformCallback } from 'node:stream';
+import type { Tap } from './relay.js';
 import { findUsage, type Exchange } from './usage.js';
 
 const EDGE = 16 * 1024;
+const USAGE = Buffer.from('"usage"');
 const MAX_TEXT = 1 << 20;
 
-export class JsonTap extends Transform {
+export class JsonTap implements Tap {
   readonly #ex: Exchange;
   #head: Buffer[] = [];
   #headBytes = 0;
@@ -17,12 +18,11 @@ export class JsonTap extends Transform {
   #allBytes = 0;
 
   constructor(exchange: Exchange) {
-    super();
     this.#ex = exchange;
     this.#all = exchange.text === null ? null : [];
   }
 
-  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+  chunk(chunk: Buffer): Buffer {
     this.#ex.bytesOut += chunk.length;
     if (this.#headBytes < EDGE) {
       this.#head.push(chunk);
@@ -36,18 +36,24 @@ export class JsonTap extends Transform {
       this.#all.push(chunk);
       this.#allBytes += chunk.length;
     }
-    done(null, chunk);
+    return chunk;
   }
 
-  override _flush(done: TransformCallback): void {
-    const head = Buffer.concat(this.#head).toString('utf8');
-    let usage = findUsage(head);
-    if (usage === undefined && this.#tail.length > 0) usage = findUsage(Buffer.concat(this.#tail).toString('utf8'));
+  end(): null {
+    let usage = usageIn(this.#head);
+    if (usage === undefined && this.#tail.length > 0) usage = usageIn(this.#tail);
     this.#ex.applyUsage(usage);
     if (this.#all !== null) this.#ex.text = Buffer.concat(this.#all).toString('utf8');
     this.#head = [];
     this.#tail = [];
     this.#all = null;
-    done();
+    return null;
   }
+}
+
+/** The usage object in these bytes, decoding only from its key on (most bodies have one, near the end). */
+function usageIn(parts: Buffer[]): unknown {
+  const bytes = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+  const at = bytes.indexOf(USAGE);
+  return at < 0 ? undefined : findUsage(bytes.toString('utf8', at));
 }

@@ -1,14 +1,14 @@
-// Relays an upstream SSE body to the client unchanged, chunk by chunk as it arrives, with
-// back-pressure (pipe into a Transform). On the side it reads what usage accounting needs: it
-// counts content events (for an estimate if the client leaves) and parses only the events that
-// carry `"usage"`. It never holds a chunk back, with one exception: when the gateway itself asked
-// llama-server for usage (the client did not), it works at event boundaries so it can drop the
-// usage-only chunk the client did not ask for.
+// Looks at an upstream SSE body on its way to the client (through the relay, chunk by chunk as it
+// arrives, with back-pressure). On the side it reads what usage accounting needs: it counts content
+// events (for an estimate if the client leaves) and parses only the events that carry `"usage"`. It
+// never holds a chunk back, with one exception: when the gateway itself asked llama-server for
+// usage (the client did not), it works at event boundaries so it can drop the usage-only chunk the
+// client did not ask for.
 //
 // If the upstream stream breaks (llama-server crashed, idle timeout, shutdown), the client gets a
 // final error event in the stream's own dialect and a clean end instead of a hang or a silently
 // truncated answer; OpenAI and Anthropic SDKs raise that event as an API error.
-import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import type { Tap } from './relay.js';
 import { usageInEvent, type Exchange, type RouteKind } from './usage.js';
 
 export type SseDialect = 'openai' | 'anthropic';
@@ -64,37 +64,19 @@ function parse(data: string | undefined): unknown {
   }
 }
 
-export class SseTap extends Transform {
-  readonly #ex: Exchange | null;
+export class SseTap implements Tap {
+  readonly #ex: Exchange;
   readonly #marker: Buffer | undefined;
   /** bytes after the last complete event (scanned with the next chunk) */
   #carry: Buffer | null = null;
-  /** the gateway's own closing error event, passed through untouched */
-  #closing: Buffer | null = null;
 
-  constructor(exchange: Exchange | null) {
-    super();
+  constructor(exchange: Exchange) {
     this.#ex = exchange;
-    this.#marker = exchange === null ? undefined : CONTENT_MARKER[exchange.kind];
+    this.#marker = CONTENT_MARKER[exchange.kind];
   }
 
-  /** Ends the stream with the gateway's own event, after whatever upstream sent before it. */
-  endWith(event: string): void {
-    this.#closing = Buffer.from(event, 'utf8');
-    this.end(this.#closing);
-  }
-
-  override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+  chunk(chunk: Buffer): Buffer | null {
     const ex = this.#ex;
-    if (chunk === this.#closing) {
-      this.#carry = null; // an unfinished upstream event is dropped, not glued to ours
-      done(null, chunk);
-      return;
-    }
-    if (ex === null) {
-      done(null, chunk);
-      return;
-    }
     const whole = this.#carry === null ? chunk : Buffer.concat([this.#carry, chunk]);
     const boundary = whole.lastIndexOf(EVENT_END);
     const complete = boundary < 0 ? null : whole.subarray(0, boundary + 2);
@@ -116,21 +98,17 @@ export class SseTap extends Transform {
       out = null; // nothing complete yet; the partial event waits in #carry
     }
     if (ex.stripUsageChunk && this.#carry === null && rest.length > MAX_CARRY) out = whole; // give up filtering
-    if (out !== null && out.length > 0) {
-      ex.bytesOut += out.length;
-      this.push(out);
-    }
-    done();
+    if (out === null || out.length === 0) return null;
+    ex.bytesOut += out.length;
+    return out;
   }
 
-  override _flush(done: TransformCallback): void {
-    const ex = this.#ex;
-    if (ex !== null && ex.stripUsageChunk && this.#carry !== null) {
-      ex.bytesOut += this.#carry.length;
-      this.push(this.#carry);
-    }
+  /** The body ended: an unfinished last event held back for filtering goes out as it is. */
+  end(): Buffer | null {
+    const carry = this.#ex.stripUsageChunk ? this.#carry : null;
     this.#carry = null;
-    done();
+    if (carry !== null) this.#ex.bytesOut += carry.length;
+    return carry;
   }
 
   /** Parses the complete events in `region` for usage (and text); returns what to send on. */
@@ -177,28 +155,4 @@ function contentText(kind: RouteKind, data: unknown): string {
   }
   if (kind === 'responses') return o.type === 'response.output_text.delta' && typeof o.delta === 'string' ? o.delta : '';
   return '';
-}
-
-export function relaySse(
-  source: Readable,
-  dialect: SseDialect,
-  exchange: Exchange | null,
-  describe: (err: Error) => BrokenStream,
-  onBroken: (err: Error) => void,
-): SseTap {
-  const out = new SseTap(exchange);
-  source.on('error', (err: Error) => {
-    if (out.destroyed) return; // the client left first; nothing to tell
-    onBroken(err);
-    const { message, code } = describe(err);
-    if (exchange !== null) exchange.broken = code === 'upstream_timeout' ? 'timeout' : 'error';
-    source.unpipe(out);
-    out.endWith(sseErrorEvent(dialect, message, code));
-  });
-  // The client went away (Fastify destroys the payload): stop reading upstream, which aborts it.
-  out.on('close', () => {
-    if (!source.destroyed) source.destroy();
-  });
-  source.pipe(out);
-  return out;
 }

@@ -51,17 +51,42 @@ export default async function metricsRoutes(app: FastifyInstance, opts: { record
     return m;
   };
 
+  // prom-client hashes the label object on every inc/observe; each record instead finds its
+  // label set's child in a map (the sets are few: routes × statuses × keys).
+  const requestsBy = new Map<string, Counter.Internal>();
+  const durationBy = new Map<string, Histogram.Internal<'route'>>();
+  const ttftBy = new Map<string, Histogram.Internal<'route'>>();
+  const tokensBy = new Map<string, Counter.Internal>();
+  const tokensOf = (key: string, model: string, kind: string): Counter.Internal => {
+    const id = `${key}\n${model}\n${kind}`;
+    let child = tokensBy.get(id);
+    if (child === undefined) tokensBy.set(id, (child = tokens.labels({ key, model, kind })));
+    return child;
+  };
+
   recorder?.onRecord((r: UsageRecord) => {
     const key = r.keyName ?? '';
-    requests.inc({ route: r.route, status: String(r.status), key });
-    duration.observe({ route: r.route }, r.durationMs / 1000);
-    if (r.ttftMs !== null) ttft.observe({ route: r.route }, r.ttftMs / 1000);
-    const model = modelLabel(r.model);
-    if (r.promptTokens !== null) tokens.inc({ key, model, kind: 'prompt' }, r.promptTokens);
-    if (r.cachedTokens !== null) tokens.inc({ key, model, kind: 'cached' }, r.cachedTokens);
-    if (r.completionTokens !== null) tokens.inc({ key, model, kind: 'completion' }, r.completionTokens);
-    if (r.outcome === 'upstream_error' || r.outcome === 'timeout') upstreamErrors.inc({ route: r.route, outcome: r.outcome });
-    if (r.outcome === 'client_closed') clientClosed.inc({ route: r.route });
+    const route = r.route;
+    const id = `${route}\n${r.status}\n${key}`;
+    let counted = requestsBy.get(id);
+    if (counted === undefined) requestsBy.set(id, (counted = requests.labels({ route, status: String(r.status), key })));
+    counted.inc();
+    let timed = durationBy.get(route);
+    if (timed === undefined) durationBy.set(route, (timed = duration.labels({ route })));
+    timed.observe(r.durationMs / 1000);
+    if (r.ttftMs !== null) {
+      let first = ttftBy.get(route);
+      if (first === undefined) ttftBy.set(route, (first = ttft.labels({ route })));
+      first.observe(r.ttftMs / 1000);
+    }
+    if (r.promptTokens !== null || r.cachedTokens !== null || r.completionTokens !== null) {
+      const model = modelLabel(r.model);
+      if (r.promptTokens !== null) tokensOf(key, model, 'prompt').inc(r.promptTokens);
+      if (r.cachedTokens !== null) tokensOf(key, model, 'cached').inc(r.cachedTokens);
+      if (r.completionTokens !== null) tokensOf(key, model, 'completion').inc(r.completionTokens);
+    }
+    if (r.outcome === 'upstream_error' || r.outcome === 'timeout') upstreamErrors.inc({ route, outcome: r.outcome });
+    if (r.outcome === 'client_closed') clientClosed.inc({ route });
   });
 
   const adminDigest = opts.adminKey === '' ? null : digestKey(opts.adminKey);

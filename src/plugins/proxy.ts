@@ -9,14 +9,14 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { EventEmitter } from 'node:events';
-import type { ServerResponse } from 'node:http';
-import { pipeline } from 'node:stream';
+import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { Pool, type Dispatcher } from 'undici';
 import type { Config } from '../config.js';
 import { GatewayError, SHUTTING_DOWN, UPSTREAM_BAD_RESPONSE, UPSTREAM_TIMEOUT, UPSTREAM_UNREACHABLE } from '../errors.js';
-import { clientResponseHeaders, upstreamRequestHeaders } from '../lib/headers.js';
+import { copyResponseHeaders, upstreamRequestHeaders } from '../lib/headers.js';
 import { JsonTap } from '../lib/json-tap.js';
-import { relaySse, sseErrorEvent, type BrokenStream, type SseDialect } from '../lib/sse-relay.js';
+import { relay, type BrokenEnd, type OnBroken } from '../lib/relay.js';
+import { SseTap, sseErrorEvent, type BrokenStream, type SseDialect } from '../lib/sse-relay.js';
 import { Exchange, needsIncludeUsage, withIncludeUsage, type RouteKind } from '../lib/usage.js';
 import type { UsageRecorder } from '../lib/usage-recorder.js';
 
@@ -85,6 +85,7 @@ export class Upstream {
   readonly #basePath: string;
   readonly #authorization: string | undefined;
   readonly #headersTimeout: number;
+  readonly #idleTimeout: number;
   readonly #describeBreak: (err: Error) => BrokenStream;
   readonly #usage: UsageRecorder | null;
   readonly #clientClosed: ClientClosed;
@@ -97,6 +98,7 @@ export class Upstream {
     this.#basePath = url.pathname === '/' ? '' : url.pathname;
     this.#authorization = config.upstreamApiKey === '' ? undefined : `Bearer ${config.upstreamApiKey}`;
     this.#headersTimeout = config.headersTimeoutMs;
+    this.#idleTimeout = config.idleTimeoutMs;
     this.#describeBreak = describeBreak(config.idleTimeoutMs, () => this.#destroyed);
     // One connection per request in flight (HTTP/1.1, no pipelining); kept alive between them.
     // The pool's own timeouts are the defaults for forward(); short calls pass their own.
@@ -168,12 +170,13 @@ export class Upstream {
     }
 
     if (ex !== null) ex.status = answer.statusCode;
+    const type = answer.headers['content-type'];
+    const sse = typeof type === 'string' && type.startsWith('text/event-stream');
     if (res.headersSent) {
       // The fair queue already started this stream (200 and keep-alive comments while it waited).
       if (ex !== null) ex.streamed = true;
-      const type = answer.headers['content-type'];
-      if (answer.statusCode === 200 && typeof type === 'string' && type.startsWith('text/event-stream')) {
-        pipeline(relaySse(answer.body, dialect, ex, this.#describeBreak, noop), res, noop);
+      if (answer.statusCode === 200 && sse) {
+        relay(answer.body, res, 0, null, ex === null ? null : new SseTap(ex), this.#sseBroken[dialect], request);
         return undefined;
       }
       // Too late for llama-server's status: its error becomes the stream's error event.
@@ -182,31 +185,45 @@ export class Upstream {
       endEarlyStream(res, dialect, upstreamError?.message ?? `The model server answered ${answer.statusCode}.`, upstreamError?.type ?? 'upstream_error', ex);
       return undefined;
     }
-    const gatewayVary = reply.getHeader('vary'); // set by CORS; llama-server's must not replace it
-    reply.code(answer.statusCode).headers(clientResponseHeaders(answer.headers));
-    if (gatewayVary !== undefined && answer.headers.vary !== undefined) reply.header('vary', `${String(gatewayVary)}, ${String(answer.headers.vary)}`);
-    const contentType = answer.headers['content-type'];
-    if (typeof contentType === 'string' && contentType.startsWith('text/event-stream')) {
+    // From here the proxy writes the response itself (relay.ts); Fastify still runs the
+    // onResponse hooks (request log, usage record) when it finishes.
+    reply.hijack();
+    const headers = reply.getHeaders() as OutgoingHttpHeaders; // CORS, rate-limit headers: set by the gateway's hooks
+    const gatewayVary = headers.vary;
+    copyResponseHeaders(answer.headers, headers);
+    if (gatewayVary !== undefined && answer.headers.vary !== undefined) headers.vary = `${String(gatewayVary)}, ${String(answer.headers.vary)}`;
+    if (sse) {
       if (ex !== null) ex.streamed = true;
-      reply.header('cache-control', 'no-cache').header('x-accel-buffering', 'no');
-      return reply.send(
-        relaySse(answer.body, dialect, ex, this.#describeBreak, (err) =>
-          request.log.warn({ err: { code: (err as { code?: string }).code, message: err.message } }, 'upstream stream broke'),
-        ),
-      );
+      headers['cache-control'] = 'no-cache';
+      headers['x-accel-buffering'] = 'no';
+      relay(answer.body, res, answer.statusCode, headers, ex === null ? null : new SseTap(ex), this.#sseBroken[dialect], request);
+      return undefined;
     }
-    if (ex === null) return reply.send(answer.body);
-    // An upstream error mid-body destroys the tap, and Fastify then ends the response. pipe, not
-    // pipeline(): pipeline() builds and aborts an AbortController for every response.
-    const tap = new JsonTap(ex);
-    const upstreamBody = answer.body;
-    upstreamBody.once('error', (err) => tap.destroy(err));
-    tap.once('close', () => {
-      if (!upstreamBody.destroyed) upstreamBody.destroy();
-    });
-    upstreamBody.pipe(tap);
-    return reply.send(tap);
+    relay(answer.body, res, answer.statusCode, headers, ex === null ? null : new JsonTap(ex), this.#jsonBroken, request);
+    return undefined;
   }
+
+  /** A stream that breaks ends with an error event in its own dialect. */
+  readonly #sseBroken: Record<SseDialect, OnBroken<FastifyRequest>> = {
+    openai: (err, request) => this.#streamBroke(err, request, 'openai'),
+    anthropic: (err, request) => this.#streamBroke(err, request, 'anthropic'),
+  };
+
+  #streamBroke(err: Error, request: FastifyRequest, dialect: SseDialect): BrokenEnd {
+    request.log.warn({ err: { code: (err as { code?: string }).code, message: err.message } }, 'upstream stream broke');
+    const { message, code } = this.#describeBreak(err);
+    if (request.exchange !== null) request.exchange.broken = code === 'upstream_timeout' ? 'timeout' : 'error';
+    return { event: sseErrorEvent(dialect, message, code) };
+  }
+
+  /** Half a JSON body cannot be repaired: the connection is cut (or a 502 sent if nothing was). */
+  readonly #jsonBroken: OnBroken<FastifyRequest> = (err, request) => {
+    request.log.warn({ err: { code: (err as { code?: string }).code, message: err.message } }, 'upstream body broke');
+    const timeout = (err as { code?: string }).code === 'UND_ERR_BODY_TIMEOUT';
+    if (request.exchange !== null) request.exchange.broken = timeout ? 'timeout' : 'error';
+    if (this.#destroyed) return SHUTTING_DOWN;
+    return timeout ? UPSTREAM_TIMEOUT(this.#idleTimeout, 'GATEWAY_IDLE_TIMEOUT_MS') : UPSTREAM_BAD_RESPONSE;
+  };
 
   /** A short GET to llama-server that the gateway reads itself (health, model list). */
   async get(path: string): Promise<UpstreamAnswer> {

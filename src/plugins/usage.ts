@@ -13,9 +13,10 @@ const MAX_LOGGED_BODY = 1 << 20;
 const CLIENT_CLOSED_STATUS = 499;
 
 function outcomeOf(status: number, ex: Exchange | null, clientClosed: boolean): Outcome {
-  if (clientClosed) return 'client_closed';
+  // A body that broke is upstream's failure, even when the gateway then had to cut the connection.
   if (ex?.broken === 'timeout') return 'timeout';
   if (ex?.broken === 'error') return 'upstream_error';
+  if (clientClosed) return 'client_closed';
   if (status < 400) return 'ok';
   if (status === 401) return 'rejected_auth';
   if (status === 429) return 'rejected_limit';
