@@ -117,7 +117,7 @@ export function formatAnalysis({ total, fns, cats }, { top = 30, requests } = {}
   return L.join('\n');
 }
 
-export async function profileGateway({ seconds = 10, dist = join(ROOT, 'dist'), logLevel = 'info', keep } = {}) {
+export async function profileGateway({ seconds = 10, dist = join(ROOT, 'dist'), logLevel = 'info', keep, connections = 64 } = {}) {
   setPinning(process.env.BENCH_PIN !== '0' && spawnSync('sh', ['-c', 'command -v taskset']).status === 0);
   const tmp = mkdtempSync(join(tmpdir(), 'llm-gateway-prof-'));
   const key = `sk-bench-${randomBytes(12).toString('hex')}`;
@@ -134,9 +134,9 @@ export async function profileGateway({ seconds = 10, dist = join(ROOT, 'dist'), 
       body: '{"model":"bench-model","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16}',
       headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
     });
-    const warm = await runWrk({ url: `${url}/v1/chat/completions`, script, connections: 64, seconds: 2, cpu: 1 }); // warm-up (profiled too)
+    const warm = await runWrk({ url: `${url}/v1/chat/completions`, script, connections, seconds: 2, cpu: 1 }); // warm-up (profiled too)
     const cpu0 = treeCpuSeconds(gw.pid);
-    const r = await runWrk({ url: `${url}/v1/chat/completions`, script, connections: 64, seconds, cpu: 1 });
+    const r = await runWrk({ url: `${url}/v1/chat/completions`, script, connections, seconds, cpu: 1 });
     if (r.errors > 0 || warm.errors > 0) throw new Error(`the gateway answered ${r.errors + warm.errors} requests with errors (non-2xx or socket errors): the profile would show the error path`);
     const cpu = treeCpuSeconds(gw.pid) - cpu0;
     await stopProcess(gw, 10_000);
@@ -164,7 +164,8 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     return i >= 0 ? args[i + 1] : undefined;
   };
   const seconds = Number(args.find((a) => /^\d+$/.test(a)) ?? 10);
-  const res = await profileGateway({ seconds, dist: opt('--dist') ?? join(ROOT, 'dist'), logLevel: opt('--log') ?? 'info', keep: opt('--keep') });
-  console.log(`gateway under wrk -c64 POST /v1/chat/completions for ${seconds} s: ${Math.round(res.rps)} req/s, ${res.cpuPerReqUs.toFixed(1)} µs CPU per request (while profiled)\n`);
+  const connections = Number(opt('--connections') ?? 64);
+  const res = await profileGateway({ seconds, dist: opt('--dist') ?? join(ROOT, 'dist'), logLevel: opt('--log') ?? 'info', keep: opt('--keep'), connections });
+  console.log(`gateway under wrk -c${connections} POST /v1/chat/completions for ${seconds} s: ${Math.round(res.rps)} req/s, ${res.cpuPerReqUs.toFixed(1)} µs CPU per request (while profiled)\n`);
   console.log(formatAnalysis(res.analysis, { requests: res.profiledRequests }));
 }

@@ -1,7 +1,7 @@
 // Streaming load for run.mjs, in its own process (pinned to the load-side core). One JSON argument,
 // one JSON result line on stdout (and {"event":...} progress lines before it).
 //
-//   {"mode":"streams","url","key","streams":100,"chunks":500,"interval_ms":2[,"warmup":true]}
+//   {"mode":"streams","url","key","streams":100,"chunks":500,"interval_ms":2[,"warmup":true][,"keep_alive":true]}
 //      N concurrent chat streams; per chunk: lag = client receive time − upstream send time (both
 //      CLOCK_MONOTONIC, µs), gap = time since the previous chunk of the same stream; per stream TTFB.
 //   {"mode":"idle","url","key","streams":1000,"interval_ms":10000,"seconds":15}
@@ -15,7 +15,9 @@ const nowUs = () => {
   const [s, ns] = process.hrtime();
   return s * 1e6 + ns / 1e3;
 };
-const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
+// keep_alive: connections are reused, as SDK clients and browsers do; with warmup, as many as there
+// will be streams are opened first, so TTFB measures the proxy, not TCP handshakes on the client's core.
+const agent = new http.Agent({ keepAlive: args.keep_alive === true, maxSockets: Infinity });
 const emit = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
 
 function pct(arr, p) {
@@ -45,8 +47,11 @@ function post(body, onResponse, onError) {
 const chatBody = (bench) => ({ model: 'bench-model', stream: true, messages: [{ role: 'user', content: 'Tell me a story.' }], bench });
 
 // ---------------------------------------------------------------------------------------------
-/** One short stream first, unrecorded: the client's own first-request costs stay out of TTFB. */
-function warmUp() {
+/** Short streams first, unrecorded: the client's own first-request costs stay out of TTFB. */
+function warmUp(n = 1) {
+  return Promise.all(Array.from({ length: n }, () => warmOne()));
+}
+function warmOne() {
   return new Promise((resolve) => {
     post(chatBody({ mode: 'chunks', chunks: 2, interval_ms: 1 }), (res) => {
       res.resume();
@@ -58,7 +63,7 @@ function warmUp() {
 
 async function streams() {
   const { streams: n, chunks, interval_ms: intervalMs } = args;
-  if (args.warmup) await warmUp();
+  if (args.warmup) await warmUp(args.keep_alive === true ? n : 1);
   const lags = [];
   const gaps = [];
   const ttfbs = [];

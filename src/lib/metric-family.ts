@@ -1,0 +1,100 @@
+// The request path's counters and histograms, kept as plain numbers and written in Prometheus' text
+// format only when scraped. prom-client hashes the label object on every inc()/observe() — also
+// through a labels() child — which measured ~5% of the gateway's CPU per request; here a record
+// costs one Map lookup and an addition. Process metrics and gauges stay with prom-client.
+
+/** A label value as Prometheus' text format wants it (backslash, double quote and newline escaped). */
+export function escapeLabelValue(value: string): string {
+  return value.replace(/[\\"\n]/g, (c) => (c === '\\' ? '\\\\' : c === '"' ? '\\"' : '\\n'));
+}
+
+function renderLabels(names: readonly string[], values: readonly string[]): string {
+  return names.map((name, i) => `${name}="${escapeLabelValue(values[i] ?? '')}"`).join(',');
+}
+
+/** A series is found by its label values joined with a character no HTTP route or key name has. */
+function seriesId(arity: number, a: string, b: string, c: string): string {
+  return arity === 1 ? a : arity === 2 ? `${a}\u0000${b}` : `${a}\u0000${b}\u0000${c}`;
+}
+
+interface CounterSeries {
+  readonly labels: string;
+  value: number;
+}
+
+export class CounterFamily {
+  readonly #series = new Map<string, CounterSeries>();
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly labelNames: readonly [string] | readonly [string, string] | readonly [string, string, string],
+  ) {}
+
+  /** Adds `by` to the series with these label values (in labelNames' order). */
+  inc(by: number, a: string, b = '', c = ''): void {
+    const id = seriesId(this.labelNames.length, a, b, c);
+    let s = this.#series.get(id);
+    if (s === undefined) {
+      s = { labels: renderLabels(this.labelNames, [a, b, c]), value: 0 };
+      this.#series.set(id, s);
+    }
+    s.value += by;
+  }
+
+  render(): string {
+    let text = `# HELP ${this.name} ${this.help}\n# TYPE ${this.name} counter\n`;
+    for (const s of this.#series.values()) text += `${this.name}{${s.labels}} ${s.value}\n`;
+    return text;
+  }
+}
+
+interface HistogramSeries {
+  readonly labels: string;
+  /** observations per bucket (not cumulative); the last one is above every bound */
+  readonly counts: Float64Array;
+  sum: number;
+  count: number;
+}
+
+export class HistogramFamily {
+  readonly #series = new Map<string, HistogramSeries>();
+  readonly #bounds: readonly number[];
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    readonly labelNames: readonly [string],
+    bounds: readonly number[],
+  ) {
+    this.#bounds = [...bounds].sort((x, y) => x - y);
+  }
+
+  observe(value: number, a: string): void {
+    let s = this.#series.get(a);
+    if (s === undefined) {
+      s = { labels: renderLabels(this.labelNames, [a]), counts: new Float64Array(this.#bounds.length + 1), sum: 0, count: 0 };
+      this.#series.set(a, s);
+    }
+    const bounds = this.#bounds;
+    let i = 0;
+    while (i < bounds.length && value > bounds[i]!) i++;
+    s.counts[i]!++;
+    s.sum += value;
+    s.count++;
+  }
+
+  render(): string {
+    const n = this.name;
+    let text = `# HELP ${n} ${this.help}\n# TYPE ${n} histogram\n`;
+    for (const s of this.#series.values()) {
+      let cumulative = 0;
+      for (let i = 0; i < this.#bounds.length; i++) {
+        cumulative += s.counts[i]!;
+        text += `${n}_bucket{${s.labels},le="${this.#bounds[i]}"} ${cumulative}\n`;
+      }
+      text += `${n}_bucket{${s.labels},le="+Inf"} ${s.count}\n${n}_sum{${s.labels}} ${s.sum}\n${n}_count{${s.labels}} ${s.count}\n`;
+    }
+    return text;
+  }
+}
