@@ -100,13 +100,13 @@ export function findUsage(text: string): unknown {
     if (at < 0) return undefined;
     from = at + 7;
     let i = from;
-    while (i < text.length && (text[i] === ' ' || text[i] === ':' || text[i] === '\n' || text[i] === '\t' || text[i] === '\r')) i++;
-    if (text[i] !== '{') continue;
+    for (let c = text.charCodeAt(i); c === 0x20 || c === 0x3a || c === 0x0a || c === 0x09 || c === 0x0d; c = text.charCodeAt(++i)); // space : \n \t \r
+    if (text.charCodeAt(i) !== 0x7b) continue; // {
     let depth = 0;
     for (let j = i; j < text.length; j++) {
-      const c = text[j];
-      if (c === '{') depth++;
-      else if (c === '}' && --depth === 0) {
+      const c = text.charCodeAt(j);
+      if (c === 0x7b) depth++;
+      else if (c === 0x7d && --depth === 0) {
         try {
           return JSON.parse(text.slice(i, j + 1)) as unknown;
         } catch {
