@@ -52,7 +52,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     logController: new LogController({ disableRequestLogging: true }),
     exposeHeadRoutes: false,
     requestTimeout: REQUEST_RECEIVE_TIMEOUT_MS,
-    return503OnClosing: true,
+    // The errors plugin answers requests that arrive while closing, in OpenAI's shape.
+    return503OnClosing: false,
     routerOptions: { caseSensitive: true, ignoreTrailingSlash: false, ignoreDuplicateSlashes: false },
     // Admin API bodies are validated strictly: unknown fields and wrong types are errors, not
     // silently dropped or coerced.

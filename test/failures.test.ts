@@ -157,3 +157,28 @@ async function waitForMetric(port: number, name: string): Promise<string> {
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+t.test('a request that arrives while the gateway shuts down gets an OpenAI-shaped 503 and Connection: close', async (t) => {
+  const gw = await startGateway(t, {}, { headersDelayMs: 300 });
+  const socket = net.connect(gw.port, '127.0.0.1');
+  await once(socket, 'connect');
+  let received = '';
+  socket.setEncoding('utf8');
+  socket.on('data', (d: string) => (received += d));
+  const body = chatBody();
+  socket.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: ${AUTH_A.authorization}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  await gw.fake.waitForRequests(1);
+  const closed = gw.app.close(); // the first request is still with llama-server
+  // Pipelined on the same (busy) connection, so the server reads it after answering the first.
+  socket.write(`GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: ${AUTH_A.authorization}\r\n\r\n`);
+  await within(once(socket, 'close'), 5000, 'the connection is closed');
+  await closed;
+  const [first, second] = received.split(/(?=HTTP\/1\.1 )/);
+  t.match(first, /^HTTP\/1\.1 200 /, 'the request in flight finished');
+  t.match(second, /^HTTP\/1\.1 503 /);
+  t.match(second, /\r\nconnection: close\r\n/i);
+  t.same(JSON.parse(second!.slice(second!.indexOf('\r\n\r\n') + 4)), {
+    error: { message: 'The gateway is restarting; retry in a few seconds.', type: 'server_error', param: null, code: 'shutting_down' },
+  });
+  t.equal(gw.fake.requests.length, 1, 'the second request never reached llama-server');
+});

@@ -135,7 +135,14 @@ t.test('a request still waiting for llama-server when the grace period ends gets
     req.on('error', reject);
     req.end(chatBody());
   });
-  await run.fake.waitForRequests(2); // the start-up health probe, then ours
+  // Start-up also sends /health and /props; wait for ours.
+  await within(
+    (async () => {
+      while (!run.fake.requests.some((r) => r.url === '/v1/chat/completions')) await new Promise((r) => setTimeout(r, 10));
+    })(),
+    5000,
+    'our request reaches llama-server',
+  );
   run.child.kill('SIGTERM');
   const { status, body } = await within(answer, 5000, 'an answer');
   t.equal(status, 503);

@@ -3,7 +3,7 @@
 // (a plain 500 without internals).
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import { GatewayError, ROUTE_NOT_FOUND, fromFastifyError } from '../errors.js';
+import { GatewayError, ROUTE_NOT_FOUND, SHUTTING_DOWN, fromFastifyError } from '../errors.js';
 
 const JSON_TYPE = 'application/json; charset=utf-8';
 
@@ -27,6 +27,22 @@ export default fp(
         return;
       }
       return sendError(reply, gatewayError);
+    });
+
+    // Shutting down (app.close() has begun): a request that still arrives on an open keep-alive
+    // connection gets the gateway's 503 in OpenAI's shape, not Fastify's generic one
+    // (return503OnClosing is off for this), and Fastify closes the connection after it.
+    let closing = false;
+    app.addHook('preClose', (done) => {
+      closing = true;
+      done();
+    });
+    app.addHook('onRequest', (_request: FastifyRequest, reply: FastifyReply, done: () => void) => {
+      if (closing) {
+        sendError(reply, SHUTTING_DOWN);
+        return;
+      }
+      done();
     });
 
     app.setNotFoundHandler((request: FastifyRequest, reply: FastifyReply) => {

@@ -89,6 +89,11 @@ export default fp(
   async function usagePlugin(app: FastifyInstance, opts: { recorder: UsageRecorder; trustProxy: boolean }) {
     const { recorder, trustProxy } = opts;
     app.addHook('onResponse', (request: FastifyRequest, reply: FastifyReply, done: () => void) => {
+      // Refused before auth because the gateway is shutting down: nobody's usage.
+      if (request.apiKey === null && reply.statusCode === 503) {
+        done();
+        return;
+      }
       const ex = request.exchange;
       if (ex !== null) {
         if (ex.recorded) {
