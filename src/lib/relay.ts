@@ -12,10 +12,13 @@ import type { Readable } from 'node:stream';
 
 /** Looks at the body on its way (usage accounting). */
 export interface Tap {
-  /** Returns what to send for this chunk: the chunk itself, other bytes, or null (nothing yet). */
-  chunk(chunk: Buffer): Buffer | null;
+  /**
+   * Returns what to send for this chunk: the chunk itself, other bytes (several pieces, written
+   * together, rather than copied into one), or null (nothing yet).
+   */
+  chunk(chunk: Buffer): Buffer | Buffer[] | null;
   /** The body ended: bytes still held back, if any. */
-  end(): Buffer | null;
+  end(): Buffer | Buffer[] | null;
 }
 
 /**
@@ -60,10 +63,19 @@ function onData(this: Readable & Carrier, chunk: Buffer): void {
   const out = r.tap === null ? chunk : r.tap.chunk(chunk);
   if (out === null || out.length === 0) return;
   if (r.status !== 0) r.head();
-  if (!res.write(out)) {
+  if (!(Array.isArray(out) ? writeAll(res, out) : res.write(out))) {
     this.pause();
     res.once('drain', onDrain);
   }
+}
+
+/** Several pieces in one socket write; false when the response wants a 'drain' first. */
+function writeAll(res: ServerResponse, pieces: readonly Buffer[]): boolean {
+  let ok = true;
+  res.cork();
+  for (const piece of pieces) if (!res.write(piece)) ok = false;
+  res.uncork();
+  return ok;
 }
 
 function onDrain(this: ServerResponse & Carrier): void {
@@ -76,7 +88,10 @@ function onEnd(this: Readable & Carrier): void {
   if (res.destroyed) return;
   const tail = r.tap === null ? null : r.tap.end();
   if (r.status !== 0) r.head();
-  if (tail === null || tail.length === 0) res.end();
+  if (Array.isArray(tail)) {
+    writeAll(res, tail);
+    res.end();
+  } else if (tail === null || tail.length === 0) res.end();
   else res.end(tail);
 }
 

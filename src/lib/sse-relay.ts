@@ -67,48 +67,113 @@ function parse(data: string | undefined): unknown {
 export class SseTap implements Tap {
   readonly #ex: Exchange;
   readonly #marker: Buffer | undefined;
-  /** bytes after the last complete event (scanned with the next chunk) */
-  #carry: Buffer | null = null;
+  /**
+   * The unfinished event at the end of what came so far: the pieces as they arrived, not copied
+   * (a slow reader of big events would otherwise copy every chunk once more). Looked at, and in
+   * filtering mode sent, once the event is complete.
+   */
+  #parts: Buffer[] = [];
+  #partsBytes = 0;
+  /** an unfinished event too large to hold (not SSE as llama-server writes it): it passes unread */
+  #skipping = false;
+  /** the last byte seen was "\n" (an event end can straddle two chunks) */
+  #lastNewline = false;
 
   constructor(exchange: Exchange) {
     this.#ex = exchange;
     this.#marker = CONTENT_MARKER[exchange.kind];
   }
 
-  chunk(chunk: Buffer): Buffer | null {
-    const ex = this.#ex;
-    const whole = this.#carry === null ? chunk : Buffer.concat([this.#carry, chunk]);
-    const boundary = whole.lastIndexOf(EVENT_END);
-    const complete = boundary < 0 ? null : whole.subarray(0, boundary + 2);
-    const rest = boundary < 0 ? whole : whole.subarray(boundary + 2);
-    this.#carry = rest.length === 0 || rest.length > MAX_CARRY ? null : rest;
-
-    let out: Buffer | null = chunk;
-    if (complete !== null) {
-      const events = this.#marker === undefined ? 0 : count(complete, this.#marker);
-      if (events > 0) {
-        if (ex.firstContentAt === 0) ex.firstContentAt = performance.now();
-        ex.contentEvents += events;
-      }
-      const scan = complete.includes(USAGE) || ex.text !== null;
-      const kept = scan ? this.#readEvents(ex, complete, ex.stripUsageChunk) : complete;
-      // Without filtering the chunk goes on as it came (earlier carried bytes were already sent).
-      if (ex.stripUsageChunk) out = kept;
-    } else if (ex.stripUsageChunk) {
-      out = null; // nothing complete yet; the partial event waits in #carry
+  chunk(chunk: Buffer): Buffer | Buffer[] | null {
+    if (chunk.length === 0) return null;
+    const strip = this.#ex.stripUsageChunk;
+    // Where the first event that ends in this chunk ends (just after its "\n\n").
+    let first: number;
+    if (this.#lastNewline && chunk[0] === 0x0a && (this.#partsBytes > 0 || this.#skipping)) first = 1;
+    else {
+      const at = chunk.indexOf(EVENT_END);
+      first = at < 0 ? -1 : at + 2;
     }
-    if (ex.stripUsageChunk && this.#carry === null && rest.length > MAX_CARRY) out = whole; // give up filtering
-    if (out === null || out.length === 0) return null;
-    ex.bytesOut += out.length;
-    return out;
+    this.#lastNewline = chunk[chunk.length - 1] === 0x0a;
+
+    if (first < 0) {
+      // All of it belongs to the unfinished event.
+      if (this.#skipping) return this.#sent(chunk);
+      this.#hold(chunk);
+      if (this.#partsBytes > MAX_CARRY) return this.#giveUp(strip, chunk);
+      return strip ? null : this.#sent(chunk);
+    }
+
+    const at = chunk.lastIndexOf(EVENT_END);
+    const last = at + 2 > first ? at + 2 : first;
+    const head = chunk.subarray(0, first);
+    // The event that was unfinished is complete now (or, too large, was passed on unread).
+    let headOut: Buffer;
+    if (this.#skipping) {
+      this.#skipping = false;
+      headOut = head;
+    } else {
+      const event = this.#partsBytes === 0 ? head : Buffer.concat([...this.#parts, head], this.#partsBytes + head.length);
+      headOut = this.#look(event, strip);
+    }
+    this.#parts = [];
+    this.#partsBytes = 0;
+    const middleOut = last > first ? this.#look(chunk.subarray(first, last), strip) : null;
+    let restOut: Buffer | Buffer[] | null = null;
+    if (last < chunk.length) {
+      const rest = chunk.subarray(last);
+      this.#hold(rest);
+      if (this.#partsBytes > MAX_CARRY) restOut = this.#giveUp(strip, rest);
+    }
+    // Unfiltered, the chunk goes on as it came (held pieces were sent when they arrived).
+    if (!strip) return this.#sent(chunk);
+    const out: Buffer[] = [];
+    if (headOut.length > 0) out.push(headOut);
+    if (middleOut !== null && middleOut.length > 0) out.push(middleOut);
+    if (restOut !== null) out.push(...(Array.isArray(restOut) ? restOut : [restOut]));
+    if (out.length === 0) return null;
+    return this.#sent(out.length === 1 ? out[0]! : out);
   }
 
   /** The body ended: an unfinished last event held back for filtering goes out as it is. */
-  end(): Buffer | null {
-    const carry = this.#ex.stripUsageChunk ? this.#carry : null;
-    this.#carry = null;
-    if (carry !== null) this.#ex.bytesOut += carry.length;
-    return carry;
+  end(): Buffer | Buffer[] | null {
+    const parts = this.#ex.stripUsageChunk && !this.#skipping ? this.#parts : [];
+    this.#parts = [];
+    this.#partsBytes = 0;
+    if (parts.length === 0) return null;
+    return this.#sent(parts.length === 1 ? parts[0]! : parts);
+  }
+
+  #hold(piece: Buffer): void {
+    this.#parts.push(piece);
+    this.#partsBytes += piece.length;
+  }
+
+  /** An unfinished event over MAX_CARRY: stop holding it; what was held and not sent goes now. */
+  #giveUp(strip: boolean, latest: Buffer): Buffer | Buffer[] {
+    const held = this.#parts;
+    this.#parts = [];
+    this.#partsBytes = 0;
+    this.#skipping = true;
+    return this.#sent(strip ? held : latest);
+  }
+
+  #sent<T extends Buffer | Buffer[]>(out: T): T {
+    if (Array.isArray(out)) for (const b of out as Buffer[]) this.#ex.bytesOut += b.length;
+    else this.#ex.bytesOut += (out as Buffer).length;
+    return out;
+  }
+
+  /** Counts and reads the complete events in `region`; returns what of it to send on. */
+  #look(region: Buffer, strip: boolean): Buffer {
+    const ex = this.#ex;
+    const events = this.#marker === undefined ? 0 : count(region, this.#marker);
+    if (events > 0) {
+      if (ex.firstContentAt === 0) ex.firstContentAt = performance.now();
+      ex.contentEvents += events;
+    }
+    if (!region.includes(USAGE) && ex.text === null) return region;
+    return this.#readEvents(ex, region, strip);
   }
 
   /** Parses the complete events in `region` for usage (and text); returns what to send on. */
