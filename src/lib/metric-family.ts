@@ -12,18 +12,15 @@ function renderLabels(names: readonly string[], values: readonly string[]): stri
   return names.map((name, i) => `${name}="${escapeLabelValue(values[i] ?? '')}"`).join(',');
 }
 
-/** A series is found by its label values joined with a character no HTTP route or key name has. */
-function seriesId(arity: number, a: string, b: string, c: string): string {
-  return arity === 1 ? a : arity === 2 ? `${a}\u0000${b}` : `${a}\u0000${b}\u0000${c}`;
-}
-
 interface CounterSeries {
   readonly labels: string;
   value: number;
 }
 
 export class CounterFamily {
-  readonly #series = new Map<string, CounterSeries>();
+  /** series by first, second and third label value (nested maps: no key string built per call) */
+  readonly #series = new Map<string, Map<string, Map<string, CounterSeries>>>();
+  readonly #all: CounterSeries[] = [];
 
   constructor(
     readonly name: string,
@@ -33,18 +30,22 @@ export class CounterFamily {
 
   /** Adds `by` to the series with these label values (in labelNames' order). */
   inc(by: number, a: string, b = '', c = ''): void {
-    const id = seriesId(this.labelNames.length, a, b, c);
-    let s = this.#series.get(id);
+    let byA = this.#series.get(a);
+    if (byA === undefined) this.#series.set(a, (byA = new Map()));
+    let byB = byA.get(b);
+    if (byB === undefined) byA.set(b, (byB = new Map()));
+    let s = byB.get(c);
     if (s === undefined) {
       s = { labels: renderLabels(this.labelNames, [a, b, c]), value: 0 };
-      this.#series.set(id, s);
+      byB.set(c, s);
+      this.#all.push(s);
     }
     s.value += by;
   }
 
   render(): string {
     let text = `# HELP ${this.name} ${this.help}\n# TYPE ${this.name} counter\n`;
-    for (const s of this.#series.values()) text += `${this.name}{${s.labels}} ${s.value}\n`;
+    for (const s of this.#all) text += `${this.name}{${s.labels}} ${s.value}\n`;
     return text;
   }
 }
