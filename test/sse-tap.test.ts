@@ -117,6 +117,26 @@ t.test('an unfinished event over 1 MiB is passed on unread instead of held', asy
     const e = tap.end();
     if (e !== null) sent.push(...(Array.isArray(e) ? e : [e]));
     t.equal(Buffer.concat(sent).toString('utf8'), huge.toString('utf8') + after.toString('utf8'), 'every byte, in order');
+    t.equal(ex.bytesOut, huge.length + after.length, 'each byte counted once');
     t.equal(ex.contentEvents, 1, 'the events after it are read again');
+  }
+});
+
+t.test('an oversized event that starts after a boundary in the same chunk: bytes and counts once', async (t) => {
+  for (const strip of [false, true]) {
+    const ex = new Exchange('chat', '/x', 'm', 0);
+    ex.stripUsageChunk = strip;
+    const tap = new SseTap(ex);
+    const body = Buffer.from(`data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata: ${'z'.repeat((1 << 20) + 5)}\n\ndata: [DONE]\n\n`);
+    const sent: Buffer[] = [];
+    for (const piece of [body.subarray(0, body.length - 30), body.subarray(body.length - 30)]) {
+      const o = tap.chunk(piece);
+      if (o !== null) sent.push(...(Array.isArray(o) ? o : [o]));
+    }
+    const e = tap.end();
+    if (e !== null) sent.push(...(Array.isArray(e) ? e : [e]));
+    t.equal(Buffer.concat(sent).toString('utf8'), body.toString('utf8'), `${strip ? 'filtered' : 'unfiltered'}: every byte, in order`);
+    t.equal(ex.bytesOut, body.length, 'each byte counted once');
+    t.equal(ex.contentEvents, 1);
   }
 });

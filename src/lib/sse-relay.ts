@@ -100,7 +100,7 @@ export class SseTap implements Tap {
       // All of it belongs to the unfinished event.
       if (this.#skipping) return this.#sent(chunk);
       this.#hold(chunk);
-      if (this.#partsBytes > MAX_CARRY) return this.#giveUp(strip, chunk);
+      if (this.#partsBytes > MAX_CARRY) return this.#sent(this.#giveUp(strip, chunk));
       return strip ? null : this.#sent(chunk);
     }
 
@@ -149,13 +149,16 @@ export class SseTap implements Tap {
     this.#partsBytes += piece.length;
   }
 
-  /** An unfinished event over MAX_CARRY: stop holding it; what was held and not sent goes now. */
+  /**
+   * An unfinished event over MAX_CARRY: stop holding it. Returns what of it must go now (not yet
+   * counted): all held pieces when filtering, else only the latest (the others went when they came).
+   */
   #giveUp(strip: boolean, latest: Buffer): Buffer | Buffer[] {
     const held = this.#parts;
     this.#parts = [];
     this.#partsBytes = 0;
     this.#skipping = true;
-    return this.#sent(strip ? held : latest);
+    return strip ? held : latest;
   }
 
   #sent<T extends Buffer | Buffer[]>(out: T): T {
