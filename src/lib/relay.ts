@@ -105,7 +105,8 @@ function onError(this: Readable & Carrier, err: Error): void {
   } else if ('event' in last) {
     if (r.status !== 0) r.head();
     res.end(last.event);
-  } else if (!res.headersSent && r.status !== 0) {
+  } else if (r.status !== 0) {
+    // nothing sent yet: a proper error answer instead of the head llama-server sent
     r.status = 0;
     r.headers = null;
     res.writeHead(last.statusCode, JSON_ERROR_HEADERS);

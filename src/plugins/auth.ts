@@ -3,10 +3,11 @@
 // disabled, expired, or kept to certain browser origins (per-key CORS): checked here too, since
 // none of them needs the body.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { timingSafeEqual } from 'node:crypto';
 import fp from 'fastify-plugin';
 import { AUTH_BRAKE, GatewayError, INVALID_API_KEY, KEY_DISABLED, KEY_EXPIRED, ORIGIN_NOT_ALLOWED } from '../errors.js';
 import { clientIp, isLoopback } from '../lib/client-ip.js';
-import type { KeyIdentity } from '../lib/key-index.js';
+import { digestKey, type KeyIdentity } from '../lib/key-index.js';
 import type { KeyRegistry } from '../lib/key-registry.js';
 import type { AuthBrake } from '../lib/limits.js';
 import { sendError } from './errors.js';
@@ -26,6 +27,19 @@ export function presentedKey(request: FastifyRequest): string | undefined {
   }
   const xApiKey = request.headers['x-api-key'];
   return typeof xApiKey === 'string' && xApiKey !== '' ? xApiKey.trim() : undefined;
+}
+
+/**
+ * A check for GATEWAY_ADMIN_KEY (the admin API and /metrics): the presented key against its
+ * digest, in constant time. With no admin key set, nothing passes.
+ */
+export function adminKeyCheck(adminKey: string): (request: FastifyRequest) => boolean {
+  if (adminKey === '') return () => false;
+  const adminDigest = digestKey(adminKey);
+  return (request) => {
+    const key = presentedKey(request);
+    return key !== undefined && timingSafeEqual(digestKey(key), adminDigest);
+  };
 }
 
 function hasPendingBody(request: FastifyRequest): boolean {

@@ -3,17 +3,15 @@
 // Only for the admin key or a local scraper: behind a Cloudflare Tunnel every request comes from
 // loopback, so "local" also means no forwarding header (cloudflared adds Cf-Connecting-Ip).
 // Per-key labels use the key's name, never its secret.
-import { timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { INVALID_API_KEY } from '../errors.js';
 import { isLoopback } from '../lib/client-ip.js';
-import { digestKey } from '../lib/key-index.js';
 import { CounterFamily, HistogramFamily } from '../lib/metric-family.js';
 import type { FairQueue } from '../lib/fair-queue.js';
 import type { UsageRecord } from '../lib/usage.js';
 import type { UsageRecorder } from '../lib/usage-recorder.js';
-import { presentedKey } from './auth.js';
+import { adminKeyCheck } from './auth.js';
 import { sendError } from './errors.js';
 
 const FORWARDING_HEADERS = ['cf-connecting-ip', 'x-forwarded-for', 'forwarded', 'x-real-ip'];
@@ -77,11 +75,9 @@ export default async function metricsRoutes(app: FastifyInstance, opts: { record
     if (r.outcome === 'client_closed') clientClosed.inc(1, route);
   });
 
-  const adminDigest = opts.adminKey === '' ? null : digestKey(opts.adminKey);
+  const isAdmin = adminKeyCheck(opts.adminKey);
   app.get('/metrics', async (request: FastifyRequest, reply: FastifyReply) => {
-    const key = presentedKey(request);
-    const admin = adminDigest !== null && key !== undefined && timingSafeEqual(digestKey(key), adminDigest);
-    if (!admin && !isLocalScrape(request)) {
+    if (!isAdmin(request) && !isLocalScrape(request)) {
       reply.header('www-authenticate', 'Bearer');
       return sendError(reply, INVALID_API_KEY);
     }

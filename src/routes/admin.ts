@@ -1,16 +1,14 @@
 // The admin API: the `llm-gateway keys` operations as JSON, under /admin. Registered only when
 // GATEWAY_ADMIN_KEY is set; it has its own key check (constant time, never a client key), so a
 // client key gets 401 here. Bodies are validated by JSON schema.
-import { timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { GatewayError, INVALID_API_KEY, INVALID_JSON } from '../errors.js';
 import { parseExpiry } from '../lib/expiry.js';
-import { digestKey } from '../lib/key-index.js';
 import type { KeyRegistry } from '../lib/key-registry.js';
 import { KeyStoreError, keyJson, type KeyChanges, type KeyLimits, type KeyStore } from '../lib/key-store.js';
 import { groupBy, usageFilter } from '../lib/period.js';
 import type { UsageStore } from '../lib/usage-store.js';
-import { presentedKey } from '../plugins/auth.js';
+import { adminKeyCheck } from '../plugins/auth.js';
 import { sendError } from '../plugins/errors.js';
 
 const nullableStrings = { type: ['array', 'null'], items: { type: 'string', minLength: 1, maxLength: 500 }, maxItems: 1000 } as const;
@@ -77,7 +75,7 @@ const usageQuery = {
 } as const;
 
 export default async function adminRoutes(app: FastifyInstance, opts: { adminKey: string; registry: KeyRegistry; store: KeyStore; usage: UsageStore }): Promise<void> {
-  const adminDigest = digestKey(opts.adminKey);
+  const isAdmin = adminKeyCheck(opts.adminKey);
   const { registry, store, usage } = opts;
 
   // JSON bodies; an empty one (curl -X POST -H 'Content-Type: application/json' …/rotate) is no body.
@@ -95,8 +93,7 @@ export default async function adminRoutes(app: FastifyInstance, opts: { adminKey
   });
 
   app.addHook('onRequest', (request: FastifyRequest, reply: FastifyReply, done: () => void) => {
-    const key = presentedKey(request);
-    if (key === undefined || !timingSafeEqual(digestKey(key), adminDigest)) {
+    if (!isAdmin(request)) {
       reply.header('www-authenticate', 'Bearer');
       sendError(reply, INVALID_API_KEY);
       return;
