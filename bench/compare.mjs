@@ -3,6 +3,11 @@
 // link). Every build runs as its own process on core 0 against the same fake upstream on core 1;
 // rounds are interleaved; prints medians of req/s and server CPU µs per request at 64 connections
 // (small POST and GET /v1/models) and p50/p99 at 1 connection (small POST).
+// DIR may also be `bare`, `bare-pipe` (bench/bare-proxy.mjs in that mode) or `fastify`
+// (bench/fastify-proxy.mjs), to compare with the references.
+// --sse: also short streams at 64 connections under wrk (CPU per streamed request).
+// --streams: instead of wrk, the 100-stream burst of run.mjs (100 × --chunks chunks, 2 ms apart, on warm
+// keep-alive connections), per build: TTFB p50/p99, chunk lag p50/p99 and server CPU per 1,000 chunks.
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
@@ -10,7 +15,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { firstJsonLine, freePort, gatewayEnv, killAllSync, median, runWrk, setPinning, startProcess, stopAll, treeCpuSeconds, waitHttp, withNoise, wrkScript } from './lib.mjs';
+import { firstJsonLine, runStreamClient, freePort, gatewayEnv, killAllSync, median, runWrk, setPinning, startProcess, stopAll, treeCpuSeconds, waitHttp, withNoise, wrkScript } from './lib.mjs';
 
 const BENCH = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -24,6 +29,9 @@ const opt = (name, dflt) => {
 const ROUNDS = Number(opt('--rounds', '5'));
 const SECONDS = Number(opt('--seconds', '4'));
 const LOG = opt('--log', 'info');
+const STREAMS = args.includes('--streams') ? (args.splice(args.indexOf('--streams'), 1), true) : false;
+const CHUNKS = Number(opt('--chunks', '500'));
+const SSE = args.includes('--sse') ? (args.splice(args.indexOf('--sse'), 1), true) : false;
 // NAME=DIR or NAME=DIR:LEVEL (LOG_LEVEL for that build; default --log, itself default info).
 const builds = args.map((a) => {
   const [name, spec] = a.split('=');
@@ -46,11 +54,23 @@ try {
   const up = startProcess('fake-upstream', process.execPath, [join(BENCH, 'fake-upstream.mjs')], { cpu: 1 });
   const { port: upPort } = await firstJsonLine(up);
   for (const b of builds) {
+    if (b.dir.endsWith('/bare') || b.dir.endsWith('/bare-pipe') || b.dir.endsWith('/fastify')) {
+      const mode = b.dir.endsWith('/bare-pipe') ? 'pipe' : 'pipeline';
+      const script = b.dir.endsWith('/fastify') ? 'fastify-proxy.mjs' : 'bare-proxy.mjs';
+      b.proc = startProcess(b.name, process.execPath, [join(BENCH, script)], { cpu: 0, env: { ...process.env, UPSTREAM: `http://127.0.0.1:${upPort}`, KEY: key, BARE_MODE: mode } });
+      const { port } = await firstJsonLine(b.proc);
+      b.url = `http://127.0.0.1:${port}`;
+      continue;
+    }
     const port = await freePort();
     const env = gatewayEnv({ key, upstream: `http://127.0.0.1:${upPort}`, port, logLevel: b.level, home: tmp });
     b.proc = startProcess(b.name, process.execPath, [join(b.dir, 'server.js')], { cpu: 0, env, cwd: tmp, stdout: 'ignore' });
     b.url = `http://127.0.0.1:${port}`;
     await waitHttp(`${b.url}/v1/models`, { headers: auth, proc: b.proc });
+  }
+  if (STREAMS) {
+    await streamsAB();
+    process.exit(0);
   }
   const post = wrkScript(tmp, 'chat', { method: 'POST', body: '{"model":"bench-model","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16}', headers: { ...auth, 'Content-Type': 'application/json' } });
   const get = wrkScript(tmp, 'models', { method: 'GET', headers: auth });
@@ -59,6 +79,11 @@ try {
     { id: 'GET c64', path: '/v1/models', script: get, c: 64 },
     { id: 'POST c1', path: '/v1/chat/completions', script: post, c: 1 },
   ];
+  // --sse: short streams (2 chunks, 1 ms apart) at 64 connections: the cost of starting a stream.
+  if (SSE) {
+    const sse = wrkScript(tmp, 'sse', { method: 'POST', body: '{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"Hi"}],"bench":{"mode":"chunks","chunks":2,"interval_ms":1}}', headers: { ...auth, 'Content-Type': 'application/json' } });
+    scenarios.unshift({ id: 'SSE c64', path: '/v1/chat/completions', script: sse, c: 64 });
+  }
   for (const b of builds) await runWrk({ url: `${b.url}/v1/chat/completions`, script: post, connections: 64, seconds: 2, cpu: 1 });
   const res = {};
   for (let r = 0; r < ROUNDS; r++) {
@@ -103,4 +128,44 @@ try {
 } finally {
   await stopAll();
   rmSync(tmp, { recursive: true, force: true });
+}
+
+async function streamsAB() {
+  // The same warm-up of short streams as run.mjs gives every variant.
+  const sse = wrkScript(tmp, 'sse', { method: 'POST', body: '{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"Hi"}],"bench":{"mode":"chunks","chunks":2,"interval_ms":1}}', headers: { ...auth, 'Content-Type': 'application/json' } });
+  for (const b of builds) await runWrk({ url: `${b.url}/v1/chat/completions`, script: sse, connections: 64, seconds: 3, cpu: 1 });
+  const res = {};
+  for (let r = 0; r < ROUNDS; r++) {
+    for (let k = 0; k < builds.length; k++) {
+      const b = builds[(k + r) % builds.length];
+      let best = null;
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const cpu0 = treeCpuSeconds(b.proc.pid);
+        const { result: m, otherCores } = await withNoise(() => runStreamClient({ key, cpu: 1, mode: 'streams', url: b.url, streams: 100, chunks: CHUNKS, interval_ms: 2 }));
+        const cpu = treeCpuSeconds(b.proc.pid) - cpu0;
+        if (m.errorCount) throw new Error(`${b.name}: ${m.errors.join('; ')}`);
+        const x = { ttfb50: m.ttfbMs.p50, ttfb99: m.ttfbMs.p99, lag50: m.lagMs.p50, lag99: m.lagMs.p99, cpu: cpu / (m.received / 1000), noise: otherCores };
+        if (best === null || x.noise < best.noise) best = x;
+        if (x.noise < 0.25) break;
+      }
+      (res[b.name] ??= []).push(best);
+    }
+    process.stderr.write(`round ${r + 1}/${ROUNDS} done\n`);
+  }
+  console.log(`\n100 streams × ${CHUNKS} chunks, 2 ms apart; medians of ${ROUNDS} rounds (TTFB p50 of each round in brackets)`);
+  console.log('build'.padEnd(16), 'TTFB p50'.padStart(9), 'TTFB p99'.padStart(9), 'lag p50'.padStart(8), 'lag p99'.padStart(8), 'CPU ms/1k'.padStart(10), 'noise'.padStart(6), ' rounds');
+  for (const b of builds) {
+    const xs = res[b.name];
+    const med = (k) => median(xs.map((x) => x[k]));
+    console.log(
+      b.name.padEnd(16),
+      med('ttfb50').toFixed(2).padStart(9),
+      med('ttfb99').toFixed(2).padStart(9),
+      med('lag50').toFixed(2).padStart(8),
+      med('lag99').toFixed(2).padStart(8),
+      (med('cpu') * 1000).toFixed(2).padStart(10),
+      Math.max(...xs.map((x) => x.noise)).toFixed(2).padStart(6),
+      ` [${xs.map((x) => x.ttfb50.toFixed(1)).join(' ')}]`,
+    );
+  }
 }

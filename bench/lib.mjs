@@ -3,13 +3,15 @@
 import { spawn, execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 // ---------------------------------------------------------------------------------------------
 // Processes
 
+const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 const children = new Map(); // pid -> { name, child }
 
 /** `taskset -c <cpu>` prefix when pinning is on and taskset exists. */
@@ -71,6 +73,16 @@ export function collectStdout(proc) {
   let out = '';
   proc.child.stdout.on('data', (d) => (out += d));
   return proc.exit.then((code) => ({ code, out }));
+}
+
+/** Runs bench/stream-client.mjs once ({ key, cpu, mode, url, ... }) and resolves with its result line. */
+export async function runStreamClient({ cpu, ...args }) {
+  const proc = startProcess('stream-client', process.execPath, [join(BENCH_DIR, 'stream-client.mjs'), JSON.stringify(args)], { cpu });
+  const { code, out } = await collectStdout(proc);
+  const lines = out.trim().split('\n').map((l) => JSON.parse(l));
+  const result = lines.find((l) => l.mode !== undefined);
+  if (code !== 0 || result === undefined) throw new Error(`stream client failed (${code}): ${out} ${proc.stderr}`);
+  return result;
 }
 
 /** SIGTERM by PID, then SIGKILL after graceMs. */

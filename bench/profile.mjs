@@ -5,6 +5,7 @@
 // per function, grouped by where the code lives: ours (dist/), fastify, undici, pino, node.
 //
 // --dist DIR profiles another build of the gateway (e.g. an experimental patch of dist/ in /tmp);
+// --sse profiles short streams (2 chunks each) instead of the small POST; --connections N sets wrk's -c;
 // --keep FILE keeps the .cpuprofile (open it in Chrome DevTools or speedscope).
 import { mkdtempSync, readdirSync, readFileSync, rmSync, copyFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -117,7 +118,11 @@ export function formatAnalysis({ total, fns, cats }, { top = 30, requests } = {}
   return L.join('\n');
 }
 
-export async function profileGateway({ seconds = 10, dist = join(ROOT, 'dist'), logLevel = 'info', keep, connections = 64 } = {}) {
+/** The small chat POST, or with sse a short stream (2 chunks, 1 ms apart): the cost of starting a stream. */
+const BODY = '{"model":"bench-model","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16}';
+const SSE_BODY = '{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"Hi"}],"bench":{"mode":"chunks","chunks":2,"interval_ms":1}}';
+
+export async function profileGateway({ seconds = 10, dist = join(ROOT, 'dist'), logLevel = 'info', keep, connections = 64, sse = false } = {}) {
   setPinning(process.env.BENCH_PIN !== '0' && spawnSync('sh', ['-c', 'command -v taskset']).status === 0);
   const tmp = mkdtempSync(join(tmpdir(), 'llm-gateway-prof-'));
   const key = `sk-bench-${randomBytes(12).toString('hex')}`;
@@ -131,7 +136,7 @@ export async function profileGateway({ seconds = 10, dist = join(ROOT, 'dist'), 
     await waitHttp(`${url}/v1/models`, { headers: { authorization: `Bearer ${key}` }, proc: gw });
     const script = wrkScript(tmp, 'chat', {
       method: 'POST',
-      body: '{"model":"bench-model","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16}',
+      body: sse ? SSE_BODY : BODY,
       headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
     });
     const warm = await runWrk({ url: `${url}/v1/chat/completions`, script, connections, seconds: 2, cpu: 1 }); // warm-up (profiled too)
@@ -165,7 +170,8 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   };
   const seconds = Number(args.find((a) => /^\d+$/.test(a)) ?? 10);
   const connections = Number(opt('--connections') ?? 64);
-  const res = await profileGateway({ seconds, dist: opt('--dist') ?? join(ROOT, 'dist'), logLevel: opt('--log') ?? 'info', keep: opt('--keep'), connections });
-  console.log(`gateway under wrk -c${connections} POST /v1/chat/completions for ${seconds} s: ${Math.round(res.rps)} req/s, ${res.cpuPerReqUs.toFixed(1)} µs CPU per request (while profiled)\n`);
+  const sse = args.includes('--sse');
+  const res = await profileGateway({ seconds, dist: opt('--dist') ?? join(ROOT, 'dist'), logLevel: opt('--log') ?? 'info', keep: opt('--keep'), connections, sse });
+  console.log(`gateway under wrk -c${connections} POST /v1/chat/completions${sse ? ' (short streams)' : ''} for ${seconds} s: ${Math.round(res.rps)} req/s, ${res.cpuPerReqUs.toFixed(1)} µs CPU per request (while profiled)\n`);
   console.log(formatAnalysis(res.analysis, { requests: res.profiledRequests }));
 }

@@ -1,7 +1,7 @@
 // Streaming load for run.mjs, in its own process (pinned to the load-side core). One JSON argument,
 // one JSON result line on stdout (and {"event":...} progress lines before it).
 //
-//   {"mode":"streams","url","key","streams":100,"chunks":500,"interval_ms":2[,"warmup":true][,"keep_alive":true]}
+//   {"mode":"streams","url","key","streams":100,"chunks":500,"interval_ms":2}
 //      N concurrent chat streams; per chunk: lag = client receive time − upstream send time (both
 //      CLOCK_MONOTONIC, µs), gap = time since the previous chunk of the same stream; per stream TTFB.
 //   {"mode":"idle","url","key","streams":1000,"interval_ms":10000,"seconds":15}
@@ -9,15 +9,15 @@
 //   {"mode":"slow","url","key","rate":1048576,"seconds":15}
 //      One 100 MB stream read at `rate` bytes/s (pause/resume), given up after `seconds`.
 import http from 'node:http';
+import net from 'node:net';
 
 const args = JSON.parse(process.argv[2]);
 const nowUs = () => {
   const [s, ns] = process.hrtime();
   return s * 1e6 + ns / 1e3;
 };
-// keep_alive: connections are reused, as SDK clients and browsers do; with warmup, as many as there
-// will be streams are opened first, so TTFB measures the proxy, not TCP handshakes on the client's core.
-const agent = new http.Agent({ keepAlive: args.keep_alive === true, maxSockets: Infinity });
+// idle and slow use node:http, a new connection per stream.
+const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity });
 const emit = (obj) => process.stdout.write(`${JSON.stringify(obj)}\n`);
 
 function pct(arr, p) {
@@ -47,23 +47,151 @@ function post(body, onResponse, onError) {
 const chatBody = (bench) => ({ model: 'bench-model', stream: true, messages: [{ role: 'user', content: 'Tell me a story.' }], bench });
 
 // ---------------------------------------------------------------------------------------------
-/** Short streams first, unrecorded: the client's own first-request costs stay out of TTFB. */
-function warmUp(n = 1) {
-  return Promise.all(Array.from({ length: n }, () => warmOne()));
+// "streams" runs on raw keep-alive sockets with a minimal HTTP/1.1 response parser. The client shares
+// its core with the fake upstream; with node:http each request cost the client ~90 µs, so writing 100
+// requests took 7–17 ms, during which no first chunk could be read: TTFB measured the client. Here the
+// request bytes are built once and written with one write() per socket (the burst takes ~1 ms), and
+// chunked bodies are decoded by hand.
+
+/** One keep-alive connection; request() sends a request and reports body text per socket read. */
+class Conn {
+  constructor(url) {
+    this.url = new URL(url);
+    this.sock = null;
+    this.res = null; // the response being read: { onHead, onBody, onEnd, onError }
+    this.buf = '';
+    this.state = 'idle';
+  }
+
+  open() {
+    return new Promise((resolve, reject) => {
+      this.sock = net.connect({ host: this.url.hostname, port: Number(this.url.port) }, resolve);
+      this.sock.setNoDelay(true);
+      this.sock.once('error', reject);
+      this.sock.on('error', (err) => this.#fail(err.message));
+      this.sock.on('close', () => this.#fail('connection closed'));
+      this.sock.on('data', (d) => this.#data(d.toString('latin1')));
+    });
+  }
+
+  request(bytes, res) {
+    this.res = res;
+    this.buf = '';
+    this.state = 'head';
+    this.sock.write(bytes);
+  }
+
+  close() {
+    this.sock.destroy();
+  }
+
+  #fail(message) {
+    const res = this.res;
+    if (res === null) return;
+    this.res = null;
+    this.state = 'idle';
+    res.onError(message);
+  }
+
+  #finish() {
+    const res = this.res;
+    this.res = null;
+    this.state = 'idle';
+    res.onEnd();
+  }
+
+  #data(text) {
+    if (this.res === null) return;
+    const recv = nowUs();
+    let s = this.buf + text;
+    let pos = 0;
+    let body = '';
+    if (this.state === 'head') {
+      const end = s.indexOf('\r\n\r\n');
+      if (end < 0) {
+        this.buf = s;
+        return;
+      }
+      const head = s.slice(0, end).toLowerCase();
+      this.status = Number(head.slice(9, 12));
+      const cl = /\r\ncontent-length: *(\d+)/.exec(head);
+      if (/\r\ntransfer-encoding: *chunked/.test(head)) {
+        this.state = 'size';
+      } else if (cl) {
+        this.state = 'fixed';
+        this.left = Number(cl[1]);
+      } else {
+        return this.#fail('response without a length');
+      }
+      this.res.onHead(this.status);
+      pos = end + 4;
+    }
+    while (pos < s.length && this.res !== null) {
+      if (this.state === 'fixed') {
+        const take = Math.min(this.left, s.length - pos);
+        body += s.slice(pos, pos + take);
+        pos += take;
+        this.left -= take;
+        if (this.left === 0) {
+          if (body) this.res.onBody(body, recv);
+          body = '';
+          this.#finish();
+        }
+      } else if (this.state === 'size') {
+        const eol = s.indexOf('\r\n', pos);
+        if (eol < 0) break;
+        this.left = parseInt(s.slice(pos, eol), 16);
+        pos = eol + 2;
+        this.state = this.left === 0 ? 'last' : 'chunk';
+      } else if (this.state === 'chunk') {
+        const take = Math.min(this.left, s.length - pos);
+        body += s.slice(pos, pos + take);
+        pos += take;
+        this.left -= take;
+        if (this.left === 0) this.state = 'crlf';
+      } else if (this.state === 'crlf') {
+        if (s.length - pos < 2) break;
+        pos += 2;
+        this.state = 'size';
+      } else if (this.state === 'last') {
+        if (s.length - pos < 2) break;
+        pos += 2; // no trailers
+        if (body) this.res.onBody(body, recv);
+        body = '';
+        this.#finish();
+      }
+    }
+    this.buf = this.res === null ? '' : s.slice(pos);
+    if (body && this.res !== null) this.res.onBody(body, recv);
+  }
 }
-function warmOne() {
+
+function requestBytes(body) {
+  const url = new URL('/v1/chat/completions', args.url);
+  const data = JSON.stringify(body);
+  return Buffer.from(
+    `POST ${url.pathname} HTTP/1.1\r\nHost: ${url.host}\r\nAuthorization: Bearer ${args.key}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(data)}\r\n\r\n${data}`,
+  );
+}
+
+/** Sends one request on conn and resolves when its response has been read (or failed). */
+function drain(conn, bytes) {
   return new Promise((resolve) => {
-    post(chatBody({ mode: 'chunks', chunks: 2, interval_ms: 1 }), (res) => {
-      res.resume();
-      res.on('end', resolve);
-      res.on('error', resolve);
-    }, resolve);
+    conn.request(bytes, { onHead() {}, onBody() {}, onEnd: resolve, onError: resolve });
   });
 }
 
 async function streams() {
   const { streams: n, chunks, interval_ms: intervalMs } = args;
-  if (args.warmup) await warmUp(args.keep_alive === true ? n : 1);
+  // Every connection is opened and carries one short stream first, unrecorded: TTFB then measures
+  // the proxy, not TCP handshakes or first-request costs on the client's core.
+  const conns = Array.from({ length: n }, () => new Conn(args.url));
+  await Promise.all(conns.map((c) => c.open()));
+  const warm = requestBytes(chatBody({ mode: 'chunks', chunks: 2, interval_ms: 1 }));
+  await Promise.all(conns.map((c) => drain(c, warm)));
+  // Let the proxy finish with the warm-up (log lines, usage records, end-of-request hooks) first.
+  await new Promise((r) => setTimeout(r, 300));
+  const bytes = requestBytes(chatBody({ mode: 'chunks', chunks, interval_ms: intervalMs }));
   const lags = [];
   const gaps = [];
   const ttfbs = [];
@@ -76,84 +204,75 @@ async function streams() {
   const cpu0 = process.cpuUsage();
   const started = nowUs();
   await Promise.all(
-    Array.from({ length: n }, () => new Promise((resolve) => {
+    conns.map((conn) => new Promise((resolve) => {
       let t0 = 0;
       let carry = '';
       let expect = 0;
       let prevRecv = -1;
       let prevRead = -1;
+      let read = 0; // reads that carried body text: chunks that share one arrived together
       let first = true;
-      const req = post(
-        chatBody({ mode: 'chunks', chunks, interval_ms: intervalMs }),
-        (res) => {
-          if (res.statusCode !== 200) {
-            errors.push(`HTTP ${res.statusCode}`);
-            res.resume();
-            res.on('end', resolve);
+      let ok = true;
+      conn.request(bytes, {
+        onHead(status) {
+          if (status !== 200) {
+            ok = false;
+            errors.push(`HTTP ${status}`);
+          }
+        },
+        onBody(text, recv) {
+          if (!ok) return;
+          read++;
+          if (first) {
+            first = false;
+            ttfbs.push((recv - t0) / 1000);
+          }
+          const all = carry + text;
+          const end = all.lastIndexOf('\n\n');
+          if (end < 0) {
+            carry = all;
             return;
           }
-          res.setEncoding('utf8');
-          // Socket reads, counted after the HTTP parser has handled each one: chunks that share a
-          // read arrived together (they were coalesced somewhere upstream of the client).
-          let read = 0;
-          res.socket.on('data', () => read++);
-          res.on('data', (text) => {
-            const recv = nowUs();
-            if (first) {
-              first = false;
-              ttfbs.push((recv - t0) / 1000);
-            }
-            const all = carry + text;
-            const end = all.lastIndexOf('\n\n');
-            if (end < 0) {
-              carry = all;
-              return;
-            }
-            carry = all.slice(end + 2);
-            let pos = 0;
-            while (pos <= end) {
-              const next = all.indexOf('\n\n', pos);
-              if (all.startsWith('data: {"i":', pos)) {
-                const comma = all.indexOf(',', pos + 11);
-                const i = Number(all.slice(pos + 11, comma));
-                const tEnd = all.indexOf(',', comma + 5);
-                const t = Number(all.slice(comma + 5, tEnd));
-                if (i !== expect) outOfOrder++;
-                expect = i + 1;
-                received++;
-                lags.push((recv - t) / 1000);
-                if (prevRecv >= 0) {
-                  gaps.push((recv - prevRecv) / 1000);
-                  if (prevRecv >= t) {
-                    heldBack++;
-                    if (prevRead === read) heldBackInGateway++;
-                  }
+          carry = all.slice(end + 2);
+          let pos = 0;
+          while (pos <= end) {
+            const next = all.indexOf('\n\n', pos);
+            if (all.startsWith('data: {"i":', pos)) {
+              const comma = all.indexOf(',', pos + 11);
+              const i = Number(all.slice(pos + 11, comma));
+              const tEnd = all.indexOf(',', comma + 5);
+              const t = Number(all.slice(comma + 5, tEnd));
+              if (i !== expect) outOfOrder++;
+              expect = i + 1;
+              received++;
+              lags.push((recv - t) / 1000);
+              if (prevRecv >= 0) {
+                gaps.push((recv - prevRecv) / 1000);
+                if (prevRecv >= t) {
+                  heldBack++;
+                  if (prevRead === read) heldBackInGateway++;
                 }
-                prevRecv = recv;
-                prevRead = read;
-              } else if (all.startsWith('data: [DONE]', pos)) {
-                doneCount++;
               }
-              pos = next + 2;
+              prevRecv = recv;
+              prevRead = read;
+            } else if (all.startsWith('data: [DONE]', pos)) {
+              doneCount++;
             }
-          });
-          res.on('end', resolve);
-          res.on('error', (err) => {
-            errors.push(err.message);
-            resolve();
-          });
+            pos = next + 2;
+          }
         },
-        (err) => {
-          errors.push(err.message);
+        onEnd: resolve,
+        onError(message) {
+          errors.push(message);
           resolve();
         },
-      );
+      });
       t0 = nowUs();
-      void req;
     })),
   );
   const wall = (nowUs() - started) / 1e6;
   const cpu = process.cpuUsage(cpu0);
+  for (const c of conns) c.close();
   emit({
     mode: 'streams',
     streams: n,
