@@ -42,6 +42,8 @@ export interface QueueOptions {
 }
 
 export interface Ticket {
+  /** true when a slot was free at once: `admitted` is already resolved, nothing to wait for */
+  readonly immediate: boolean;
   /** resolves with the release function once the request may go upstream */
   readonly admitted: Promise<() => void>;
   /** the client left: leave the queue (or give the slot back) */
@@ -96,6 +98,7 @@ export class FairQueue {
       const release = this.#start(key);
       let released = false;
       return {
+        immediate: true,
         admitted: Promise.resolve(release),
         cancel: () => {
           if (!released) release();
@@ -127,6 +130,7 @@ export class FairQueue {
     else mine.push(waiter);
     this.#size++;
     return {
+      immediate: false,
       admitted,
       cancel: () => {
         if (this.#remove(waiter)) waiter.reject(new QueueLeft());

@@ -104,8 +104,12 @@ export class SseTap implements Tap {
       return strip ? null : this.#sent(chunk);
     }
 
-    const at = chunk.lastIndexOf(EVENT_END);
-    const last = at + 2 > first ? at + 2 : first;
+    // Where the last event that ends in this chunk ends. Usually one event per chunk: no second scan.
+    let last = first;
+    if (first < chunk.length - 1) {
+      const at = chunk.lastIndexOf(EVENT_END);
+      if (at + 2 > first) last = at + 2;
+    }
     const head = chunk.subarray(0, first);
     // The event that was unfinished is complete now (or, too large, was passed on unread).
     let headOut: Buffer;

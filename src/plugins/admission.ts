@@ -10,7 +10,7 @@ import type { OutgoingHttpHeaders } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { KEY_QUEUE_FULL, QUEUE_FULL, QUEUE_TIMEOUT, RATE_LIMITED } from '../errors.js';
-import { FairQueue, QueueFull, QueueLeft } from '../lib/fair-queue.js';
+import { FairQueue, QueueFull, QueueLeft, type Ticket } from '../lib/fair-queue.js';
 import { Limits } from '../lib/limits.js';
 import { sseErrorEvent } from '../lib/sse-relay.js';
 import type { JsonBody } from './proxy.js';
@@ -42,36 +42,44 @@ export default fp(
   async function admissionPlugin(app: FastifyInstance, opts: AdmissionOptions) {
     const { limits, queue } = opts;
     const pingMs = opts.pingMs ?? DEFAULT_QUEUE_PING_MS;
-    app.addHook('preHandler', async (request: FastifyRequest, reply: FastifyReply) => {
+    // A callback hook: the common case (no limit refuses, a slot is free) finishes synchronously,
+    // without a promise, a microtask hop or a ping timer per request. Only a request that has to
+    // wait takes the async path.
+    app.addHook('preHandler', (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => {
       const key = request.apiKey;
-      if (key === null) return;
+      if (key === null) return done();
       const res = reply.raw;
       const l = limits.of(key);
-      const limited = Limits.any(l);
-      if (limited) {
+      if (Limits.any(l)) {
         const now = Date.now();
         const refusal = limits.check(key.id, l, now);
         if (refusal !== undefined) {
           reply.headers(limits.headers(key.id, l, now)).header('retry-after', String(refusal.retryAfter));
-          throw RATE_LIMITED(refusal.limit, refusal.max, refusal.retryAfter);
+          return done(RATE_LIMITED(refusal.limit, refusal.max, refusal.retryAfter));
         }
         const end = limits.admit(key.id, now);
         res.once('close', end);
         reply.headers(limits.headers(key.id, l, now));
       }
 
-      if (request.routeOptions.config.queued !== true) return;
-      let ticket;
+      if (request.routeOptions.config.queued !== true) return done();
+      let ticket: Ticket;
       try {
         ticket = queue.enter(key.id);
       } catch (err) {
         if (!(err instanceof QueueFull)) throw err;
         reply.header('retry-after', String(QUEUE_FULL_RETRY_S));
-        throw err.scope === 'key' ? KEY_QUEUE_FULL(opts.maxQueuePerKey) : QUEUE_FULL;
+        return done(err.scope === 'key' ? KEY_QUEUE_FULL(opts.maxQueuePerKey) : QUEUE_FULL);
       }
       // Leaving while waiting takes the request out of the queue; after admission, the same
       // call gives the slot back (the response finished, or the client left mid-answer).
       res.once('close', ticket.cancel);
+      if (ticket.immediate) return done();
+      waitForSlot(request, reply, ticket, key.name).then(() => done(), done);
+    });
+
+    async function waitForSlot(request: FastifyRequest, reply: FastifyReply, ticket: Ticket, keyName: string): Promise<void> {
+      const res = reply.raw;
       // A stream that waits long starts early: 200 and SSE headers, then a comment line every
       // pingMs, so proxies (Cloudflare: ~100 s) keep the connection. The proxy then continues it.
       const streamed = (request.body as JsonBody | undefined)?.json.stream === true;
@@ -91,7 +99,7 @@ export default fp(
         await ticket.admitted;
       } catch (err) {
         if (err instanceof QueueLeft) {
-          request.log.info({ key: key.name }, 'client left while waiting for a slot; never sent upstream');
+          request.log.info({ key: keyName }, 'client left while waiting for a slot; never sent upstream');
           opts.onLeftQueue?.(request);
           reply.hijack(); // nobody to answer
           return;
@@ -106,7 +114,7 @@ export default fp(
       } finally {
         clearInterval(ping);
       }
-    });
+    }
   },
   { name: 'admission', fastify: '5.x', dependencies: ['auth'] },
 );
