@@ -1,4 +1,4 @@
-// A/B of gateway builds: `node bench/compare.mjs [--rounds N] [--seconds S] NAME=DIR[:LOG_LEVEL] ...` where each DIR
+// A/B of gateway builds: `node bench/compare.mjs [--rounds N] [--seconds S] NAME=DIR[:LOG_LEVEL[:ENV=V,…]] ...` where each DIR
 // holds a built gateway (its server.js; e.g. a copy of dist/ with one change, next to a node_modules
 // link). Every build runs as its own process on core 0 against the same fake upstream on core 1;
 // rounds are interleaved; prints medians of req/s and server CPU µs per request at 64 connections
@@ -35,8 +35,9 @@ const SSE = args.includes('--sse') ? (args.splice(args.indexOf('--sse'), 1), tru
 // NAME=DIR or NAME=DIR:LEVEL (LOG_LEVEL for that build; default --log, itself default info).
 const builds = args.map((a) => {
   const [name, spec] = a.split('=');
-  const [dir, level] = spec.split(':');
-  return { name, dir: resolve(dir), level: level ?? LOG };
+  const [dir, level, extra] = spec.split(':');
+  const env = Object.fromEntries((extra ?? '').split(',').filter(Boolean).map((kv) => kv.split('=')));
+  return { name, dir: resolve(dir), level: level || LOG, env };
 });
 if (builds.length === 0) {
   console.error('usage: node bench/compare.mjs [--rounds N] [--seconds S] [--log LEVEL] NAME=DIST_DIR ...');
@@ -63,7 +64,7 @@ try {
       continue;
     }
     const port = await freePort();
-    const env = gatewayEnv({ key, upstream: `http://127.0.0.1:${upPort}`, port, logLevel: b.level, home: tmp });
+    const env = { ...gatewayEnv({ key, upstream: `http://127.0.0.1:${upPort}`, port, logLevel: b.level, home: tmp }), ...b.env };
     b.proc = startProcess(b.name, process.execPath, [join(b.dir, 'server.js')], { cpu: 0, env, cwd: tmp, stdout: 'ignore' });
     b.url = `http://127.0.0.1:${port}`;
     await waitHttp(`${b.url}/v1/models`, { headers: auth, proc: b.proc });
@@ -141,7 +142,7 @@ async function streamsAB() {
       let best = null;
       for (let attempt = 0; attempt < 3; attempt++) {
         const cpu0 = treeCpuSeconds(b.proc.pid);
-        const { result: m, otherCores } = await withNoise(() => runStreamClient({ key, cpu: 1, mode: 'streams', url: b.url, streams: 100, chunks: CHUNKS, interval_ms: 2 }));
+        const { result: m, otherCores } = await withNoise(() => runStreamClient({ key, cpu: 1, mode: 'streams', url: b.url, streams: 100, chunks: CHUNKS, interval_ms: 2, warm_bursts: 10 }));
         const cpu = treeCpuSeconds(b.proc.pid) - cpu0;
         if (m.errorCount) throw new Error(`${b.name}: ${m.errors.join('; ')}`);
         const x = { ttfb50: m.ttfbMs.p50, ttfb99: m.ttfbMs.p99, lag50: m.lagMs.p50, lag99: m.lagMs.p99, cpu: cpu / (m.received / 1000), noise: otherCores };

@@ -53,6 +53,7 @@ const ROUNDS = QUICK ? 1 : 3;
 // streams (STREAM_WARMUP_SECONDS of wrk at 64 connections per variant).
 const STREAM_ROUNDS = QUICK ? 1 : 5;
 const STREAM_WARMUP_SECONDS = QUICK ? 1 : 3;
+const STREAM_WARM_BURSTS = 10; // before each measured burst, on its connections (stream-client.mjs)
 const SHORT_STREAM_BODY = '{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"Hi"}],"bench":{"mode":"chunks","chunks":2,"interval_ms":1}}';
 const SECONDS_C64 = QUICK ? 2 : 4;
 const SECONDS_C1 = QUICK ? 1 : 2;
@@ -376,7 +377,7 @@ async function phaseStreams(variants, upstream) {
       for (let attempt = 0; attempt < 3; attempt++) {
         const proxyCpu0 = v.name === 'direct' ? 0 : treeCpuSeconds(v.pid);
         const upCpu0 = cpuSeconds(upstream.pid);
-        const { result, otherCores } = await withNoise(() => runStreamClient({ mode: 'streams', url: v.url, streams: STREAMS, chunks: STREAM_CHUNKS, interval_ms: STREAM_INTERVAL_MS }));
+        const { result, otherCores } = await withNoise(() => runStreamClient({ mode: 'streams', url: v.url, streams: STREAMS, chunks: STREAM_CHUNKS, interval_ms: STREAM_INTERVAL_MS, warm_bursts: STREAM_WARM_BURSTS }));
         const proxyCpu = v.name === 'direct' ? 0 : treeCpuSeconds(v.pid) - proxyCpu0;
         const upCpu = cpuSeconds(upstream.pid) - upCpu0;
         const m = { ...result, proxyCpuPer1000: v.name === 'direct' ? null : proxyCpu / (result.received / 1000), upstreamCpuPer1000: upCpu / (result.received / 1000), noise: otherCores };
@@ -627,7 +628,7 @@ function report(ctx) {
   L.push('');
   L.push(`## 2. Streams: ${STREAMS} concurrent chat streams × ${STREAM_CHUNKS} chunks, ${STREAM_INTERVAL_MS} ms apart`);
   L.push('');
-  L.push('Each round first opens as many keep-alive connections as there will be streams (as SDK clients keep theirs), so TTFB measures the proxy, not TCP handshakes on the load core. TTFB: request sent → first chunk received. Lag: upstream send → client receive, per chunk (CLOCK_MONOTONIC, same machine). Gap: time between two chunks of one stream at the client. CPU: the server\'s utime+stime (/proc/<pid>/stat) per 1,000 chunks. Coalesced: chunks that reached the client in the same socket read as the next one, after that one had been sent.');
+  L.push(`Before the rounds every variant gets ${STREAM_WARMUP_SECONDS} s of short streams (wrk, 64 connections). The client writes raw HTTP/1.1 on keep-alive sockets (the 100 requests go out in ~1 ms). Each round first opens as many connections as there will be streams (as SDK clients and tunnels keep theirs) and sends ${STREAM_WARM_BURSTS} bursts of short streams on them, unrecorded, then pauses 0.3 s: TTFB measures a warm proxy, not TCP handshakes or the load core. TTFB: request sent → first chunk received. Lag: upstream send → client receive, per chunk (CLOCK_MONOTONIC, same machine). Gap: time between two chunks of one stream at the client. CPU: the server\'s utime+stime (/proc/<pid>/stat) per 1,000 chunks. Coalesced: chunks that reached the client in the same socket read as the next one, after that one had been sent.`);
   L.push('');
   L.push('| variant | TTFB p50 / p99 ms (p50 range over rounds) | lag p50 / p99 ms | gap p50 / p99 ms | CPU s / 1,000 chunks | upstream CPU s / 1,000 | all chunks, in order | coalesced % | 1 stream alone: TTFB / lag p50 ms | hold-back check (1 stream × 50 × 10 ms) | noise cores |');
   L.push('| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: |');

@@ -1,7 +1,7 @@
 // Streaming load for run.mjs, in its own process (pinned to the load-side core). One JSON argument,
 // one JSON result line on stdout (and {"event":...} progress lines before it).
 //
-//   {"mode":"streams","url","key","streams":100,"chunks":500,"interval_ms":2}
+//   {"mode":"streams","url","key","streams":100,"chunks":500,"interval_ms":2[,"warm_bursts":10]}
 //      N concurrent chat streams; per chunk: lag = client receive time − upstream send time (both
 //      CLOCK_MONOTONIC, µs), gap = time since the previous chunk of the same stream; per stream TTFB.
 //   {"mode":"idle","url","key","streams":1000,"interval_ms":10000,"seconds":15}
@@ -183,12 +183,15 @@ function drain(conn, bytes) {
 
 async function streams() {
   const { streams: n, chunks, interval_ms: intervalMs } = args;
-  // Every connection is opened and carries one short stream first, unrecorded: TTFB then measures
-  // the proxy, not TCP handshakes or first-request costs on the client's core.
+  // Every connection is opened and carries short streams first, unrecorded: TTFB then measures the
+  // proxy, not TCP handshakes or first-request costs. warm_bursts: that many bursts of N short
+  // streams at once (default 1). A proxy that has served a few hundred such bursts answers the next
+  // faster than one that has not, even after minutes of other load; with 10 the per-round TTFBs no
+  // longer drift down over the rounds.
   const conns = Array.from({ length: n }, () => new Conn(args.url));
   await Promise.all(conns.map((c) => c.open()));
   const warm = requestBytes(chatBody({ mode: 'chunks', chunks: 2, interval_ms: 1 }));
-  await Promise.all(conns.map((c) => drain(c, warm)));
+  for (let i = 0; i < (args.warm_bursts ?? 1); i++) await Promise.all(conns.map((c) => drain(c, warm)));
   // Let the proxy finish with the warm-up (log lines, usage records, end-of-request hooks) first.
   await new Promise((r) => setTimeout(r, 300));
   const bytes = requestBytes(chatBody({ mode: 'chunks', chunks, interval_ms: intervalMs }));

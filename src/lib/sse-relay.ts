@@ -110,7 +110,7 @@ export class SseTap implements Tap {
       const at = chunk.lastIndexOf(EVENT_END);
       if (at + 2 > first) last = at + 2;
     }
-    const head = chunk.subarray(0, first);
+    const head = first === chunk.length ? chunk : chunk.subarray(0, first);
     // The event that was unfinished is complete now (or, too large, was passed on unread).
     let headOut: Buffer;
     if (this.#skipping) {
@@ -131,6 +131,7 @@ export class SseTap implements Tap {
     }
     // Unfiltered, the chunk goes on as it came (held pieces were sent when they arrived).
     if (!strip) return this.#sent(chunk);
+    if (middleOut === null && restOut === null) return headOut.length > 0 ? this.#sent(headOut) : null; // one event: no array
     const out: Buffer[] = [];
     if (headOut.length > 0) out.push(headOut);
     if (middleOut !== null && middleOut.length > 0) out.push(middleOut);
