@@ -9,6 +9,7 @@ import { AuthBrake, Limits } from './lib/limits.js';
 import { KeyRegistry } from './lib/key-registry.js';
 import { UsageRecorder } from './lib/usage-recorder.js';
 import { UsageStore } from './lib/usage-store.js';
+import { WalCheckpointer } from './lib/wal-checkpointer.js';
 import admissionPlugin from './plugins/admission.js';
 import authPlugin from './plugins/auth.js';
 import corsPlugin from './plugins/cors.js';
@@ -31,6 +32,8 @@ export interface BuildOptions {
   registry?: KeyRegistry;
   /** How often usage records are written (ms); tests shorten it. */
   usageFlushMs?: number;
+  /** how often the WAL checkpoint worker runs (tests) */
+  checkpointMs?: number;
   /** How often a stream waiting in the queue gets a keep-alive comment (ms); tests shorten it. */
   queuePingMs?: number;
 }
@@ -76,6 +79,14 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   if (usage !== null) {
     usage.start(app.log, options.usageFlushMs);
     app.addHook('onClose', () => usage.close()); // runs once every connection is done
+  }
+
+  // The database's write-ahead log is copied back into the file by a worker thread, not inside a
+  // usage or key write on this thread (a disk sync there would stall every stream).
+  if (registry.store !== undefined && registry.store.path !== ':memory:') {
+    const checkpointer = new WalCheckpointer(registry.store.db, registry.store.path, { log: app.log, ...(options.checkpointMs === undefined ? {} : { everyMs: options.checkpointMs }) });
+    app.addHook('onClose', () => checkpointer.stop()); // after the usage flush above; the connection closes later
+    app.decorate('checkpointer', checkpointer);
   }
 
   // Admission: per-key limits and the failed-auth brake count in a CounterStore (in memory for one
@@ -158,5 +169,7 @@ declare module 'fastify' {
   interface FastifyInstance {
     /** The fair queue in front of llama-server's slots. */
     queue: FairQueue;
+    /** Checkpoints the database's WAL off the main thread (absent without a key database). */
+    checkpointer?: WalCheckpointer;
   }
 }
