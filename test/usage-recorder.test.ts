@@ -31,3 +31,33 @@ t.test(`a batch of ${FLUSH_AT} records is written at once, the rest on the timer
   await recorder.close();
   t.equal(rows(), FLUSH_AT + 5, 'close writes the rest');
 });
+
+t.test(`a backlog is written ${FLUSH_AT} records per turn, with the event loop free in between`, async (t) => {
+  const keys = tempStore(t);
+  const rows = (): number => (keys.db.prepare('SELECT count(*) AS n FROM usage').get() as { n: number }).n;
+  const recorder = new UsageRecorder({ store: new UsageStore(keys.db) });
+  // Records arriving before start() (or while a write is behind) pile up: 3.5 slices' worth.
+  const total = Math.floor(FLUSH_AT * 3.5);
+  for (let i = 1; i <= total; i++) recorder.record(record(i));
+  recorder.start(undefined, 60_000);
+  void recorder.flush();
+  t.equal(rows(), FLUSH_AT, 'one slice now');
+  const seen: number[] = [];
+  for (let turn = 0; turn < 5; turn++) {
+    await nextTurn();
+    seen.push(rows());
+  }
+  t.same(seen.slice(0, 3), [2 * FLUSH_AT, 3 * FLUSH_AT, total], 'then one slice per turn');
+  await recorder.close();
+  t.equal(rows(), total);
+});
+
+t.test('close() writes a backlog of several slices completely', async (t) => {
+  const keys = tempStore(t);
+  const rows = (): number => (keys.db.prepare('SELECT count(*) AS n FROM usage').get() as { n: number }).n;
+  const recorder = new UsageRecorder({ store: new UsageStore(keys.db) });
+  recorder.start(undefined, 60_000);
+  for (let i = 1; i <= FLUSH_AT * 4 + 7; i++) recorder.record(record(i));
+  await recorder.close();
+  t.equal(rows(), FLUSH_AT * 4 + 7);
+});
