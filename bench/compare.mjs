@@ -15,7 +15,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { firstJsonLine, runStreamClient, freePort, gatewayEnv, killAllSync, median, runWrk, setPinning, startProcess, stopAll, treeCpuSeconds, waitHttp, withNoise, wrkScript } from './lib.mjs';
+import { firstJsonLine, runStreamClient, SHORT_STREAM_BODY, SMALL_BODY, freePort, gatewayEnv, killAllSync, median, runWrk, setPinning, startProcess, stopAll, treeCpuSeconds, waitHttp, withNoise, wrkScript } from './lib.mjs';
 
 const BENCH = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -69,11 +69,15 @@ try {
     b.url = `http://127.0.0.1:${port}`;
     await waitHttp(`${b.url}/v1/models`, { headers: auth, proc: b.proc });
   }
-  if (STREAMS) {
-    await streamsAB();
-    process.exit(0);
-  }
-  const post = wrkScript(tmp, 'chat', { method: 'POST', body: '{"model":"bench-model","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16}', headers: { ...auth, 'Content-Type': 'application/json' } });
+  const sse = wrkScript(tmp, 'sse', { method: 'POST', body: SHORT_STREAM_BODY, headers: { ...auth, 'Content-Type': 'application/json' } });
+  await (STREAMS ? streamsAB(sse) : wrkAB(sse));
+} finally {
+  await stopAll();
+  rmSync(tmp, { recursive: true, force: true });
+}
+
+async function wrkAB(sse) {
+  const post = wrkScript(tmp, 'chat', { method: 'POST', body: SMALL_BODY, headers: { ...auth, 'Content-Type': 'application/json' } });
   const get = wrkScript(tmp, 'models', { method: 'GET', headers: auth });
   const scenarios = [
     { id: 'POST c64', path: '/v1/chat/completions', script: post, c: 64 },
@@ -82,7 +86,6 @@ try {
   ];
   // --sse: short streams (2 chunks, 1 ms apart) at 64 connections: the cost of starting a stream.
   if (SSE) {
-    const sse = wrkScript(tmp, 'sse', { method: 'POST', body: '{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"Hi"}],"bench":{"mode":"chunks","chunks":2,"interval_ms":1}}', headers: { ...auth, 'Content-Type': 'application/json' } });
     scenarios.unshift({ id: 'SSE c64', path: '/v1/chat/completions', script: sse, c: 64 });
   }
   for (const b of builds) await runWrk({ url: `${b.url}/v1/chat/completions`, script: post, connections: 64, seconds: 2, cpu: 1 });
@@ -126,14 +129,10 @@ try {
       );
     }
   }
-} finally {
-  await stopAll();
-  rmSync(tmp, { recursive: true, force: true });
 }
 
-async function streamsAB() {
+async function streamsAB(sse) {
   // The same warm-up of short streams as run.mjs gives every variant.
-  const sse = wrkScript(tmp, 'sse', { method: 'POST', body: '{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"Hi"}],"bench":{"mode":"chunks","chunks":2,"interval_ms":1}}', headers: { ...auth, 'Content-Type': 'application/json' } });
   for (const b of builds) await runWrk({ url: `${b.url}/v1/chat/completions`, script: sse, connections: 64, seconds: 3, cpu: 1 });
   const res = {};
   for (let r = 0; r < ROUNDS; r++) {

@@ -129,6 +129,11 @@ export function livePids() {
 // admission: the fake llama-server stands for one with 1024 slots, so that the fair queue lets every
 // request through (64 connections, 1,000 idle streams) and the bench measures the pass-through, not
 // the queue's 429s.
+/** The small chat POST of the throughput runs. */
+export const SMALL_BODY = '{"model":"bench-model","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16}';
+/** A short stream (2 chunks, 1 ms apart): the cost of starting a stream; also the streams' warm-up. */
+export const SHORT_STREAM_BODY = '{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"Hi"}],"bench":{"mode":"chunks","chunks":2,"interval_ms":1}}';
+
 export const GATEWAY_SETTINGS_NOTE = 'GATEWAY_MAX_INFLIGHT=1024 (a llama-server with 1024 slots: the fair queue never rejects); every other setting at its default (usage recording on, its SQLite file in a temp dir)';
 export function gatewayEnv({ key, upstream, port, logLevel, home }) {
   return {

@@ -20,6 +20,8 @@ import {
   killAllSync,
   runWrk,
   setPinning,
+  SHORT_STREAM_BODY,
+  SMALL_BODY,
   startProcess,
   stopAll,
   stopProcess,
@@ -118,9 +120,6 @@ export function formatAnalysis({ total, fns, cats }, { top = 30, requests } = {}
   return L.join('\n');
 }
 
-/** The small chat POST, or with sse a short stream (2 chunks, 1 ms apart): the cost of starting a stream. */
-const BODY = '{"model":"bench-model","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16}';
-const SSE_BODY = '{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"Hi"}],"bench":{"mode":"chunks","chunks":2,"interval_ms":1}}';
 
 export async function profileGateway({ seconds = 10, dist = join(ROOT, 'dist'), logLevel = 'info', keep, connections = 64, sse = false } = {}) {
   setPinning(process.env.BENCH_PIN !== '0' && spawnSync('sh', ['-c', 'command -v taskset']).status === 0);
@@ -136,7 +135,7 @@ export async function profileGateway({ seconds = 10, dist = join(ROOT, 'dist'), 
     await waitHttp(`${url}/v1/models`, { headers: { authorization: `Bearer ${key}` }, proc: gw });
     const script = wrkScript(tmp, 'chat', {
       method: 'POST',
-      body: sse ? SSE_BODY : BODY,
+      body: sse ? SHORT_STREAM_BODY : SMALL_BODY,
       headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
     });
     const warm = await runWrk({ url: `${url}/v1/chat/completions`, script, connections, seconds: 2, cpu: 1 }); // warm-up (profiled too)

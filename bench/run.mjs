@@ -33,6 +33,8 @@ import {
   runStreamClient as runStreamClientIn,
   runWrk,
   setPinning,
+  SHORT_STREAM_BODY,
+  SMALL_BODY,
   startProcess,
   stopAll,
   stopProcess,
@@ -54,7 +56,6 @@ const ROUNDS = QUICK ? 1 : 3;
 const STREAM_ROUNDS = QUICK ? 1 : 5;
 const STREAM_WARMUP_SECONDS = QUICK ? 1 : 3;
 const STREAM_WARM_BURSTS = 10; // before each measured burst, on its connections (stream-client.mjs)
-const SHORT_STREAM_BODY = '{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"Hi"}],"bench":{"mode":"chunks","chunks":2,"interval_ms":1}}';
 const SECONDS_C64 = QUICK ? 2 : 4;
 const SECONDS_C1 = QUICK ? 1 : 2;
 const WARMUP_SECONDS = 1;
@@ -71,7 +72,6 @@ const MAX_REPEATS = 20;
 
 const KEY = `sk-bench-${randomBytes(12).toString('hex')}`;
 const AUTH = { Authorization: `Bearer ${KEY}` };
-const SMALL_BODY = '{"model":"bench-model","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16}';
 
 const tmp = mkdtempSync(join(tmpdir(), 'llm-gateway-bench-'));
 const log = (...a) => console.log(...a);

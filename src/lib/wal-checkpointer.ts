@@ -52,7 +52,7 @@ export class WalCheckpointer {
   readonly #log: CheckpointerLog | undefined;
   readonly #listeners: ((r: CheckpointResult) => void)[] = [];
   #stopping = false;
-  #exited: Promise<void>;
+  readonly #exited: Promise<void>;
 
   /** Takes over checkpointing for `db` (the connection to the file at `path`). */
   constructor(db: Database.Database, path: string, opts: { everyMs?: number; log?: CheckpointerLog } = {}) {
