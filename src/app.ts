@@ -76,6 +76,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
         logBodies: config.logBodies,
       })
     : null;
+  app.decorate('usage', usage);
   if (usage !== null) {
     usage.start(app.log, options.usageFlushMs);
     app.addHook('onClose', () => usage.close()); // runs once every connection is done
@@ -169,6 +170,8 @@ declare module 'fastify' {
   interface FastifyInstance {
     /** The fair queue in front of llama-server's slots. */
     queue: FairQueue;
+    /** Usage records (null with GATEWAY_USAGE=off). */
+    usage: UsageRecorder | null;
     /** Checkpoints the database's WAL off the main thread (absent without a key database). */
     checkpointer?: WalCheckpointer;
   }
