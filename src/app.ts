@@ -3,19 +3,22 @@
 import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import type { Config } from './config.js';
 import { AuditLog } from './lib/audit-log.js';
+import { AuthBrake } from './lib/auth-brake.js';
 import { MemoryCounters } from './lib/counters.js';
 import { FairQueue } from './lib/fair-queue.js';
-import { AuthBrake, Limits } from './lib/limits.js';
+import { Limits } from './lib/limits.js';
 import { KeyRegistry } from './lib/key-registry.js';
+import { UsageCompleter } from './lib/usage-completion.js';
 import { UsageRecorder } from './lib/usage-recorder.js';
 import { UsageStore } from './lib/usage-store.js';
 import { WalCheckpointer } from './lib/wal-checkpointer.js';
 import admissionPlugin from './plugins/admission.js';
-import authPlugin from './plugins/auth.js';
+import authPlugin, { AuthGuard } from './plugins/auth.js';
 import corsPlugin from './plugins/cors.js';
 import { fromFastifyError } from './errors.js';
 import errorsPlugin, { sendError } from './plugins/errors.js';
 import jsonBodyPlugin from './plugins/json-body.js';
+import { clientErrorHandler } from './plugins/malformed-http.js';
 import metricsRoutes from './plugins/metrics.js';
 import policyPlugin from './plugins/policy.js';
 import proxyPlugin from './plugins/proxy.js';
@@ -42,6 +45,8 @@ export interface BuildOptions {
 export const FALLBACK_SLOTS = 4;
 const SLOTS_RECHECK_MS = 30_000;
 const COUNTER_SWEEP_MS = 60_000;
+/** A token hold whose request never produced a record is dropped after this (a safety net). */
+const HOLD_MAX_AGE_MS = 3_600_000;
 
 // Longest time a client may take to send one whole request (headers and body), against slow-body
 // (slowloris) clients. Generous for a 50 MB upload over a slow link; responses are not limited.
@@ -64,6 +69,10 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     // Errors found while routing (a malformed %-escape, a path parameter over the length limit)
     // happen before any hook; answer them in OpenAI shape too.
     frameworkErrors: (err, _request, reply) => sendError(reply, fromFastifyError(err, config.bodyLimit)),
+    // Malformed HTTP (parser errors, header overflow, receive timeout) and a missing Host header
+    // are answered in OpenAI shape too (malformed-http.ts): Node's bare 400 for Host is off.
+    clientErrorHandler,
+    http: { requireHostHeader: false },
   });
 
   // Usage accounting: records written in batches to the key database's usage table and the
@@ -90,44 +99,67 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     app.decorate('checkpointer', checkpointer);
   }
 
-  // Admission: per-key limits and the failed-auth brake count in a CounterStore (in memory for one
-  // process); the fair queue holds this process's share of llama-server's slots.
+  // Admission: per-key limits count in a CounterStore (in memory for one process); the fair queue
+  // holds this process's share of llama-server's slots. Every credential check (client keys, the
+  // admin key on /admin and /metrics) goes through one AuthGuard: one failed-auth brake, with its
+  // own bounded memory, and one count of refusals for /metrics.
   const counters = new MemoryCounters();
-  const sweep = setInterval(() => counters.sweep(Date.now(), 2 * 86_400_000), COUNTER_SWEEP_MS);
+  const sweep = setInterval(() => {
+    const now = Date.now();
+    counters.sweep(now, 2 * 86_400_000);
+    brake.sweep(now);
+    limits.sweep(now, HOLD_MAX_AGE_MS);
+  }, COUNTER_SWEEP_MS);
   sweep.unref();
   app.addHook('onClose', async () => clearInterval(sweep));
   const limits = new Limits(counters, { rpm: config.defaultRpm, tpm: config.defaultTpm, tpd: config.defaultTpd, concurrency: config.defaultConcurrency });
-  const brake = new AuthBrake(counters, config.authFailLimit, config.authBlockMs);
+  const brake = new AuthBrake(config.authFailLimit, config.authBlockMs);
+  const authGuard = new AuthGuard(brake, config.trustProxy);
+  // A request's usage record settles the tokens its key held for it (admission) with the real ones.
   usage?.onRecord((r) => {
-    if (r.keyId !== null) limits.addTokens(r.keyId, (r.promptTokens ?? 0) + (r.completionTokens ?? 0), Date.now());
+    if (r.keyId !== null) limits.settle(r.keyId, r.requestId, (r.promptTokens ?? 0) + (r.completionTokens ?? 0), Date.now());
   });
-  const queue = new FairQueue({ maxInflight: config.maxInflight ?? FALLBACK_SLOTS, maxQueue: config.maxQueue, maxQueuePerKey: config.maxQueuePerKey, timeoutMs: config.queueTimeoutMs });
+  // A key holds at most its share of the slots (GATEWAY_KEY_SLOTS, default all but one). Light
+  // calls (token counting, the model list) wait in a small queue of their own, never behind
+  // generations; the proxy's light pool has as many connections (GATEWAY_LIGHT_SLOTS).
+  const queue = new FairQueue({ maxInflight: config.maxInflight ?? FALLBACK_SLOTS, maxQueue: config.maxQueue, maxQueuePerKey: config.maxQueuePerKey, timeoutMs: config.queueTimeoutMs, keySlots: config.keySlots });
   app.decorate('queue', queue);
+  const lightQueue = new FairQueue({ maxInflight: config.lightSlots, maxQueue: config.maxQueue, maxQueuePerKey: config.maxQueuePerKey, timeoutMs: config.queueTimeoutMs, keySlots: config.keySlots });
+  app.decorate('lightQueue', lightQueue);
 
   // Everywhere, before anything else: OpenAI-shaped errors and 404s, CORS, the upstream pool.
   await app.register(errorsPlugin, { bodyLimit: config.bodyLimit });
   if (config.corsAllowOrigin !== null) await app.register(corsPlugin, { origins: config.corsAllowOrigin });
-  await app.register(proxyPlugin, { config, usage, ...(usage === null ? {} : { clientClosed: recordClientClosed(usage, config.trustProxy) }) });
+  // Records of requests that ended without llama-server's usage (the client left, the stream broke,
+  // prompt arrays) are completed with its token counts off the request path (usage-completion.ts).
+  const completer = usage === null ? null : new UsageCompleter({ call: (path, body) => app.upstream.post(path, body), emit: (r) => usage.record(r), rates: { speeds: () => app.upstream.rates.speeds() }, log: app.log });
+  await app.register(proxyPlugin, { config, usage, ...(usage === null ? {} : { clientClosed: recordClientClosed(usage, config.trustProxy, completer) }) });
+  // onClose hooks run last-registered first: this one runs before the proxy's (which ends the
+  // upstream pools) and the recorder's last flush (above), so pending counts finish or are written.
+  if (completer !== null) app.addHook('onClose', () => completer.drain());
   await app.register(requestLogPlugin);
 
   // Public: no key. /metrics: the admin key or a local scraper.
   await app.register(healthRoutes);
-  await app.register(metricsRoutes, { recorder: usage, queue, adminKey: config.adminKey });
+  await app.register(metricsRoutes, { recorder: usage, queue, lightQueue, adminKey: config.adminKey, guard: authGuard });
 
   // Everything else needs a key: auth (onRequest, before the body is read) → JSON body → policy
   // (model allowed for this key?) → routes; every answer in this scope is a usage record.
   registry.start(app.log);
   app.addHook('onClose', async () => registry.stop());
   await app.register(async function authenticated(api) {
-    if (usage !== null) await api.register(usagePlugin, { recorder: usage, trustProxy: config.trustProxy });
-    await api.register(authPlugin, { registry, brake, trustProxy: config.trustProxy });
+    if (usage !== null) await api.register(usagePlugin, { recorder: usage, trustProxy: config.trustProxy, completer });
+    await api.register(authPlugin, { registry, guard: authGuard });
     await api.register(jsonBodyPlugin);
     await api.register(policyPlugin);
     await api.register(admissionPlugin, {
       limits,
       queue,
+      lightQueue,
       queueTimeoutMs: config.queueTimeoutMs,
       maxQueuePerKey: config.maxQueuePerKey,
+      reserveTokens: config.reserveTokens,
+      settledByRecords: usage !== null,
       ...(options.queuePingMs === undefined ? {} : { pingMs: options.queuePingMs }),
       ...(usage === null ? {} : { onLeftQueue: recordLeftQueue(usage, config.trustProxy) }),
     });
@@ -136,7 +168,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
 
   // The admin API has its own key and exists only when GATEWAY_ADMIN_KEY is set.
   if (config.adminKey !== '' && registry.store !== undefined) {
-    await app.register(adminRoutes, { prefix: '/admin', adminKey: config.adminKey, registry, store: registry.store, usage: new UsageStore(registry.store.db) });
+    await app.register(adminRoutes, { prefix: '/admin', adminKey: config.adminKey, guard: authGuard, registry, store: registry.store, usage: new UsageStore(registry.store.db) });
   }
 
   // GATEWAY_MAX_INFLIGHT unset: as many at once as llama-server has slots, read from its /props at
@@ -170,6 +202,8 @@ declare module 'fastify' {
   interface FastifyInstance {
     /** The fair queue in front of llama-server's slots. */
     queue: FairQueue;
+    /** The light calls' queue (token counting, model list): GATEWAY_LIGHT_SLOTS at once. */
+    lightQueue: FairQueue;
     /** Usage records (null with GATEWAY_USAGE=off). */
     usage: UsageRecorder | null;
     /** Checkpoints the database's WAL off the main thread (absent without a key database). */

@@ -1,6 +1,7 @@
 // Every setting the gateway reads, declared once. The Config type is derived from this table, the
 // server and (later) the CLI share it, and a bad value stops the process at boot with one line that
 // names the setting (see server.ts).
+import { KEY_CHARACTERS_REASON, isPrintableAscii } from './lib/key-index.js';
 
 export class ConfigError extends Error {
   constructor(
@@ -42,6 +43,7 @@ function apiKeyList(text: string, env: string): string[] {
       throw new ConfigError(env, `key ${i + 1} is ${key.length} characters long; each key needs at least ${MIN_KEY_LENGTH}`);
     }
     if (/\s/.test(key)) throw new ConfigError(env, `key ${i + 1} contains whitespace`);
+    if (!isPrintableAscii(key)) throw new ConfigError(env, `key ${i + 1} contains a character outside printable ASCII; ${KEY_CHARACTERS_REASON}`);
     const before = seen.get(key);
     if (before !== undefined) throw new ConfigError(env, `key ${i + 1} repeats key ${before}`);
     seen.set(key, i + 1);
@@ -54,6 +56,7 @@ function adminKey(text: string, env: string): string {
   if (value === '') return '';
   if (value.length < MIN_ADMIN_KEY_LENGTH) throw new ConfigError(env, `is ${value.length} characters long; it needs at least ${MIN_ADMIN_KEY_LENGTH} (or leave it empty to turn the admin API off)`);
   if (/\s/.test(value)) throw new ConfigError(env, 'must not contain whitespace');
+  if (!isPrintableAscii(value)) throw new ConfigError(env, `contains a character outside printable ASCII; ${KEY_CHARACTERS_REASON}`);
   return value;
 }
 
@@ -82,6 +85,8 @@ function httpUrl(text: string, env: string): string {
 function optionalSecret(text: string, env: string): string {
   const value = text.trim();
   if (/\s/.test(value)) throw new ConfigError(env, 'must not contain whitespace');
+  // Sent to llama-server in a header: undici refuses other characters on every request.
+  if (!isPrintableAscii(value)) throw new ConfigError(env, 'contains a character outside printable ASCII; it is sent in an HTTP header, which cannot carry it');
   return value;
 }
 
@@ -171,6 +176,15 @@ function count(text: string, env: string): number {
   return n;
 }
 
+/** A key's share of the slots: auto (all but one), all, or a number (see fair-queue.ts). */
+function keySlots(text: string, env: string): 'auto' | 'all' | number {
+  const value = text.trim().toLowerCase();
+  if (value === 'auto' || value === 'all') return value;
+  const n = /^\d+$/.test(value) ? Number(value) : NaN;
+  if (!Number.isSafeInteger(n) || n < 1) throw new ConfigError(env, `must be auto (all slots but one), all, or a whole number ≥ 1, got "${text}"`);
+  return n;
+}
+
 function logLevel(text: string, env: string): string {
   const value = text.trim().toLowerCase();
   if (!LOG_LEVELS.has(value)) throw new ConfigError(env, `must be one of ${[...LOG_LEVELS].join(', ')}, got "${text}"`);
@@ -199,10 +213,13 @@ export const SETTINGS = {
   maxQueue: setting('GATEWAY_MAX_QUEUE', '100', count),
   maxQueuePerKey: setting('GATEWAY_MAX_QUEUE_PER_KEY', '20', count),
   queueTimeoutMs: setting('GATEWAY_QUEUE_TIMEOUT_MS', '120000', millis),
+  keySlots: setting('GATEWAY_KEY_SLOTS', 'auto', keySlots),
+  lightSlots: setting('GATEWAY_LIGHT_SLOTS', '2', count),
   defaultRpm: setting('GATEWAY_DEFAULT_RPM', '', optionalCount),
   defaultTpm: setting('GATEWAY_DEFAULT_TPM', '', optionalCount),
   defaultTpd: setting('GATEWAY_DEFAULT_TPD', '', optionalCount),
   defaultConcurrency: setting('GATEWAY_DEFAULT_CONCURRENCY', '', optionalCount),
+  reserveTokens: setting('GATEWAY_RESERVE_TOKENS', '1024', count),
   trustProxy: setting('GATEWAY_TRUST_PROXY', 'off', onOff),
   authFailLimit: setting('GATEWAY_AUTH_FAIL_LIMIT', '20', count),
   authBlockMs: setting('GATEWAY_AUTH_BLOCK_MS', '300000', millis),

@@ -1,6 +1,7 @@
 // The errors the gateway itself answers with. Clients are OpenAI SDKs, so every one has OpenAI's
 // shape {"error":{"message","type","param","code"}}; upstream (llama-server) errors are passed
 // through untouched instead. A 5xx never carries an internal message.
+import { MAX_ECHOED_LENGTH, MAX_ERROR_DETAIL_LENGTH } from './lib/client-input.js';
 
 export class GatewayError extends Error {
   /** The serialized response body, computed once. */
@@ -33,7 +34,7 @@ export const MODEL_NOT_ALLOWED = (model: unknown): GatewayError =>
     403,
     'invalid_request_error',
     'model_not_allowed',
-    typeof model === 'string' ? `This API key may not use the model '${model.slice(0, 200)}'.` : 'This API key may only use certain models; name one in "model".',
+    typeof model === 'string' ? `This API key may not use the model '${model.slice(0, MAX_ECHOED_LENGTH)}'.` : 'This API key may only use certain models; name one in "model".',
     'model',
   );
 
@@ -54,10 +55,10 @@ export const AUTH_BRAKE = (seconds: number): GatewayError =>
   new GatewayError(429, 'rate_limit_exceeded', 'too_many_failed_attempts', `Too many requests with a wrong API key from your address; try again in ${seconds} s.`);
 
 export const ROUTE_NOT_FOUND = (method: string, url: string): GatewayError =>
-  new GatewayError(404, 'invalid_request_error', 'route_not_found', `No route ${method} ${url.split('?')[0]!.slice(0, 200)}. This gateway serves the OpenAI-compatible /v1 API.`);
+  new GatewayError(404, 'invalid_request_error', 'route_not_found', `No route ${method} ${url.slice(0, MAX_ECHOED_LENGTH).split(/[?#]/)[0]!}. This gateway serves the OpenAI-compatible /v1 API.`);
 
 export const MODEL_NOT_FOUND = (id: string): GatewayError =>
-  new GatewayError(404, 'invalid_request_error', 'model_not_found', `The model '${id.slice(0, 200)}' does not exist`, 'model');
+  new GatewayError(404, 'invalid_request_error', 'model_not_found', `The model '${id.slice(0, MAX_ECHOED_LENGTH)}' does not exist`, 'model');
 
 export const INVALID_JSON = (detail: string): GatewayError =>
   new GatewayError(400, 'invalid_request_error', 'invalid_json', `We could not parse the JSON body of your request. (${detail}) Send a JSON object with Content-Type: application/json.`);
@@ -65,6 +66,38 @@ export const INVALID_JSON = (detail: string): GatewayError =>
 export const BODY_NOT_OBJECT = new GatewayError(400, 'invalid_request_error', 'invalid_json', 'The request body must be a JSON object.');
 
 export const BODY_MISSING = new GatewayError(400, 'invalid_request_error', 'missing_body', 'This route needs a JSON request body.');
+
+// Bad input the gateway refuses itself rather than forward (issue #12): llama-server answers these
+// with a 500 and its parser's internals, or crashes outright on very deep nesting.
+export const INVALID_UTF8 = new GatewayError(400, 'invalid_request_error', 'invalid_json', 'The request body is not valid UTF-8. JSON must be sent as UTF-8 text (RFC 8259).');
+
+export const BODY_TOO_DEEP = (max: number): GatewayError =>
+  new GatewayError(400, 'invalid_request_error', 'json_too_deep', `The JSON body is nested more than ${max} levels deep (objects and arrays inside each other).`);
+
+/** OpenAI's own wording and code for a field of the wrong type. */
+export const INVALID_TYPE = (param: string, expected: string, got: unknown): GatewayError =>
+  new GatewayError(400, 'invalid_request_error', 'invalid_type', `Invalid type for '${param}': expected ${expected}, but got ${jsonTypeName(got)} instead.`, param);
+
+/** OpenAI's own wording and code for a string over its length limit. */
+export const STRING_TOO_LONG = (param: string, max: number, length: number): GatewayError =>
+  new GatewayError(400, 'invalid_request_error', 'string_above_max_length', `Invalid '${param}': string too long. Expected a string with maximum length ${max}, but got a string with length ${length} instead.`, param);
+
+function jsonTypeName(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'number') return Number.isInteger(v) ? 'an integer' : 'a decimal';
+  if (typeof v === 'boolean') return 'a boolean';
+  return typeof v === 'object' ? 'an object' : `a ${typeof v}`;
+}
+
+// Malformed HTTP, answered on the raw socket before Fastify sees a request (malformed-http.ts).
+export const MALFORMED_REQUEST = new GatewayError(400, 'invalid_request_error', 'malformed_request', 'The request is not valid HTTP/1.1 (a malformed request line, header or chunked body).');
+
+export const HEADERS_TOO_LARGE = new GatewayError(431, 'invalid_request_error', 'headers_too_large', 'The request headers are larger than this server accepts.');
+
+export const REQUEST_RECEIVE_TIMEOUT = new GatewayError(408, 'invalid_request_error', 'request_timeout', 'The request was not received in time; send the headers and body without long pauses.');
+
+export const MISSING_HOST = new GatewayError(400, 'invalid_request_error', 'missing_host', 'An HTTP/1.1 request needs a Host header.');
 
 export const BODY_TOO_LARGE = (limit: number): GatewayError =>
   new GatewayError(413, 'invalid_request_error', 'request_too_large', `The request body is larger than this gateway's limit of ${limit} bytes (GATEWAY_BODY_LIMIT).`);
@@ -101,7 +134,8 @@ export function fromFastifyError(err: { code?: string; statusCode?: number; mess
   const status = err.statusCode ?? 500;
   if (status === 503) return SHUTTING_DOWN; // Fastify's answer to requests that arrive while closing
   if (status >= 400 && status < 500) {
-    return new GatewayError(status, 'invalid_request_error', err.code ?? null, err.message);
+    // Fastify's messages may quote the request (a Content-Type, a URL): cut them.
+    return new GatewayError(status, 'invalid_request_error', err.code ?? null, err.message.slice(0, MAX_ERROR_DETAIL_LENGTH));
   }
   return INTERNAL;
 }

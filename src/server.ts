@@ -6,6 +6,7 @@ import { ConfigError, NO_KEYS_MESSAGE, loadConfig, type Config } from './config.
 import { KeyRegistry } from './lib/key-registry.js';
 import { BatchedLog } from './lib/log-stream.js';
 import { KeyStore, KeyStoreError } from './lib/key-store.js';
+import { serializeRequest } from './plugins/request-log.js';
 
 const ENV_FILE = '.env';
 const IDLE_SWEEP_MS = 200;
@@ -37,6 +38,8 @@ function loggerOptions(config: Config): FastifyServerOptions['logger'] {
     level: config.logLevel,
     // Keys never reach a log line, even if someone logs a request's headers.
     redact: { paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers.cookie', 'req.headers["x-my-llm-key"]'], censor: '[redacted]' },
+    // …and no query string either (?api_key=sk-…): a logged request shows its path only.
+    serializers: { req: serializeRequest },
     // JSON for machines, written in batches; pretty only when a person watches a terminal.
     ...(process.stdout.isTTY ? { transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss', ignore: 'pid,hostname' } } } : { stream: batchedStdout() }),
   };

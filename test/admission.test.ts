@@ -7,7 +7,8 @@ import { MemoryCounters } from '../src/lib/counters.js';
 import { FairQueue, QueueFull, QueueTimeout } from '../src/lib/fair-queue.js';
 import { envIdentity } from '../src/lib/key-index.js';
 import { KeyRegistry } from '../src/lib/key-registry.js';
-import { AuthBrake, Limits, MINUTE_MS, resetText } from '../src/lib/limits.js';
+import { Limits, MINUTE_MS, resetText } from '../src/lib/limits.js';
+import { reserveFor } from '../src/lib/token-estimate.js';
 import { AUTH_A, KEY_A, KEY_B, chatBody, request, sleep, startGateway, tempStore, within, type RawResponse } from './helpers.js';
 
 function bearer(key: string): Record<string, string> {
@@ -23,8 +24,10 @@ async function until(what: string, check: () => boolean, ms = 5000): Promise<voi
 }
 
 t.test('fair queue: key A sends 20, then key B sends 1; B reaches llama-server no later than A’s 3rd', async (t) => {
-  // Each generation takes 500 ms, so B is queued well before the first slot frees.
-  const gw = await startGateway(t, { maxInflight: 2 }, { headersDelayMs: 500 });
+  // Each generation takes 500 ms, so B is queued well before the first slot frees. A may take
+  // both slots here (GATEWAY_KEY_SLOTS=all): this is about the order waiters are served in; the
+  // default share (a slot kept free for B) is slot-share.test.ts.
+  const gw = await startGateway(t, { maxInflight: 2, keySlots: 'all' }, { headersDelayMs: 500 });
   const all: Promise<RawResponse>[] = [];
   const sendA = (i: number): number => all.push(request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ user: `A-${i}` }) }));
   // A-1 starts 150 ms before the others, so the two slots free at different times: when two free
@@ -141,13 +144,14 @@ t.test('requests per minute: 429 exactly at the limit, with headers and Retry-Af
 
 t.test('tokens per minute: counted from llama-server usage; refused once at the budget', async (t) => {
   const gw = await startGateway(t, { defaultTpm: 60 });
+  const hold = reserveFor(Buffer.from(chatBody()), JSON.parse(chatBody()) as Record<string, unknown>, true, 1024);
   const first = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
   t.equal(first.status, 200);
-  t.equal(first.headers['x-ratelimit-remaining-tokens'], '60', 'before the answer, nothing counted');
+  t.equal(first.headers['x-ratelimit-remaining-tokens'], String(60 - hold), 'before the answer, only its hold counts');
   await sleep(20); // the record (and its tokens) is taken when the response finishes
   const second = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
   t.equal(second.status, 200, '39 of 60 used: admitted');
-  t.equal(second.headers['x-ratelimit-remaining-tokens'], '21');
+  t.equal(second.headers['x-ratelimit-remaining-tokens'], String(Math.max(0, 21 - hold)), '39 used and this request held');
   await sleep(20);
   const third = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
   t.equal(third.status, 429, '78 of 60 used: refused');
@@ -290,11 +294,7 @@ t.test('without GATEWAY_TRUST_PROXY, forwarding headers are not believed and loo
     t.equal(res.status, 401);
   }
   t.equal((await request(gw.port, { path: '/v1/models', headers: AUTH_A })).status, 200, 'a tunnel (all loopback) is not locked out');
-  const brake = new AuthBrake(new MemoryCounters(), 2, 1000);
-  t.equal(brake.fail('192.0.2.1', 0), false);
-  t.equal(brake.fail('192.0.2.1', 10), true, 'the second failure in the minute blocks');
-  t.equal(brake.blockedFor('192.0.2.1', 500), 510);
-  t.equal(brake.blockedFor('192.0.2.1', 1010), 0);
+  // The brake itself: test/auth-brake.test.ts.
 });
 
 t.test('GATEWAY_MAX_INFLIGHT unset: llama-server’s /props total_slots', async (t) => {

@@ -101,6 +101,28 @@ t.test('bad values name the setting and never echo a key', async (t) => {
   t.notMatch(err?.message ?? '', 'tooshort-secret', 'the short key is not printed');
 });
 
+t.test('a key that could never match (non-ASCII) is refused at start, by position, never echoed', async (t) => {
+  const secret = 'sk-café-0123456789abcdef';
+  const cases: [Record<string, string>, string, RegExp][] = [
+    [{ LLM_API_KEYS: `${KEY_A},${secret}` }, 'LLM_API_KEYS', /^LLM_API_KEYS key 2 contains a character outside printable ASCII; keys must be printable ASCII .*could never match$/],
+    [{ LLM_API_KEYS: KEY_A, GATEWAY_ADMIN_KEY: `${secret}-admin-0123456789` }, 'GATEWAY_ADMIN_KEY', /^GATEWAY_ADMIN_KEY contains a character outside printable ASCII; .*could never match$/],
+    [{ LLM_API_KEYS: KEY_A, LLM_UPSTREAM_API_KEY: secret }, 'LLM_UPSTREAM_API_KEY', /^LLM_UPSTREAM_API_KEY contains a character outside printable ASCII/],
+    [{ LLM_API_KEYS: `${KEY_A},sk-test-control-\u0001-0123456789` }, 'LLM_API_KEYS', /key 2 contains a character outside printable ASCII/],
+  ];
+  for (const [env, setting, message] of cases) {
+    let caught: unknown;
+    try {
+      loadConfig(env);
+    } catch (err) {
+      caught = err;
+    }
+    t.ok(caught instanceof ConfigError, `${setting} is refused`);
+    t.equal((caught as ConfigError).setting, setting);
+    t.match((caught as ConfigError).message, message);
+    t.notMatch((caught as ConfigError).message, 'café', 'the key is not echoed');
+  }
+});
+
 t.test('.env.example documents every setting', async (t) => {
   const example = readFileSync(join(ROOT, '.env.example'), 'utf8');
   const readme = readFileSync(join(ROOT, 'README.md'), 'utf8');

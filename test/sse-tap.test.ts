@@ -140,3 +140,52 @@ t.test('an oversized event that starts after a boundary in the same chunk: bytes
     t.equal(ex.contentEvents, 1);
   }
 });
+
+// #12: a /v1/completions prompt array streams one usage event per prompt (real llama-server
+// b10587: `data: null` first, content events by `index`, each prompt's usage in its final chunk).
+const PROMPT_ARRAY_STREAM = [
+  'data: null\n\n',
+  ...[0, 1, 2].flatMap((index) => [
+    `data: {"choices":[{"text":" a","index":${index},"logprobs":null,"finish_reason":null}],"object":"text_completion","id":"c"}\n\n`,
+    `data: {"choices":[{"text":" b","index":${index},"logprobs":null,"finish_reason":null}],"object":"text_completion","id":"c"}\n\n`,
+    `data: {"choices":[{"text":"","index":${index},"logprobs":null,"finish_reason":"length"}],"object":"text_completion","usage":{"completion_tokens":4,"prompt_tokens":${3 + index},"total_tokens":${7 + index},"prompt_tokens_details":{"cached_tokens":1}},"id":"c","timings":{"prompt_n":2,"prompt_ms":1,"predicted_n":4,"predicted_ms":2}}\n\n`,
+  ]),
+  'data: [DONE]\n\n',
+].join('');
+
+t.test('a streamed prompt array: every prompt\'s usage is summed, however the stream is cut (regression)', async (t) => {
+  const body = Buffer.from(PROMPT_ARRAY_STREAM);
+  for (const [how, at] of [['whole', []], ['every byte', Array.from({ length: body.length - 1 }, (_, i) => i + 1)], ['random', cuts(body.length, 11, 90)]] as [string, number[]][]) {
+    const r = run('completions', cut(body, at), false);
+    t.same([r.ex.promptTokens, r.ex.cachedTokens, r.ex.completionTokens, r.ex.usageEvents, r.ex.contentEvents], [3 + 4 + 5, 3, 12, 3, 6], how);
+  }
+});
+
+t.test("llama-server's own error event at a 200 stream's end marks the exchange (regression)", async (t) => {
+  const first = recordings['chat-stream']!.chunks[0]!.toString('utf8');
+  const openai = `${first}data: {"error":{"code":500,"message":"The model produced output that does not match the expected peg-native format","type":"server_error"}}\n\n`;
+  const anthropic = 'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" x"}}\n\nevent: error\ndata: {"code":500,"message":"The model produced output that does not match the expected peg-native format","type":"server_error"}\n\n';
+  for (const [kind, text] of [['chat', openai], ['responses', openai], ['messages', anthropic]] as [RouteKind, string][]) {
+    const body = Buffer.from(text);
+    for (const at of [[], [body.length - 20], [body.length - 1], cuts(body.length, 5, 40)]) {
+      const r = run(kind, cut(body, at), false);
+      t.equal(r.ex.broken, 'error', `${kind}: cut at ${at.length} places`);
+      t.equal(r.out, text, 'the error event itself reaches the client unchanged');
+    }
+  }
+  // Content that merely mentions an error, and ordinary endings, are not errors.
+  for (const [kind, name] of [['chat', 'chat-stream'], ['completions', 'completions-stream'], ['messages', 'messages-anthropic-stream'], ['responses', 'responses-stream']] as [RouteKind, string][]) {
+    t.equal(run(kind, recordings[name]!.chunks, false).ex.broken, null, `${name}: ok`);
+  }
+  const mention = 'data: {"choices":[{"delta":{"content":"{\\"error\\":{\\"code\\":500}}"}}]}\n\n';
+  t.equal(run('chat', [Buffer.from(mention)], false).ex.broken, null, 'an error in content (no [DONE] yet) is content');
+  t.equal(run('responses', [Buffer.from('event: response.completed\ndata: {"type":"response.completed","response":{"error":null,"usage":{"input_tokens":1,"output_tokens":1}}}\n\n')], false).ex.broken, null, '"error": null is no error');
+});
+
+t.test('usage is read from where each API puts it in an event, never from content', async (t) => {
+  // Anthropic: a content_block_start whose tool input holds "usage" at the top of that object.
+  const spoof = 'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"f","input":{"usage":{"input_tokens":0}}},"usage":{"input_tokens":0,"output_tokens":0}}\n\n';
+  const body = Buffer.concat([...recordings['messages-anthropic-stream']!.chunks.slice(0, 1), Buffer.from(spoof), ...recordings['messages-anthropic-stream']!.chunks.slice(1)]);
+  const r = run('messages', [body], false);
+  t.same([r.ex.promptTokens, r.ex.completionTokens], [29, 4], 'message_start and message_delta only');
+});

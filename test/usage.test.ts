@@ -13,7 +13,7 @@ import { AuditLog } from '../src/lib/audit-log.js';
 import { KeyRegistry } from '../src/lib/key-registry.js';
 import { KeyStore } from '../src/lib/key-store.js';
 import { usageFilter } from '../src/lib/period.js';
-import { findUsage, withIncludeUsage } from '../src/lib/usage.js';
+import { withIncludeUsage, type UsageRecord } from '../src/lib/usage.js';
 import { recordings } from './fixtures/fake-llama.js';
 import { AUTH_A, KEY_A, KEY_B, chatBody, recordedBody, request, sleep, startGateway, withoutUsageChunk, within, type Gateway } from './helpers.js';
 
@@ -134,10 +134,9 @@ t.test('include_usage is spliced in, keeping the rest of the body', async (t) =>
   t.same(JSON.parse(out.toString()), { model: 'm', stream: true, messages: [{ role: 'user', content: 'é}' }], stream_options: { include_usage: true } });
   const other = withIncludeUsage(Buffer.from('{"stream":true,"stream_options":{"include_usage":false,"x":1}}'), { stream: true, stream_options: { include_usage: false, x: 1 } });
   t.same(JSON.parse(other.toString()), { stream: true, stream_options: { include_usage: true, x: 1 } });
-  t.same(findUsage('{"a":{"usage":1},"usage" : {"prompt_tokens":3,"d":{"x":1}},"z":2}'), { prompt_tokens: 3, d: { x: 1 } }, 'finds the usage object, skipping a non-object "usage"');
 });
 
-t.test('an abandoned stream: client_closed, completion tokens estimated from delivered chunks, upstream cancelled', async (t) => {
+t.test('an abandoned stream: client_closed, prompt counted by llama-server, completion tokens from delivered chunks, upstream cancelled (regression #12)', async (t) => {
   const s = await setup(t, {}, { chunkDelayMs: 60, extraContentChunks: 100 });
   await new Promise<void>((resolve, reject) => {
     const req = http.request({ host: '127.0.0.1', port: s.gw.port, method: 'POST', path: '/v1/chat/completions', headers: AUTH_A }, (res) => {
@@ -160,12 +159,15 @@ t.test('an abandoned stream: client_closed, completion tokens estimated from del
   const rows = await closeAndRead(s);
   t.equal(rows.length, 1);
   const r = rows[0]!;
-  t.match(r, { outcome: 'client_closed', status: 200, streamed: 1, estimated: 1, prompt_tokens: null });
+  t.match(r, { outcome: 'client_closed', status: 200, streamed: 1, estimated: 1, prompt_tokens: 29 });
   t.ok(r.completion_tokens !== null && r.completion_tokens >= 4 && r.completion_tokens < 50, `estimated ${r.completion_tokens} completion tokens from delivered chunks`);
+  const count = s.gw.fake.requests.find((q) => q.url === '/v1/chat/completions/input_tokens');
+  t.ok(count, "the prompt was counted with llama-server's own route");
+  t.equal(count?.body.toString(), chatBody({ stream: true }), "with the client's body");
 });
 
-t.test('a client that leaves before llama-server answers: client_closed, nothing estimated', async (t) => {
-  const s = await setup(t, {}, { headersDelayMs: Infinity });
+t.test('a stream:false client that leaves before llama-server answers: billed its prompt (regression #12)', async (t) => {
+  const s = await setup(t, {}, { headersDelayMs: Infinity, countDelayMs: 0 });
   const req = http.request({ host: '127.0.0.1', port: s.gw.port, method: 'POST', path: '/v1/chat/completions', headers: AUTH_A });
   req.on('error', () => {});
   req.end(chatBody());
@@ -173,7 +175,124 @@ t.test('a client that leaves before llama-server answers: client_closed, nothing
   req.destroy();
   await within(upstream!.closed, 2000, 'upstream closed');
   const rows = await closeAndRead(s);
-  t.match(rows, [{ outcome: 'client_closed', status: 499, streamed: 0, estimated: 0, completion_tokens: null }]);
+  t.match(rows, [{ outcome: 'client_closed', status: 499, streamed: 0, estimated: 1, prompt_tokens: 29, completion_tokens: null }]);
+});
+
+/** The audit log's lines (every record field, `estimate` too), after close. */
+function auditLines(s: Setup): Record<string, unknown>[] {
+  const file = readdirSync(s.dir).find((f) => f.startsWith('audit-'));
+  if (file === undefined) return [];
+  return readFileSync(join(s.dir, file), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+/** Sends `body` to `path` and destroys the request `afterMs` after llama-server received it. */
+async function leaveAfter(s: Setup, path: string, body: string, afterMs: number, upstreamIndex = 0): Promise<void> {
+  const req = http.request({ host: '127.0.0.1', port: s.gw.port, method: 'POST', path, headers: AUTH_A });
+  req.on('error', () => {});
+  req.end(body);
+  const upstream = (await s.gw.fake.waitForRequests(upstreamIndex + 1))[upstreamIndex]!;
+  await sleep(afterMs);
+  req.destroy();
+  await within(upstream.closed, 2000, 'upstream closed');
+}
+
+t.test("a stream:false client that leaves mid-generation: completion tokens timed from llama-server's recent speed, capped by max_tokens (#12)", async (t) => {
+  const s = await setup(t, {}, { countDelayMs: 0 });
+  const records: UsageRecord[] = [];
+  s.gw.app.usage!.onRecord((r) => records.push(r));
+  // One finished answer tells the gateway llama-server's speed (its `timings`).
+  t.equal((await request(s.gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() })).status, 200);
+  s.gw.fake.behavior.headersDelayMs = Infinity;
+  await leaveAfter(s, '/v1/chat/completions', chatBody({ max_tokens: 8 }), 300, 1);
+  await leaveAfter(s, '/v1/chat/completions', chatBody({ max_tokens: 1_000_000 }), 300, 3);
+  const rows = await closeAndRead(s);
+  t.equal(rows.length, 3);
+  t.match(rows[1], { outcome: 'client_closed', streamed: 0, estimated: 1, prompt_tokens: 29, completion_tokens: 8 }, 'capped by max_tokens');
+  const timed = rows[2]!.completion_tokens!;
+  t.ok(timed > 8 && timed < 1_000_000, `timed: ${timed} tokens in ~300 ms at the recorded speed`);
+  t.match(auditLines(s)[1], { estimated: true, estimate: { prompt: 'counted', completion: 'timed' } });
+  t.equal(records.length, 3, 'each record emitted once');
+  t.match(records[1], { promptTokens: 29, completionTokens: 8, estimated: true }, 'listeners (limits, metrics) get the final numbers');
+});
+
+t.test("an error event inside a 200 stream: upstream_error, the prompt counted, relayed tokens estimated (regression #12)", async (t) => {
+  const s = await setup(t, {}, { midStreamError: true });
+  const chat = await request(s.gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true }) });
+  t.equal(chat.status, 200);
+  t.match(chat.text, /data: \{"error":\{"code":500/);
+  const messages = await request(s.gw.port, { path: '/v1/messages', headers: AUTH_A, body: MESSAGES_BODY(true) });
+  t.match(messages.text, /event: error\ndata: \{"code":500/);
+  const rows = await closeAndRead(s);
+  t.match(rows, [
+    { route: '/v1/chat/completions', status: 200, streamed: 1, outcome: 'upstream_error', estimated: 1, prompt_tokens: 29, completion_tokens: (chat.text.match(/"delta":\{"/g) ?? []).length },
+    // Anthropic's message_start reported the prompt: kept; its output count never came.
+    { route: '/v1/messages', status: 200, streamed: 1, outcome: 'upstream_error', estimated: 1, prompt_tokens: 29, completion_tokens: (messages.text.match(/"type":"content_block_delta"/g) ?? []).length },
+  ]);
+  t.match(auditLines(s), [{ estimate: { prompt: 'counted', completion: 'relayed' } }, { estimate: { completion: 'relayed' } }]);
+});
+
+const PROMPTS = ['one two', 'three four five', 'six'];
+// The fake's tokenizer: BOS + one token per word.
+const PROMPT_TOKENS = 3 + 4 + 2;
+
+t.test('a streamed prompt array: every prompt\'s usage is summed (regression #12)', async (t) => {
+  const s = await setup(t);
+  const res = await request(s.gw.port, { path: '/v1/completions', headers: AUTH_A, body: JSON.stringify({ model: 'gpt-oss-20b', prompt: PROMPTS, max_tokens: 5, stream: true }) });
+  t.equal(res.status, 200);
+  t.equal(res.text.match(/"usage"/g)?.length, 3, 'llama-server sent one usage per prompt, all passed on');
+  const rows = await closeAndRead(s);
+  t.match(rows, [{ outcome: 'ok', streamed: 1, estimated: 0, prompt_tokens: PROMPT_TOKENS, completion_tokens: 15, cached_tokens: 0 }]);
+  t.equal(s.gw.fake.requests.length, 1, 'nothing to count: llama-server reported every prompt');
+});
+
+t.test('a non-streamed prompt array: every prompt counted, every choice counted, marked estimated (regression #12)', async (t) => {
+  const s = await setup(t);
+  const res = await request(s.gw.port, { path: '/v1/completions', headers: AUTH_A, body: JSON.stringify({ model: 'gpt-oss-20b', prompt: PROMPTS, max_tokens: 5 }) });
+  t.equal(res.status, 200);
+  const body = JSON.parse(res.text) as { choices: unknown[]; usage: { prompt_tokens: number } };
+  t.equal(body.choices.length, 3);
+  t.equal(body.usage.prompt_tokens, 3, "llama-server's usage is the first prompt's only");
+  const rows = await closeAndRead(s);
+  t.match(rows, [{ outcome: 'ok', streamed: 0, estimated: 1, prompt_tokens: PROMPT_TOKENS, completion_tokens: 15 }]);
+  t.match(auditLines(s)[0], { estimate: { prompt: 'counted', completion: 'retokenized' } });
+  const counts = s.gw.fake.requests.slice(1).map((r) => JSON.parse(r.body.toString()) as unknown);
+  t.same(counts, [...PROMPTS.map((content) => ({ content, add_special: true })), { content: [' tok tok tok tok tok', ' tok tok tok tok tok', ' tok tok tok tok tok'], add_special: false }], 'one /tokenize per prompt, one for the choices');
+  t.ok(s.gw.fake.requests.slice(1).every((r) => r.url === '/tokenize'));
+});
+
+t.test('messages: a tool call whose arguments hold "usage" is not the usage (regression #12)', async (t) => {
+  const spoof = JSON.stringify({
+    id: 'msg_1', type: 'message', role: 'assistant',
+    content: [{ type: 'tool_use', id: 'toolu_1', name: 'bill', input: { usage: { input_tokens: 0, output_tokens: 0, cache_read_input_tokens: 0 } } }],
+    model: 'claude-local', stop_reason: 'tool_use', stop_sequence: null,
+    usage: { cache_read_input_tokens: 3, input_tokens: 500, output_tokens: 40 },
+  });
+  const s = await setup(t, {}, { failWith: { status: 200, body: spoof } });
+  const res = await request(s.gw.port, { path: '/v1/messages', headers: AUTH_A, body: MESSAGES_BODY(false) });
+  t.equal(res.text, spoof);
+  const rows = await closeAndRead(s);
+  t.match(rows, [{ outcome: 'ok', estimated: 0, prompt_tokens: 503, cached_tokens: 3, completion_tokens: 40 }]);
+});
+
+t.test('a count that fails is written without it, marked', async (t) => {
+  const s = await setup(t, {}, { headersDelayMs: Infinity, countFails: true });
+  await leaveAfter(s, '/v1/chat/completions', chatBody(), 50);
+  const rows = await closeAndRead(s);
+  t.match(rows, [{ outcome: 'client_closed', estimated: 1, prompt_tokens: null }]);
+  t.match(auditLines(s)[0], { estimate: { prompt: 'count_failed', completion: 'unknown' } });
+  t.ok(s.gw.logs.some((l) => String(l.msg).includes('token count from llama-server failed')), 'logged');
+});
+
+t.test('shutdown waits for counts still running before the last flush', async (t) => {
+  const s = await setup(t, {}, { headersDelayMs: Infinity, countDelayMs: 300 });
+  await leaveAfter(s, '/v1/responses', JSON.stringify({ model: 'gpt-oss-20b', input: 'Hi', stream: true }), 20);
+  await leaveAfter(s, '/v1/embeddings', JSON.stringify({ model: 'gpt-oss-20b', input: ['a b', 'c'] }), 20, 2);
+  const rows = await closeAndRead(s); // at once: both counts are still waiting upstream
+  t.match(rows, [
+    // Left before llama-server's first byte: no speed known yet to time it by.
+    { route: '/v1/responses', outcome: 'client_closed', estimated: 1, prompt_tokens: 29, completion_tokens: null },
+    { route: '/v1/embeddings', outcome: 'client_closed', estimated: 1, prompt_tokens: 3 + 2, completion_tokens: null },
+  ]);
 });
 
 t.test('refusals and failures are recorded with their outcome', async (t) => {
@@ -190,12 +309,11 @@ t.test('refusals and failures are recorded with their outcome', async (t) => {
   t.same(
     rows.map((r) => [r.status, r.outcome, r.key_name]),
     [
-      [401, 'rejected_auth', null],
       [400, 'rejected_policy', 'env-1'],
       [400, 'upstream_error', 'env-1'],
       [504, 'timeout', 'env-1'],
     ],
-    'health checks and unknown routes are not usage',
+    'health checks, unknown routes and wrong keys are not usage (wrong keys: llm_gateway_auth_failures_total)',
   );
 });
 
@@ -285,7 +403,8 @@ t.test('/metrics: Prometheus text, for a local scraper or the admin key only', a
   t.match(res.headers['content-type'], /^text\/plain; version=0\.0\.4/);
   const text = res.text;
   t.equal(metricValue(text, 'llm_gateway_requests_total', { route: '/v1/chat/completions', status: '200', key: 'env-1' }), 2);
-  t.equal(metricValue(text, 'llm_gateway_requests_total', { route: '/v1/models', status: '401', key: '' }), 1);
+  t.equal(metricValue(text, 'llm_gateway_requests_total', { route: '/v1/models', status: '401', key: '' }), undefined, 'a wrong key is no request series…');
+  t.equal(metricValue(text, 'llm_gateway_auth_failures_total', { reason: 'invalid_key' }), 1, '… but an auth failure');
   t.equal(metricValue(text, 'llm_gateway_tokens_total', { key: 'env-1', model: 'gpt-oss-20b', kind: 'prompt' }), 62);
   t.equal(metricValue(text, 'llm_gateway_tokens_total', { key: 'env-1', model: 'gpt-oss-20b', kind: 'completion' }), 14);
   t.equal(metricValue(text, 'llm_gateway_tokens_total', { key: 'env-1', model: 'gpt-oss-20b', kind: 'cached' }), 40);

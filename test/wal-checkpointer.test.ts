@@ -1,12 +1,13 @@
 // The database's write-ahead log is checkpointed by a worker thread, never inside a write on the
 // gateway's own thread (a disk sync there stalls every stream).
-import { statSync } from 'node:fs';
+import { statSync, symlinkSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
 import t from 'tap';
 import { KeyRegistry } from '../src/lib/key-registry.js';
 import { UsageStore } from '../src/lib/usage-store.js';
 import type { UsageRecord } from '../src/lib/usage.js';
 import { WalCheckpointer, type CheckpointResult } from '../src/lib/wal-checkpointer.js';
-import { KEY_A, startGateway, tempStore, within } from './helpers.js';
+import { KEY_A, sleep, startGateway, tempStore, within } from './helpers.js';
 
 const record = (i: number): UsageRecord => ({
   ts: Date.now(), requestId: `req-${i}`, keyId: 'env-1', keyName: 'env-1', route: '/v1/chat/completions', model: 'm', status: 200,
@@ -65,6 +66,94 @@ t.test('stop() checkpoints once more and ends the worker; a dead worker hands ch
   await broken.stop();
   t.equal(other.db.pragma('wal_autocheckpoint', { simple: true }), 1000, 'the connection checkpoints by itself again');
   t.match(warnings, [/checkpoint worker failed/]);
+});
+
+/** A worker factory whose first `failures` calls throw, as `new Worker` does when the process is out of file descriptors. */
+function failingFirst(failures: number): { calls: () => number; startWorker: (source: string, options: ConstructorParameters<typeof Worker>[1]) => Worker } {
+  let calls = 0;
+  return {
+    calls: () => calls,
+    startWorker: (source, options) => {
+      calls++;
+      if (calls <= failures) throw Object.assign(new Error('EMFILE: too many open files'), { code: 'EMFILE' });
+      return new Worker(source, options);
+    },
+  };
+}
+
+async function until(what: string, check: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
+    await sleep(5);
+  }
+}
+
+t.test('a worker that fails to start is retried with backoff, logged each time; then it takes over again', async (t) => {
+  const keys = tempStore(t);
+  const autoPages = (): number => keys.db.pragma('wal_autocheckpoint', { simple: true }) as number;
+  const warnings: { obj: Record<string, unknown>; msg: string }[] = [];
+  const infos: string[] = [];
+  const factory = failingFirst(3);
+  const checkpointer = new WalCheckpointer(keys.db, keys.path, {
+    everyMs: 20,
+    retryMs: 30,
+    maxRetryMs: 70,
+    log: { warn: (obj, msg) => warnings.push({ obj: obj as Record<string, unknown>, msg }), info: (_obj, msg) => infos.push(msg) },
+    startWorker: factory.startWorker,
+  });
+  t.teardown(() => checkpointer.stop());
+  t.equal(factory.calls(), 1, 'the first start failed');
+  t.equal(autoPages(), 1000, 'meanwhile the connection checkpoints itself');
+
+  await until('the fourth start', () => factory.calls() === 4);
+  await until('the worker takes over', () => autoPages() === 0);
+  t.same(
+    warnings.map((w) => [w.msg, w.obj.attempt, w.obj.retryInMs, (w.obj.err as { message: string }).message]),
+    [
+      ['WAL checkpoint worker failed; the database connection checkpoints itself until a new worker runs', 1, 30, 'EMFILE: too many open files'],
+      ['WAL checkpoint worker failed; the database connection checkpoints itself until a new worker runs', 2, 60, 'EMFILE: too many open files'],
+      ['WAL checkpoint worker failed; the database connection checkpoints itself until a new worker runs', 3, 70, 'EMFILE: too many open files'],
+    ],
+    'each failure logged with its attempt and the next delay (doubling, capped)',
+  );
+
+  // Checkpoints resume: records written now are copied back by the new worker.
+  const store = new UsageStore(keys.db);
+  const next = nextCheckpoint(checkpointer, (r) => r.log > 0);
+  store.insert(Array.from({ length: 100 }, (_, i) => record(i)));
+  const done = await within(next, 5000, 'a checkpoint by the new worker');
+  t.equal(done.checkpointed, done.log, 'every frame copied back');
+  t.match(infos, ['WAL checkpoint worker running again after 3 failed starts']);
+});
+
+t.test('a path the worker cannot open yet: retried until it can, then checkpoints resume', async (t) => {
+  const keys = tempStore(t);
+  const autoPages = (): number => keys.db.pragma('wal_autocheckpoint', { simple: true }) as number;
+  const later = `${keys.path}.later`; // fileMustExist: the worker fails until this link exists
+  const warnings: number[] = [];
+  const checkpointer = new WalCheckpointer(keys.db, later, { everyMs: 20, retryMs: 30, maxRetryMs: 60, log: { warn: (o) => warnings.push((o as { attempt: number }).attempt) } });
+  t.teardown(() => checkpointer.stop());
+  await until('two failed starts', () => warnings.length >= 2);
+  t.equal(autoPages(), 1000, 'meanwhile the connection checkpoints itself');
+  symlinkSync(keys.path, later);
+  await until('the worker takes over', () => autoPages() === 0);
+  const next = nextCheckpoint(checkpointer, (r) => r.log > 0);
+  new UsageStore(keys.db).insert([record(1)]);
+  const done = await within(next, 5000, 'a checkpoint');
+  t.equal(done.checkpointed, done.log);
+  t.same(warnings, warnings.map((_, i) => i + 1), 'attempts counted 1, 2, …');
+});
+
+t.test('stop() during a backoff: no timer left, no new worker', async (t) => {
+  const keys = tempStore(t);
+  const factory = failingFirst(Infinity);
+  const checkpointer = new WalCheckpointer(keys.db, keys.path, { retryMs: 40, log: { warn: () => {} }, startWorker: factory.startWorker });
+  t.equal(factory.calls(), 1);
+  await within(checkpointer.stop(), 1000, 'stop');
+  await sleep(150);
+  t.equal(factory.calls(), 1, 'no retry after stop');
+  t.equal(keys.db.pragma('wal_autocheckpoint', { simple: true }), 1000, 'the connection still checkpoints itself');
 });
 
 t.test('the gateway runs one for its key database and stops it on close', async (t) => {

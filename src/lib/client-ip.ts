@@ -1,8 +1,10 @@
 // The client's address. Behind a Cloudflare Tunnel every request comes from cloudflared on
 // loopback, so the real address is in Cf-Connecting-Ip (or X-Forwarded-For); those headers are
 // believed only with GATEWAY_TRUST_PROXY=on and only from a loopback peer (anyone else could send
-// them to dodge the failed-auth brake or fake the audit log).
+// them to dodge the failed-auth brake or fake the audit log). A header value that is not an IP
+// address is ignored (it would otherwise become a brake key and a record field of any size).
 import type { FastifyRequest } from 'fastify';
+import { forwardedIp } from './client-input.js';
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', '::ffff:127.0.0.1']);
 
@@ -14,8 +16,15 @@ export function clientIp(request: FastifyRequest, trustProxy: boolean): string {
   const peer = request.socket.remoteAddress ?? '';
   if (!trustProxy || !isLoopback(peer)) return peer;
   const cf = request.headers['cf-connecting-ip'];
-  if (typeof cf === 'string' && cf !== '') return cf.trim();
+  if (typeof cf === 'string' && cf !== '') {
+    const ip = forwardedIp(cf);
+    if (ip !== undefined) return ip;
+  }
   const xff = request.headers['x-forwarded-for'];
-  if (typeof xff === 'string' && xff !== '') return xff.split(',')[0]!.trim();
+  if (typeof xff === 'string' && xff !== '') {
+    const comma = xff.indexOf(',');
+    const ip = forwardedIp(comma < 0 ? xff : xff.slice(0, comma));
+    if (ip !== undefined) return ip;
+  }
   return peer;
 }

@@ -1,6 +1,7 @@
-// The counting store behind per-key limits and the failed-auth brake: fixed windows (a minute
-// aligned to the clock, a UTC day, …) and gauges. A small interface, so a store shared by several
-// gateway processes (Redis) can replace the in-memory one without touching the plugins.
+// The counting store behind per-key limits: fixed windows (a minute aligned to the clock, a UTC
+// day, …) and gauges. A small interface, so a store shared by several gateway processes (Redis) can
+// replace the in-memory one without touching the plugins. (The failed-auth brake keeps its own,
+// bounded memory: auth-brake.ts.)
 
 export interface WindowCount {
   /** the count in the current window */
@@ -17,10 +18,6 @@ export interface CounterStore {
   /** Adds `delta` to gauge `name` (concurrent requests) and returns the new value. */
   adjust(name: string, delta: number): number;
   gauge(name: string): number;
-  /** Marks `name` until `until` (ms since epoch), e.g. a blocked address. */
-  mark(name: string, until: number): void;
-  /** When the mark on `name` ends, or 0 if there is none now. */
-  markedUntil(name: string, now: number): number;
 }
 
 interface Window {
@@ -31,7 +28,6 @@ interface Window {
 export class MemoryCounters implements CounterStore {
   readonly #windows = new Map<string, Window>();
   readonly #gauges = new Map<string, number>();
-  readonly #marks = new Map<string, number>();
 
   add(name: string, windowMs: number, amount: number, now: number): WindowCount {
     const start = Math.floor(now / windowMs) * windowMs;
@@ -61,23 +57,8 @@ export class MemoryCounters implements CounterStore {
     return this.#gauges.get(name) ?? 0;
   }
 
-  mark(name: string, until: number): void {
-    this.#marks.set(name, until);
-  }
-
-  markedUntil(name: string, now: number): number {
-    const until = this.#marks.get(name);
-    if (until === undefined) return 0;
-    if (until <= now) {
-      this.#marks.delete(name);
-      return 0;
-    }
-    return until;
-  }
-
-  /** Forgets windows that started before `now - keepMs`, and ended marks (call from a timer). */
+  /** Forgets windows that started before `now - keepMs` (call from a timer). */
   sweep(now: number, keepMs: number): void {
     for (const [name, w] of this.#windows) if (w.start + keepMs < now) this.#windows.delete(name);
-    for (const [name, until] of this.#marks) if (until <= now) this.#marks.delete(name);
   }
 }

@@ -3,6 +3,10 @@
 // requests running (ties: the key served least recently, i.e. round robin). So a key with 1
 // request is served next to a key with 50, instead of behind all of them as in llama-server's own
 // first-come queue.
+// A key holds at most its share of the slots (`keySlots`; default in the gateway: all but one):
+// a key at its share waits even when a slot is free, so that slot is there at once for another
+// key's request. The queue cannot preempt a running request, so without a share one key could
+// hold every slot for as long as its generations run, and other keys' requests time out here.
 // Bounded (overall and per key) and with a deadline per waiting request.
 
 export class QueueFull extends Error {
@@ -34,11 +38,23 @@ interface Waiter {
   timer: NodeJS.Timeout | undefined;
 }
 
+/** How many slots one key may hold at once: 'auto' = all but one (at least 1), 'all', or a number. */
+export type KeySlots = 'auto' | 'all' | number;
+
+/** One key's share for a slot count (the count changes at run time: llama-server's /props). */
+export function keySlotCap(keySlots: KeySlots, slots: number): number {
+  if (keySlots === 'all') return slots;
+  if (keySlots === 'auto') return Math.max(1, slots - 1);
+  return Math.min(keySlots, slots);
+}
+
 export interface QueueOptions {
   maxInflight: number;
   maxQueue: number;
   maxQueuePerKey: number;
   timeoutMs: number;
+  /** a key's share of the slots (default 'all': no share) */
+  keySlots?: KeySlots;
 }
 
 export interface Ticket {
@@ -52,6 +68,9 @@ export interface Ticket {
 
 export class FairQueue {
   #maxInflight: number;
+  readonly #keySlots: KeySlots;
+  /** keySlotCap(#keySlots, #maxInflight), kept in step with #maxInflight */
+  #keyCap: number;
   readonly #maxQueue: number;
   readonly #maxPerKey: number;
   readonly #timeoutMs: number;
@@ -65,6 +84,8 @@ export class FairQueue {
 
   constructor(opts: QueueOptions) {
     this.#maxInflight = opts.maxInflight;
+    this.#keySlots = opts.keySlots ?? 'all';
+    this.#keyCap = keySlotCap(this.#keySlots, opts.maxInflight);
     this.#maxQueue = opts.maxQueue;
     this.#maxPerKey = opts.maxQueuePerKey;
     this.#timeoutMs = opts.timeoutMs;
@@ -77,7 +98,17 @@ export class FairQueue {
   /** llama-server's slot count changed (read from /props): admit more at once, or fewer from now on. */
   setMaxInflight(n: number): void {
     this.#maxInflight = Math.max(1, n);
+    this.#keyCap = keySlotCap(this.#keySlots, this.#maxInflight);
     this.#dispatch();
+  }
+
+  /** The most slots one key holds at once now (its share of maxInflight). */
+  get keySlots(): number {
+    return this.#keyCap;
+  }
+
+  get maxQueuePerKey(): number {
+    return this.#maxPerKey;
   }
 
   get running(): number {
@@ -94,8 +125,12 @@ export class FairQueue {
 
   /** Asks for a slot for `key`. Throws QueueFull at once; `admitted` rejects with QueueTimeout. */
   enter(key: string): Ticket {
-    if (this.#running < this.#maxInflight && this.#size === 0) {
-      const release = this.#start(key);
+    // A slot is free and this key is under its share: run now. Others may be waiting, but only
+    // keys at their share (#dispatch leaves none else waiting while a slot is free), and this key
+    // is not one of them.
+    const mine = this.#runningByKey.get(key) ?? 0;
+    if (this.#running < this.#maxInflight && mine < this.#keyCap) {
+      const release = this.#start(key, mine);
       let released = false;
       return {
         immediate: true,
@@ -106,8 +141,8 @@ export class FairQueue {
         },
       };
     }
-    const mine = this.#waiting.get(key);
-    if ((mine?.length ?? 0) >= this.#maxPerKey) throw new QueueFull('key');
+    const waiting = this.#waiting.get(key);
+    if ((waiting?.length ?? 0) >= this.#maxPerKey) throw new QueueFull('key');
     if (this.#size >= this.#maxQueue) throw new QueueFull('all');
     let waiter!: Waiter;
     let release: (() => void) | undefined;
@@ -126,9 +161,12 @@ export class FairQueue {
     waiter.timer = setTimeout(() => {
       if (this.#remove(waiter)) waiter.reject(new QueueTimeout());
     }, this.#timeoutMs); // cleared when the waiter leaves the queue in any way
-    if (mine === undefined) this.#waiting.set(key, [waiter]);
-    else mine.push(waiter);
+    if (waiting === undefined) this.#waiting.set(key, [waiter]);
+    else waiting.push(waiter);
     this.#size++;
+    // Not expected (the fast path above takes a free slot this key may use), but never leave a
+    // waiter behind a free slot it may take.
+    if (this.#running < this.#maxInflight) this.#dispatch();
     return {
       immediate: false,
       admitted,
@@ -143,9 +181,10 @@ export class FairQueue {
     };
   }
 
-  #start(key: string): () => void {
+  /** `running`: what the key runs now (its #runningByKey entry, read by the caller). */
+  #start(key: string, running: number): () => void {
     this.#running++;
-    this.#runningByKey.set(key, (this.#runningByKey.get(key) ?? 0) + 1);
+    this.#runningByKey.set(key, running + 1);
     this.#lastStart.set(key, this.#seq++);
     let done = false;
     return () => {
@@ -179,6 +218,7 @@ export class FairQueue {
       let bestLast = Infinity;
       for (const [key, list] of this.#waiting) {
         const running = this.#runningByKey.get(key) ?? 0;
+        if (running >= this.#keyCap) continue; // at its share: waits for one of its own to finish
         const last = this.#lastStart.get(key) ?? -1;
         if (running < bestRunning || (running === bestRunning && last < bestLast)) {
           best = list[0]!;
@@ -186,8 +226,9 @@ export class FairQueue {
           bestLast = last;
         }
       }
-      this.#remove(best!);
-      best!.resolve(this.#start(best!.key));
+      if (best === undefined) return; // every waiting key holds its share; the free slots wait for others
+      this.#remove(best);
+      best.resolve(this.#start(best.key, bestRunning));
     }
   }
 }

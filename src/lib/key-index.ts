@@ -31,6 +31,20 @@ export interface IndexEntry {
   readonly identity: KeyIdentity;
 }
 
+/**
+ * Keys are presented in HTTP headers, which Node reads byte by byte (latin1), while keys are hashed
+ * as UTF-8: a key with a character outside printable ASCII is accepted when configured but a
+ * client can never present it so that it matches. Every place a key comes from refuses those.
+ */
+export function isPrintableAscii(key: string): boolean {
+  return PRINTABLE_ASCII.test(key);
+}
+const PRINTABLE_ASCII = /^[\x21-\x7e]*$/;
+
+/** Said when a key is refused for its characters (never with the key itself). */
+export const KEY_CHARACTERS_REASON =
+  'keys must be printable ASCII (letters, digits and symbols such as - _ . ~): HTTP headers carry a key as bytes while the gateway compares keys as UTF-8 text, so a key with other characters could never match';
+
 export function digestKey(key: string): Buffer {
   return createHash('sha256').update(key, 'utf8').digest();
 }

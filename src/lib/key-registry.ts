@@ -2,7 +2,7 @@
 // the key database, which other processes (the CLI) change. A timer polls SQLite's data_version,
 // a cheap in-memory read, and reloads the index only when another connection committed. It also
 // writes the keys' last-used times in batches, so no request ever touches the disk.
-import { KeyIndex, type IndexEntry, type KeyIdentity } from './key-index.js';
+import { KEY_CHARACTERS_REASON, KeyIndex, isPrintableAscii, type IndexEntry, type KeyIdentity } from './key-index.js';
 import type { KeyStore, StoredKey } from './key-store.js';
 
 export const DEFAULT_POLL_MS = 250;
@@ -25,6 +25,7 @@ function entryOf(k: StoredKey): IndexEntry {
 
 export interface RegistryLog {
   info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
   error(obj: object, msg: string): void;
 }
 
@@ -33,6 +34,8 @@ export class KeyRegistry {
   readonly store: KeyStore | undefined;
   readonly #env: readonly IndexEntry[];
   #lastUsed = new Map<string, number>();
+  /** Names of stored keys left out of the index because they could never match (see reload). */
+  #unusable: string[] = [];
   #timer: NodeJS.Timeout | undefined;
 
   constructor(envKeys: readonly string[], store?: KeyStore) {
@@ -43,8 +46,17 @@ export class KeyRegistry {
 
   /** Rebuilds the index from both sources. */
   reload(): void {
-    const db = this.store === undefined ? [] : this.store.list().map(entryOf);
-    this.index.replace([...this.#env, ...db]);
+    const stored = this.store === undefined ? [] : this.store.list();
+    // The gateway makes its keys itself (sk- + base64url), but a row written from outside could
+    // hold a non-ASCII key, which no client can present: left out, and said (start, tick). Only
+    // the non-secret prefix can be checked; the rest of the key is known by its digest alone.
+    const usable = stored.filter((k) => isPrintableAscii(k.prefix));
+    this.#unusable = usable.length === stored.length ? [] : stored.filter((k) => !isPrintableAscii(k.prefix)).map((k) => k.name);
+    this.index.replace([...this.#env, ...usable.map(entryOf)]);
+  }
+
+  #warnUnusable(log?: RegistryLog): void {
+    if (this.#unusable.length > 0) log?.warn({ keys: this.#unusable }, `stored keys skipped: ${KEY_CHARACTERS_REASON}; rotate them (llm-gateway keys rotate NAME)`);
   }
 
   get size(): number {
@@ -70,6 +82,7 @@ export class KeyRegistry {
       if (this.store.changedElsewhere()) {
         this.reload();
         log?.info({ keys: this.index.size }, 'keys reloaded: the key database changed');
+        this.#warnUnusable(log);
       }
       this.flushLastUsed();
     } catch (err) {
@@ -86,6 +99,7 @@ export class KeyRegistry {
 
   start(log?: RegistryLog, pollMs = DEFAULT_POLL_MS): void {
     if (this.store === undefined || this.#timer !== undefined) return;
+    this.#warnUnusable(log);
     this.#timer = setInterval(() => this.tick(log), pollMs);
     this.#timer.unref();
   }

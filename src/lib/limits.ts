@@ -1,7 +1,10 @@
 // Per-key limits: requests per minute, tokens per minute, tokens per day, concurrent requests.
 // A key's own limits (key database) win; unset ones fall back to the GATEWAY_DEFAULT_* settings.
-// Tokens are llama-server's numbers, added when a request finishes; a request is refused when the
-// key is already at its budget for the window. All counts live in a CounterStore.
+// Tokens are held before a request runs and settled after, the way a card payment is: admission
+// reserves what the request may cost (token-estimate.ts), the usage record replaces the hold with
+// llama-server's real numbers. A request is refused while the key's used + held tokens are at its
+// budget for the window, so concurrent requests overshoot a limit by at most one request's hold.
+// All counts live in a CounterStore.
 import type { CounterStore, WindowCount } from './counters.js';
 import type { KeyIdentity, KeyLimits } from './key-index.js';
 
@@ -30,9 +33,17 @@ export function resetText(ms: number): string {
   return `${s}s`;
 }
 
+interface Hold {
+  readonly keyId: string;
+  readonly tokens: number;
+  readonly at: number;
+}
+
 export class Limits {
   readonly #counters: CounterStore;
   readonly #defaults: KeyLimits;
+  /** the tokens each running request holds, by request id (only requests of keys with a token limit) */
+  readonly #holds = new Map<string, Hold>();
 
   constructor(counters: CounterStore, defaults: KeyLimits = NONE) {
     this.#counters = counters;
@@ -59,8 +70,8 @@ export class Limits {
     };
     return (
       over('requests per minute', l.rpm, () => this.#counters.get(`rpm:${keyId}`, MINUTE_MS, now)) ??
-      over('tokens per minute', l.tpm, () => this.#counters.get(`tpm:${keyId}`, MINUTE_MS, now)) ??
-      over('tokens per day', l.tpd, () => this.#counters.get(`tpd:${keyId}`, DAY_MS, now)) ??
+      over('tokens per minute', l.tpm, () => this.#withHeld(keyId, this.#counters.get(`tpm:${keyId}`, MINUTE_MS, now))) ??
+      over('tokens per day', l.tpd, () => this.#withHeld(keyId, this.#counters.get(`tpd:${keyId}`, DAY_MS, now))) ??
       (l.concurrency !== null && this.#counters.gauge(`active:${keyId}`) >= l.concurrency ? { limit: 'concurrent requests', max: l.concurrency, retryAfter: 1 } : undefined)
     );
   }
@@ -84,6 +95,50 @@ export class Limits {
     this.#counters.add(`tpd:${keyId}`, DAY_MS, tokens, now);
   }
 
+  /** True when the key has a token limit, so its requests hold tokens while they run. */
+  static holdsTokens(l: KeyLimits): boolean {
+    return l.tpm !== null || l.tpd !== null;
+  }
+
+  /** Holds `tokens` for request `requestId` of key `keyId` until settle() (or release()). */
+  reserve(keyId: string, requestId: string, tokens: number, now: number): void {
+    if (tokens <= 0 || this.#holds.has(requestId)) return;
+    this.#holds.set(requestId, { keyId, tokens, at: now });
+    this.#counters.adjust(`held:${keyId}`, tokens);
+  }
+
+  /** The request ended: its hold is replaced by what it really used (tokens as llama-server counted). */
+  settle(keyId: string, requestId: string, used: number, now: number): void {
+    this.release(requestId);
+    this.addTokens(keyId, used, now);
+  }
+
+  /** Gives a request's hold back without counting anything (no usage to settle with). */
+  release(requestId: string): void {
+    const hold = this.#holds.get(requestId);
+    if (hold === undefined) return;
+    this.#holds.delete(requestId);
+    this.#counters.adjust(`held:${hold.keyId}`, -hold.tokens);
+  }
+
+  /** Tokens held now by a key's running requests. */
+  held(keyId: string): number {
+    return this.#counters.gauge(`held:${keyId}`);
+  }
+
+  /**
+   * Forgets holds older than `maxAgeMs` (a request whose record never came: a safety net, not the
+   * way holds end).
+   */
+  sweep(now: number, maxAgeMs: number): void {
+    for (const [requestId, hold] of this.#holds) if (hold.at + maxAgeMs < now) this.release(requestId);
+  }
+
+  #withHeld(keyId: string, c: WindowCount): WindowCount {
+    const held = this.#counters.gauge(`held:${keyId}`);
+    return held === 0 ? c : { count: c.count + held, resetAt: c.resetAt };
+  }
+
   /** OpenAI's x-ratelimit-* headers for a key with limits (tokens: per minute, else per day). */
   headers(keyId: string, l: KeyLimits, now: number): Record<string, string> {
     const out: Record<string, string> = {};
@@ -95,40 +150,11 @@ export class Limits {
     }
     const tokenLimit = l.tpm ?? l.tpd;
     if (tokenLimit !== null) {
-      const c = l.tpm !== null ? this.#counters.get(`tpm:${keyId}`, MINUTE_MS, now) : this.#counters.get(`tpd:${keyId}`, DAY_MS, now);
+      const c = this.#withHeld(keyId, l.tpm !== null ? this.#counters.get(`tpm:${keyId}`, MINUTE_MS, now) : this.#counters.get(`tpd:${keyId}`, DAY_MS, now));
       out['x-ratelimit-limit-tokens'] = String(tokenLimit);
       out['x-ratelimit-remaining-tokens'] = String(Math.max(0, tokenLimit - c.count));
       out['x-ratelimit-reset-tokens'] = resetText(c.resetAt - now);
     }
     return out;
-  }
-}
-
-/** Failed-auth brake: too many failures from one address in a minute blocks it for a while. */
-export class AuthBrake {
-  readonly #counters: CounterStore;
-  readonly #max: number;
-  readonly #blockMs: number;
-
-  constructor(counters: CounterStore, maxPerMinute: number, blockMs: number) {
-    this.#counters = counters;
-    this.#max = maxPerMinute;
-    this.#blockMs = blockMs;
-  }
-
-  /** ms until the address may try again, or 0. */
-  blockedFor(ip: string, now: number): number {
-    const until = this.#counters.markedUntil(`authblock:${ip}`, now);
-    return until === 0 ? 0 : until - now;
-  }
-
-  /** Counts a failure; true when this one started a block. */
-  fail(ip: string, now: number): boolean {
-    const c = this.#counters.add(`authfail:${ip}`, MINUTE_MS, 1, now);
-    if (c.count >= this.#max && this.#counters.markedUntil(`authblock:${ip}`, now) === 0) {
-      this.#counters.mark(`authblock:${ip}`, now + this.#blockMs);
-      return true;
-    }
-    return false;
   }
 }

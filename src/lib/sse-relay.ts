@@ -8,7 +8,13 @@
 // If the upstream stream breaks (llama-server crashed, idle timeout, shutdown), the client gets a
 // final error event in the stream's own dialect and a clean end instead of a hang or a silently
 // truncated answer; OpenAI and Anthropic SDKs raise that event as an API error.
+//
+// llama-server itself reports a failure after the 200 as the stream's last event
+// (`data: {"error":{…}}`, or `event: error` on /v1/messages): when the stream ends, the tap looks
+// at its last event only (the chunks holding the last 8 KiB, kept as references, not copied) and
+// marks the exchange as an upstream error, so that it is not recorded as `ok`.
 import type { Tap } from './relay.js';
+import type { GenerationRates } from './usage-estimate.js';
 import { usageInEvent, type Exchange, type RouteKind } from './usage.js';
 
 export type SseDialect = 'openai' | 'anthropic';
@@ -36,6 +42,9 @@ const CONTENT_MARKER: Partial<Record<RouteKind, Buffer>> = {
 };
 const MAX_CARRY = 1 << 20; // a "partial event" this large is not SSE as llama-server writes it
 const MAX_TEXT = 1 << 20;
+const ERROR = Buffer.from('error');
+/** the last event is looked for in the chunks holding this many bytes at the stream's end */
+const LAST_WINDOW = 8 * 1024;
 
 function count(haystack: Buffer, needle: Buffer): number {
   let n = 0;
@@ -64,9 +73,34 @@ function parse(data: string | undefined): unknown {
   }
 }
 
+/**
+ * True when the last event in `tail` (the end of a stream) is llama-server's error: an `event:
+ * error` line, or data whose top level is an `error` object.
+ */
+export function endsWithError(tail: Buffer): boolean {
+  let end = tail.length;
+  while (end > 0 && (tail[end - 1] === 0x0a || tail[end - 1] === 0x0d)) end--;
+  if (end === 0) return false;
+  const lf = tail.lastIndexOf(EVENT_END, end - 1);
+  const crlf = tail.lastIndexOf('\n\r\n', end - 1);
+  const start = Math.max(lf < 0 ? 0 : lf + 2, crlf < 0 ? 0 : crlf + 3);
+  const event = tail.subarray(start, end);
+  if (!event.includes(ERROR)) return false; // the usual last event ([DONE], a final chunk): no parse
+  const text = event.toString('utf8').replace(/\r/g, '');
+  if (/^event: ?error$/m.test(text)) return true;
+  const data = parse(eventData(text));
+  if (data === null || typeof data !== 'object' || Array.isArray(data)) return false;
+  const error = (data as { error?: unknown }).error;
+  return error !== null && typeof error === 'object' && (data as { choices?: unknown }).choices === undefined;
+}
+
 export class SseTap implements Tap {
   readonly #ex: Exchange;
+  readonly #rates: GenerationRates | null;
   readonly #marker: Buffer | undefined;
+  /** the latest chunks holding at least LAST_WINDOW bytes (references, for a look at the last event) */
+  #tail: Buffer[] = [];
+  #tailBytes = 0;
   /**
    * The unfinished event at the end of what came so far: the pieces as they arrived, not copied
    * (a slow reader of big events would otherwise copy every chunk once more). Looked at, and in
@@ -79,13 +113,18 @@ export class SseTap implements Tap {
   /** the last byte seen was "\n" (an event end can straddle two chunks) */
   #lastNewline = false;
 
-  constructor(exchange: Exchange) {
+  constructor(exchange: Exchange, rates: GenerationRates | null = null) {
     this.#ex = exchange;
+    this.#rates = rates;
     this.#marker = CONTENT_MARKER[exchange.kind];
   }
 
   chunk(chunk: Buffer): Buffer | Buffer[] | null {
     if (chunk.length === 0) return null;
+    const tail = this.#tail;
+    tail.push(chunk);
+    this.#tailBytes += chunk.length;
+    while (tail.length > 1 && this.#tailBytes - tail[0]!.length >= LAST_WINDOW) this.#tailBytes -= tail.shift()!.length;
     const strip = this.#ex.stripUsageChunk;
     // Where the first event that ends in this chunk ends (just after its "\n\n").
     let first: number;
@@ -142,6 +181,11 @@ export class SseTap implements Tap {
 
   /** The body ended: an unfinished last event held back for filtering goes out as it is. */
   end(): Buffer | Buffer[] | null {
+    if (this.#tail.length > 0 && this.#ex.broken === null) {
+      if (endsWithError(this.#tail.length === 1 ? this.#tail[0]! : Buffer.concat(this.#tail, this.#tailBytes))) this.#ex.broken = 'error';
+    }
+    this.#tail = [];
+    this.#tailBytes = 0;
     const parts = this.#ex.stripUsageChunk && !this.#skipping ? this.#parts : [];
     this.#parts = [];
     this.#partsBytes = 0;
@@ -199,7 +243,12 @@ export class SseTap implements Tap {
       }
       const data = parse(eventData(event));
       if (ex.text !== null && ex.text.length < MAX_TEXT) ex.text += contentText(ex.kind, data);
-      if (hasUsage) ex.applyUsage(usageInEvent(data));
+      if (hasUsage) {
+        ex.applyUsage(usageInEvent(ex.kind, data));
+        // llama-server's speed rides on the same event (chat, completions): for estimates.
+        const timings = (data as { timings?: unknown } | undefined)?.timings;
+        if (this.#rates !== null && timings !== null && typeof timings === 'object') this.#rates.add(timings);
+      }
       // The usage-only chat chunk ({"choices":[], "usage":…}) that only the gateway asked for.
       const usageOnly = strip && hasUsage && Array.isArray((data as { choices?: unknown } | undefined)?.choices) && (data as { choices: unknown[] }).choices.length === 0;
       if (usageOnly) dropped = true;

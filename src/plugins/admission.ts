@@ -6,12 +6,17 @@
 //   queue    at most maxInflight upstream at once; the rest wait, a free slot going to the key with
 //            the fewest running; bounded per key (429) and overall (503), with a deadline (503).
 //            A client that leaves while waiting leaves the queue and never reaches upstream.
+//            A key runs at most its share of the slots (GATEWAY_KEY_SLOTS); the rest of its
+//            requests wait, and a free slot goes to another key's request at once.
+//   light    token counting and the model list wait in a queue of their own (GATEWAY_LIGHT_SLOTS),
+//            same rules, so they never wait behind generations.
 import type { OutgoingHttpHeaders } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { KEY_QUEUE_FULL, QUEUE_FULL, QUEUE_TIMEOUT, RATE_LIMITED } from '../errors.js';
 import { FairQueue, QueueFull, QueueLeft, type Ticket } from '../lib/fair-queue.js';
 import { Limits } from '../lib/limits.js';
+import { reserveFor } from '../lib/token-estimate.js';
 import { sseErrorEvent } from '../lib/sse-relay.js';
 import type { JsonBody } from './proxy.js';
 
@@ -22,21 +27,33 @@ export const DEFAULT_QUEUE_PING_MS = 15_000;
 
 declare module 'fastify' {
   interface FastifyContextConfig {
-    /** The route's work runs in a llama-server slot: it takes its turn in the fair queue. */
-    queued?: boolean;
+    /**
+     * true: the route's work runs in a llama-server slot, it takes its turn in the fair queue.
+     * 'light': a short call (token counting, model list), queued apart in the light queue.
+     */
+    queued?: boolean | 'light';
   }
 }
 
 export interface AdmissionOptions {
   limits: Limits;
   queue: FairQueue;
+  /** The light calls' own queue (routes with `queued: 'light'`). */
+  lightQueue: FairQueue;
   queueTimeoutMs: number;
   maxQueuePerKey: number;
   /** How often a waiting stream gets a keep-alive comment (and, the first time, its headers). */
   pingMs?: number;
   /** A request whose client left while it waited (for the usage record). */
   onLeftQueue?: (request: FastifyRequest) => void;
+  /** Tokens held for a request's completion when it names no max_tokens (GATEWAY_RESERVE_TOKENS). */
+  reserveTokens: number;
+  /** Usage records settle token holds (GATEWAY_USAGE=on); else a hold ends with its response. */
+  settledByRecords?: boolean;
 }
+
+/** Routes that read a prompt and generate nothing: they hold only their prompt's tokens. */
+const PROMPT_ONLY = new Set(['/v1/embeddings', '/v1/rerank']);
 
 export default fp(
   async function admissionPlugin(app: FastifyInstance, opts: AdmissionOptions) {
@@ -59,13 +76,22 @@ export default fp(
         }
         const end = limits.admit(key.id, now);
         res.once('close', end);
+        // A key with a token limit holds what this request may cost until its usage record
+        // settles it (app.ts); without usage records the hold ends with the response.
+        const body = request.body as JsonBody | undefined;
+        if (Limits.holdsTokens(l) && body !== undefined) {
+          limits.reserve(key.id, request.id, reserveFor(body.raw, body.json, !PROMPT_ONLY.has(request.routeOptions.url ?? ''), opts.reserveTokens), now);
+          if (opts.settledByRecords !== true) res.once('close', () => limits.release(request.id));
+        }
         reply.headers(limits.headers(key.id, l, now));
       }
 
-      if (request.routeOptions.config.queued !== true) return done();
+      const queued = request.routeOptions.config.queued;
+      if (queued === undefined || queued === false) return done();
+      const light = queued === 'light';
       let ticket: Ticket;
       try {
-        ticket = queue.enter(key.id);
+        ticket = (light ? opts.lightQueue : queue).enter(key.id);
       } catch (err) {
         if (!(err instanceof QueueFull)) throw err;
         reply.header('retry-after', String(QUEUE_FULL_RETRY_S));
@@ -75,14 +101,15 @@ export default fp(
       // call gives the slot back (the response finished, or the client left mid-answer).
       res.once('close', ticket.cancel);
       if (ticket.immediate) return done();
-      waitForSlot(request, reply, ticket, key.name).then(() => done(), done);
+      waitForSlot(request, reply, ticket, key.name, light).then(() => done(), done);
     });
 
-    async function waitForSlot(request: FastifyRequest, reply: FastifyReply, ticket: Ticket, keyName: string): Promise<void> {
+    async function waitForSlot(request: FastifyRequest, reply: FastifyReply, ticket: Ticket, keyName: string, light: boolean): Promise<void> {
       const res = reply.raw;
       // A stream that waits long starts early: 200 and SSE headers, then a comment line every
       // pingMs, so proxies (Cloudflare: ~100 s) keep the connection. The proxy then continues it.
-      const streamed = (request.body as JsonBody | undefined)?.json.stream === true;
+      // (Light calls answer JSON even when their body says stream: true.)
+      const streamed = !light && (request.body as JsonBody | undefined)?.json.stream === true;
       const ping = streamed
         ? setInterval(() => {
             if (res.destroyed) return;

@@ -3,7 +3,8 @@
 // (a plain 500 without internals).
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import { GatewayError, ROUTE_NOT_FOUND, SHUTTING_DOWN, fromFastifyError } from '../errors.js';
+import { GatewayError, MISSING_HOST, ROUTE_NOT_FOUND, SHUTTING_DOWN, fromFastifyError } from '../errors.js';
+import { lacksHost } from './malformed-http.js';
 
 const JSON_TYPE = 'application/json; charset=utf-8';
 
@@ -19,7 +20,7 @@ export default fp(
         // Upstream failures are logged where they happen; this one is ours.
         if (!(err instanceof GatewayError)) request.log.error({ err }, 'unhandled error');
       } else if (!(err instanceof GatewayError)) {
-        request.log.info({ code: err.code, statusCode: gatewayError.statusCode }, err.message);
+        request.log.info({ code: err.code, statusCode: gatewayError.statusCode }, gatewayError.message);
       }
       // A 5xx ends the connection only if the reply had already started; otherwise answer.
       if (reply.raw.headersSent) {
@@ -37,9 +38,14 @@ export default fp(
       closing = true;
       done();
     });
-    app.addHook('onRequest', (_request: FastifyRequest, reply: FastifyReply, done: () => void) => {
+    app.addHook('onRequest', (request: FastifyRequest, reply: FastifyReply, done: () => void) => {
       if (closing) {
         sendError(reply, SHUTTING_DOWN);
+        return;
+      }
+      // Node's own bare 400 for this is off (app.ts, requireHostHeader), so that it is answered here.
+      if (lacksHost(request)) {
+        sendError(reply.header('connection', 'close'), MISSING_HOST);
         return;
       }
       done();

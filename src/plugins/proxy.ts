@@ -1,5 +1,10 @@
-// The way to llama-server: one pooled undici connection pool, and `forward()`, which sends a
-// request's bytes upstream and streams the answer back.
+// The way to llama-server: two undici connection pools, and `forward()`, which sends a request's
+// bytes upstream and streams the answer back.
+//   generation pool   generations (chat, completions, embeddings, …): as many connections as the
+//                     fair queue lets run at once; no fixed cap of its own (see the constructor).
+//   light pool        light calls (token counting, the model list) and the gateway's own short
+//                     calls (/props, /health, token counts): at most GATEWAY_LIGHT_SLOTS
+//                     connections, so a burst of them cannot take llama-server's HTTP threads.
 //
 // We call undici directly instead of @fastify/reply-from (DESIGN.md, "Cancellation"): reply-from
 // leaves the upstream request running when the client leaves before upstream headers arrive
@@ -17,7 +22,8 @@ import { copyResponseHeaders, upstreamRequestHeaders } from '../lib/headers.js';
 import { JsonTap } from '../lib/json-tap.js';
 import { relay, type BrokenEnd, type OnBroken } from '../lib/relay.js';
 import { SseTap, sseErrorEvent, type BrokenStream, type SseDialect } from '../lib/sse-relay.js';
-import { Exchange, needsIncludeUsage, withIncludeUsage, type RouteKind } from '../lib/usage.js';
+import { Exchange, needsIncludeUsage, promptsOf, withIncludeUsage, type RouteKind } from '../lib/usage.js';
+import { GenerationRates } from '../lib/usage-estimate.js';
 import type { UsageRecorder } from '../lib/usage-recorder.js';
 
 /** A parsed JSON request body: the bytes as received (forwarded unchanged) and their parse. */
@@ -46,6 +52,9 @@ declare module 'fastify' {
 export type ClientClosed = (request: FastifyRequest, exchange: Exchange) => void;
 
 const noop = (): void => {};
+
+/** Routes whose work is light (counting tokens, listing models): queued apart, sent on the light pool. */
+export const LIGHT_KINDS: ReadonlySet<RouteKind> = new Set<RouteKind>(['count_tokens', 'models']);
 
 export function dialectOf(kind: RouteKind): SseDialect {
   return kind === 'messages' ? 'anthropic' : 'openai';
@@ -82,6 +91,9 @@ function describeBreak(idleTimeoutMs: number, shuttingDown: () => boolean) {
 
 export class Upstream {
   readonly #pool: Pool;
+  readonly #light: Pool;
+  /** GETs in flight, by path: concurrent callers (e.g. a burst of public /health) share one. */
+  readonly #gets = new Map<string, Promise<UpstreamAnswer>>();
   readonly #basePath: string;
   readonly #authorization: string | undefined;
   readonly #headersTimeout: number;
@@ -90,6 +102,8 @@ export class Upstream {
   readonly #usage: UsageRecorder | null;
   readonly #clientClosed: ClientClosed;
   #destroyed = false;
+  /** llama-server's recent speed, read by the taps from its `timings` (for usage estimates) */
+  readonly rates = new GenerationRates();
 
   constructor(config: Config, usage: UsageRecorder | null = null, clientClosed: ClientClosed = noop) {
     this.#usage = usage;
@@ -102,11 +116,28 @@ export class Upstream {
     this.#describeBreak = describeBreak(config.idleTimeoutMs, () => this.#destroyed);
     // One connection per request in flight (HTTP/1.1, no pipelining); kept alive between them.
     // The pool's own timeouts are the defaults for forward(); short calls pass their own.
+    //
+    // No `connections` cap on the generation pool: the fair queue already bounds the requests it
+    // carries to maxInflight, and undici opens a connection only when none is idle, so the pool
+    // never holds more than the most requests that ran at once in the last few seconds
+    // (keep-alive). maxInflight follows llama-server's /props at run time; a pool's cap cannot.
+    // A fixed cap below a later slot count would hold requests the queue admitted in undici's own
+    // queue, unseen (no fairness, no deadline, no keep-alive comments, not in /metrics); one above
+    // it bounds nothing.
     this.#pool = new Pool(url.origin, {
       headersTimeout: config.headersTimeoutMs,
       bodyTimeout: config.idleTimeoutMs,
       connectTimeout: SHORT_CALL_TIMEOUT_MS,
       pipelining: 1,
+    });
+    // Light calls are not bounded by the generation queue (the gateway's own calls by no queue at
+    // all): a hard cap. Calls beyond it wait in undici's queue for a free connection.
+    this.#light = new Pool(url.origin, {
+      headersTimeout: config.headersTimeoutMs,
+      bodyTimeout: config.idleTimeoutMs,
+      connectTimeout: SHORT_CALL_TIMEOUT_MS,
+      pipelining: 1,
+      connections: config.lightSlots,
     });
   }
 
@@ -129,6 +160,12 @@ export class Upstream {
         bytes = withIncludeUsage(body.raw, body.json);
         ex.stripUsageChunk = true;
       }
+      // A /v1/completions prompt array runs one task per prompt; non-streamed, llama-server reports
+      // one prompt's usage, so the body is kept to count every choice (rare).
+      if (kind === 'completions' && body !== undefined && Array.isArray(body.json.prompt)) {
+        ex.prompts = promptsOf(body.json.prompt).length;
+        ex.keepBody = ex.prompts > 1 && body.json.stream !== true;
+      }
       if (this.#usage.logBodies) ex.text = '';
       request.exchange = ex;
       this.#usage.inFlight++;
@@ -148,7 +185,7 @@ export class Upstream {
 
     let answer: Dispatcher.ResponseData;
     try {
-      answer = await this.#pool.request({
+      answer = await (LIGHT_KINDS.has(kind) ? this.#light : this.#pool).request({
         method: request.method as Dispatcher.HttpMethod,
         path: this.#basePath + path,
         headers: upstreamRequestHeaders(request.headers, request.ip, this.#authorization, body !== undefined),
@@ -176,7 +213,7 @@ export class Upstream {
       // The fair queue already started this stream (200 and keep-alive comments while it waited).
       if (ex !== null) ex.streamed = true;
       if (answer.statusCode === 200 && sse) {
-        relay(answer.body, res, 0, null, ex === null ? null : new SseTap(ex), this.#sseBroken[dialect], request);
+        relay(answer.body, res, 0, null, ex === null ? null : new SseTap(ex, this.rates), this.#sseBroken[dialect], request);
         return undefined;
       }
       // Too late for llama-server's status: its error becomes the stream's error event.
@@ -196,10 +233,10 @@ export class Upstream {
       if (ex !== null) ex.streamed = true;
       headers['cache-control'] = 'no-cache';
       headers['x-accel-buffering'] = 'no';
-      relay(answer.body, res, answer.statusCode, headers, ex === null ? null : new SseTap(ex), this.#sseBroken[dialect], request);
+      relay(answer.body, res, answer.statusCode, headers, ex === null ? null : new SseTap(ex, this.rates), this.#sseBroken[dialect], request);
       return undefined;
     }
-    relay(answer.body, res, answer.statusCode, headers, ex === null ? null : new JsonTap(ex), this.#jsonBroken, request);
+    relay(answer.body, res, answer.statusCode, headers, ex === null ? null : new JsonTap(ex, this.rates), this.#jsonBroken, request);
     return undefined;
   }
 
@@ -225,13 +262,33 @@ export class Upstream {
     return timeout ? UPSTREAM_TIMEOUT(this.#idleTimeout, 'GATEWAY_IDLE_TIMEOUT_MS') : UPSTREAM_BAD_RESPONSE;
   };
 
-  /** A short GET to llama-server that the gateway reads itself (health, model list). */
-  async get(path: string): Promise<UpstreamAnswer> {
+  /**
+   * A short GET to llama-server that the gateway reads itself (health, model list, /props), on the
+   * light pool. Concurrent GETs of one path share one upstream call.
+   */
+  get(path: string): Promise<UpstreamAnswer> {
+    let answer = this.#gets.get(path);
+    if (answer === undefined) {
+      answer = this.#short('GET', path, undefined).finally(() => this.#gets.delete(path));
+      this.#gets.set(path, answer);
+    }
+    return answer;
+  }
+
+  /** A short JSON POST to llama-server that the gateway reads itself (token counts), on the light pool. */
+  post(path: string, body: string | Buffer): Promise<UpstreamAnswer> {
+    return this.#short('POST', path, body);
+  }
+
+  async #short(method: 'GET' | 'POST', path: string, body: string | Buffer | undefined): Promise<UpstreamAnswer> {
+    const headers: Record<string, string> = body === undefined ? {} : { 'content-type': 'application/json' };
+    if (this.#authorization !== undefined) headers.authorization = this.#authorization;
     try {
-      const answer = await this.#pool.request({
-        method: 'GET',
+      const answer = await this.#light.request({
+        method,
         path: this.#basePath + path,
-        headers: this.#authorization === undefined ? {} : { authorization: this.#authorization },
+        headers,
+        body,
         headersTimeout: SHORT_CALL_TIMEOUT_MS,
         bodyTimeout: SHORT_CALL_TIMEOUT_MS,
       });
@@ -257,11 +314,11 @@ export class Upstream {
   async destroy(): Promise<void> {
     if (this.#destroyed) return;
     this.#destroyed = true;
-    await this.#pool.destroy();
+    await Promise.all([this.#pool.destroy(), this.#light.destroy()]);
   }
 
-  close(): Promise<void> {
-    return this.#pool.close();
+  async close(): Promise<void> {
+    await Promise.all([this.#pool.close(), this.#light.close()]);
   }
 }
 

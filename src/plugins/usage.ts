@@ -1,10 +1,14 @@
-// One usage record per request in the authenticated scope: proxied ones carry the token numbers
-// their taps read; refused ones (bad key, policy) record who tried what. Records go to the
-// UsageRecorder, which writes them in batches off the request path.
+// One usage record per request in the authenticated scope that names a known key: proxied ones
+// carry the token numbers their taps read; refused ones (disabled or expired key, policy, limits)
+// record who tried what. A request refused without a known key (a wrong key, a blocked address)
+// writes no row — a flood of guesses must not flood the table; /metrics counts them (AuthGuard).
+// Records go to the UsageRecorder, which writes them in batches off the request path.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
+import { MAX_USER_AGENT_LENGTH, loggablePath, recordedModel } from '../lib/client-input.js';
 import { clientIp } from '../lib/client-ip.js';
 import type { Exchange, Outcome, UsageRecord } from '../lib/usage.js';
+import { needOf, type UsageCompleter } from '../lib/usage-completion.js';
 import type { UsageRecorder } from '../lib/usage-recorder.js';
 import type { ClientClosed, JsonBody } from './proxy.js';
 
@@ -32,8 +36,9 @@ export function buildRecord(request: FastifyRequest, status: number, durationMs:
   const body = request.body as JsonBody | undefined;
   let completion = ex?.completionTokens ?? null;
   let estimated = false;
-  if (clientClosed && ex !== null && ex.streamed && completion === null) {
-    // The client left before llama-server reported: count the content chunks it was sent.
+  if (ex !== null && ex.streamed && completion === null && (clientClosed || ex.broken !== null)) {
+    // The stream ended before llama-server reported (the client left, it broke, or llama-server's
+    // own error event ended it): count the content chunks the client was sent.
     completion = ex.contentEvents;
     estimated = true;
   }
@@ -44,8 +49,8 @@ export function buildRecord(request: FastifyRequest, status: number, durationMs:
     requestId: request.id,
     keyId: key?.id ?? null,
     keyName: key?.name ?? null,
-    route: request.routeOptions.url ?? request.url.split('?')[0]!,
-    model: ex?.model ?? (typeof bodyModel === 'string' ? bodyModel : null),
+    route: request.routeOptions.url ?? loggablePath(request.url),
+    model: recordedModel(ex?.model ?? bodyModel),
     status,
     streamed: ex?.streamed ?? false,
     promptTokens: ex?.promptTokens ?? null,
@@ -57,9 +62,10 @@ export function buildRecord(request: FastifyRequest, status: number, durationMs:
     bytesIn: ex?.bytesIn ?? body?.raw.length ?? 0,
     bytesOut: ex?.bytesOut ?? 0,
     clientIp: clientIp(request, trustProxy) || null,
-    userAgent: typeof ua === 'string' ? ua.slice(0, 300) : null,
+    userAgent: typeof ua === 'string' ? ua.slice(0, MAX_USER_AGENT_LENGTH) : null,
     outcome: outcomeOf(status, ex, clientClosed),
   };
+  if (estimated) record.estimate = { completion: 'relayed' };
   if (logBodies) {
     if (body !== undefined) record.requestBody = body.raw.subarray(0, MAX_LOGGED_BODY).toString('utf8');
     if (ex?.text !== null && ex?.text !== undefined) record.responseText = ex.text;
@@ -67,13 +73,26 @@ export function buildRecord(request: FastifyRequest, status: number, durationMs:
   return record;
 }
 
+/**
+ * Writes a proxied request's record: at once when llama-server's numbers are final, else after
+ * the completer has counted what is missing (off the request path; usage-completion.ts). Either way
+ * the record is emitted once, with its final numbers.
+ */
+function emit(recorder: UsageRecorder, completer: UsageCompleter | null, request: FastifyRequest, record: UsageRecord, clientClosed: boolean): void {
+  const ex = request.exchange;
+  const body = request.body as JsonBody | undefined;
+  const need = ex === null || completer === null || body === undefined ? null : needOf(ex, clientClosed);
+  if (need === null || ex === null || completer === null || body === undefined) recorder.record(record);
+  else completer.add(record, ex, need, body.json, body.raw);
+}
+
 /** For the proxy: a client that left mid-request is recorded as client_closed. */
-export function recordClientClosed(recorder: UsageRecorder, trustProxy: boolean): ClientClosed {
+export function recordClientClosed(recorder: UsageRecorder, trustProxy: boolean, completer: UsageCompleter | null = null): ClientClosed {
   return (request, ex) => {
     if (ex.recorded) return;
     ex.recorded = true;
     recorder.inFlight--;
-    recorder.record(buildRecord(request, ex.status || CLIENT_CLOSED_STATUS, performance.now() - ex.startedAt, true, recorder.logBodies, trustProxy));
+    emit(recorder, completer, request, buildRecord(request, ex.status || CLIENT_CLOSED_STATUS, performance.now() - ex.startedAt, true, recorder.logBodies, trustProxy), true);
   };
 }
 
@@ -86,11 +105,12 @@ export function recordLeftQueue(recorder: UsageRecorder, trustProxy: boolean): (
 }
 
 export default fp(
-  async function usagePlugin(app: FastifyInstance, opts: { recorder: UsageRecorder; trustProxy: boolean }) {
+  async function usagePlugin(app: FastifyInstance, opts: { recorder: UsageRecorder; trustProxy: boolean; completer?: UsageCompleter | null }) {
     const { recorder, trustProxy } = opts;
+    const completer = opts.completer ?? null;
     app.addHook('onResponse', (request: FastifyRequest, reply: FastifyReply, done: () => void) => {
-      // Refused before auth because the gateway is shutting down: nobody's usage.
-      if (request.apiKey === null && reply.statusCode === 503) {
+      // No known key (a wrong key, a blocked address, refused while shutting down): nobody's usage.
+      if (request.apiKey === null) {
         done();
         return;
       }
@@ -103,7 +123,7 @@ export default fp(
         ex.recorded = true;
         recorder.inFlight--;
       }
-      recorder.record(buildRecord(request, reply.statusCode, reply.elapsedTime, false, recorder.logBodies, trustProxy));
+      emit(recorder, completer, request, buildRecord(request, reply.statusCode, reply.elapsedTime, false, recorder.logBodies, trustProxy), false);
       done();
     });
   },

@@ -1,15 +1,15 @@
 // The admin API: the `llm-gateway keys` operations as JSON, under /admin. Registered only when
 // GATEWAY_ADMIN_KEY is set; it has its own key check (constant time, never a client key), so a
-// client key gets 401 here. Bodies are validated by JSON schema.
+// client key gets 401 here. A wrong admin key counts in the failed-auth brake like a wrong client
+// key, and a blocked address gets 429 here too. Bodies are validated by JSON schema.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { GatewayError, INVALID_API_KEY, INVALID_JSON } from '../errors.js';
+import { GatewayError, INVALID_JSON } from '../errors.js';
 import { parseExpiry } from '../lib/expiry.js';
 import type { KeyRegistry } from '../lib/key-registry.js';
 import { KeyStoreError, keyJson, type KeyChanges, type KeyLimits, type KeyStore } from '../lib/key-store.js';
 import { groupBy, usageFilter } from '../lib/period.js';
 import type { UsageStore } from '../lib/usage-store.js';
-import { adminKeyCheck } from '../plugins/auth.js';
-import { sendError } from '../plugins/errors.js';
+import { adminKeyCheck, type AuthGuard } from '../plugins/auth.js';
 
 const nullableStrings = { type: ['array', 'null'], items: { type: 'string', minLength: 1, maxLength: 500 }, maxItems: 1000 } as const;
 const nullableLimit = { type: ['integer', 'null'], minimum: 1 } as const;
@@ -74,9 +74,9 @@ const usageQuery = {
   },
 } as const;
 
-export default async function adminRoutes(app: FastifyInstance, opts: { adminKey: string; registry: KeyRegistry; store: KeyStore; usage: UsageStore }): Promise<void> {
+export default async function adminRoutes(app: FastifyInstance, opts: { adminKey: string; guard: AuthGuard; registry: KeyRegistry; store: KeyStore; usage: UsageStore }): Promise<void> {
   const isAdmin = adminKeyCheck(opts.adminKey);
-  const { registry, store, usage } = opts;
+  const { guard, registry, store, usage } = opts;
 
   // JSON bodies; an empty one (curl -X POST -H 'Content-Type: application/json' …/rotate) is no body.
   app.removeContentTypeParser('application/json');
@@ -93,11 +93,9 @@ export default async function adminRoutes(app: FastifyInstance, opts: { adminKey
   });
 
   app.addHook('onRequest', (request: FastifyRequest, reply: FastifyReply, done: () => void) => {
-    if (!isAdmin(request)) {
-      reply.header('www-authenticate', 'Bearer');
-      sendError(reply, INVALID_API_KEY);
-      return;
-    }
+    const ip = guard.address(request);
+    if (guard.refuseBlocked(request, reply, ip)) return;
+    if (!isAdmin(request)) return guard.refuseWrong(request, reply, ip, 'admin');
     done();
   });
 

@@ -6,6 +6,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { BODY_MISSING, MODEL_NOT_FOUND, UPSTREAM_BAD_RESPONSE } from '../errors.js';
 import type { RouteKind } from '../lib/usage.js';
+import { LIGHT_KINDS } from '../plugins/proxy.js';
 
 /** The forwarded POST routes and the API each speaks (where its token numbers are). */
 export const POST_ROUTES: readonly (readonly [string, RouteKind])[] = [
@@ -16,6 +17,9 @@ export const POST_ROUTES: readonly (readonly [string, RouteKind])[] = [
   ['/v1/responses', 'responses'],
   ['/v1/messages', 'messages'],
   ['/v1/messages/count_tokens', 'count_tokens'],
+  // llama-server's token counting for the other two APIs ({"input_tokens":N}); no usage to bill.
+  ['/v1/chat/completions/input_tokens', 'count_tokens'],
+  ['/v1/responses/input_tokens', 'count_tokens'],
 ];
 
 interface ModelEntry {
@@ -51,14 +55,15 @@ export default async function v1Routes(app: FastifyInstance): Promise<void> {
   const upstream = app.upstream;
 
   for (const [path, kind] of POST_ROUTES) {
-    // Generation routes take their turn in the fair queue; counting tokens is cheap and does not.
-    app.post(path, { config: { queued: kind !== 'count_tokens' } }, (request: FastifyRequest, reply: FastifyReply) => {
+    // Generation routes take their turn in the fair queue; counting tokens is cheap and waits in
+    // the light queue, never behind generations.
+    app.post(path, { config: { queued: LIGHT_KINDS.has(kind) ? 'light' : true } }, (request: FastifyRequest, reply: FastifyReply) => {
       if (request.body === undefined) throw BODY_MISSING;
       return upstream.forward(request, reply, path, kind);
     });
   }
 
-  app.get('/v1/models', async (request: FastifyRequest, reply: FastifyReply) => {
+  app.get('/v1/models', { config: { queued: 'light' } }, async (request: FastifyRequest, reply: FastifyReply) => {
     const allowed = request.apiKey?.models;
     if (allowed === null || allowed === undefined) return upstream.forward(request, reply, '/v1/models', 'models');
     // A key kept to certain models sees only those.
@@ -72,7 +77,7 @@ export default async function v1Routes(app: FastifyInstance): Promise<void> {
   });
 
   // llama-server has no /v1/models/{id}; the SDK's models.retrieve() expects one.
-  app.get<{ Params: { id: string } }>('/v1/models/:id', async (request, reply) => {
+  app.get<{ Params: { id: string } }>('/v1/models/:id', { config: { queued: 'light' } }, async (request, reply) => {
     const id = request.params.id;
     const allowed = request.apiKey?.models;
     if (allowed !== null && allowed !== undefined && !allowed.has(id)) throw MODEL_NOT_FOUND(id);
