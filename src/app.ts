@@ -75,9 +75,20 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     http: { requireHostHeader: false },
   });
 
+  // Shutdown order: Fastify runs onClose hooks last-registered first, so what is registered here
+  // first closes last: the WAL checkpointer (a last checkpoint), after the usage recorder (a last
+  // flush), after the usage completer (pending token counts), after the upstream pools.
+  const registry = options.registry ?? new KeyRegistry(config.apiKeys);
+  // The database's write-ahead log is copied back into the file by a worker thread, not inside a
+  // usage or key write on this thread (a disk sync there would stall every stream).
+  if (registry.store !== undefined && registry.store.path !== ':memory:') {
+    const checkpointer = new WalCheckpointer(registry.store.db, registry.store.path, { log: app.log, ...(options.checkpointMs === undefined ? {} : { everyMs: options.checkpointMs }) });
+    app.addHook('onClose', () => checkpointer.stop()); // runs after the usage flush below (onClose hooks run last-registered first)
+    app.decorate('checkpointer', checkpointer);
+  }
+
   // Usage accounting: records written in batches to the key database's usage table and the
   // audit log (GATEWAY_USAGE=off turns it off, and with it the taps on the hot path).
-  const registry = options.registry ?? new KeyRegistry(config.apiKeys);
   const usage = config.usage
     ? new UsageRecorder({
         ...(registry.store === undefined ? {} : { store: new UsageStore(registry.store.db) }),
@@ -88,15 +99,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   app.decorate('usage', usage);
   if (usage !== null) {
     usage.start(app.log, options.usageFlushMs);
-    app.addHook('onClose', () => usage.close()); // runs once every connection is done
-  }
-
-  // The database's write-ahead log is copied back into the file by a worker thread, not inside a
-  // usage or key write on this thread (a disk sync there would stall every stream).
-  if (registry.store !== undefined && registry.store.path !== ':memory:') {
-    const checkpointer = new WalCheckpointer(registry.store.db, registry.store.path, { log: app.log, ...(options.checkpointMs === undefined ? {} : { everyMs: options.checkpointMs }) });
-    app.addHook('onClose', () => checkpointer.stop()); // after the usage flush above; the connection closes later
-    app.decorate('checkpointer', checkpointer);
+    app.addHook('onClose', () => usage.close()); // runs once every connection is done, before the checkpointer's last checkpoint
   }
 
   // Admission: per-key limits count in a CounterStore (in memory for one process); the fair queue

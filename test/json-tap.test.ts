@@ -54,7 +54,7 @@ t.test('a large body: usage at the end is found in the last 16 KiB, with timings
     choices: [{ message: { content: 'w '.repeat(100_000) + '"usage":{"prompt_tokens":0}' } }],
     usage: { completion_tokens: 9000, prompt_tokens: 12, prompt_tokens_details: { cached_tokens: 0 } },
     id: 'z',
-    timings: { prompt_n: 12, prompt_ms: 6, predicted_n: 9000, predicted_ms: 9000 },
+    timings: { prompt_n: 32, prompt_ms: 16, predicted_n: 9000, predicted_ms: 9000 },
   });
   const rates = new GenerationRates();
   t.same(numbers(tap('completions', big, 16_384, rates)), [12, 0, 9000]);

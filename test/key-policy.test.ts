@@ -58,7 +58,8 @@ t.test('models: only the listed ones, by raw request', async (t) => {
   t.equal(none.status, 403, 'a request naming no model would get the default model: refused');
   t.equal((JSON.parse(none.text) as { error: { code: string } }).error.code, 'model_not_allowed');
   const notString = await request(gw.port, { path: '/v1/completions', headers: bearer(key), body: '{"prompt":"x","model":["gpt-oss-20b"]}' });
-  t.equal(notString.status, 403);
+  t.equal(notString.status, 400, 'a model that is not a string is refused for everyone (client-input.ts), before the key policy');
+  t.equal((JSON.parse(notString.text) as { error: { code: string; param: string } }).error.param, 'model');
   t.equal(gw.fake.requests.length, 1, 'refused requests never reached upstream');
 
   // The model list shows only what the key may use; others get 404 for a model they may not use.

@@ -252,12 +252,18 @@ t.test('a non-streamed prompt array: every prompt counted, every choice counted,
   const body = JSON.parse(res.text) as { choices: unknown[]; usage: { prompt_tokens: number } };
   t.equal(body.choices.length, 3);
   t.equal(body.usage.prompt_tokens, 3, "llama-server's usage is the first prompt's only");
+  // Without max_tokens, a choice's "length" is not a known number: its text is counted.
+  t.equal((await request(s.gw.port, { path: '/v1/completions', headers: AUTH_A, body: JSON.stringify({ model: 'gpt-oss-20b', prompt: PROMPTS }) })).status, 200);
   const rows = await closeAndRead(s);
-  t.match(rows, [{ outcome: 'ok', streamed: 0, estimated: 1, prompt_tokens: PROMPT_TOKENS, completion_tokens: 15 }]);
-  t.match(auditLines(s)[0], { estimate: { prompt: 'counted', completion: 'retokenized' } });
-  const counts = s.gw.fake.requests.slice(1).map((r) => JSON.parse(r.body.toString()) as unknown);
-  t.same(counts, [...PROMPTS.map((content) => ({ content, add_special: true })), { content: [' tok tok tok tok tok', ' tok tok tok tok tok', ' tok tok tok tok tok'], add_special: false }], 'one /tokenize per prompt, one for the choices');
-  t.ok(s.gw.fake.requests.slice(1).every((r) => r.url === '/tokenize'));
+  t.match(rows, [
+    { outcome: 'ok', streamed: 0, estimated: 1, prompt_tokens: PROMPT_TOKENS, completion_tokens: 15 },
+    { outcome: 'ok', streamed: 0, estimated: 1, prompt_tokens: PROMPT_TOKENS, completion_tokens: 12 },
+  ]);
+  t.match(auditLines(s), [{ estimate: { prompt: 'counted', completion: 'retokenized' } }, { estimate: { prompt: 'counted', completion: 'retokenized' } }]);
+  const calls = s.gw.fake.requests.filter((r) => r.url === '/tokenize').map((r) => r.body.toString()).sort();
+  const perPrompt = PROMPTS.map((content) => ({ content, add_special: true }));
+  const expected = [...perPrompt, ...perPrompt, { content: [' tok tok tok tok', ' tok tok tok tok', ' tok tok tok tok'], add_special: false }].map((c) => JSON.stringify(c)).sort();
+  t.same(calls, expected, 'one /tokenize per prompt; choices that stopped at max_tokens are that many, the others counted');
 });
 
 t.test('messages: a tool call whose arguments hold "usage" is not the usage (regression #12)', async (t) => {

@@ -4,10 +4,11 @@
 // final event of a stream); the taps hand the latest few here, and the speed is taken over them
 // (tokens over milliseconds, so a long answer weighs more than a 4-token one).
 //
-// The estimate is on the low side on purpose: it counts time until the gateway cut the upstream
-// request, not the up-to-1 s llama-server takes to notice (it polls a closed socket about once a
-// second for non-streamed requests), and it charges the whole prompt at prompt speed even when
-// part of it came from llama-server's cache.
+// The estimate leans low on purpose: it counts time until the gateway cut the upstream request,
+// not the up-to-1 s llama-server takes to notice (it polls a closed socket about once a second for
+// non-streamed requests), and it charges the whole prompt at prompt speed even when part of it came
+// from llama-server's cache. Until a prompt of some length has been timed, no prompt time is
+// taken off (the generation time is then the whole time, capped by max_tokens).
 
 /** llama-server's `timings` object (the fields used here). */
 interface Timings {
@@ -19,6 +20,11 @@ interface Timings {
 
 /** How many recent `timings` the speed is taken over. */
 const KEEP = 16;
+/**
+ * Prompt speed is taken only from prompts at least this long: a few tokens measure the fixed cost
+ * of a batch, not the speed (a cold 2-token prompt read as 9 tokens/s where 400 ran at thousands).
+ */
+const MIN_PROMPT_SAMPLE = 16;
 
 export interface Speeds {
   /** prompt tokens per second, or null when not known yet */
@@ -58,7 +64,7 @@ export class GenerationRates {
       if (t === null || typeof t !== 'object') continue;
       const pn = positive(t.prompt_n);
       const pms = positive(t.prompt_ms);
-      if (pn > 0 && pms > 0) {
+      if (pn >= MIN_PROMPT_SAMPLE && pms > 0) {
         promptN += pn;
         promptMs += pms;
       }

@@ -50,8 +50,9 @@ export interface UsageEstimate {
   prompt?: 'counted' | 'count_failed';
   /**
    * relayed: a stream's content events sent to the client (one per token); timed: a non-streamed
-   * answer's generation time × llama-server's recent speed, capped by max_tokens; retokenized: the
-   * choices' text counted with /tokenize; unknown: none of these could be had.
+   * answer's generation time × llama-server's recent speed, capped by max_tokens; retokenized: a
+   * prompt array's choices: max_tokens for each that stopped there, the others' text counted with
+   * /tokenize; unknown: none of these could be had.
    */
   completion?: 'relayed' | 'timed' | 'retokenized' | 'unknown';
 }

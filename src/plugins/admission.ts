@@ -66,6 +66,8 @@ export default fp(
       const key = request.apiKey;
       if (key === null) return done();
       const res = reply.raw;
+      const route = request.routeOptions; // a new object on every read (Fastify 5): read once
+      const queued = route.config.queued;
       const l = limits.of(key);
       if (Limits.any(l)) {
         const now = Date.now();
@@ -76,17 +78,16 @@ export default fp(
         }
         const end = limits.admit(key.id, now);
         res.once('close', end);
-        // A key with a token limit holds what this request may cost until its usage record
+        // A key with a token limit holds what this generation may cost until its usage record
         // settles it (app.ts); without usage records the hold ends with the response.
         const body = request.body as JsonBody | undefined;
-        if (Limits.holdsTokens(l) && body !== undefined) {
-          limits.reserve(key.id, request.id, reserveFor(body.raw, body.json, !PROMPT_ONLY.has(request.routeOptions.url ?? ''), opts.reserveTokens), now);
+        if (queued === true && Limits.holdsTokens(l) && body !== undefined) {
+          limits.reserve(key.id, request.id, reserveFor(body.raw, body.json, !PROMPT_ONLY.has(route.url ?? ''), opts.reserveTokens), now);
           if (opts.settledByRecords !== true) res.once('close', () => limits.release(request.id));
         }
         reply.headers(limits.headers(key.id, l, now));
       }
 
-      const queued = request.routeOptions.config.queued;
       if (queued === undefined || queued === false) return done();
       const light = queued === 'light';
       let ticket: Ticket;

@@ -11,7 +11,7 @@ if (!skipTier(t)) {
     const gw = await startRealGateway(t, { defaultTpm: 2000 }, { usageFlushMs: 50 });
     const records: { promptTokens: number | null; completionTokens: number | null; status: number }[] = [];
     gw.app.usage?.onRecord((r) => records.push(r));
-    const body = JSON.stringify({ model: 'gpt-oss-20b', prompt: 'x', max_tokens: 400, stream: true });
+    const body = JSON.stringify({ model: 'gpt-oss-20b', prompt: 'x', max_tokens: 400, temperature: 0, stream: true });
     const hold = reserveFor(Buffer.from(body), JSON.parse(body) as Record<string, unknown>, true, 1024);
     const statuses = await Promise.all(
       Array.from({ length: 20 }, async () => {
