@@ -6,7 +6,7 @@
 //   npx pm2 startup                        # prints the one command that starts PM2 (and them) at boot
 //
 // Everything comes from pm2-config.json next to this file (or the file named by
-// LLM_GATEWAY_PM2_CONFIG), through the code the menu uses (dist/lib/pm2-config.js): the gateway gets
+// LLM_GATEWAY_PM2_CONFIG), through the code the menu uses (dist/cli/stack/pm2-config.js): the gateway gets
 // wait_ready (it calls process.send('ready') once it listens) and a kill_timeout longer than
 // GATEWAY_SHUTDOWN_GRACE_MS; processes with "enabled": false are left out.
 'use strict';
@@ -18,7 +18,7 @@ const configFile = process.env.LLM_GATEWAY_PM2_CONFIG || path.join(__dirname, 'p
 let lib;
 try {
   // dist/ is ES modules; Node.js ≥ 20.19 loads them with require().
-  lib = require('./dist/lib/pm2-config.js');
+  lib = require('./dist/cli/stack/pm2-config.js');
 } catch (err) {
   if (err && err.code === 'MODULE_NOT_FOUND') throw new Error('ecosystem.config.cjs: dist/ is missing; run `npm run build` first');
   if (err && err.code === 'ERR_REQUIRE_ESM') throw new Error(`ecosystem.config.cjs needs Node.js ≥ 20.19 (this is ${process.version}); or use \`npx llm-gateway menu\``);

@@ -3,7 +3,7 @@
 // Interleaved rounds, medians; prints ns per verify for a hit and a miss.
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
-import { KeyIndex, digestKey, envIdentity } from '../dist/lib/key-index.js';
+import { KeyIndex, digestKey, envIdentity } from '../dist/keys/key-index.js';
 
 const ROUNDS = 7;
 const CALLS = 200_000;

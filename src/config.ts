@@ -1,7 +1,7 @@
 // Every setting the gateway reads, declared once. The Config type is derived from this table, the
 // server and (later) the CLI share it, and a bad value stops the process at boot with one line that
 // names the setting (see server.ts).
-import { KEY_CHARACTERS_REASON, isPrintableAscii } from './lib/key-index.js';
+import { KEY_CHARACTERS_REASON, isPrintableAscii } from './keys/key-index.js';
 
 export class ConfigError extends Error {
   constructor(

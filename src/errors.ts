@@ -1,7 +1,7 @@
 // The errors the gateway itself answers with. Clients are OpenAI SDKs, so every one has OpenAI's
 // shape {"error":{"message","type","param","code"}}; upstream (llama-server) errors are passed
 // through untouched instead. A 5xx never carries an internal message.
-import { MAX_ECHOED_LENGTH, MAX_ERROR_DETAIL_LENGTH } from './lib/client-input.js';
+import { MAX_ECHOED_LENGTH, MAX_ERROR_DETAIL_LENGTH } from './http/client-input.js';
 
 export class GatewayError extends Error {
   /** The serialized response body, computed once. */

@@ -3,9 +3,9 @@
 import type { FastifyServerOptions } from 'fastify';
 import { buildApp } from './app.js';
 import { ConfigError, NO_KEYS_MESSAGE, loadConfig, type Config } from './config.js';
-import { KeyRegistry } from './lib/key-registry.js';
-import { BatchedLog } from './lib/log-stream.js';
-import { KeyStore, KeyStoreError } from './lib/key-store.js';
+import { KeyRegistry } from './keys/key-registry.js';
+import { BatchedLog } from './storage/batched-log.js';
+import { KeyStore, KeyStoreError } from './keys/key-store.js';
 import { serializeRequest } from './plugins/request-log.js';
 
 const ENV_FILE = '.env';

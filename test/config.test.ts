@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { ConfigError, SETTINGS, loadConfig } from '../src/config.js';
-import { KeyStore } from '../src/lib/key-store.js';
+import { KeyStore } from '../src/keys/key-store.js';
 import { startFakeLlama } from './fixtures/fake-llama.js';
 import { KEY_A, KEY_B } from './helpers.js';
 

@@ -9,8 +9,8 @@ import { Writable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../src/app.js';
 import { configWith, type Config } from '../src/config.js';
-import { KeyRegistry } from '../src/lib/key-registry.js';
-import { KeyStore } from '../src/lib/key-store.js';
+import { KeyRegistry } from '../src/keys/key-registry.js';
+import { KeyStore } from '../src/keys/key-store.js';
 import { startFakeLlama, type FakeBehavior, type FakeLlama } from './fixtures/fake-llama.js';
 
 export const KEY_A = 'sk-test-alice-0123456789abcdef';

@@ -1,7 +1,7 @@
 // What every `llm-gateway` command shares: its two kinds of error, .env and GATEWAY_DB, and the
 // mapping of errors to exit codes (0 ok, 1 failure, 2 usage).
 import { ConfigError, SETTINGS } from '../config.js';
-import { KeyStoreError } from '../lib/key-store.js';
+import { KeyStoreError } from '../keys/key-store.js';
 
 /** The command was called wrongly: exit 2, with a hint to --help. */
 export class UsageError extends Error {}

@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { NO_KEYS_MESSAGE, type Config } from '../config.js';
-import { KeyStore } from '../lib/key-store.js';
+import { KeyStore } from '../keys/key-store.js';
 import {
   DEFAULT_STACK_FILE,
   DEFAULT_TUNNEL_FILE,
@@ -23,7 +23,7 @@ import {
   tunnelRunName,
   type Finding,
   type StackConfig,
-} from '../lib/pm2-config.js';
+} from './stack/pm2-config.js';
 import { UsageError, run } from './common.js';
 import { Pm2, daemonRunning, defaultPm2Home, formatUptime } from './pm2.js';
 

@@ -1,9 +1,9 @@
 // `llm-gateway keys …`: manage the key database (GATEWAY_DB) directly. A running gateway picks up
 // every change within a second (it polls SQLite's data_version).
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { parseExpiry } from '../lib/expiry.js';
-import { KeyStore, LIMIT_NAMES, keyJson, type KeyChanges, type KeyLimits, type KeyRecord } from '../lib/key-store.js';
-import { UsageStore } from '../lib/usage-store.js';
+import { parseExpiry } from '../keys/expiry.js';
+import { KeyStore, LIMIT_NAMES, keyJson, type KeyChanges, type KeyLimits, type KeyRecord } from '../keys/key-store.js';
+import { UsageStore } from '../usage/store.js';
 import { UsageError, dbPath, run } from './common.js';
 
 const KEYS_HELP = `Usage: llm-gateway keys <action> [options]

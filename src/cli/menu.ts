@@ -22,7 +22,7 @@ import {
   writeDefaultStackConfig,
   type ProcessName,
   type StackConfig,
-} from '../lib/pm2-config.js';
+} from './stack/pm2-config.js';
 import { Failure, UsageError, run } from './common.js';
 import { doctor, formatDoctor } from './doctor.js';
 import { Pm2, defaultPm2Home, formatBytes, formatUptime } from './pm2.js';

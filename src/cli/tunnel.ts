@@ -16,7 +16,7 @@ import {
   tunnelTemplateHelp,
   writeTunnelTemplate,
   type StackConfig,
-} from '../lib/pm2-config.js';
+} from './stack/pm2-config.js';
 import { Failure, UsageError, run } from './common.js';
 
 const TUNNEL_HELP = `Usage: llm-gateway tunnel init [--file PATH] [--config FILE]

@@ -1,9 +1,9 @@
 // `llm-gateway usage …`: who used how many tokens, from the usage table in GATEWAY_DB. A readable
 // table with totals by default; --csv for billing spreadsheets; --json for scripts.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { openDatabase } from '../lib/db.js';
-import { groupBy, usageFilter } from '../lib/period.js';
-import { UsageStore, type UsageRow } from '../lib/usage-store.js';
+import { openDatabase } from '../storage/db.js';
+import { groupBy, usageFilter } from '../usage/period.js';
+import { UsageStore, type UsageRow } from '../usage/store.js';
 import { UsageError, dbPath, run } from './common.js';
 
 const HELP = `Usage: llm-gateway usage [options]

@@ -14,10 +14,10 @@ import type { OutgoingHttpHeaders } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { KEY_QUEUE_FULL, QUEUE_FULL, QUEUE_TIMEOUT, RATE_LIMITED } from '../errors.js';
-import { FairQueue, QueueFull, QueueLeft, type Ticket } from '../lib/fair-queue.js';
-import { Limits } from '../lib/limits.js';
-import { reserveFor } from '../lib/token-estimate.js';
-import { sseErrorEvent } from '../lib/sse-relay.js';
+import { FairQueue, QueueFull, QueueLeft, type Ticket } from '../admission/fair-queue.js';
+import { Limits } from '../admission/limits.js';
+import { reserveFor } from '../admission/token-estimate.js';
+import { sseErrorEvent } from '../proxy/sse-tap.js';
 import type { JsonBody } from './proxy.js';
 
 const QUEUE_FULL_RETRY_S = 5;

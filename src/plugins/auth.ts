@@ -7,11 +7,11 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { timingSafeEqual } from 'node:crypto';
 import fp from 'fastify-plugin';
 import { AUTH_BRAKE, GatewayError, INVALID_API_KEY, KEY_DISABLED, KEY_EXPIRED, ORIGIN_NOT_ALLOWED } from '../errors.js';
-import type { AuthBrake } from '../lib/auth-brake.js';
-import { clientIp, isLoopback } from '../lib/client-ip.js';
-import { digestKey, type KeyIdentity } from '../lib/key-index.js';
-import type { KeyRegistry } from '../lib/key-registry.js';
-import { CounterFamily } from '../lib/metric-family.js';
+import type { AuthBrake } from '../admission/auth-brake.js';
+import { clientIp, isLoopback } from '../http/client-ip.js';
+import { digestKey, type KeyIdentity } from '../keys/key-index.js';
+import type { KeyRegistry } from '../keys/key-registry.js';
+import { CounterFamily } from '../usage/metric-family.js';
 import { sendError } from './errors.js';
 
 declare module 'fastify' {

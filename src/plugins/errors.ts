@@ -4,7 +4,7 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { GatewayError, MISSING_HOST, ROUTE_NOT_FOUND, SHUTTING_DOWN, fromFastifyError } from '../errors.js';
-import { lacksHost } from './malformed-http.js';
+import { lacksHost } from '../http/malformed-http.js';
 
 const JSON_TYPE = 'application/json; charset=utf-8';
 

@@ -18,13 +18,13 @@ import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { Pool, type Dispatcher } from 'undici';
 import type { Config } from '../config.js';
 import { GatewayError, SHUTTING_DOWN, UPSTREAM_BAD_RESPONSE, UPSTREAM_TIMEOUT, UPSTREAM_UNREACHABLE } from '../errors.js';
-import { copyResponseHeaders, upstreamRequestHeaders } from '../lib/headers.js';
-import { JsonTap } from '../lib/json-tap.js';
-import { relay, type BrokenEnd, type OnBroken } from '../lib/relay.js';
-import { SseTap, sseErrorEvent, type BrokenStream, type SseDialect } from '../lib/sse-relay.js';
-import { Exchange, needsIncludeUsage, promptsOf, withIncludeUsage, type RouteKind } from '../lib/usage.js';
-import { GenerationRates } from '../lib/usage-estimate.js';
-import type { UsageRecorder } from '../lib/usage-recorder.js';
+import { copyResponseHeaders, upstreamRequestHeaders } from '../proxy/headers.js';
+import { JsonTap } from '../proxy/json-tap.js';
+import { relay, type BrokenEnd, type OnBroken } from '../proxy/relay.js';
+import { SseTap, sseErrorEvent, type BrokenStream, type SseDialect } from '../proxy/sse-tap.js';
+import { Exchange, needsIncludeUsage, promptsOf, withIncludeUsage, type RouteKind } from '../usage/exchange.js';
+import { GenerationRates } from '../usage/estimate.js';
+import type { UsageRecorder } from '../usage/recorder.js';
 
 /** A parsed JSON request body: the bytes as received (forwarded unchanged) and their parse. */
 export interface JsonBody {

@@ -4,7 +4,7 @@
 // without its query string (clients put keys there: ?api_key=sk-…) and cut to a sane length.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import { loggablePath } from '../lib/client-input.js';
+import { loggablePath } from '../http/client-input.js';
 
 /**
  * Pino's `req` serializer for the process logger (server.ts), in place of Fastify's, which logs

@@ -5,11 +5,11 @@
 // Records go to the UsageRecorder, which writes them in batches off the request path.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import { MAX_USER_AGENT_LENGTH, loggablePath, recordedModel } from '../lib/client-input.js';
-import { clientIp } from '../lib/client-ip.js';
-import type { Exchange, Outcome, UsageRecord } from '../lib/usage.js';
-import { needOf, type UsageCompleter } from '../lib/usage-completion.js';
-import type { UsageRecorder } from '../lib/usage-recorder.js';
+import { MAX_USER_AGENT_LENGTH, loggablePath, recordedModel } from '../http/client-input.js';
+import { clientIp } from '../http/client-ip.js';
+import type { Exchange, Outcome, UsageRecord } from '../usage/exchange.js';
+import { needOf, type UsageCompleter } from '../usage/completion.js';
+import type { UsageRecorder } from '../usage/recorder.js';
 import type { ClientClosed, JsonBody } from './proxy.js';
 
 const MAX_LOGGED_BODY = 1 << 20;

@@ -4,11 +4,11 @@
 // key, and a blocked address gets 429 here too. Bodies are validated by JSON schema.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { GatewayError, INVALID_JSON } from '../errors.js';
-import { parseExpiry } from '../lib/expiry.js';
-import type { KeyRegistry } from '../lib/key-registry.js';
-import { KeyStoreError, keyJson, type KeyChanges, type KeyLimits, type KeyStore } from '../lib/key-store.js';
-import { groupBy, usageFilter } from '../lib/period.js';
-import type { UsageStore } from '../lib/usage-store.js';
+import { parseExpiry } from '../keys/expiry.js';
+import type { KeyRegistry } from '../keys/key-registry.js';
+import { KeyStoreError, keyJson, type KeyChanges, type KeyLimits, type KeyStore } from '../keys/key-store.js';
+import { groupBy, usageFilter } from '../usage/period.js';
+import type { UsageStore } from '../usage/store.js';
 import { adminKeyCheck, type AuthGuard } from '../plugins/auth.js';
 
 const nullableStrings = { type: ['array', 'null'], items: { type: 'string', minLength: 1, maxLength: 500 }, maxItems: 1000 } as const;

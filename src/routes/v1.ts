@@ -5,7 +5,7 @@
 // can only miss a route, never reach another one upstream, and query strings are dropped.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { BODY_MISSING, MODEL_NOT_FOUND, UPSTREAM_BAD_RESPONSE } from '../errors.js';
-import type { RouteKind } from '../lib/usage.js';
+import type { RouteKind } from '../usage/exchange.js';
 import { LIGHT_KINDS } from '../plugins/proxy.js';
 
 /** The forwarded POST routes and the API each speaks (where its token numbers are). */

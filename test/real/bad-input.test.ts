@@ -4,7 +4,7 @@
 // afterwards. A control case shows what llama-server itself does with the same bytes.
 import type { Test } from 'tap';
 import t from 'tap';
-import { MAX_JSON_DEPTH, MAX_MODEL_LENGTH } from '../../src/lib/client-input.js';
+import { MAX_JSON_DEPTH, MAX_MODEL_LENGTH } from '../../src/http/client-input.js';
 import { AUTH_A, rawExchange, request } from '../helpers.js';
 import { skipTier, startRealGateway, type RealGateway } from './llama.js';
 

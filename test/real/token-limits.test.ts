@@ -3,7 +3,7 @@
 // holds, the key overshoots its limit by at most one request's worth.
 import t from 'tap';
 import { AUTH_A } from '../helpers.js';
-import { reserveFor } from '../../src/lib/token-estimate.js';
+import { reserveFor } from '../../src/admission/token-estimate.js';
 import { skipTier, startRealGateway } from './llama.js';
 
 if (!skipTier(t)) {

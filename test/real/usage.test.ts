@@ -4,7 +4,7 @@
 // on every API are recorded with llama-server's own numbers.
 import http from 'node:http';
 import t from 'tap';
-import type { UsageRecord } from '../../src/lib/usage.js';
+import type { UsageRecord } from '../../src/usage/exchange.js';
 import { AUTH_A } from '../helpers.js';
 import { countTokens, skipTier, startRealGateway, type RealGateway } from './llama.js';
 

@@ -1,0 +1,280 @@
+// Looks at an upstream SSE body on its way to the client (through the relay, chunk by chunk as it
+// arrives, with back-pressure). On the side it reads what usage accounting needs: it counts content
+// events (for an estimate if the client leaves) and parses only the events that carry `"usage"`. It
+// never holds a chunk back, with one exception: when the gateway itself asked llama-server for
+// usage (the client did not), it works at event boundaries so it can drop the usage-only chunk the
+// client did not ask for.
+//
+// If the upstream stream breaks (llama-server crashed, idle timeout, shutdown), the client gets a
+// final error event in the stream's own dialect and a clean end instead of a hang or a silently
+// truncated answer; OpenAI and Anthropic SDKs raise that event as an API error.
+//
+// llama-server itself reports a failure after the 200 as the stream's last event
+// (`data: {"error":{…}}`, or `event: error` on /v1/messages): when the stream ends, the tap looks
+// at its last event only (the chunks holding the last 8 KiB, kept as references, not copied) and
+// marks the exchange as an upstream error, so that it is not recorded as `ok`.
+import type { Tap } from './relay.js';
+import type { GenerationRates } from '../usage/estimate.js';
+import { usageInEvent, type Exchange, type RouteKind } from '../usage/exchange.js';
+
+export type SseDialect = 'openai' | 'anthropic';
+
+export function sseErrorEvent(dialect: SseDialect, message: string, code: string): string {
+  if (dialect === 'anthropic') {
+    return `event: error\ndata: ${JSON.stringify({ type: 'error', error: { type: 'api_error', message } })}\n\n`;
+  }
+  return `data: ${JSON.stringify({ error: { message, type: 'upstream_error', param: null, code } })}\n\n`;
+}
+
+export interface BrokenStream {
+  readonly message: string;
+  readonly code: string;
+}
+
+const EVENT_END = Buffer.from('\n\n');
+const USAGE = Buffer.from('"usage"');
+// One marker per content event (≈ one token) in each API's stream.
+const CONTENT_MARKER: Partial<Record<RouteKind, Buffer>> = {
+  chat: Buffer.from('"delta":{"'),
+  completions: Buffer.from('"finish_reason":null'),
+  messages: Buffer.from('"type":"content_block_delta"'),
+  responses: Buffer.from('"type":"response.output_text.delta"'),
+};
+const MAX_CARRY = 1 << 20; // a "partial event" this large is not SSE as llama-server writes it
+const MAX_TEXT = 1 << 20;
+const ERROR = Buffer.from('error');
+/** the last event is looked for in the chunks holding this many bytes at the stream's end */
+const LAST_WINDOW = 8 * 1024;
+
+function count(haystack: Buffer, needle: Buffer): number {
+  let n = 0;
+  for (let at = haystack.indexOf(needle); at >= 0; at = haystack.indexOf(needle, at + needle.length)) n++;
+  return n;
+}
+
+/** The data of each event in `text` (multi-line data joined with \n). */
+function eventData(event: string): string | undefined {
+  let data: string | undefined;
+  for (const line of event.split('\n')) {
+    if (line.startsWith('data:')) {
+      const value = line.charCodeAt(5) === 0x20 ? line.slice(6) : line.slice(5);
+      data = data === undefined ? value : `${data}\n${value}`;
+    }
+  }
+  return data;
+}
+
+function parse(data: string | undefined): unknown {
+  if (data === undefined || data === '[DONE]') return undefined;
+  try {
+    return JSON.parse(data) as unknown;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * True when the last event in `tail` (the end of a stream) is llama-server's error: an `event:
+ * error` line, or data whose top level is an `error` object.
+ */
+export function endsWithError(tail: Buffer): boolean {
+  let end = tail.length;
+  while (end > 0 && (tail[end - 1] === 0x0a || tail[end - 1] === 0x0d)) end--;
+  if (end === 0) return false;
+  const lf = tail.lastIndexOf(EVENT_END, end - 1);
+  const crlf = tail.lastIndexOf('\n\r\n', end - 1);
+  const start = Math.max(lf < 0 ? 0 : lf + 2, crlf < 0 ? 0 : crlf + 3);
+  const event = tail.subarray(start, end);
+  if (!event.includes(ERROR)) return false; // the usual last event ([DONE], a final chunk): no parse
+  const text = event.toString('utf8').replace(/\r/g, '');
+  if (/^event: ?error$/m.test(text)) return true;
+  const data = parse(eventData(text));
+  if (data === null || typeof data !== 'object' || Array.isArray(data)) return false;
+  const error = (data as { error?: unknown }).error;
+  return error !== null && typeof error === 'object' && (data as { choices?: unknown }).choices === undefined;
+}
+
+export class SseTap implements Tap {
+  readonly #ex: Exchange;
+  readonly #rates: GenerationRates | null;
+  readonly #marker: Buffer | undefined;
+  /** the latest chunks holding at least LAST_WINDOW bytes (references, for a look at the last event) */
+  #tail: Buffer[] = [];
+  #tailBytes = 0;
+  /**
+   * The unfinished event at the end of what came so far: the pieces as they arrived, not copied
+   * (a slow reader of big events would otherwise copy every chunk once more). Looked at, and in
+   * filtering mode sent, once the event is complete.
+   */
+  #parts: Buffer[] = [];
+  #partsBytes = 0;
+  /** an unfinished event too large to hold (not SSE as llama-server writes it): it passes unread */
+  #skipping = false;
+  /** the last byte seen was "\n" (an event end can straddle two chunks) */
+  #lastNewline = false;
+
+  constructor(exchange: Exchange, rates: GenerationRates | null = null) {
+    this.#ex = exchange;
+    this.#rates = rates;
+    this.#marker = CONTENT_MARKER[exchange.kind];
+  }
+
+  chunk(chunk: Buffer): Buffer | Buffer[] | null {
+    if (chunk.length === 0) return null;
+    const tail = this.#tail;
+    tail.push(chunk);
+    this.#tailBytes += chunk.length;
+    while (tail.length > 1 && this.#tailBytes - tail[0]!.length >= LAST_WINDOW) this.#tailBytes -= tail.shift()!.length;
+    const strip = this.#ex.stripUsageChunk;
+    // Where the first event that ends in this chunk ends (just after its "\n\n").
+    let first: number;
+    if (this.#lastNewline && chunk[0] === 0x0a && (this.#partsBytes > 0 || this.#skipping)) first = 1;
+    else {
+      const at = chunk.indexOf(EVENT_END);
+      first = at < 0 ? -1 : at + 2;
+    }
+    this.#lastNewline = chunk[chunk.length - 1] === 0x0a;
+
+    if (first < 0) {
+      // All of it belongs to the unfinished event.
+      if (this.#skipping) return this.#sent(chunk);
+      this.#hold(chunk);
+      if (this.#partsBytes > MAX_CARRY) return this.#sent(this.#giveUp(strip, chunk));
+      return strip ? null : this.#sent(chunk);
+    }
+
+    // Where the last event that ends in this chunk ends. Usually one event per chunk: no second scan.
+    let last = first;
+    if (first < chunk.length - 1) {
+      const at = chunk.lastIndexOf(EVENT_END);
+      if (at + 2 > first) last = at + 2;
+    }
+    const head = first === chunk.length ? chunk : chunk.subarray(0, first);
+    // The event that was unfinished is complete now (or, too large, was passed on unread).
+    let headOut: Buffer;
+    if (this.#skipping) {
+      this.#skipping = false;
+      headOut = head;
+    } else {
+      const event = this.#partsBytes === 0 ? head : Buffer.concat([...this.#parts, head], this.#partsBytes + head.length);
+      headOut = this.#look(event, strip);
+    }
+    this.#parts = [];
+    this.#partsBytes = 0;
+    const middleOut = last > first ? this.#look(chunk.subarray(first, last), strip) : null;
+    let restOut: Buffer | Buffer[] | null = null;
+    if (last < chunk.length) {
+      const rest = chunk.subarray(last);
+      this.#hold(rest);
+      if (this.#partsBytes > MAX_CARRY) restOut = this.#giveUp(strip, rest);
+    }
+    // Unfiltered, the chunk goes on as it came (held pieces were sent when they arrived).
+    if (!strip) return this.#sent(chunk);
+    if (middleOut === null && restOut === null) return headOut.length > 0 ? this.#sent(headOut) : null; // one event: no array
+    const out: Buffer[] = [];
+    if (headOut.length > 0) out.push(headOut);
+    if (middleOut !== null && middleOut.length > 0) out.push(middleOut);
+    if (restOut !== null) out.push(...(Array.isArray(restOut) ? restOut : [restOut]));
+    if (out.length === 0) return null;
+    return this.#sent(out.length === 1 ? out[0]! : out);
+  }
+
+  /** The body ended: an unfinished last event held back for filtering goes out as it is. */
+  end(): Buffer | Buffer[] | null {
+    if (this.#tail.length > 0 && this.#ex.broken === null) {
+      if (endsWithError(this.#tail.length === 1 ? this.#tail[0]! : Buffer.concat(this.#tail, this.#tailBytes))) this.#ex.broken = 'error';
+    }
+    this.#tail = [];
+    this.#tailBytes = 0;
+    const parts = this.#ex.stripUsageChunk && !this.#skipping ? this.#parts : [];
+    this.#parts = [];
+    this.#partsBytes = 0;
+    if (parts.length === 0) return null;
+    return this.#sent(parts.length === 1 ? parts[0]! : parts);
+  }
+
+  #hold(piece: Buffer): void {
+    this.#parts.push(piece);
+    this.#partsBytes += piece.length;
+  }
+
+  /**
+   * An unfinished event over MAX_CARRY: stop holding it. Returns what of it must go now (not yet
+   * counted): all held pieces when filtering, else only the latest (the others went when they came).
+   */
+  #giveUp(strip: boolean, latest: Buffer): Buffer | Buffer[] {
+    const held = this.#parts;
+    this.#parts = [];
+    this.#partsBytes = 0;
+    this.#skipping = true;
+    return strip ? held : latest;
+  }
+
+  #sent<T extends Buffer | Buffer[]>(out: T): T {
+    if (Array.isArray(out)) for (const b of out as Buffer[]) this.#ex.bytesOut += b.length;
+    else this.#ex.bytesOut += (out as Buffer).length;
+    return out;
+  }
+
+  /** Counts and reads the complete events in `region`; returns what of it to send on. */
+  #look(region: Buffer, strip: boolean): Buffer {
+    const ex = this.#ex;
+    const events = this.#marker === undefined ? 0 : count(region, this.#marker);
+    if (events > 0) {
+      if (ex.firstContentAt === 0) ex.firstContentAt = performance.now();
+      ex.contentEvents += events;
+    }
+    if (!region.includes(USAGE) && ex.text === null) return region;
+    return this.#readEvents(ex, region, strip);
+  }
+
+  /** Parses the complete events in `region` for usage (and text); returns what to send on. */
+  #readEvents(ex: Exchange, region: Buffer, strip: boolean): Buffer {
+    const text = region.toString('utf8');
+    const events = text.split('\n\n');
+    let kept = strip ? '' : undefined;
+    let dropped = false;
+    for (let i = 0; i < events.length - 1; i++) {
+      const event = events[i]!;
+      const hasUsage = event.includes('"usage"');
+      if (!hasUsage && ex.text === null) {
+        if (kept !== undefined) kept += `${event}\n\n`;
+        continue;
+      }
+      const data = parse(eventData(event));
+      if (ex.text !== null && ex.text.length < MAX_TEXT) ex.text += contentText(ex.kind, data);
+      if (hasUsage) {
+        ex.applyUsage(usageInEvent(ex.kind, data));
+        // llama-server's speed rides on the same event (chat, completions): for estimates.
+        const timings = (data as { timings?: unknown } | undefined)?.timings;
+        if (this.#rates !== null && timings !== null && typeof timings === 'object') this.#rates.add(timings);
+      }
+      // The usage-only chat chunk ({"choices":[], "usage":…}) that only the gateway asked for.
+      const usageOnly = strip && hasUsage && Array.isArray((data as { choices?: unknown } | undefined)?.choices) && (data as { choices: unknown[] }).choices.length === 0;
+      if (usageOnly) dropped = true;
+      else if (kept !== undefined) kept += `${event}\n\n`;
+    }
+    if (kept === undefined || !dropped) return region;
+    return Buffer.from(kept, 'utf8');
+  }
+}
+
+/** The text a content event adds (only gathered with GATEWAY_LOG_BODIES). */
+function contentText(kind: RouteKind, data: unknown): string {
+  if (data === null || typeof data !== 'object') return '';
+  const o = data as Record<string, unknown>;
+  if (kind === 'chat') {
+    const delta = (o.choices as { delta?: { content?: unknown } }[] | undefined)?.[0]?.delta;
+    return typeof delta?.content === 'string' ? delta.content : '';
+  }
+  if (kind === 'completions') {
+    const t = (o.choices as { text?: unknown }[] | undefined)?.[0]?.text;
+    return typeof t === 'string' ? t : '';
+  }
+  if (kind === 'messages') {
+    const d = o.delta as { text?: unknown } | undefined;
+    return o.type === 'content_block_delta' && typeof d?.text === 'string' ? d.text : '';
+  }
+  if (kind === 'responses') return o.type === 'response.output_text.delta' && typeof o.delta === 'string' ? o.delta : '';
+  return '';
+}

@@ -1,0 +1,104 @@
+// GET /metrics in Prometheus text (prom-client): requests, tokens, durations and time to first
+// token from the usage records, requests in flight, upstream errors, and the process metrics.
+// Only for the admin key or a local scraper: behind a Cloudflare Tunnel every request comes from
+// loopback, so "local" also means no forwarding header (cloudflared adds Cf-Connecting-Ip). A local
+// scrape needs no key, so it is no credential check; any other goes through the failed-auth brake
+// (AuthGuard), like every credential check.
+// Per-key labels use the key's name, never its secret.
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { MAX_MODEL_LENGTH } from '../http/client-input.js';
+import { isLoopback } from '../http/client-ip.js';
+import { CounterFamily, HistogramFamily } from '../usage/metric-family.js';
+import type { FairQueue } from '../admission/fair-queue.js';
+import type { UsageRecord } from '../usage/exchange.js';
+import type { UsageRecorder } from '../usage/recorder.js';
+import { adminKeyCheck, type AuthGuard } from '../plugins/auth.js';
+
+const FORWARDING_HEADERS = ['cf-connecting-ip', 'x-forwarded-for', 'forwarded', 'x-real-ip'];
+// A client with a key picks the "model" string; beyond this many distinct values, label "other".
+const MAX_MODEL_LABELS = 50;
+const DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
+const TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+const STATUS_TEXT = new Map<number, string>();
+function statusText(status: number): string {
+  let text = STATUS_TEXT.get(status);
+  if (text === undefined) STATUS_TEXT.set(status, (text = String(status)));
+  return text;
+}
+
+export function isLocalScrape(request: FastifyRequest): boolean {
+  if (!isLoopback(request.socket.remoteAddress)) return false;
+  for (const h of FORWARDING_HEADERS) if (request.headers[h] !== undefined) return false;
+  return true;
+}
+
+export default async function metricsRoutes(app: FastifyInstance, opts: { recorder: UsageRecorder | null; queue: FairQueue; lightQueue?: FairQueue; adminKey: string; guard: AuthGuard }): Promise<void> {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  // The request path's numbers: plain counters rendered at scrape time (metric-family.ts).
+  const requests = new CounterFamily('llm_gateway_requests_total', 'Requests answered, by route, status and key', ['route', 'status', 'key']);
+  const tokens = new CounterFamily('llm_gateway_tokens_total', 'Tokens as reported by llama-server, by key, model and kind (prompt, cached, completion)', ['key', 'model', 'kind']);
+  const duration = new HistogramFamily('llm_gateway_request_duration_seconds', 'Request duration, by route', ['route'], DURATION_BUCKETS);
+  const ttft = new HistogramFamily('llm_gateway_time_to_first_token_seconds', 'Time from forwarding to the first content chunk of a stream, by route', ['route'], TTFT_BUCKETS);
+  const upstreamErrors = new CounterFamily('llm_gateway_upstream_errors_total', 'Requests that failed because of llama-server (unreachable, error, timeout, broken stream)', ['route', 'outcome']);
+  const clientClosed = new CounterFamily('llm_gateway_client_closed_total', 'Requests whose client left before the answer was complete (upstream cancelled)', ['route']);
+  const guard = opts.guard;
+  const families = [requests, tokens, duration, ttft, upstreamErrors, clientClosed, guard.failures];
+  const recorder = opts.recorder;
+  new Gauge({ name: 'llm_gateway_requests_in_flight', help: 'Requests being answered by llama-server now', registers: [registry], collect() { this.set(recorder?.inFlight ?? 0); } });
+  const queue = opts.queue;
+  new Gauge({ name: 'llm_gateway_requests_waiting', help: 'Requests waiting in the gateway for a llama-server slot', registers: [registry], collect() { this.set(queue.waiting); } });
+  new Gauge({ name: 'llm_gateway_slots', help: 'Requests the gateway lets run upstream at once (llama-server slots)', registers: [registry], collect() { this.set(queue.maxInflight); } });
+  new Gauge({ name: 'llm_gateway_key_slots', help: 'Most slots one key holds at once (GATEWAY_KEY_SLOTS); its other requests wait', registers: [registry], collect() { this.set(queue.keySlots); } });
+  const light = opts.lightQueue;
+  if (light !== undefined) {
+    new Gauge({ name: 'llm_gateway_light_requests_waiting', help: 'Light calls (token counting, model list) waiting for a light slot', registers: [registry], collect() { this.set(light.waiting); } });
+    new Gauge({ name: 'llm_gateway_light_requests_running', help: 'Light calls being answered by llama-server now', registers: [registry], collect() { this.set(light.running); } });
+    new Gauge({ name: 'llm_gateway_light_slots', help: 'Light calls the gateway lets run upstream at once (GATEWAY_LIGHT_SLOTS)', registers: [registry], collect() { this.set(light.maxInflight); } });
+  }
+
+  const models = new Set<string>();
+  const modelLabel = (model: string | null): string => {
+    if (model === null) return '';
+    // Records hold capped models already; a label is capped again, whatever feeds it.
+    const m = model.length > MAX_MODEL_LENGTH ? model.slice(0, MAX_MODEL_LENGTH) : model;
+    if (models.has(m)) return m;
+    if (models.size >= MAX_MODEL_LABELS) return 'other';
+    models.add(m);
+    return m;
+  };
+
+  recorder?.onRecord((r: UsageRecord) => {
+    const key = r.keyName ?? '';
+    const route = r.route;
+    requests.inc(1, route, statusText(r.status), key);
+    duration.observe(r.durationMs / 1000, route);
+    if (r.ttftMs !== null) ttft.observe(r.ttftMs / 1000, route);
+    if (r.promptTokens !== null || r.cachedTokens !== null || r.completionTokens !== null) {
+      const model = modelLabel(r.model);
+      if (r.promptTokens !== null) tokens.inc(r.promptTokens, key, model, 'prompt');
+      if (r.cachedTokens !== null) tokens.inc(r.cachedTokens, key, model, 'cached');
+      if (r.completionTokens !== null) tokens.inc(r.completionTokens, key, model, 'completion');
+    }
+    if (r.outcome === 'upstream_error' || r.outcome === 'timeout') upstreamErrors.inc(1, route, r.outcome);
+    if (r.outcome === 'client_closed') clientClosed.inc(1, route);
+  });
+
+  const isAdmin = adminKeyCheck(opts.adminKey);
+  app.get('/metrics', async (request: FastifyRequest, reply: FastifyReply) => {
+    if (!isLocalScrape(request)) {
+      const ip = guard.address(request);
+      if (guard.refuseBlocked(request, reply, ip)) return reply;
+      if (!isAdmin(request)) {
+        guard.refuseWrong(request, reply, ip, 'admin');
+        return reply;
+      }
+    }
+    let text = await registry.metrics();
+    if (!text.endsWith('\n')) text += '\n';
+    for (const family of families) text += family.render();
+    return reply.header('content-type', registry.contentType).send(text);
+  });
+}
