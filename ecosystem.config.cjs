@@ -6,30 +6,33 @@
 //   npx pm2 startup                        # prints the one command that starts PM2 (and them) at boot
 //
 // Everything comes from pm2-config.json next to this file (or the file named by
-// LLM_GATEWAY_PM2_CONFIG), through the code the menu uses (dist/cli/stack/pm2-config.js): the gateway gets
-// wait_ready (it calls process.send('ready') once it listens) and a kill_timeout longer than
-// GATEWAY_SHUTDOWN_GRACE_MS; processes with "enabled": false are left out.
+// LLM_GATEWAY_PM2_CONFIG), through the code the menu uses (dist/cli/stack/pm2-apps.js and
+// pm2-config.js): the gateway gets wait_ready (it calls process.send('ready') once it listens) and
+// a kill_timeout longer than GATEWAY_SHUTDOWN_GRACE_MS; processes with "enabled": false are left out.
 'use strict';
 
 const path = require('node:path');
 
 const configFile = process.env.LLM_GATEWAY_PM2_CONFIG || path.join(__dirname, 'pm2-config.json');
 
-let lib;
+let pm2Apps;
+let stackFile;
 try {
   // dist/ is ES modules; Node.js ≥ 20.19 loads them with require().
-  lib = require('./dist/cli/stack/pm2-config.js');
+  pm2Apps = require('./dist/cli/stack/pm2-apps.js');
+  stackFile = require('./dist/cli/stack/pm2-config.js');
 } catch (err) {
   if (err && err.code === 'MODULE_NOT_FOUND') throw new Error('ecosystem.config.cjs: dist/ is missing; run `npm run build` first');
-  if (err && err.code === 'ERR_REQUIRE_ESM') throw new Error(`ecosystem.config.cjs needs Node.js ≥ 20.19 (this is ${process.version}); or use \`npx llm-gateway menu\``);
+  if (err && err.code === 'ERR_REQUIRE_ESM')
+    throw new Error(`ecosystem.config.cjs needs Node.js ≥ 20.19 (this is ${process.version}); or use \`npx llm-gateway menu\``);
   throw err;
 }
 
 let apps;
 try {
-  apps = lib.ecosystemApps(configFile, process.env);
+  apps = pm2Apps.ecosystemApps(configFile, process.env);
 } catch (err) {
-  if (err instanceof lib.StackConfigError) {
+  if (err instanceof stackFile.StackConfigError) {
     throw new Error(`ecosystem.config.cjs: ${err.file}:\n  - ${err.problems.join('\n  - ')}`);
   }
   throw err;

@@ -41,7 +41,9 @@ for (let r = 0; r < ROUNDS; r++) {
     results.get(s.n).miss.push(measure(s.index, s.misses).ns);
   }
 }
-console.log(`auth cost per request (KeyIndex.verify: sha256 + Map lookup + timingSafeEqual); ${os.cpus()[0]?.model}, ${os.cpus().length} cores, Node ${process.version}`);
+console.log(
+  `auth cost per request (KeyIndex.verify: sha256 + Map lookup + timingSafeEqual); ${os.cpus()[0]?.model}, ${os.cpus().length} cores, Node ${process.version}`,
+);
 console.log(`| keys | valid key, ns (median of ${ROUNDS}) | unknown key, ns |`);
 console.log('|---:|---:|---:|');
 for (const n of sizes) console.log(`| ${n} | ${median(results.get(n).hit).toFixed(0)} | ${median(results.get(n).miss).toFixed(0)} |`);

@@ -15,7 +15,24 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { firstJsonLine, runStreamClient, SHORT_STREAM_BODY, SMALL_BODY, freePort, gatewayEnv, killAllSync, median, runWrk, setPinning, startProcess, stopAll, treeCpuSeconds, waitHttp, withNoise, wrkScript } from './lib.mjs';
+import {
+  firstJsonLine,
+  runStreamClient,
+  SHORT_STREAM_BODY,
+  SMALL_BODY,
+  freePort,
+  gatewayEnv,
+  killAllSync,
+  median,
+  runWrk,
+  setPinning,
+  startProcess,
+  stopAll,
+  treeCpuSeconds,
+  waitHttp,
+  withNoise,
+  wrkScript,
+} from './lib.mjs';
 
 const BENCH = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -36,7 +53,12 @@ const SSE = args.includes('--sse') ? (args.splice(args.indexOf('--sse'), 1), tru
 const builds = args.map((a) => {
   const [name, spec] = a.split('=');
   const [dir, level, extra] = spec.split(':');
-  const env = Object.fromEntries((extra ?? '').split(',').filter(Boolean).map((kv) => kv.split('=')));
+  const env = Object.fromEntries(
+    (extra ?? '')
+      .split(',')
+      .filter(Boolean)
+      .map((kv) => kv.split('=')),
+  );
   return { name, dir: resolve(dir), level: level || LOG, env };
 });
 if (builds.length === 0) {
@@ -58,7 +80,10 @@ try {
     if (b.dir.endsWith('/bare') || b.dir.endsWith('/bare-pipe') || b.dir.endsWith('/fastify')) {
       const mode = b.dir.endsWith('/bare-pipe') ? 'pipe' : 'pipeline';
       const script = b.dir.endsWith('/fastify') ? 'fastify-proxy.mjs' : 'bare-proxy.mjs';
-      b.proc = startProcess(b.name, process.execPath, [join(BENCH, script)], { cpu: 0, env: { ...process.env, UPSTREAM: `http://127.0.0.1:${upPort}`, KEY: key, BARE_MODE: mode } });
+      b.proc = startProcess(b.name, process.execPath, [join(BENCH, script)], {
+        cpu: 0,
+        env: { ...process.env, UPSTREAM: `http://127.0.0.1:${upPort}`, KEY: key, BARE_MODE: mode },
+      });
       const { port } = await firstJsonLine(b.proc);
       b.url = `http://127.0.0.1:${port}`;
       continue;
@@ -99,7 +124,15 @@ async function wrkAB(sse) {
         for (let attempt = 0; attempt < 3; attempt++) {
           // Another process on the machine (a test run) spoils a run: repeat it, keep the quietest.
           const cpu0 = treeCpuSeconds(b.proc.pid);
-          const { result: m, otherCores } = await withNoise(() => runWrk({ url: `${b.url}${s.path}`, script: s.script, connections: s.c, seconds: s.c === 1 ? Math.max(1, SECONDS / 2) : SECONDS, cpu: 1 }));
+          const { result: m, otherCores } = await withNoise(() =>
+            runWrk({
+              url: `${b.url}${s.path}`,
+              script: s.script,
+              connections: s.c,
+              seconds: s.c === 1 ? Math.max(1, SECONDS / 2) : SECONDS,
+              cpu: 1,
+            }),
+          );
           const cpu = treeCpuSeconds(b.proc.pid) - cpu0;
           if (m.errors) throw new Error(`${b.name} ${s.id}: ${m.errors} errors`);
           const x = { rps: m.rps, p50: m.p50, p99: m.p99, cpuUs: (cpu / m.requests) * 1e6, noise: otherCores };
@@ -114,7 +147,16 @@ async function wrkAB(sse) {
   const base = builds[0].name;
   for (const s of scenarios) {
     console.log(`\n${s.id}`);
-    console.log('build'.padEnd(16), 'req/s'.padStart(8), 'vs base'.padStart(8), 'CPU µs/req'.padStart(11), 'vs base'.padStart(8), 'p50 µs'.padStart(8), 'p99 µs'.padStart(8), 'noise'.padStart(6));
+    console.log(
+      'build'.padEnd(16),
+      'req/s'.padStart(8),
+      'vs base'.padStart(8),
+      'CPU µs/req'.padStart(11),
+      'vs base'.padStart(8),
+      'p50 µs'.padStart(8),
+      'p99 µs'.padStart(8),
+      'noise'.padStart(6),
+    );
     const med = (n, k) => median(res[s.id][n].map((x) => x[k]));
     for (const b of builds) {
       console.log(
@@ -125,7 +167,9 @@ async function wrkAB(sse) {
         `${((100 * med(b.name, 'cpuUs')) / med(base, 'cpuUs') - 100).toFixed(1)}%`.padStart(8),
         med(b.name, 'p50').toFixed(0).padStart(8),
         med(b.name, 'p99').toFixed(0).padStart(8),
-        Math.max(...res[s.id][b.name].map((x) => x.noise)).toFixed(2).padStart(6),
+        Math.max(...res[s.id][b.name].map((x) => x.noise))
+          .toFixed(2)
+          .padStart(6),
       );
     }
   }
@@ -141,10 +185,19 @@ async function streamsAB(sse) {
       let best = null;
       for (let attempt = 0; attempt < 3; attempt++) {
         const cpu0 = treeCpuSeconds(b.proc.pid);
-        const { result: m, otherCores } = await withNoise(() => runStreamClient({ key, cpu: 1, mode: 'streams', url: b.url, streams: 100, chunks: CHUNKS, interval_ms: 2, warm_bursts: 10 }));
+        const { result: m, otherCores } = await withNoise(() =>
+          runStreamClient({ key, cpu: 1, mode: 'streams', url: b.url, streams: 100, chunks: CHUNKS, interval_ms: 2, warm_bursts: 10 }),
+        );
         const cpu = treeCpuSeconds(b.proc.pid) - cpu0;
         if (m.errorCount) throw new Error(`${b.name}: ${m.errors.join('; ')}`);
-        const x = { ttfb50: m.ttfbMs.p50, ttfb99: m.ttfbMs.p99, lag50: m.lagMs.p50, lag99: m.lagMs.p99, cpu: cpu / (m.received / 1000), noise: otherCores };
+        const x = {
+          ttfb50: m.ttfbMs.p50,
+          ttfb99: m.ttfbMs.p99,
+          lag50: m.lagMs.p50,
+          lag99: m.lagMs.p99,
+          cpu: cpu / (m.received / 1000),
+          noise: otherCores,
+        };
         if (best === null || x.noise < best.noise) best = x;
         if (x.noise < 0.25) break;
       }
@@ -153,7 +206,16 @@ async function streamsAB(sse) {
     process.stderr.write(`round ${r + 1}/${ROUNDS} done\n`);
   }
   console.log(`\n100 streams × ${CHUNKS} chunks, 2 ms apart; medians of ${ROUNDS} rounds (TTFB p50 of each round in brackets)`);
-  console.log('build'.padEnd(16), 'TTFB p50'.padStart(9), 'TTFB p99'.padStart(9), 'lag p50'.padStart(8), 'lag p99'.padStart(8), 'CPU ms/1k'.padStart(10), 'noise'.padStart(6), ' rounds');
+  console.log(
+    'build'.padEnd(16),
+    'TTFB p50'.padStart(9),
+    'TTFB p99'.padStart(9),
+    'lag p50'.padStart(8),
+    'lag p99'.padStart(8),
+    'CPU ms/1k'.padStart(10),
+    'noise'.padStart(6),
+    ' rounds',
+  );
   for (const b of builds) {
     const xs = res[b.name];
     const med = (k) => median(xs.map((x) => x[k]));
@@ -164,7 +226,9 @@ async function streamsAB(sse) {
       med('lag50').toFixed(2).padStart(8),
       med('lag99').toFixed(2).padStart(8),
       (med('cpu') * 1000).toFixed(2).padStart(10),
-      Math.max(...xs.map((x) => x.noise)).toFixed(2).padStart(6),
+      Math.max(...xs.map((x) => x.noise))
+        .toFixed(2)
+        .padStart(6),
       ` [${xs.map((x) => x.ttfb50.toFixed(1)).join(' ')}]`,
     );
   }

@@ -31,11 +31,27 @@ const COMPLETION = Buffer.from(
 const HEALTH = Buffer.from('{"status":"ok"}');
 // llama-server's /props (trimmed): the gateway reads total_slots to size its fair queue.
 const SLOTS = Number(process.env.FAKE_SLOTS ?? 1024);
-const PROPS = Buffer.from(JSON.stringify({ default_generation_settings: { n_ctx: 2048 }, total_slots: SLOTS, model_alias: 'bench-model', build_info: 'b10587-3f545becc' }));
+const PROPS = Buffer.from(
+  JSON.stringify({
+    default_generation_settings: { n_ctx: 2048 },
+    total_slots: SLOTS,
+    model_alias: 'bench-model',
+    build_info: 'b10587-3f545becc',
+  }),
+);
 const NOT_FOUND = Buffer.from('{"error":{"code":404,"message":"File Not Found","type":"not_found_error"}}');
 
 // Raw header arrays: writeHead with a flat array is node:http's cheapest path.
-const jsonHeaders = (body) => ['Server', 'llama.cpp', 'Access-Control-Allow-Origin', '', 'Content-Type', 'application/json; charset=utf-8', 'Content-Length', String(body.length)];
+const jsonHeaders = (body) => [
+  'Server',
+  'llama.cpp',
+  'Access-Control-Allow-Origin',
+  '',
+  'Content-Type',
+  'application/json; charset=utf-8',
+  'Content-Length',
+  String(body.length),
+];
 const H_MODELS = jsonHeaders(MODELS);
 const H_COMPLETION = jsonHeaders(COMPLETION);
 const H_HEALTH = jsonHeaders(HEALTH);
@@ -43,7 +59,8 @@ const H_PROPS = jsonHeaders(PROPS);
 const H_NOT_FOUND = jsonHeaders(NOT_FOUND);
 const H_SSE = ['Server', 'llama.cpp', 'Access-Control-Allow-Origin', '', 'X-Accel-Buffering', 'no', 'Content-Type', 'text/event-stream'];
 
-const CHUNK_TAIL = ',"choices":[{"finish_reason":null,"index":0,"delta":{"content":" token"}}],"created":1795674702,"id":"chatcmpl-aps1wCkbm8hMIpGtP9CyMnJ5SY4MKSwq","model":"bench-model","system_fingerprint":"b10587-3f545becc","object":"chat.completion.chunk"}\n\n';
+const CHUNK_TAIL =
+  ',"choices":[{"finish_reason":null,"index":0,"delta":{"content":" token"}}],"created":1795674702,"id":"chatcmpl-aps1wCkbm8hMIpGtP9CyMnJ5SY4MKSwq","model":"bench-model","system_fingerprint":"b10587-3f545becc","object":"chat.completion.chunk"}\n\n';
 const chunk = (i) => `data: {"i":${i},"t":${nowUs().toFixed(1)}${CHUNK_TAIL}`;
 const DONE = 'data: [DONE]\n\n';
 

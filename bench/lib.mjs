@@ -79,7 +79,10 @@ export function collectStdout(proc) {
 export async function runStreamClient({ cpu, ...args }) {
   const proc = startProcess('stream-client', process.execPath, [join(BENCH_DIR, 'stream-client.mjs'), JSON.stringify(args)], { cpu });
   const { code, out } = await collectStdout(proc);
-  const lines = out.trim().split('\n').map((l) => JSON.parse(l));
+  const lines = out
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
   const result = lines.find((l) => l.mode !== undefined);
   if (code !== 0 || result === undefined) throw new Error(`stream client failed (${code}): ${out} ${proc.stderr}`);
   return result;
@@ -132,9 +135,11 @@ export function livePids() {
 /** The small chat POST of the throughput runs. */
 export const SMALL_BODY = '{"model":"bench-model","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":16}';
 /** A short stream (2 chunks, 1 ms apart): the cost of starting a stream; also the streams' warm-up. */
-export const SHORT_STREAM_BODY = '{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"Hi"}],"bench":{"mode":"chunks","chunks":2,"interval_ms":1}}';
+export const SHORT_STREAM_BODY =
+  '{"model":"bench-model","stream":true,"messages":[{"role":"user","content":"Hi"}],"bench":{"mode":"chunks","chunks":2,"interval_ms":1}}';
 
-export const GATEWAY_SETTINGS_NOTE = 'GATEWAY_MAX_INFLIGHT=1024 (a llama-server with 1024 slots: the fair queue never rejects); every other setting at its default (usage recording on, its SQLite file in a temp dir)';
+export const GATEWAY_SETTINGS_NOTE =
+  'GATEWAY_MAX_INFLIGHT=1024 (a llama-server with 1024 slots: the fair queue never rejects); every other setting at its default (usage recording on, its SQLite file in a temp dir)';
 export function gatewayEnv({ key, upstream, port, logLevel, home }) {
   return {
     PATH: process.env.PATH,
@@ -331,11 +336,25 @@ function luaString(s) {
  * wrk runs one thread (-t1) on the load-side core.
  */
 export async function runWrk({ url, script, connections, seconds, cpu }) {
-  const proc = startProcess('wrk', 'wrk', ['-t1', `-c${connections}`, `-d${Math.max(1, Math.round(seconds))}s`, '--timeout', '5s', '-s', script, url], { cpu });
+  const proc = startProcess(
+    'wrk',
+    'wrk',
+    ['-t1', `-c${connections}`, `-d${Math.max(1, Math.round(seconds))}s`, '--timeout', '5s', '-s', script, url],
+    { cpu },
+  );
   const { code, out } = await collectStdout(proc);
   const line = out.split('\n').find((l) => l.startsWith('WRKJSON '));
   if (code !== 0 || line === undefined) throw new Error(`wrk failed (${code}): ${out} ${proc.stderr}`);
   const r = JSON.parse(line.slice(8));
   const errors = r.connect + r.read + r.write + r.status + r.timeout;
-  return { rps: r.requests / (r.duration_us / 1e6), p50: r.p50, p99: r.p99, mean: r.mean, max: r.max, requests: r.requests, errors, status: r.status };
+  return {
+    rps: r.requests / (r.duration_us / 1e6),
+    p50: r.p50,
+    p99: r.p99,
+    mean: r.mean,
+    max: r.max,
+    requests: r.requests,
+    errors,
+    status: r.status,
+  };
 }

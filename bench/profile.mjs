@@ -35,9 +35,35 @@ const ROOT = dirname(BENCH);
 
 function category(url, name) {
   if (url === '') return name.startsWith('(') ? name : 'native/V8';
-  if (url.includes('/node_modules/fastify/') || url.includes('/node_modules/find-my-way/') || url.includes('/node_modules/avvio/') || url.includes('/node_modules/light-my-request/') || url.includes('/node_modules/fast-json-stringify') || url.includes('/node_modules/@fastify/') || url.includes('/node_modules/fastify-plugin/') || url.includes('/node_modules/toad-cache/') || url.includes('/node_modules/process-warning/') || url.includes('/node_modules/fast-querystring/') || url.includes('/node_modules/abstract-logging/') || url.includes('/node_modules/safe-regex2/') || url.includes('/node_modules/rfdc/')) return 'fastify';
+  if (
+    url.includes('/node_modules/fastify/') ||
+    url.includes('/node_modules/find-my-way/') ||
+    url.includes('/node_modules/avvio/') ||
+    url.includes('/node_modules/light-my-request/') ||
+    url.includes('/node_modules/fast-json-stringify') ||
+    url.includes('/node_modules/@fastify/') ||
+    url.includes('/node_modules/fastify-plugin/') ||
+    url.includes('/node_modules/toad-cache/') ||
+    url.includes('/node_modules/process-warning/') ||
+    url.includes('/node_modules/fast-querystring/') ||
+    url.includes('/node_modules/abstract-logging/') ||
+    url.includes('/node_modules/safe-regex2/') ||
+    url.includes('/node_modules/rfdc/')
+  )
+    return 'fastify';
   if (url.includes('/node_modules/undici/')) return 'undici';
-  if (url.includes('/node_modules/pino') || url.includes('/node_modules/sonic-boom/') || url.includes('/node_modules/fast-redact/') || url.includes('/node_modules/@pinojs/') || url.includes('/node_modules/quick-format-unescaped/') || url.includes('/node_modules/fast-safe-stringify/') || url.includes('/node_modules/on-exit-leak-free/') || url.includes('/node_modules/thread-stream/') || url.includes('/node_modules/slow-redact/')) return 'pino';
+  if (
+    url.includes('/node_modules/pino') ||
+    url.includes('/node_modules/sonic-boom/') ||
+    url.includes('/node_modules/fast-redact/') ||
+    url.includes('/node_modules/@pinojs/') ||
+    url.includes('/node_modules/quick-format-unescaped/') ||
+    url.includes('/node_modules/fast-safe-stringify/') ||
+    url.includes('/node_modules/on-exit-leak-free/') ||
+    url.includes('/node_modules/thread-stream/') ||
+    url.includes('/node_modules/slow-redact/')
+  )
+    return 'pino';
   if (url.includes('/node_modules/')) return url.replace(/.*\/node_modules\/((?:@[^/]+\/)?[^/]+).*/, '$1');
   if (url.startsWith('node:')) return 'node';
   if (url.includes('/dist/') || url.includes('/gateway-dist')) return 'gateway (ours)';
@@ -45,7 +71,11 @@ function category(url, name) {
 }
 
 function shortUrl(url) {
-  return url.replace(/^file:\/\//, '').replace(/.*\/node_modules\//, '').replace(/.*\/dist\//, 'dist/').replace(/^node:/, 'node:');
+  return url
+    .replace(/^file:\/\//, '')
+    .replace(/.*\/node_modules\//, '')
+    .replace(/.*\/dist\//, 'dist/')
+    .replace(/^node:/, 'node:');
 }
 
 /** Self and total (inclusive) time per function from a .cpuprofile. */
@@ -66,7 +96,14 @@ export function analyse(profile) {
     const k = keyOf(n);
     let f = fns.get(k);
     if (!f) {
-      f = { name: n.callFrame.functionName || '(anonymous)', url: n.callFrame.url, line: n.callFrame.lineNumber + 1, cat: category(n.callFrame.url, n.callFrame.functionName), self: 0, total: 0 };
+      f = {
+        name: n.callFrame.functionName || '(anonymous)',
+        url: n.callFrame.url,
+        line: n.callFrame.lineNumber + 1,
+        cat: category(n.callFrame.url, n.callFrame.functionName),
+        self: 0,
+        total: 0,
+      };
       fns.set(k, f);
     }
     return f;
@@ -101,27 +138,43 @@ export function analyse(profile) {
 
 export function formatAnalysis({ total, fns, cats }, { top = 30, requests } = {}) {
   const pct = (x) => `${((100 * x) / total).toFixed(1)}%`;
-  const usPerReq = (x) => (requests ? ` ${((x / requests)).toFixed(1)} µs/req` : '');
+  const usPerReq = (x) => (requests ? ` ${(x / requests).toFixed(1)} µs/req` : '');
   const L = [];
-  L.push(`Profile: ${(total / 1e6).toFixed(2)} s of busy samples${requests ? ` over ${requests} requests` : ''}; percentages are of busy (non-idle) time`);
+  L.push(
+    `Profile: ${(total / 1e6).toFixed(2)} s of busy samples${requests ? ` over ${requests} requests` : ''}; percentages are of busy (non-idle) time`,
+  );
   L.push('');
   L.push('Self time by origin:');
   for (const [c, t] of cats) L.push(`  ${c.padEnd(18)} ${pct(t).padStart(6)}${usPerReq(t)}`);
   L.push('');
   L.push(`Top ${top} functions by self time:`);
-  for (const f of fns.filter((x) => !x.name.startsWith('(idle')).sort((a, b) => b.self - a.self).slice(0, top)) {
+  for (const f of fns
+    .filter((x) => !x.name.startsWith('(idle'))
+    .sort((a, b) => b.self - a.self)
+    .slice(0, top)) {
     L.push(`  ${pct(f.self).padStart(6)}  ${f.cat.padEnd(15)} ${f.name}  ${shortUrl(f.url)}${f.url ? `:${f.line}` : ''}`);
   }
   L.push('');
   L.push('Ours / fastify / undici / pino by total (inclusive) time, top 30:');
-  for (const f of fns.filter((x) => ['gateway (ours)', 'fastify', 'undici', 'pino'].includes(x.cat)).sort((a, b) => b.total - a.total).slice(0, 30)) {
-    L.push(`  ${pct(f.total).padStart(6)} total ${pct(f.self).padStart(6)} self  ${f.cat.padEnd(15)} ${f.name}  ${shortUrl(f.url)}:${f.line}`);
+  for (const f of fns
+    .filter((x) => ['gateway (ours)', 'fastify', 'undici', 'pino'].includes(x.cat))
+    .sort((a, b) => b.total - a.total)
+    .slice(0, 30)) {
+    L.push(
+      `  ${pct(f.total).padStart(6)} total ${pct(f.self).padStart(6)} self  ${f.cat.padEnd(15)} ${f.name}  ${shortUrl(f.url)}:${f.line}`,
+    );
   }
   return L.join('\n');
 }
 
-
-export async function profileGateway({ seconds = 10, dist = join(ROOT, 'dist'), logLevel = 'info', keep, connections = 64, sse = false } = {}) {
+export async function profileGateway({
+  seconds = 10,
+  dist = join(ROOT, 'dist'),
+  logLevel = 'info',
+  keep,
+  connections = 64,
+  sse = false,
+} = {}) {
   setPinning(process.env.BENCH_PIN !== '0' && spawnSync('sh', ['-c', 'command -v taskset']).status === 0);
   const tmp = mkdtempSync(join(tmpdir(), 'llm-gateway-prof-'));
   const key = `sk-bench-${randomBytes(12).toString('hex')}`;
@@ -130,7 +183,12 @@ export async function profileGateway({ seconds = 10, dist = join(ROOT, 'dist'), 
     const { port: upPort } = await firstJsonLine(up);
     const port = await freePort();
     const env = gatewayEnv({ key, upstream: `http://127.0.0.1:${upPort}`, port, logLevel, home: tmp });
-    const gw = startProcess('gateway-prof', process.execPath, ['--cpu-prof', `--cpu-prof-dir=${tmp}`, '--cpu-prof-interval=200', join(dist, 'server.js')], { cpu: 0, env, cwd: tmp, stdout: 'ignore' });
+    const gw = startProcess(
+      'gateway-prof',
+      process.execPath,
+      ['--cpu-prof', `--cpu-prof-dir=${tmp}`, '--cpu-prof-interval=200', join(dist, 'server.js')],
+      { cpu: 0, env, cwd: tmp, stdout: 'ignore' },
+    );
     const url = `http://127.0.0.1:${port}`;
     await waitHttp(`${url}/v1/models`, { headers: { authorization: `Bearer ${key}` }, proc: gw });
     const script = wrkScript(tmp, 'chat', {
@@ -141,7 +199,10 @@ export async function profileGateway({ seconds = 10, dist = join(ROOT, 'dist'), 
     const warm = await runWrk({ url: `${url}/v1/chat/completions`, script, connections, seconds: 2, cpu: 1 }); // warm-up (profiled too)
     const cpu0 = treeCpuSeconds(gw.pid);
     const r = await runWrk({ url: `${url}/v1/chat/completions`, script, connections, seconds, cpu: 1 });
-    if (r.errors > 0 || warm.errors > 0) throw new Error(`the gateway answered ${r.errors + warm.errors} requests with errors (non-2xx or socket errors): the profile would show the error path`);
+    if (r.errors > 0 || warm.errors > 0)
+      throw new Error(
+        `the gateway answered ${r.errors + warm.errors} requests with errors (non-2xx or socket errors): the profile would show the error path`,
+      );
     const cpu = treeCpuSeconds(gw.pid) - cpu0;
     await stopProcess(gw, 10_000);
     await stopProcess(up);
@@ -152,7 +213,13 @@ export async function profileGateway({ seconds = 10, dist = join(ROOT, 'dist'), 
       copyFileSync(join(tmp, file), keep);
     }
     const profile = JSON.parse(readFileSync(join(tmp, file), 'utf8'));
-    return { rps: r.rps, requests: r.requests, profiledRequests: warm.requests + r.requests, cpuPerReqUs: (cpu / r.requests) * 1e6, analysis: analyse(profile) };
+    return {
+      rps: r.rps,
+      requests: r.requests,
+      profiledRequests: warm.requests + r.requests,
+      cpuPerReqUs: (cpu / r.requests) * 1e6,
+      analysis: analyse(profile),
+    };
   } finally {
     await stopAll();
     rmSync(tmp, { recursive: true, force: true });
@@ -170,7 +237,16 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const seconds = Number(args.find((a) => /^\d+$/.test(a)) ?? 10);
   const connections = Number(opt('--connections') ?? 64);
   const sse = args.includes('--sse');
-  const res = await profileGateway({ seconds, dist: opt('--dist') ?? join(ROOT, 'dist'), logLevel: opt('--log') ?? 'info', keep: opt('--keep'), connections, sse });
-  console.log(`gateway under wrk -c${connections} POST /v1/chat/completions${sse ? ' (short streams)' : ''} for ${seconds} s: ${Math.round(res.rps)} req/s, ${res.cpuPerReqUs.toFixed(1)} µs CPU per request (while profiled)\n`);
+  const res = await profileGateway({
+    seconds,
+    dist: opt('--dist') ?? join(ROOT, 'dist'),
+    logLevel: opt('--log') ?? 'info',
+    keep: opt('--keep'),
+    connections,
+    sse,
+  });
+  console.log(
+    `gateway under wrk -c${connections} POST /v1/chat/completions${sse ? ' (short streams)' : ''} for ${seconds} s: ${Math.round(res.rps)} req/s, ${res.cpuPerReqUs.toFixed(1)} µs CPU per request (while profiled)\n`,
+  );
   console.log(formatAnalysis(res.analysis, { requests: res.profiledRequests }));
 }

@@ -124,7 +124,11 @@ function aptInstall(pkgs) {
       aptUpdated = true;
     }
     log(`  apt-get install -y ${pkgs.join(' ')}…`);
-    execFileSync('apt-get', ['install', '-y', '-qq', ...pkgs], { stdio: 'ignore', timeout: 300_000, env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+    execFileSync('apt-get', ['install', '-y', '-qq', ...pkgs], {
+      stdio: 'ignore',
+      timeout: 300_000,
+      env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
+    });
     return true;
   } catch {
     return false;
@@ -164,7 +168,10 @@ async function startUpstream() {
 
 // mode 'pipeline': the issue's reference ("bare"); 'pipe': the real ceiling ("bare-pipe"); see bare-proxy.mjs.
 async function startBare(upstream, mode = 'pipeline') {
-  const proc = startProcess(`bare-proxy-${mode}`, process.execPath, [join(BENCH, 'bare-proxy.mjs')], { cpu: SERVER_CPU, env: { ...process.env, UPSTREAM: upstream.url, KEY, BARE_MODE: mode } });
+  const proc = startProcess(`bare-proxy-${mode}`, process.execPath, [join(BENCH, 'bare-proxy.mjs')], {
+    cpu: SERVER_CPU,
+    env: { ...process.env, UPSTREAM: upstream.url, KEY, BARE_MODE: mode },
+  });
   const { port } = await firstJsonLine(proc);
   const url = `http://127.0.0.1:${port}`;
   await waitHttp(`${url}/v1/models`, { headers: AUTH, proc });
@@ -175,7 +182,10 @@ async function startBare(upstream, mode = 'pipeline') {
 
 // Fastify's floor: Fastify + undici with one hook and no logger (see fastify-proxy.mjs).
 async function startFastify(upstream) {
-  const proc = startProcess('fastify-proxy', process.execPath, [join(BENCH, 'fastify-proxy.mjs')], { cpu: SERVER_CPU, env: { ...process.env, UPSTREAM: upstream.url, KEY } });
+  const proc = startProcess('fastify-proxy', process.execPath, [join(BENCH, 'fastify-proxy.mjs')], {
+    cpu: SERVER_CPU,
+    env: { ...process.env, UPSTREAM: upstream.url, KEY },
+  });
   const { port } = await firstJsonLine(proc);
   const url = `http://127.0.0.1:${port}`;
   await waitHttp(`${url}/v1/models`, { headers: AUTH, proc });
@@ -198,7 +208,12 @@ async function startGateway(upstream, logLevel, extraNodeArgs = [], variant = un
   const port = await freePort();
   // A clean environment and a cwd without .env: only these settings apply.
   const env = { ...gatewayEnv({ key: KEY, upstream: upstream.url, port, logLevel, home: tmp }), ...(variant?.env ?? {}) };
-  const proc = startProcess(`gateway-${logLevel}`, process.execPath, [...extraNodeArgs, join(DIST, 'server.js')], { cpu: SERVER_CPU, env, cwd: tmp, stdout: 'ignore' });
+  const proc = startProcess(`gateway-${logLevel}`, process.execPath, [...extraNodeArgs, join(DIST, 'server.js')], {
+    cpu: SERVER_CPU,
+    env,
+    cwd: tmp,
+    stdout: 'ignore',
+  });
   const url = `http://127.0.0.1:${port}`;
   await waitHttp(`${url}/healthz`, { proc });
   await waitHttp(`${url}/v1/models`, { headers: AUTH, proc });
@@ -246,7 +261,9 @@ http {
 }
 `;
   writeFileSync(join(dir, 'nginx.conf'), conf);
-  const proc = startProcess('nginx', 'nginx', ['-e', join(dir, 'error.log'), '-p', dir, '-c', join(dir, 'nginx.conf')], { cpu: SERVER_CPU });
+  const proc = startProcess('nginx', 'nginx', ['-e', join(dir, 'error.log'), '-p', dir, '-c', join(dir, 'nginx.conf')], {
+    cpu: SERVER_CPU,
+  });
   const url = `http://127.0.0.1:${port}`;
   await waitHttp(`${url}/v1/models`, { headers: AUTH, proc });
   return { name: 'nginx', label: 'nginx (1 worker, keepalive, bearer check)', url, proc, pid: proc.pid };
@@ -284,7 +301,8 @@ async function wrkMeasure(variant, scenario, seconds, upstream) {
       upstreamCores: upCpu / wall,
       noise: otherCores,
     };
-    if (result.errors > 0) throw new Error(`${variant.name} ${scenario.name}: ${result.errors} errors (${result.status} non-2xx) out of ${result.requests}`);
+    if (result.errors > 0)
+      throw new Error(`${variant.name} ${scenario.name}: ${result.errors} errors (${result.status} non-2xx) out of ${result.requests}`);
     if (best === null || m.noise < best.noise) best = m;
     if (m.noise < NOISE_LIMIT || repeats >= MAX_REPEATS) break;
     repeats++;
@@ -299,10 +317,16 @@ async function phaseSmall(variants, upstream) {
     { name: 'GET /v1/models', key: 'models', path: '/v1/models', method: 'GET' },
     { name: 'POST /v1/chat/completions', key: 'chat', path: '/v1/chat/completions', method: 'POST', body: SMALL_BODY },
   ].flatMap((s) => {
-    const script = wrkScript(tmp, s.key, { method: s.method, body: s.body, headers: { ...AUTH, ...(s.body ? { 'Content-Type': 'application/json' } : {}) } });
+    const script = wrkScript(tmp, s.key, {
+      method: s.method,
+      body: s.body,
+      headers: { ...AUTH, ...(s.body ? { 'Content-Type': 'application/json' } : {}) },
+    });
     return [1, 64].map((c) => ({ ...s, id: `${s.key}-c${c}`, connections: c, script }));
   });
-  log(`\n[1/4] small requests: ${scenarios.length} scenarios × ${variants.length} variants × ${ROUNDS} rounds (${SECONDS_C1} s at 1 connection, ${SECONDS_C64} s at 64) (${elapsed()})`);
+  log(
+    `\n[1/4] small requests: ${scenarios.length} scenarios × ${variants.length} variants × ${ROUNDS} rounds (${SECONDS_C1} s at 1 connection, ${SECONDS_C64} s at 64) (${elapsed()})`,
+  );
   for (const v of variants) {
     for (const s of scenarios.filter((x) => x.connections === 64)) {
       await runWrk({ url: `${v.url}${s.path}`, script: s.script, connections: 64, seconds: WARMUP_SECONDS, cpu: LOAD_CPU });
@@ -344,31 +368,50 @@ async function phaseSmall(variants, upstream) {
 // Phase 2: streams
 
 function streamClient(args) {
-  const proc = startProcess('stream-client', process.execPath, [join(BENCH, 'stream-client.mjs'), JSON.stringify({ key: KEY, ...args })], { cpu: LOAD_CPU });
+  const proc = startProcess('stream-client', process.execPath, [join(BENCH, 'stream-client.mjs'), JSON.stringify({ key: KEY, ...args })], {
+    cpu: LOAD_CPU,
+  });
   return proc;
 }
 
 const runStreamClient = (args) => runStreamClientIn({ key: KEY, cpu: LOAD_CPU, ...args });
 
 async function phaseStreams(variants, upstream) {
-  log(`\n[2/4] streams: ${STREAMS} concurrent × ${STREAM_CHUNKS} chunks every ${STREAM_INTERVAL_MS} ms, ${STREAM_ROUNDS} rounds; hold-back check 1 stream × 50 chunks every 10 ms (${elapsed()})`);
+  log(
+    `\n[2/4] streams: ${STREAMS} concurrent × ${STREAM_CHUNKS} chunks every ${STREAM_INTERVAL_MS} ms, ${STREAM_ROUNDS} rounds; hold-back check 1 stream × 50 chunks every 10 ms (${elapsed()})`,
+  );
   // Phase 1 warmed the request path with non-streamed requests; the stream path (SSE relay, taps)
   // still runs unoptimised code for its first thousands of streams, and the gateway has more of it to
   // warm than the bare proxies. Every variant gets the same warm-up of short streams.
   const sse = wrkScript(tmp, 'sse', { method: 'POST', body: SHORT_STREAM_BODY, headers: { ...AUTH, 'Content-Type': 'application/json' } });
-  for (const v of variants) await runWrk({ url: `${v.url}/v1/chat/completions`, script: sse, connections: 64, seconds: STREAM_WARMUP_SECONDS, cpu: LOAD_CPU });
+  for (const v of variants)
+    await runWrk({ url: `${v.url}/v1/chat/completions`, script: sse, connections: 64, seconds: STREAM_WARMUP_SECONDS, cpu: LOAD_CPU });
   const holdCheck = {};
   for (const v of variants) {
     let r = null;
     for (let attempt = 0; attempt < 3; attempt++) {
-      const { result, otherCores } = await withNoise(() => runStreamClient({ mode: 'streams', url: v.url, streams: 1, chunks: 50, interval_ms: 10 }));
+      const { result, otherCores } = await withNoise(() =>
+        runStreamClient({ mode: 'streams', url: v.url, streams: 1, chunks: 50, interval_ms: 10 }),
+      );
       if (r === null || otherCores < r.noise) r = { ...result, noise: otherCores };
       if (otherCores < NOISE_LIMIT) break;
     }
     // Held back: a chunk that had not reached the client by the time the next one was sent.
-    holdCheck[v.name] = { received: r.received, expected: r.expectedChunks, done: r.done, outOfOrder: r.outOfOrder, heldBack: r.heldBack, lagMaxMs: r.lagMs.max, lagP50Ms: r.lagMs.p50, ttfbMs: r.ttfbMs.p50, noise: r.noise };
+    holdCheck[v.name] = {
+      received: r.received,
+      expected: r.expectedChunks,
+      done: r.done,
+      outOfOrder: r.outOfOrder,
+      heldBack: r.heldBack,
+      lagMaxMs: r.lagMs.max,
+      lagP50Ms: r.lagMs.p50,
+      ttfbMs: r.ttfbMs.p50,
+      noise: r.noise,
+    };
   }
-  log(`  hold-back check: ${variants.map((v) => `${v.name} ${holdCheck[v.name].received}/${holdCheck[v.name].expected} held ${holdCheck[v.name].heldBack} ttfb ${fmt2(holdCheck[v.name].ttfbMs)} max lag ${fmt2(holdCheck[v.name].lagMaxMs)} ms`).join(' | ')}`);
+  log(
+    `  hold-back check: ${variants.map((v) => `${v.name} ${holdCheck[v.name].received}/${holdCheck[v.name].expected} held ${holdCheck[v.name].heldBack} ttfb ${fmt2(holdCheck[v.name].ttfbMs)} max lag ${fmt2(holdCheck[v.name].lagMaxMs)} ms`).join(' | ')}`,
+  );
   const rounds = {};
   for (let r = 1; r <= STREAM_ROUNDS; r++) {
     const line = [];
@@ -377,17 +420,33 @@ async function phaseStreams(variants, upstream) {
       for (let attempt = 0; attempt < 3; attempt++) {
         const proxyCpu0 = v.name === 'direct' ? 0 : treeCpuSeconds(v.pid);
         const upCpu0 = cpuSeconds(upstream.pid);
-        const { result, otherCores } = await withNoise(() => runStreamClient({ mode: 'streams', url: v.url, streams: STREAMS, chunks: STREAM_CHUNKS, interval_ms: STREAM_INTERVAL_MS, warm_bursts: STREAM_WARM_BURSTS }));
+        const { result, otherCores } = await withNoise(() =>
+          runStreamClient({
+            mode: 'streams',
+            url: v.url,
+            streams: STREAMS,
+            chunks: STREAM_CHUNKS,
+            interval_ms: STREAM_INTERVAL_MS,
+            warm_bursts: STREAM_WARM_BURSTS,
+          }),
+        );
         const proxyCpu = v.name === 'direct' ? 0 : treeCpuSeconds(v.pid) - proxyCpu0;
         const upCpu = cpuSeconds(upstream.pid) - upCpu0;
-        const m = { ...result, proxyCpuPer1000: v.name === 'direct' ? null : proxyCpu / (result.received / 1000), upstreamCpuPer1000: upCpu / (result.received / 1000), noise: otherCores };
+        const m = {
+          ...result,
+          proxyCpuPer1000: v.name === 'direct' ? null : proxyCpu / (result.received / 1000),
+          upstreamCpuPer1000: upCpu / (result.received / 1000),
+          noise: otherCores,
+        };
         if (best === null || m.noise < best.noise) best = m;
         if (m.noise < NOISE_LIMIT || repeats >= MAX_REPEATS) break;
         repeats++;
         log(`    (${v.name}: other processes used ${m.noise.toFixed(2)} cores; repeating)`);
       }
-      ((rounds[v.name] ??= [])).push(best);
-      line.push(`${v.name} ttfb ${fmt1(best.ttfbMs.p50)} lag ${fmt2(best.lagMs.p50)}/${fmt2(best.lagMs.p99)} ms cpu ${best.proxyCpuPer1000 === null ? '-' : fmt3(best.proxyCpuPer1000)}`);
+      (rounds[v.name] ??= []).push(best);
+      line.push(
+        `${v.name} ttfb ${fmt1(best.ttfbMs.p50)} lag ${fmt2(best.lagMs.p50)}/${fmt2(best.lagMs.p99)} ms cpu ${best.proxyCpuPer1000 === null ? '-' : fmt3(best.proxyCpuPer1000)}`,
+      );
     }
     log(`  round ${r}: ${line.join(' | ')} (${elapsed()})`);
   }
@@ -439,7 +498,9 @@ function sampler(targets, everyMs) {
 const maxRss = (list, from = 0) => Math.max(...list.filter((s) => s.at >= from).map((s) => s.rss));
 
 async function phaseIdle(targets) {
-  log(`\n[3/4] idle streams: ${IDLE_STREAMS} open streams per target, one chunk every ${IDLE_INTERVAL_MS / 1000} s, ${IDLE_SECONDS} s (${elapsed()})`);
+  log(
+    `\n[3/4] idle streams: ${IDLE_STREAMS} open streams per target, one chunk every ${IDLE_INTERVAL_MS / 1000} s, ${IDLE_SECONDS} s (${elapsed()})`,
+  );
   const before = Object.fromEntries(targets.map((t) => [t.name, rssBytes(t.pid)]));
   const s = sampler(targets, 250);
   const atMeasure = {};
@@ -468,7 +529,9 @@ async function phaseIdle(targets) {
   for (const t of targets) {
     summary[t.name] = { rssBefore: before[t.name], rssOpen: atMeasure[t.name], rssPeak: maxRss(s.samples[t.name]), ...results[t.name] };
   }
-  log(`  ${targets.map((t) => `${t.name}: ${summary[t.name].open} open, RSS ${mb(summary[t.name].rssBefore)} → ${mb(summary[t.name].rssOpen)} MB (peak ${mb(summary[t.name].rssPeak)})`).join(' | ')} (${elapsed()})`);
+  log(
+    `  ${targets.map((t) => `${t.name}: ${summary[t.name].open} open, RSS ${mb(summary[t.name].rssBefore)} → ${mb(summary[t.name].rssOpen)} MB (peak ${mb(summary[t.name].rssPeak)})`).join(' | ')} (${elapsed()})`,
+  );
   return summary;
 }
 
@@ -505,9 +568,19 @@ async function phaseSlow(targets) {
     // Growth after the first seconds (buffers filling up once) vs. at the end: flat means no leak.
     const mid = during.find((x) => x.at >= start + 3000)?.rss ?? NaN;
     const end = during.length ? during[during.length - 1].rss : NaN;
-    summary[t.name] = { rssBefore: before[t.name], rssPeak: maxRss(list), growth: maxRss(list) - before[t.name], rssAt3s: mid, rssEnd: end, driftAfter3s: end - mid, ...results[t.name] };
+    summary[t.name] = {
+      rssBefore: before[t.name],
+      rssPeak: maxRss(list),
+      growth: maxRss(list) - before[t.name],
+      rssAt3s: mid,
+      rssEnd: end,
+      driftAfter3s: end - mid,
+      ...results[t.name],
+    };
   }
-  log(`  ${targets.map((t) => `${t.name}: read ${mb(summary[t.name].bytes)} MB at ${fmt2(summary[t.name].rateMBps)} MB/s, RSS ${mb(summary[t.name].rssBefore)} → peak ${mb(summary[t.name].rssPeak)} MB (+${mb(summary[t.name].growth)})`).join(' | ')} (${elapsed()})`);
+  log(
+    `  ${targets.map((t) => `${t.name}: read ${mb(summary[t.name].bytes)} MB at ${fmt2(summary[t.name].rateMBps)} MB/s, RSS ${mb(summary[t.name].rssBefore)} → peak ${mb(summary[t.name].rssPeak)} MB (+${mb(summary[t.name].growth)})`).join(' | ')} (${elapsed()})`,
+  );
   return summary;
 }
 
@@ -527,7 +600,11 @@ function targetsTable(small, streams, idle, slow, gw = 'gateway') {
   const rows = [];
   const tp = (id) => small[id].variants[gw].rps / small[id].variants.bare.rps;
   for (const id of ['models-c64', 'chat-c64']) {
-    rows.push([`throughput ≥ 0.9× bare (${small[id].name}, 64 conn.)`, ratio(small[id].variants[gw].rps, small[id].variants.bare.rps), yes(tp(id) >= 0.9)]);
+    rows.push([
+      `throughput ≥ 0.9× bare (${small[id].name}, 64 conn.)`,
+      ratio(small[id].variants[gw].rps, small[id].variants.bare.rps),
+      yes(tp(id) >= 0.9),
+    ]);
   }
   for (const id of ['models-c1', 'chat-c1']) {
     const add = small[id].variants[gw].p50 - small[id].variants.bare.p50;
@@ -537,7 +614,11 @@ function targetsTable(small, streams, idle, slow, gw = 'gateway') {
   if (small['chat-c64'].variants['bare-pipe']) {
     for (const id of ['models-c64', 'chat-c64']) {
       const r = small[id].variants[gw].rps / small[id].variants['bare-pipe'].rps;
-      rows.push([`stricter: throughput ≥ 0.9× bare-pipe (${small[id].name}, 64 conn.)`, ratio(small[id].variants[gw].rps, small[id].variants['bare-pipe'].rps), yes(r >= 0.9)]);
+      rows.push([
+        `stricter: throughput ≥ 0.9× bare-pipe (${small[id].name}, 64 conn.)`,
+        ratio(small[id].variants[gw].rps, small[id].variants['bare-pipe'].rps),
+        yes(r >= 0.9),
+      ]);
     }
     for (const id of ['models-c1', 'chat-c1']) {
       const add = small[id].variants[gw].p50 - small[id].variants['bare-pipe'].p50;
@@ -548,18 +629,42 @@ function targetsTable(small, streams, idle, slow, gw = 'gateway') {
   const lag50 = streams[gw].lagP50 - streams.bare.lagP50;
   const lag99 = streams[gw].lagP99 - streams.bare.lagP99;
   rows.push(['streams: TTFB ≤ bare + 1 ms (p50)', `${signed(ttfb, fmt2)} ms`, yes(ttfb <= 1)]);
-  rows.push(['streams: per-chunk lag ≤ bare + 1 ms (p50 / p99)', `${signed(lag50, fmt2)} / ${signed(lag99, fmt2)} ms`, yes(lag50 <= 1 && lag99 <= 1)]);
+  rows.push([
+    'streams: per-chunk lag ≤ bare + 1 ms (p50 / p99)',
+    `${signed(lag50, fmt2)} / ${signed(lag99, fmt2)} ms`,
+    yes(lag50 <= 1 && lag99 <= 1),
+  ]);
   const cpu = streams[gw].cpuPer1000 / streams.bare.cpuPer1000;
-  rows.push(['streams: CPU per 1,000 chunks ≤ 1.2× bare', `${fmt3(streams[gw].cpuPer1000)} s vs ${fmt3(streams.bare.cpuPer1000)} s = ${ratio(streams[gw].cpuPer1000, streams.bare.cpuPer1000)}`, yes(cpu <= 1.2)]);
+  rows.push([
+    'streams: CPU per 1,000 chunks ≤ 1.2× bare',
+    `${fmt3(streams[gw].cpuPer1000)} s vs ${fmt3(streams.bare.cpuPer1000)} s = ${ratio(streams[gw].cpuPer1000, streams.bare.cpuPer1000)}`,
+    yes(cpu <= 1.2),
+  ]);
   if (streams['bare-pipe']) {
     const strict = streams[gw].cpuPer1000 / streams['bare-pipe'].cpuPer1000;
-    rows.push(['stricter: streams CPU per 1,000 chunks ≤ 1.2× bare-pipe', `${fmt3(streams[gw].cpuPer1000)} s vs ${fmt3(streams['bare-pipe'].cpuPer1000)} s = ${ratio(streams[gw].cpuPer1000, streams['bare-pipe'].cpuPer1000)}`, yes(strict <= 1.2)]);
+    rows.push([
+      'stricter: streams CPU per 1,000 chunks ≤ 1.2× bare-pipe',
+      `${fmt3(streams[gw].cpuPer1000)} s vs ${fmt3(streams['bare-pipe'].cpuPer1000)} s = ${ratio(streams[gw].cpuPer1000, streams['bare-pipe'].cpuPer1000)}`,
+      yes(strict <= 1.2),
+    ]);
   }
   const hc = streams[gw].holdCheck;
-  rows.push(['streams: no chunk held back', `${hc.received}/${hc.expected} chunks in order, ${hc.heldBack} held back; 100×500: ${streams[gw].complete ? 'all complete' : 'INCOMPLETE'}`, yes(hc.heldBack === 0 && hc.received === hc.expected && hc.outOfOrder === 0 && streams[gw].complete)]);
-  if (idle?.gateway) rows.push([`${IDLE_STREAMS} idle streams ≤ 150 MB RSS`, `${mb(idle.gateway.rssPeak)} MB peak (${idle.gateway.open} open)`, yes(idle.gateway.rssPeak <= 150 * 1048576 && idle.gateway.open === IDLE_STREAMS)]);
-  if (slow?.gateway) rows.push(['slow reader: RSS growth ≤ 20 MB', `+${mb(slow.gateway.growth)} MB`, yes(slow.gateway.growth <= 20 * 1048576)]);
-  return ['| target | measured (gateway, LOG_LEVEL=info) | |', '| --- | --- | --- |', ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+  rows.push([
+    'streams: no chunk held back',
+    `${hc.received}/${hc.expected} chunks in order, ${hc.heldBack} held back; 100×500: ${streams[gw].complete ? 'all complete' : 'INCOMPLETE'}`,
+    yes(hc.heldBack === 0 && hc.received === hc.expected && hc.outOfOrder === 0 && streams[gw].complete),
+  ]);
+  if (idle?.gateway)
+    rows.push([
+      `${IDLE_STREAMS} idle streams ≤ 150 MB RSS`,
+      `${mb(idle.gateway.rssPeak)} MB peak (${idle.gateway.open} open)`,
+      yes(idle.gateway.rssPeak <= 150 * 1048576 && idle.gateway.open === IDLE_STREAMS),
+    ]);
+  if (slow?.gateway)
+    rows.push(['slow reader: RSS growth ≤ 20 MB', `+${mb(slow.gateway.growth)} MB`, yes(slow.gateway.growth <= 20 * 1048576)]);
+  return ['| target | measured (gateway, LOG_LEVEL=info) | |', '| --- | --- | --- |', ...rows.map((r) => `| ${r.join(' | ')} |`)].join(
+    '\n',
+  );
 }
 
 function report(ctx) {
@@ -568,15 +673,25 @@ function report(ctx) {
   const L = [];
   L.push(`# Benchmark results ${startedAt.slice(0, 10)}`);
   L.push('');
-  L.push(`Run \`npm run bench\` at ${startedAt} (${seconds.toFixed(0)} s). Medians of ${ROUNDS} interleaved round(s) (streams: ${STREAM_ROUNDS}).`);
+  L.push(
+    `Run \`npm run bench\` at ${startedAt} (${seconds.toFixed(0)} s). Medians of ${ROUNDS} interleaved round(s) (streams: ${STREAM_ROUNDS}).`,
+  );
   L.push('');
   L.push('## Machine');
   L.push('');
-  L.push(`- CPU: ${info.machine.model}${info.machine.mhz ? ` @ ${info.machine.mhz} MHz` : ''}, ${info.machine.cores} cores, ${info.machine.memGiB} GiB RAM; Linux ${info.kernel}`);
-  L.push(`- Node ${process.version}; fastify ${info.versions.fastify}, undici ${info.versions.undici}, pino ${info.versions.pino}; ${info.wrk}; ${info.nginx ?? 'nginx: not available'}`);
+  L.push(
+    `- CPU: ${info.machine.model}${info.machine.mhz ? ` @ ${info.machine.mhz} MHz` : ''}, ${info.machine.cores} cores, ${info.machine.memGiB} GiB RAM; Linux ${info.kernel}`,
+  );
+  L.push(
+    `- Node ${process.version}; fastify ${info.versions.fastify}, undici ${info.versions.undici}, pino ${info.versions.pino}; ${info.wrk}; ${info.nginx ?? 'nginx: not available'}`,
+  );
   L.push(`- Gateway build: \`${info.git}\`; run as \`node dist/server.js\` with ${GATEWAY_SETTINGS_NOTE}; stdout to /dev/null`);
-  L.push(`- Pinning: ${pinned ? 'server under test (nginx / bare / gateway) on core 0; fake upstream, wrk and stream clients on core 1' : 'off'}`);
-  L.push(`- Other processes on the machine: ${fmt2(info.noiseAtStart)} cores busy at start; runs with more than ${NOISE_LIMIT} cores of other load were repeated up to twice, keeping the quietest (${repeatsUsed} repeats in all); the "noise" columns show the most seen in any kept round.`);
+  L.push(
+    `- Pinning: ${pinned ? 'server under test (nginx / bare / gateway) on core 0; fake upstream, wrk and stream clients on core 1' : 'off'}`,
+  );
+  L.push(
+    `- Other processes on the machine: ${fmt2(info.noiseAtStart)} cores busy at start; runs with more than ${NOISE_LIMIT} cores of other load were repeated up to twice, keeping the quietest (${repeatsUsed} repeats in all); the "noise" columns show the most seen in any kept round.`,
+  );
   for (const n of notes) L.push(`- Note: ${n}`);
   L.push('');
   L.push('Variants: ' + variants.map((v) => `**${v.name}** = ${v.label}`).join('; ') + '.');
@@ -587,7 +702,9 @@ function report(ctx) {
   L.push('');
   L.push('## 1. Small non-streamed requests (wrk, 1 thread)');
   L.push('');
-  L.push(`${SECONDS_C1} s per run at 1 connection, ${SECONDS_C64} s at 64; latency from wrk (µs). "CPU/req" is the server's own CPU time per request (all its threads; nginx: master + worker); "upstream" is the fake llama-server's CPU use in cores (it shares core 1 with wrk).`);
+  L.push(
+    `${SECONDS_C1} s per run at 1 connection, ${SECONDS_C64} s at 64; latency from wrk (µs). "CPU/req" is the server's own CPU time per request (all its threads; nginx: master + worker); "upstream" is the fake llama-server's CPU use in cores (it shares core 1 with wrk).`,
+  );
   for (const id of Object.keys(small)) {
     const s = small[id];
     L.push('');
@@ -597,11 +714,17 @@ function report(ctx) {
     L.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
     for (const n of names) {
       const v = s.variants[n];
-      L.push(`| ${n} | ${fmtInt(v.rps)} | ${fmtInt(v.p50)} | ${fmtInt(v.p99)} | ${v.proxyCpuPerReqUs === null ? '–' : fmt1(v.proxyCpuPerReqUs)} | ${n === 'direct' ? '–' : fmt2(v.proxyCores)} | ${fmt2(v.upstreamCores)} | ${fmt2(v.noise)} |`);
+      L.push(
+        `| ${n} | ${fmtInt(v.rps)} | ${fmtInt(v.p50)} | ${fmtInt(v.p99)} | ${v.proxyCpuPerReqUs === null ? '–' : fmt1(v.proxyCpuPerReqUs)} | ${n === 'direct' ? '–' : fmt2(v.proxyCores)} | ${fmt2(v.upstreamCores)} | ${fmt2(v.noise)} |`,
+      );
     }
     if (s.connections > 1) {
       const bound = names.filter((n) => n !== 'direct' && s.variants[n].proxyCores < 0.9);
-      if (bound.length) L.push('', `${bound.join(', ')} used less than 0.9 of its core: ${bound.length > 1 ? 'their' : 'its'} throughput here is limited by the load side (fake upstream + wrk on core 1, whose ceiling is the direct row), so it is a lower bound and a ratio against it an upper bound.`);
+      if (bound.length)
+        L.push(
+          '',
+          `${bound.join(', ')} used less than 0.9 of its core: ${bound.length > 1 ? 'their' : 'its'} throughput here is limited by the load side (fake upstream + wrk on core 1, whose ceiling is the direct row), so it is a lower bound and a ratio against it an upper bound.`,
+        );
     }
   }
   L.push('');
@@ -610,32 +733,51 @@ function report(ctx) {
   L.push('| | GET /v1/models | POST /v1/chat/completions |');
   L.push('| --- | ---: | ---: |');
   for (const gw of names.filter((n) => n.startsWith('gateway'))) {
-    if (names.includes('nginx')) L.push(`| ${gw}/nginx throughput (64 conn.) | ${ratio(small['models-c64'].variants[gw].rps, small['models-c64'].variants.nginx.rps)} | ${ratio(small['chat-c64'].variants[gw].rps, small['chat-c64'].variants.nginx.rps)} |`);
-    L.push(`| ${gw}/bare throughput (64 conn.) | ${ratio(small['models-c64'].variants[gw].rps, small['models-c64'].variants.bare.rps)} | ${ratio(small['chat-c64'].variants[gw].rps, small['chat-c64'].variants.bare.rps)} |`);
-    L.push(`| ${gw}/bare-pipe throughput (64 conn.) | ${ratio(small['models-c64'].variants[gw].rps, small['models-c64'].variants['bare-pipe']?.rps)} | ${ratio(small['chat-c64'].variants[gw].rps, small['chat-c64'].variants['bare-pipe']?.rps)} |`);
+    if (names.includes('nginx'))
+      L.push(
+        `| ${gw}/nginx throughput (64 conn.) | ${ratio(small['models-c64'].variants[gw].rps, small['models-c64'].variants.nginx.rps)} | ${ratio(small['chat-c64'].variants[gw].rps, small['chat-c64'].variants.nginx.rps)} |`,
+      );
+    L.push(
+      `| ${gw}/bare throughput (64 conn.) | ${ratio(small['models-c64'].variants[gw].rps, small['models-c64'].variants.bare.rps)} | ${ratio(small['chat-c64'].variants[gw].rps, small['chat-c64'].variants.bare.rps)} |`,
+    );
+    L.push(
+      `| ${gw}/bare-pipe throughput (64 conn.) | ${ratio(small['models-c64'].variants[gw].rps, small['models-c64'].variants['bare-pipe']?.rps)} | ${ratio(small['chat-c64'].variants[gw].rps, small['chat-c64'].variants['bare-pipe']?.rps)} |`,
+    );
     for (const base of ['direct', 'bare', 'bare-pipe']) {
       if (!small['chat-c1'].variants[base]) continue;
       const add = (id, p) => signed(small[id].variants[gw][p] - small[id].variants[base][p]);
-      L.push(`| ${gw} − ${base} added latency, 1 conn. (p50 / p99 µs) | ${add('models-c1', 'p50')} / ${add('models-c1', 'p99')} | ${add('chat-c1', 'p50')} / ${add('chat-c1', 'p99')} |`);
+      L.push(
+        `| ${gw} − ${base} added latency, 1 conn. (p50 / p99 µs) | ${add('models-c1', 'p50')} / ${add('models-c1', 'p99')} | ${add('chat-c1', 'p50')} / ${add('chat-c1', 'p99')} |`,
+      );
     }
-    L.push(`| ${gw}/bare CPU per request (64 conn.) | ${ratio(small['models-c64'].variants[gw].proxyCpuPerReqUs, small['models-c64'].variants.bare.proxyCpuPerReqUs)} | ${ratio(small['chat-c64'].variants[gw].proxyCpuPerReqUs, small['chat-c64'].variants.bare.proxyCpuPerReqUs)} |`);
+    L.push(
+      `| ${gw}/bare CPU per request (64 conn.) | ${ratio(small['models-c64'].variants[gw].proxyCpuPerReqUs, small['models-c64'].variants.bare.proxyCpuPerReqUs)} | ${ratio(small['chat-c64'].variants[gw].proxyCpuPerReqUs, small['chat-c64'].variants.bare.proxyCpuPerReqUs)} |`,
+    );
   }
   if (names.includes('nginx')) {
     for (const b of names.filter((n) => n.startsWith('bare'))) {
-      L.push(`| ${b}/nginx throughput (64 conn.) | ${ratio(small['models-c64'].variants[b].rps, small['models-c64'].variants.nginx.rps)} | ${ratio(small['chat-c64'].variants[b].rps, small['chat-c64'].variants.nginx.rps)} |`);
+      L.push(
+        `| ${b}/nginx throughput (64 conn.) | ${ratio(small['models-c64'].variants[b].rps, small['models-c64'].variants.nginx.rps)} | ${ratio(small['chat-c64'].variants[b].rps, small['chat-c64'].variants.nginx.rps)} |`,
+      );
     }
   }
   L.push('');
   L.push(`## 2. Streams: ${STREAMS} concurrent chat streams × ${STREAM_CHUNKS} chunks, ${STREAM_INTERVAL_MS} ms apart`);
   L.push('');
-  L.push(`Before the rounds every variant gets ${STREAM_WARMUP_SECONDS} s of short streams (wrk, 64 connections). The client writes raw HTTP/1.1 on keep-alive sockets (the 100 requests go out in ~1 ms). Each round first opens as many connections as there will be streams (as SDK clients and tunnels keep theirs) and sends ${STREAM_WARM_BURSTS} bursts of short streams on them, unrecorded, then pauses 0.3 s: TTFB measures a warm proxy, not TCP handshakes or the load core. TTFB: request sent → first chunk received. Lag: upstream send → client receive, per chunk (CLOCK_MONOTONIC, same machine). Gap: time between two chunks of one stream at the client. CPU: the server\'s utime+stime (/proc/<pid>/stat) per 1,000 chunks. Coalesced: chunks that reached the client in the same socket read as the next one, after that one had been sent.`);
+  L.push(
+    `Before the rounds every variant gets ${STREAM_WARMUP_SECONDS} s of short streams (wrk, 64 connections). The client writes raw HTTP/1.1 on keep-alive sockets (the 100 requests go out in ~1 ms). Each round first opens as many connections as there will be streams (as SDK clients and tunnels keep theirs) and sends ${STREAM_WARM_BURSTS} bursts of short streams on them, unrecorded, then pauses 0.3 s: TTFB measures a warm proxy, not TCP handshakes or the load core. TTFB: request sent → first chunk received. Lag: upstream send → client receive, per chunk (CLOCK_MONOTONIC, same machine). Gap: time between two chunks of one stream at the client. CPU: the server's utime+stime (/proc/<pid>/stat) per 1,000 chunks. Coalesced: chunks that reached the client in the same socket read as the next one, after that one had been sent.`,
+  );
   L.push('');
-  L.push('| variant | TTFB p50 / p99 ms (p50 range over rounds) | lag p50 / p99 ms | gap p50 / p99 ms | CPU s / 1,000 chunks | upstream CPU s / 1,000 | all chunks, in order | coalesced % | 1 stream alone: TTFB / lag p50 ms | hold-back check (1 stream × 50 × 10 ms) | noise cores |');
+  L.push(
+    '| variant | TTFB p50 / p99 ms (p50 range over rounds) | lag p50 / p99 ms | gap p50 / p99 ms | CPU s / 1,000 chunks | upstream CPU s / 1,000 | all chunks, in order | coalesced % | 1 stream alone: TTFB / lag p50 ms | hold-back check (1 stream × 50 × 10 ms) | noise cores |',
+  );
   L.push('| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- | ---: |');
   for (const n of names) {
     const v = streams[n];
     const hc = v.holdCheck;
-    L.push(`| ${n} | ${fmt1(v.ttfbP50)} / ${fmt1(v.ttfbP99)} (${fmt1(v.ttfbP50Min)}–${fmt1(v.ttfbP50Max)}) | ${fmt2(v.lagP50)} / ${fmt2(v.lagP99)} | ${fmt2(v.gapP50)} / ${fmt2(v.gapP99)} | ${v.cpuPer1000 === null ? '–' : fmt3(v.cpuPer1000)} | ${fmt3(v.upstreamCpuPer1000)} | ${v.complete ? 'yes' : 'NO'} | ${fmt1(v.coalescedPct)} | ${fmt2(hc.ttfbMs)} / ${fmt2(hc.lagP50Ms)} | ${hc.received}/${hc.expected}, ${hc.heldBack} held back, max lag ${fmt2(hc.lagMaxMs)} ms | ${fmt2(v.noise)} |`);
+    L.push(
+      `| ${n} | ${fmt1(v.ttfbP50)} / ${fmt1(v.ttfbP99)} (${fmt1(v.ttfbP50Min)}–${fmt1(v.ttfbP50Max)}) | ${fmt2(v.lagP50)} / ${fmt2(v.lagP99)} | ${fmt2(v.gapP50)} / ${fmt2(v.gapP99)} | ${v.cpuPer1000 === null ? '–' : fmt3(v.cpuPer1000)} | ${fmt3(v.upstreamCpuPer1000)} | ${v.complete ? 'yes' : 'NO'} | ${fmt1(v.coalescedPct)} | ${fmt2(hc.ttfbMs)} / ${fmt2(hc.lagP50Ms)} | ${hc.received}/${hc.expected}, ${hc.heldBack} held back, max lag ${fmt2(hc.lagMaxMs)} ms | ${fmt2(v.noise)} |`,
+    );
   }
   L.push('');
   L.push('| | TTFB p50 / p99 ms | lag p50 / p99 ms | gap p50 / p99 ms | CPU per chunk |');
@@ -643,7 +785,9 @@ function report(ctx) {
   for (const gw of names.filter((n) => n.startsWith('gateway'))) {
     for (const base of ['direct', 'bare', 'bare-pipe'].filter((b) => streams[b])) {
       const d = (k) => signed(streams[gw][k] - streams[base][k], fmt2);
-      L.push(`| ${gw} − ${base} | ${d('ttfbP50')} / ${d('ttfbP99')} | ${d('lagP50')} / ${d('lagP99')} | ${d('gapP50')} / ${d('gapP99')} | ${base === 'direct' ? '' : ratio(streams[gw].cpuPer1000, streams[base].cpuPer1000)} |`);
+      L.push(
+        `| ${gw} − ${base} | ${d('ttfbP50')} / ${d('ttfbP99')} | ${d('lagP50')} / ${d('lagP99')} | ${d('gapP50')} / ${d('gapP99')} | ${base === 'direct' ? '' : ratio(streams[gw].cpuPer1000, streams[base].cpuPer1000)} |`,
+      );
     }
   }
   if (idle) {
@@ -653,7 +797,9 @@ function report(ctx) {
     L.push('| variant | RSS before MB | RSS with all open MB | peak MB | streams open | chunks per stream (min–max) | time to open all |');
     L.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: |');
     for (const [n, v] of Object.entries(idle)) {
-      L.push(`| ${n} | ${mb(v.rssBefore)} | ${mb(v.rssOpen)} | ${mb(v.rssPeak)} | ${v.open}/${v.requested}${v.failed ? ` (${v.failed} failed: ${v.errors.join('; ')})` : ''} | ${v.chunksMin}–${v.chunksMax} | ${v.openMs} ms |`);
+      L.push(
+        `| ${n} | ${mb(v.rssBefore)} | ${mb(v.rssOpen)} | ${mb(v.rssPeak)} | ${v.open}/${v.requested}${v.failed ? ` (${v.failed} failed: ${v.errors.join('; ')})` : ''} | ${v.chunksMin}–${v.chunksMax} | ${v.openMs} ms |`,
+      );
     }
   }
   if (slow) {
@@ -663,7 +809,9 @@ function report(ctx) {
     L.push('| variant | RSS before MB | peak MB | growth MB | RSS at 3 s → end MB | read | rate MB/s |');
     L.push('| --- | ---: | ---: | ---: | ---: | ---: | ---: |');
     for (const [n, v] of Object.entries(slow)) {
-      L.push(`| ${n} | ${mb(v.rssBefore)} | ${mb(v.rssPeak)} | +${mb(v.growth)} | ${mb(v.rssAt3s)} → ${mb(v.rssEnd)} | ${mb(v.bytes)} MB | ${fmt2(v.rateMBps)} |`);
+      L.push(
+        `| ${n} | ${mb(v.rssBefore)} | ${mb(v.rssPeak)} | +${mb(v.growth)} | ${mb(v.rssAt3s)} → ${mb(v.rssEnd)} | ${mb(v.bytes)} MB | ${fmt2(v.rateMBps)} |`,
+      );
     }
   }
   L.push('');
@@ -748,7 +896,8 @@ async function main() {
   if (!ensureTool('wrk', ['wrk'])) throw new Error('wrk is needed (Debian: apt-get install -y wrk) and could not be installed');
   let nginxOk = !NO_NGINX && ensureTool('nginx', ['nginx-light', 'nginx']);
   if (NO_NGINX) notes.push('nginx skipped (--no-nginx).');
-  else if (!nginxOk) notes.push('nginx is not installed and could not be installed (apt-get install -y nginx-light); its column is missing.');
+  else if (!nginxOk)
+    notes.push('nginx is not installed and could not be installed (apt-get install -y nginx-light); its column is missing.');
 
   const pinned = process.env.BENCH_PIN !== '0' && machine.cores >= 2 && have('taskset');
   setPinning(pinned);
@@ -771,11 +920,20 @@ async function main() {
   const fastify = await startFastify(upstream);
   // Features on vs off, in the same run: usage accounting off; per-key limits on (high enough never
   // to refuse, so every request pays for checking and counting them).
-  const gatewayNoUsage = await startGateway(upstream, 'info', [], { name: 'gateway-nousage', label: 'gateway, GATEWAY_USAGE=off', env: { GATEWAY_USAGE: 'off' } });
+  const gatewayNoUsage = await startGateway(upstream, 'info', [], {
+    name: 'gateway-nousage',
+    label: 'gateway, GATEWAY_USAGE=off',
+    env: { GATEWAY_USAGE: 'off' },
+  });
   const gatewayLimits = await startGateway(upstream, 'info', [], {
     name: 'gateway-limits',
     label: 'gateway, every per-key limit on (never reached)',
-    env: { GATEWAY_DEFAULT_RPM: '100000000', GATEWAY_DEFAULT_TPM: '100000000', GATEWAY_DEFAULT_TPD: '100000000', GATEWAY_DEFAULT_CONCURRENCY: '100000' },
+    env: {
+      GATEWAY_DEFAULT_RPM: '100000000',
+      GATEWAY_DEFAULT_TPM: '100000000',
+      GATEWAY_DEFAULT_TPD: '100000000',
+      GATEWAY_DEFAULT_CONCURRENCY: '100000',
+    },
   });
   let nginx = null;
   if (nginxOk) {
@@ -812,7 +970,10 @@ async function main() {
   const file = join(dir, `${QUICK ? 'llm-gateway-bench-quick-' : ''}${startedAt.slice(0, 10)}.md`);
   writeFileSync(file, report(ctx));
   const strip = (o) => JSON.parse(JSON.stringify(o, (k, v) => (k === 'proc' ? undefined : v)));
-  writeFileSync(file.replace(/\.md$/, '.json'), `${JSON.stringify(strip({ ...ctx, variants: variants.map(({ name, label }) => ({ name, label })) }), null, 1)}\n`);
+  writeFileSync(
+    file.replace(/\.md$/, '.json'),
+    `${JSON.stringify(strip({ ...ctx, variants: variants.map(({ name, label }) => ({ name, label })) }), null, 1)}\n`,
+  );
   if (!QUICK) updateBenchmarksMd(ctx, file);
   log(`\n${targetsTable(small, streams, idle, slow)}\n`);
   log(`Wrote ${QUICK ? file : relative(ROOT, file)}${QUICK ? '' : ' and the summary in BENCHMARKS.md'} (${seconds.toFixed(0)} s).`);

@@ -207,71 +207,74 @@ async function streams() {
   const cpu0 = process.cpuUsage();
   const started = nowUs();
   await Promise.all(
-    conns.map((conn) => new Promise((resolve) => {
-      let t0 = 0;
-      let carry = '';
-      let expect = 0;
-      let prevRecv = -1;
-      let prevRead = -1;
-      let read = 0; // reads that carried body text: chunks that share one arrived together
-      let first = true;
-      let ok = true;
-      conn.request(bytes, {
-        onHead(status) {
-          if (status !== 200) {
-            ok = false;
-            errors.push(`HTTP ${status}`);
-          }
-        },
-        onBody(text, recv) {
-          if (!ok) return;
-          read++;
-          if (first) {
-            first = false;
-            ttfbs.push((recv - t0) / 1000);
-          }
-          const all = carry + text;
-          const end = all.lastIndexOf('\n\n');
-          if (end < 0) {
-            carry = all;
-            return;
-          }
-          carry = all.slice(end + 2);
-          let pos = 0;
-          while (pos <= end) {
-            const next = all.indexOf('\n\n', pos);
-            if (all.startsWith('data: {"i":', pos)) {
-              const comma = all.indexOf(',', pos + 11);
-              const i = Number(all.slice(pos + 11, comma));
-              const tEnd = all.indexOf(',', comma + 5);
-              const t = Number(all.slice(comma + 5, tEnd));
-              if (i !== expect) outOfOrder++;
-              expect = i + 1;
-              received++;
-              lags.push((recv - t) / 1000);
-              if (prevRecv >= 0) {
-                gaps.push((recv - prevRecv) / 1000);
-                if (prevRecv >= t) {
-                  heldBack++;
-                  if (prevRead === read) heldBackInGateway++;
-                }
+    conns.map(
+      (conn) =>
+        new Promise((resolve) => {
+          let t0 = 0;
+          let carry = '';
+          let expect = 0;
+          let prevRecv = -1;
+          let prevRead = -1;
+          let read = 0; // reads that carried body text: chunks that share one arrived together
+          let first = true;
+          let ok = true;
+          conn.request(bytes, {
+            onHead(status) {
+              if (status !== 200) {
+                ok = false;
+                errors.push(`HTTP ${status}`);
               }
-              prevRecv = recv;
-              prevRead = read;
-            } else if (all.startsWith('data: [DONE]', pos)) {
-              doneCount++;
-            }
-            pos = next + 2;
-          }
-        },
-        onEnd: resolve,
-        onError(message) {
-          errors.push(message);
-          resolve();
-        },
-      });
-      t0 = nowUs();
-    })),
+            },
+            onBody(text, recv) {
+              if (!ok) return;
+              read++;
+              if (first) {
+                first = false;
+                ttfbs.push((recv - t0) / 1000);
+              }
+              const all = carry + text;
+              const end = all.lastIndexOf('\n\n');
+              if (end < 0) {
+                carry = all;
+                return;
+              }
+              carry = all.slice(end + 2);
+              let pos = 0;
+              while (pos <= end) {
+                const next = all.indexOf('\n\n', pos);
+                if (all.startsWith('data: {"i":', pos)) {
+                  const comma = all.indexOf(',', pos + 11);
+                  const i = Number(all.slice(pos + 11, comma));
+                  const tEnd = all.indexOf(',', comma + 5);
+                  const t = Number(all.slice(comma + 5, tEnd));
+                  if (i !== expect) outOfOrder++;
+                  expect = i + 1;
+                  received++;
+                  lags.push((recv - t) / 1000);
+                  if (prevRecv >= 0) {
+                    gaps.push((recv - prevRecv) / 1000);
+                    if (prevRecv >= t) {
+                      heldBack++;
+                      if (prevRead === read) heldBackInGateway++;
+                    }
+                  }
+                  prevRecv = recv;
+                  prevRead = read;
+                } else if (all.startsWith('data: [DONE]', pos)) {
+                  doneCount++;
+                }
+                pos = next + 2;
+              }
+            },
+            onEnd: resolve,
+            onError(message) {
+              errors.push(message);
+              resolve();
+            },
+          });
+          t0 = nowUs();
+        }),
+    ),
   );
   const wall = (nowUs() - started) / 1e6;
   const cpu = process.cpuUsage(cpu0);
@@ -304,35 +307,39 @@ async function idle() {
   const errors = [];
   for (let b = 0; b < n; b += batch) {
     await Promise.all(
-      Array.from({ length: Math.min(batch, n - b) }, () => new Promise((resolve) => {
-        const s = { chunks: 0, req: null, res: null };
-        s.req = post(
-          chatBody({ mode: 'idle', interval_ms: intervalMs }),
-          (res) => {
-            s.res = res;
-            if (res.statusCode !== 200) {
-              failed++;
-              errors.push(`HTTP ${res.statusCode}`);
-              res.resume();
-              return resolve();
-            }
-            res.on('data', (d) => {
-              s.chunks += d.toString('latin1').split('\n\n').length - 1;
-              if (s.chunks > 0 && !s.counted) {
-                s.counted = true;
-                open.push(s);
+      Array.from(
+        { length: Math.min(batch, n - b) },
+        () =>
+          new Promise((resolve) => {
+            const s = { chunks: 0, req: null, res: null };
+            s.req = post(
+              chatBody({ mode: 'idle', interval_ms: intervalMs }),
+              (res) => {
+                s.res = res;
+                if (res.statusCode !== 200) {
+                  failed++;
+                  errors.push(`HTTP ${res.statusCode}`);
+                  res.resume();
+                  return resolve();
+                }
+                res.on('data', (d) => {
+                  s.chunks += d.toString('latin1').split('\n\n').length - 1;
+                  if (s.chunks > 0 && !s.counted) {
+                    s.counted = true;
+                    open.push(s);
+                    resolve();
+                  }
+                });
+                res.on('error', () => {});
+              },
+              (err) => {
+                failed++;
+                errors.push(err.message);
                 resolve();
-              }
-            });
-            res.on('error', () => {});
-          },
-          (err) => {
-            failed++;
-            errors.push(err.message);
-            resolve();
-          },
-        );
-      })),
+              },
+            );
+          }),
+      ),
     );
   }
   emit({ event: 'open', streams: open.length, openMs: Date.now() - started });
@@ -343,7 +350,16 @@ async function idle() {
   // Give the runner a moment to read RSS while everything is still open.
   await new Promise((r) => setTimeout(r, 300));
   for (const s of open) s.req.destroy();
-  emit({ mode: 'idle', requested: n, open: open.length, failed, errors: errors.slice(0, 5), chunksMin: counts[0] ?? 0, chunksMax: counts[counts.length - 1] ?? 0, seconds: (Date.now() - started) / 1000 });
+  emit({
+    mode: 'idle',
+    requested: n,
+    open: open.length,
+    failed,
+    errors: errors.slice(0, 5),
+    chunksMin: counts[0] ?? 0,
+    chunksMax: counts[counts.length - 1] ?? 0,
+    seconds: (Date.now() - started) / 1000,
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 // Every setting the gateway reads, declared once. The Config type is derived from this table, the
 // server and (later) the CLI share it, and a bad value stops the process at boot with one line that
 // names the setting (see server.ts).
+import { readFileSync } from 'node:fs';
+import { parseEnv } from 'node:util';
 import { KEY_CHARACTERS_REASON, isPrintableAscii } from './keys/key-index.js';
 
 export class ConfigError extends Error {
@@ -25,11 +27,16 @@ function setting<T>(env: string, fallback: string, parse: (text: string, env: st
   return { env, fallback, parse };
 }
 
-export const MIN_KEY_LENGTH = 16;
+const MIN_KEY_LENGTH = 16;
 const LOG_LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
 const BYTE_UNITS: Record<string, number> = { '': 1, b: 1, kb: 1024, mb: 1024 ** 2, gb: 1024 ** 3 };
 
-export const MIN_ADMIN_KEY_LENGTH = 32;
+const MIN_ADMIN_KEY_LENGTH = 32;
+
+/** Digits only (surrounding spaces allowed) as a number; NaN for anything else (signs, decimals, 1e3). */
+export function wholeNumber(text: string): number {
+  return /^\d+$/.test(text.trim()) ? Number(text) : NaN;
+}
 
 function apiKeyList(text: string, env: string): string[] {
   const keys = text
@@ -43,7 +50,8 @@ function apiKeyList(text: string, env: string): string[] {
       throw new ConfigError(env, `key ${i + 1} is ${key.length} characters long; each key needs at least ${MIN_KEY_LENGTH}`);
     }
     if (/\s/.test(key)) throw new ConfigError(env, `key ${i + 1} contains whitespace`);
-    if (!isPrintableAscii(key)) throw new ConfigError(env, `key ${i + 1} contains a character outside printable ASCII; ${KEY_CHARACTERS_REASON}`);
+    if (!isPrintableAscii(key))
+      throw new ConfigError(env, `key ${i + 1} contains a character outside printable ASCII; ${KEY_CHARACTERS_REASON}`);
     const before = seen.get(key);
     if (before !== undefined) throw new ConfigError(env, `key ${i + 1} repeats key ${before}`);
     seen.set(key, i + 1);
@@ -54,7 +62,11 @@ function apiKeyList(text: string, env: string): string[] {
 function adminKey(text: string, env: string): string {
   const value = text.trim();
   if (value === '') return '';
-  if (value.length < MIN_ADMIN_KEY_LENGTH) throw new ConfigError(env, `is ${value.length} characters long; it needs at least ${MIN_ADMIN_KEY_LENGTH} (or leave it empty to turn the admin API off)`);
+  if (value.length < MIN_ADMIN_KEY_LENGTH)
+    throw new ConfigError(
+      env,
+      `is ${value.length} characters long; it needs at least ${MIN_ADMIN_KEY_LENGTH} (or leave it empty to turn the admin API off)`,
+    );
   if (/\s/.test(value)) throw new ConfigError(env, 'must not contain whitespace');
   if (!isPrintableAscii(value)) throw new ConfigError(env, `contains a character outside printable ASCII; ${KEY_CHARACTERS_REASON}`);
   return value;
@@ -86,12 +98,13 @@ function optionalSecret(text: string, env: string): string {
   const value = text.trim();
   if (/\s/.test(value)) throw new ConfigError(env, 'must not contain whitespace');
   // Sent to llama-server in a header: undici refuses other characters on every request.
-  if (!isPrintableAscii(value)) throw new ConfigError(env, 'contains a character outside printable ASCII; it is sent in an HTTP header, which cannot carry it');
+  if (!isPrintableAscii(value))
+    throw new ConfigError(env, 'contains a character outside printable ASCII; it is sent in an HTTP header, which cannot carry it');
   return value;
 }
 
 function port(text: string, env: string): number {
-  const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
+  const n = wholeNumber(text);
   if (!Number.isInteger(n) || n < 1 || n > 65535) {
     throw new ConfigError(env, `must be a port number from 1 to 65535, got "${text}"`);
   }
@@ -100,7 +113,8 @@ function port(text: string, env: string): number {
 
 function host(text: string, env: string): string {
   const value = text.trim();
-  if (value === '' || /[\s/]/.test(value)) throw new ConfigError(env, `must be a listen address such as 127.0.0.1 or 0.0.0.0, got "${text}"`);
+  if (value === '' || /[\s/]/.test(value))
+    throw new ConfigError(env, `must be a listen address such as 127.0.0.1 or 0.0.0.0, got "${text}"`);
   return value;
 }
 
@@ -122,7 +136,10 @@ function corsOrigins(text: string, env: string): CorsOrigins {
         parsed = undefined;
       }
       if (parsed === undefined || parsed.origin !== origin) {
-        throw new ConfigError(env, `must be "*" or a comma list of exact origins like https://chat.example.com (scheme and host, no path or trailing slash), got "${origin}"`);
+        throw new ConfigError(
+          env,
+          `must be "*" or a comma list of exact origins like https://chat.example.com (scheme and host, no path or trailing slash), got "${origin}"`,
+        );
       }
       return origin;
     });
@@ -138,7 +155,7 @@ function byteSize(text: string, env: string): number {
 }
 
 function millis(text: string, env: string): number {
-  const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
+  const n = wholeNumber(text);
   if (!Number.isSafeInteger(n) || n < 1) throw new ConfigError(env, `must be a whole number of milliseconds (> 0), got "${text}"`);
   return n;
 }
@@ -157,7 +174,7 @@ function optionalPath(text: string, env: string): string {
 }
 
 function days(text: string, env: string): number {
-  const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
+  const n = wholeNumber(text);
   if (!Number.isSafeInteger(n) || n < 1) throw new ConfigError(env, `must be a whole number of days (≥ 1), got "${text}"`);
   return n;
 }
@@ -165,13 +182,13 @@ function days(text: string, env: string): number {
 function optionalCount(text: string, env: string): number | null {
   const value = text.trim().toLowerCase();
   if (value === '' || value === 'auto' || value === 'none') return null;
-  const n = /^\d+$/.test(value) ? Number(value) : NaN;
+  const n = wholeNumber(value);
   if (!Number.isSafeInteger(n) || n < 1) throw new ConfigError(env, `must be a whole number ≥ 1 (or empty), got "${text}"`);
   return n;
 }
 
 function count(text: string, env: string): number {
-  const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
+  const n = wholeNumber(text);
   if (!Number.isSafeInteger(n) || n < 1) throw new ConfigError(env, `must be a whole number ≥ 1, got "${text}"`);
   return n;
 }
@@ -180,8 +197,9 @@ function count(text: string, env: string): number {
 function keySlots(text: string, env: string): 'auto' | 'all' | number {
   const value = text.trim().toLowerCase();
   if (value === 'auto' || value === 'all') return value;
-  const n = /^\d+$/.test(value) ? Number(value) : NaN;
-  if (!Number.isSafeInteger(n) || n < 1) throw new ConfigError(env, `must be auto (all slots but one), all, or a whole number ≥ 1, got "${text}"`);
+  const n = wholeNumber(value);
+  if (!Number.isSafeInteger(n) || n < 1)
+    throw new ConfigError(env, `must be auto (all slots but one), all, or a whole number ≥ 1, got "${text}"`);
   return n;
 }
 
@@ -227,13 +245,16 @@ export const SETTINGS = {
 
 export type Config = { readonly [K in keyof typeof SETTINGS]: ReturnType<(typeof SETTINGS)[K]['parse']> };
 
+/** One setting from `env` (an unset or empty value takes the default); `name` is what errors call it. Throws ConfigError. */
+export function readSetting<T>(s: Setting<T>, env: Env, name = s.env): T {
+  const raw = env[s.env];
+  return s.parse(raw === undefined || raw.trim() === '' ? s.fallback : raw, name);
+}
+
 /** Reads every setting from `env` (an unset or empty value takes the default). Throws ConfigError. */
 export function loadConfig(env: Env = process.env): Config {
   const out: Record<string, unknown> = {};
-  for (const [name, s] of Object.entries(SETTINGS) as [string, Setting<unknown>][]) {
-    const raw = env[s.env];
-    out[name] = s.parse(raw === undefined || raw.trim() === '' ? s.fallback : raw, s.env);
-  }
+  for (const [name, s] of Object.entries(SETTINGS) as [string, Setting<unknown>][]) out[name] = readSetting(s, env);
   const config = out as Config;
   if (config.adminKey !== '' && config.apiKeys.includes(config.adminKey)) {
     throw new ConfigError(SETTINGS.adminKey.env, 'must not be one of the client keys in LLM_API_KEYS');
@@ -249,4 +270,21 @@ export const NO_KEYS_MESSAGE =
 export function configWith(overrides: Partial<Config> & Pick<Config, 'apiKeys'>): Config {
   const defaults = loadConfig({ [SETTINGS.apiKeys.env]: overrides.apiKeys.join(',') });
   return { ...defaults, ...overrides };
+}
+
+/**
+ * The variables of an env file such as `.env`, parsed as Node.js parses it (process.loadEnvFile,
+ * which server.ts uses); {} when there is none. For readers that must not touch process.env.
+ */
+export function readEnvFile(path: string): Record<string, string> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
+    throw new Error(`could not read ${path}: ${(err as Error).message}`);
+  }
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(parseEnv(text))) if (v !== undefined) out[k] = v;
+  return out;
 }

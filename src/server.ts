@@ -37,11 +37,16 @@ function loggerOptions(config: Config): FastifyServerOptions['logger'] {
   return {
     level: config.logLevel,
     // Keys never reach a log line, even if someone logs a request's headers.
-    redact: { paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers.cookie', 'req.headers["x-my-llm-key"]'], censor: '[redacted]' },
+    redact: {
+      paths: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers.cookie', 'req.headers["x-my-llm-key"]'],
+      censor: '[redacted]',
+    },
     // …and no query string either (?api_key=sk-…): a logged request shows its path only.
     serializers: { req: serializeRequest },
     // JSON for machines, written in batches; pretty only when a person watches a terminal.
-    ...(process.stdout.isTTY ? { transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss', ignore: 'pid,hostname' } } } : { stream: batchedStdout() }),
+    ...(process.stdout.isTTY
+      ? { transport: { target: 'pino-pretty', options: { translateTime: 'SYS:HH:MM:ss', ignore: 'pid,hostname' } } }
+      : { stream: batchedStdout() }),
   };
 }
 
@@ -55,9 +60,10 @@ function displayHost(host: string): string {
   return host === '127.0.0.1' || host === '0.0.0.0' || host === '::' || host === '::1' ? 'localhost' : host;
 }
 
+/** The gateway's one connection to its database, tuned for it (storage/db.ts); closed after the app. */
 function openKeyStore(config: Config): KeyStore {
   try {
-    return KeyStore.open(config.db);
+    return KeyStore.open(config.db, 'gateway');
   } catch (err) {
     if (err instanceof KeyStoreError) fail(err.message);
     throw err;
@@ -90,7 +96,11 @@ async function main(): Promise<void> {
 
   // Say once at start whether llama-server answers; requests will say it again if not.
   app.upstream.get('/health').then(
-    (answer) => app.log.info({ upstream: config.upstream, status: answer.statusCode }, answer.statusCode === 200 ? 'upstream ready' : 'upstream not ready yet'),
+    (answer) =>
+      app.log.info(
+        { upstream: config.upstream, status: answer.statusCode },
+        answer.statusCode === 200 ? 'upstream ready' : 'upstream not ready yet',
+      ),
     () => app.log.warn({ upstream: config.upstream }, 'upstream unreachable: is llama-server running? Requests will get 502 until it is'),
   );
 
@@ -120,7 +130,7 @@ async function main(): Promise<void> {
       () => {
         clearTimeout(grace);
         clearInterval(sweep);
-        store.close(); // after app.close(): its onClose wrote the keys' last-used times
+        store.close(); // after app.close(): its onClose wrote the last records and checkpoint
         app.log.info('stopped');
         process.exit(0);
       },

@@ -71,7 +71,11 @@ const BAD: [Record<string, string>, string, RegExp][] = [
   [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL', /must be one of fatal, error, warn, info, debug, trace, silent/],
   [{ LLM_UPSTREAM_API_KEY: 'two words' }, 'LLM_UPSTREAM_API_KEY', /whitespace/],
   [{ GATEWAY_ADMIN_KEY: 'too-short-admin-key' }, 'GATEWAY_ADMIN_KEY', /is 19 characters long; it needs at least 32/],
-  [{ LLM_API_KEYS: 'sk-admin-and-client-0123456789abcdef', GATEWAY_ADMIN_KEY: 'sk-admin-and-client-0123456789abcdef' }, 'GATEWAY_ADMIN_KEY', /must not be one of the client keys in LLM_API_KEYS/],
+  [
+    { LLM_API_KEYS: 'sk-admin-and-client-0123456789abcdef', GATEWAY_ADMIN_KEY: 'sk-admin-and-client-0123456789abcdef' },
+    'GATEWAY_ADMIN_KEY',
+    /must not be one of the client keys in LLM_API_KEYS/,
+  ],
   [{ GATEWAY_DB: 'data/' }, 'GATEWAY_DB', /file path/],
 ];
 
@@ -104,9 +108,21 @@ t.test('bad values name the setting and never echo a key', async (t) => {
 t.test('a key that could never match (non-ASCII) is refused at start, by position, never echoed', async (t) => {
   const secret = 'sk-café-0123456789abcdef';
   const cases: [Record<string, string>, string, RegExp][] = [
-    [{ LLM_API_KEYS: `${KEY_A},${secret}` }, 'LLM_API_KEYS', /^LLM_API_KEYS key 2 contains a character outside printable ASCII; keys must be printable ASCII .*could never match$/],
-    [{ LLM_API_KEYS: KEY_A, GATEWAY_ADMIN_KEY: `${secret}-admin-0123456789` }, 'GATEWAY_ADMIN_KEY', /^GATEWAY_ADMIN_KEY contains a character outside printable ASCII; .*could never match$/],
-    [{ LLM_API_KEYS: KEY_A, LLM_UPSTREAM_API_KEY: secret }, 'LLM_UPSTREAM_API_KEY', /^LLM_UPSTREAM_API_KEY contains a character outside printable ASCII/],
+    [
+      { LLM_API_KEYS: `${KEY_A},${secret}` },
+      'LLM_API_KEYS',
+      /^LLM_API_KEYS key 2 contains a character outside printable ASCII; keys must be printable ASCII .*could never match$/,
+    ],
+    [
+      { LLM_API_KEYS: KEY_A, GATEWAY_ADMIN_KEY: `${secret}-admin-0123456789` },
+      'GATEWAY_ADMIN_KEY',
+      /^GATEWAY_ADMIN_KEY contains a character outside printable ASCII; .*could never match$/,
+    ],
+    [
+      { LLM_API_KEYS: KEY_A, LLM_UPSTREAM_API_KEY: secret },
+      'LLM_UPSTREAM_API_KEY',
+      /^LLM_UPSTREAM_API_KEY contains a character outside printable ASCII/,
+    ],
     [{ LLM_API_KEYS: `${KEY_A},sk-test-control-\u0001-0123456789` }, 'LLM_API_KEYS', /key 2 contains a character outside printable ASCII/],
   ];
   for (const [env, setting, message] of cases) {
@@ -164,7 +180,10 @@ function runServer(env: Record<string, string>, cwd: string, untilStdout?: RegEx
 t.test('the real process: a bad setting exits 1 with one line, no stack', async (t) => {
   const cwd = mkdtempSync(join(tmpdir(), 'gw-config-'));
   const cases: [Record<string, string>, RegExp][] = [
-    [{}, /no API keys: set LLM_API_KEYS in \.env \(run `npm run setup` to make one\), or create a key with `npx llm-gateway keys create --name alice`/],
+    [
+      {},
+      /no API keys: set LLM_API_KEYS in \.env \(run `npm run setup` to make one\), or create a key with `npx llm-gateway keys create --name alice`/,
+    ],
     [{ LLM_API_KEYS: KEY_A, GATEWAY_PORT: 'abc' }, /GATEWAY_PORT must be a port number from 1 to 65535, got "abc"/],
     [{ LLM_API_KEYS: KEY_A, LLM_UPSTREAM: 'ftp://x' }, /LLM_UPSTREAM must be an http\(s\) URL/],
     [{ LLM_API_KEYS: 'sk-short' }, /LLM_API_KEYS key 1 is 8 characters long/],
@@ -191,12 +210,22 @@ t.test('the real process: banner, .env read, real environment wins, key never pr
   const run = await runServer({ GATEWAY_PORT: port }, cwd, /listening on/);
   t.equal(run.code, 0, 'SIGTERM → exit 0');
   t.equal(
-    run.stdout.split('\n').filter((l) => !l.startsWith('{')).join('\n').trim(),
-    ['✅ LLM Gateway starting with config:', `  - Port: ${port}`, `  - Upstream: ${fake.url}`, '  - Valid API keys: 2', `🚀 LLM API Gateway listening on http://localhost:${port}`].join('\n'),
+    run.stdout
+      .split('\n')
+      .filter((l) => !l.startsWith('{'))
+      .join('\n')
+      .trim(),
+    [
+      '✅ LLM Gateway starting with config:',
+      `  - Port: ${port}`,
+      `  - Upstream: ${fake.url}`,
+      '  - Valid API keys: 2',
+      `🚀 LLM API Gateway listening on http://localhost:${port}`,
+    ].join('\n'),
   );
   const jsonLines = run.stdout.split('\n').filter((l) => l.startsWith('{'));
   t.ok(jsonLines.length > 0, 'then JSON logs (stdout is not a TTY)');
-  for (const l of jsonLines) t.doesNotThrow(() => JSON.parse(l));
+  for (const l of jsonLines) t.doesNotThrow(() => JSON.parse(l) as unknown);
   t.notMatch(run.stdout + run.stderr, KEY_A);
   t.notMatch(run.stdout + run.stderr, KEY_B);
 });
@@ -228,7 +257,10 @@ t.test('the real process: a corrupt or read-only key database is a clear error a
   writeFileSync(join(cwd, 'corrupt.db'), 'not a database '.repeat(100));
   const corrupt = await runServer({ LLM_API_KEYS: KEY_A, GATEWAY_DB: './corrupt.db' }, cwd);
   t.equal(corrupt.code, 1);
-  t.equal(corrupt.stderr, '❌ LLM Gateway cannot start: GATEWAY_DB ./corrupt.db cannot be used: the file is not a SQLite database or is damaged\n');
+  t.equal(
+    corrupt.stderr,
+    '❌ LLM Gateway cannot start: GATEWAY_DB ./corrupt.db cannot be used: the file is not a SQLite database or is damaged\n',
+  );
   t.equal(corrupt.stdout, '');
 
   // A read-only file: file modes for a normal user; root ignores those, so make it immutable.
@@ -243,6 +275,9 @@ t.test('the real process: a corrupt or read-only key database is a clear error a
     });
     const readonly = await runServer({ LLM_API_KEYS: KEY_A, GATEWAY_DB: './ro.db' }, cwd);
     t.equal(readonly.code, 1);
-    t.equal(readonly.stderr, '❌ LLM Gateway cannot start: GATEWAY_DB ./ro.db cannot be used: the file or its folder is read-only; the gateway needs to write to it\n');
+    t.equal(
+      readonly.stderr,
+      '❌ LLM Gateway cannot start: GATEWAY_DB ./ro.db cannot be used: the file or its folder is read-only; the gateway needs to write to it\n',
+    );
   });
 });

@@ -1,5 +1,7 @@
-// Test plumbing: a real gateway on a real port in front of the fake llama-server, and a plain
-// HTTP client that sends paths exactly as written (fetch would normalise /v1/../slots).
+// Test plumbing: a real gateway on a real port in front of the fake llama-server, a plain HTTP
+// client that sends paths exactly as written (fetch would normalise /v1/../slots), and the small
+// helpers every test file would otherwise write again (ports, temp folders, waiting, metrics).
+import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
@@ -9,13 +11,19 @@ import { Writable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../src/app.js';
 import { configWith, type Config } from '../src/config.js';
-import { KeyRegistry } from '../src/keys/key-registry.js';
+import { type KeyRegistry } from '../src/keys/key-registry.js';
 import { KeyStore } from '../src/keys/key-store.js';
+import type { UsageRecord } from '../src/usage/exchange.js';
 import { startFakeLlama, type FakeBehavior, type FakeLlama } from './fixtures/fake-llama.js';
 
 export const KEY_A = 'sk-test-alice-0123456789abcdef';
 export const KEY_B = 'sk-test-bob-0123456789abcdef00';
 export const AUTH_A = { authorization: `Bearer ${KEY_A}` };
+
+/** The Authorization header that presents `key`. */
+export function bearer(key: string): Record<string, string> {
+  return { authorization: `Bearer ${key}` };
+}
 
 export interface Teardown {
   teardown(fn: () => unknown): void;
@@ -41,10 +49,26 @@ export interface GatewayOptions {
   queuePingMs?: number;
 }
 
-/** A fresh key database in a temp folder, closed at teardown. */
+/** A fresh folder under the OS temp dir, removed at teardown. */
+export function tempDir(t: Teardown, prefix = 'gw-test-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** A port nothing listens on (listen on 0, note the port, close): for a server to start on, or to be refused on. */
+export async function freePort(): Promise<number> {
+  const s = net.createServer().listen(0, '127.0.0.1');
+  await once(s, 'listening');
+  const { port } = s.address() as net.AddressInfo;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+/** A fresh key database in a temp folder, tuned as the gateway's own (server.ts), closed at teardown. */
 export function tempStore(t: Teardown): KeyStore {
   const dir = mkdtempSync(join(tmpdir(), 'gw-keys-'));
-  const store = KeyStore.open(join(dir, 'gateway.db'));
+  const store = KeyStore.open(join(dir, 'gateway.db'), 'gateway');
   t.teardown(() => {
     store.close();
     rmSync(dir, { recursive: true, force: true });
@@ -71,7 +95,12 @@ export async function startGateway(
   });
   // A fixed slot count: reading llama-server's /props in the background would add upstream requests.
   const config = configWith({ apiKeys: [KEY_A, KEY_B], upstream: fake.url, maxInflight: 4, ...overrides });
-  const app = await buildApp(config, { logger: { level: 'info', stream }, ...(options.registry === undefined ? {} : { registry: options.registry }), ...(options.usageFlushMs === undefined ? {} : { usageFlushMs: options.usageFlushMs }), ...(options.queuePingMs === undefined ? {} : { queuePingMs: options.queuePingMs }) });
+  const app = await buildApp(config, {
+    logger: { level: 'info', stream },
+    ...(options.registry === undefined ? {} : { registry: options.registry }),
+    ...(options.usageFlushMs === undefined ? {} : { usageFlushMs: options.usageFlushMs }),
+    ...(options.queuePingMs === undefined ? {} : { queuePingMs: options.queuePingMs }),
+  });
   await app.listen({ port: 0, host: '127.0.0.1' });
   const port = (app.server.address() as net.AddressInfo).port;
   t.teardown(async () => {
@@ -101,7 +130,14 @@ export interface RawRequest {
 export function request(port: number, req: RawRequest): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
     const r = http.request(
-      { host: '127.0.0.1', port, method: req.method ?? (req.body === undefined ? 'GET' : 'POST'), path: req.path, headers: req.headers, agent: false },
+      {
+        host: '127.0.0.1',
+        port,
+        method: req.method ?? (req.body === undefined ? 'GET' : 'POST'),
+        path: req.path,
+        headers: req.headers,
+        agent: false,
+      },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
@@ -152,6 +188,61 @@ export function withoutUsageChunk(text: string): string {
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/**
+ * Polls `check` every `everyMs` until it gives something other than false or undefined, and resolves
+ * with that; rejects after `ms` saying what did not happen.
+ */
+export async function until<T>(
+  what: string,
+  check: () => T | false | undefined | Promise<T | false | undefined>,
+  ms = 5000,
+  everyMs = 5,
+): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await check();
+    if (v !== false && v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
+    await sleep(everyMs);
+  }
+}
+
+/** The value of one series in Prometheus text (the first whose labels include `labels`), or undefined. */
+export function metricValue(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
+    const labelText = /\{(.*)\}/.exec(line)?.[1] ?? '';
+    const have = new Map([...labelText.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
+    if (Object.entries(labels).every(([k, v]) => have.get(k) === v)) return Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return undefined;
+}
+
+/** A complete usage record numbered `i` (request id `req-<i>`), for the writers' tests. */
+export function usageRecord(i: number): UsageRecord {
+  return {
+    ts: Date.now(),
+    requestId: `req-${i}`,
+    keyId: 'env-1',
+    keyName: 'env-1',
+    route: '/v1/chat/completions',
+    model: 'm',
+    status: 200,
+    streamed: false,
+    promptTokens: 1,
+    cachedTokens: null,
+    completionTokens: 2,
+    estimated: false,
+    ttftMs: null,
+    durationMs: 1,
+    bytesIn: 10,
+    bytesOut: 20,
+    clientIp: '127.0.0.1',
+    userAgent: null,
+    outcome: 'ok',
+  };
 }
 
 /** Resolves with `p`, or rejects after `ms` saying what did not happen. */

@@ -9,17 +9,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { startFakeLlama, type FakeBehavior, type FakeLlama } from './fixtures/fake-llama.js';
-import { AUTH_A, KEY_A, chatBody, within } from './helpers.js';
+import { AUTH_A, KEY_A, chatBody, freePort, within } from './helpers.js';
 
 const SERVER = join(fileURLToPath(new URL('..', import.meta.url)), 'dist', 'server.js');
-
-async function freePort(): Promise<number> {
-  const s = net.createServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 interface Running {
   child: ChildProcess;
@@ -29,7 +21,11 @@ interface Running {
   output: () => string;
 }
 
-async function startProcess(t: { teardown(fn: () => unknown): void }, env: Record<string, string>, behavior: Partial<FakeBehavior>): Promise<Running> {
+async function startProcess(
+  t: { teardown(fn: () => unknown): void },
+  env: Record<string, string>,
+  behavior: Partial<FakeBehavior>,
+): Promise<Running> {
   const fake = await startFakeLlama(behavior);
   const port = await freePort();
   const child = spawn(process.execPath, [SERVER], {
@@ -46,7 +42,11 @@ async function startProcess(t: { teardown(fn: () => unknown): void }, env: Recor
     await fake.close();
   });
   // pm2-style readiness: the process says 'ready' over IPC once it listens.
-  await within(once(child, 'message').then(([m]) => m === 'ready' || Promise.reject(new Error(String(m)))), 10_000, 'ready message');
+  await within(
+    once(child, 'message').then(([m]) => m === 'ready' || Promise.reject(new Error(String(m)))),
+    10_000,
+    'ready message',
+  );
   return { child, port, fake, exit, output: () => out };
 }
 
@@ -105,7 +105,11 @@ t.test('past the grace period the rest is cut, upstream cancelled, exit 0', asyn
   await within(upstream!.closed, 2000, 'the upstream request is closed');
   t.ok(upstream!.abortedByClient, 'llama-server saw the request cancelled');
   t.notMatch(body, '[DONE]');
-  t.match(body, /data: \{"error":\{"message":"The gateway is restarting; retry in a few seconds\.","type":"upstream_error","param":null,"code":"shutting_down"\}\}\n\n$/, 'the stream ends with an error event');
+  t.match(
+    body,
+    /data: \{"error":\{"message":"The gateway is restarting; retry in a few seconds\.","type":"server_error","param":null,"code":"shutting_down"\}\}\n\n$/,
+    'the stream ends with the shutdown error (type and code as its 503)',
+  );
   t.match(run.output(), /shutdown grace period over/);
 });
 
@@ -114,10 +118,12 @@ t.test('an idle keep-alive client does not hold shutdown open', async (t) => {
   const agent = new http.Agent({ keepAlive: true });
   t.teardown(() => agent.destroy());
   await new Promise<void>((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port: run.port, path: '/healthz', agent }, (res) => {
-      res.resume();
-      res.on('end', resolve);
-    }).on('error', reject);
+    http
+      .get({ host: '127.0.0.1', port: run.port, path: '/healthz', agent }, (res) => {
+        res.resume();
+        res.on('end', resolve);
+      })
+      .on('error', reject);
   });
   run.child.kill('SIGTERM');
   t.equal(await within(run.exit, 3000, 'exit without waiting for the keep-alive timeout'), 0);
@@ -126,12 +132,15 @@ t.test('an idle keep-alive client does not hold shutdown open', async (t) => {
 t.test('a request still waiting for llama-server when the grace period ends gets a 503', async (t) => {
   const run = await startProcess(t, { GATEWAY_SHUTDOWN_GRACE_MS: '300' }, { headersDelayMs: Infinity });
   const answer = new Promise<{ status: number; body: string }>((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port: run.port, method: 'POST', path: '/v1/chat/completions', headers: AUTH_A }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
+    const req = http.request(
+      { host: '127.0.0.1', port: run.port, method: 'POST', path: '/v1/chat/completions', headers: AUTH_A },
+      (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      },
+    );
     req.on('error', reject);
     req.end(chatBody());
   });
@@ -146,7 +155,9 @@ t.test('a request still waiting for llama-server when the grace period ends gets
   run.child.kill('SIGTERM');
   const { status, body } = await within(answer, 5000, 'an answer');
   t.equal(status, 503);
-  t.same(JSON.parse(body), { error: { message: 'The gateway is restarting; retry in a few seconds.', type: 'server_error', param: null, code: 'shutting_down' } });
+  t.same(JSON.parse(body), {
+    error: { message: 'The gateway is restarting; retry in a few seconds.', type: 'server_error', param: null, code: 'shutting_down' },
+  });
   t.equal(await within(run.exit, 5000, 'exit'), 0);
 });
 
@@ -154,10 +165,13 @@ t.test('log lines reach stdout as JSON, one per request, and none is lost at exi
   const run = await startProcess(t, {}, {});
   for (let i = 0; i < 3; i++) {
     await new Promise<void>((resolve, reject) => {
-      const req = http.request({ host: '127.0.0.1', port: run.port, method: 'POST', path: '/v1/chat/completions', headers: AUTH_A }, (res) => {
-        res.resume();
-        res.on('end', resolve);
-      });
+      const req = http.request(
+        { host: '127.0.0.1', port: run.port, method: 'POST', path: '/v1/chat/completions', headers: AUTH_A },
+        (res) => {
+          res.resume();
+          res.on('end', resolve);
+        },
+      );
       req.on('error', reject);
       req.end(chatBody());
     });

@@ -63,7 +63,7 @@ export interface Ticket {
   /** resolves with the release function once the request may go upstream */
   readonly admitted: Promise<() => void>;
   /** the client left: leave the queue (or give the slot back) */
-  cancel(): void;
+  readonly cancel: () => void;
 }
 
 export class FairQueue {

@@ -6,12 +6,19 @@
 // budget for the window, so concurrent requests overshoot a limit by at most one request's hold.
 // All counts live in a CounterStore.
 import type { CounterStore, WindowCount } from './counters.js';
-import type { KeyIdentity, KeyLimits } from '../keys/key-index.js';
+
+/** A key's limits (null: none of its own); a stored key holds them, admission applies them. */
+export interface KeyLimits {
+  readonly rpm: number | null;
+  readonly tpm: number | null;
+  readonly tpd: number | null;
+  readonly concurrency: number | null;
+}
 
 export const MINUTE_MS = 60_000;
-export const DAY_MS = 86_400_000;
+const DAY_MS = 86_400_000;
 
-export type LimitName = 'requests per minute' | 'tokens per minute' | 'tokens per day' | 'concurrent requests';
+type LimitName = 'requests per minute' | 'tokens per minute' | 'tokens per day' | 'concurrent requests';
 
 export interface Refusal {
   readonly limit: LimitName;
@@ -50,8 +57,8 @@ export class Limits {
     this.#defaults = defaults;
   }
 
-  /** The limits that apply to a key. */
-  of(key: KeyIdentity): KeyLimits {
+  /** The limits that apply to a key (its identity: keys/key-index.ts). */
+  of(key: { readonly limits: KeyLimits | null }): KeyLimits {
     const own = key.limits ?? NONE;
     const d = this.#defaults;
     return { rpm: own.rpm ?? d.rpm, tpm: own.tpm ?? d.tpm, tpd: own.tpd ?? d.tpd, concurrency: own.concurrency ?? d.concurrency };
@@ -72,7 +79,9 @@ export class Limits {
       over('requests per minute', l.rpm, () => this.#counters.get(`rpm:${keyId}`, MINUTE_MS, now)) ??
       over('tokens per minute', l.tpm, () => this.#withHeld(keyId, this.#counters.get(`tpm:${keyId}`, MINUTE_MS, now))) ??
       over('tokens per day', l.tpd, () => this.#withHeld(keyId, this.#counters.get(`tpd:${keyId}`, DAY_MS, now))) ??
-      (l.concurrency !== null && this.#counters.gauge(`active:${keyId}`) >= l.concurrency ? { limit: 'concurrent requests', max: l.concurrency, retryAfter: 1 } : undefined)
+      (l.concurrency !== null && this.#counters.gauge(`active:${keyId}`) >= l.concurrency
+        ? { limit: 'concurrent requests', max: l.concurrency, retryAfter: 1 }
+        : undefined)
     );
   }
 
@@ -150,7 +159,10 @@ export class Limits {
     }
     const tokenLimit = l.tpm ?? l.tpd;
     if (tokenLimit !== null) {
-      const c = this.#withHeld(keyId, l.tpm !== null ? this.#counters.get(`tpm:${keyId}`, MINUTE_MS, now) : this.#counters.get(`tpd:${keyId}`, DAY_MS, now));
+      const c = this.#withHeld(
+        keyId,
+        l.tpm !== null ? this.#counters.get(`tpm:${keyId}`, MINUTE_MS, now) : this.#counters.get(`tpd:${keyId}`, DAY_MS, now),
+      );
       out['x-ratelimit-limit-tokens'] = String(tokenLimit);
       out['x-ratelimit-remaining-tokens'] = String(Math.max(0, tokenLimit - c.count));
       out['x-ratelimit-reset-tokens'] = resetText(c.resetAt - now);

@@ -3,25 +3,14 @@
 // request's usage record arrives. An upper-bound guess on purpose: a hold that is too large is
 // returned a moment later; one that is too small lets concurrent requests overshoot the limit.
 
+import { countField, maxOutputTokens } from '../usage/estimate.js';
+
 /** Roughly 4 bytes of JSON per prompt token (OpenAI's rule of thumb; JSON syntax adds more). */
 const BYTES_PER_TOKEN = 4;
 /** No single request is held for more than this (a 50 MB base64 image is not 13M tokens). */
 export const MAX_PROMPT_ESTIMATE = 131_072;
 /** A request asking for more parallel answers than this is still held for this many. */
 const MAX_CHOICES = 16;
-
-function count(v: unknown): number | undefined {
-  return typeof v === 'number' && Number.isInteger(v) && v >= 0 ? v : undefined;
-}
-
-/**
- * The completion tokens a request may generate, per answer: llama-server's own `n_predict` wins
- * (it overrides max_tokens there), then OpenAI's names; `fallback` when none is given (or
- * n_predict is -1, "until the context is full").
- */
-export function maxOutputTokens(json: Record<string, unknown>, fallback: number): number {
-  return count(json.n_predict) ?? count(json.max_completion_tokens) ?? count(json.max_tokens) ?? count(json.max_output_tokens) ?? fallback;
-}
 
 /** How many generations one request runs: one per prompt of a /v1/completions prompt array, times `n`. */
 function answers(json: Record<string, unknown>): number {
@@ -30,7 +19,7 @@ function answers(json: Record<string, unknown>): number {
   // A prompt array of strings (or of token arrays) is several prompts; an array of numbers is one
   // prompt given as tokens.
   if (Array.isArray(prompt) && prompt.length > 1 && typeof prompt[0] !== 'number') prompts = prompt.length;
-  const n = count(json.n);
+  const n = countField(json.n);
   return prompts * Math.min(MAX_CHOICES, n === undefined || n === 0 ? 1 : n);
 }
 

@@ -1,6 +1,7 @@
-// What every `llm-gateway` command shares: its two kinds of error, .env and GATEWAY_DB, and the
-// mapping of errors to exit codes (0 ok, 1 failure, 2 usage).
-import { ConfigError, SETTINGS } from '../config.js';
+// What every `llm-gateway` command shares: its two kinds of error and their exit codes (0 ok,
+// 1 failure, 2 usage), its argument parsing with -h/--help, and the key database's path.
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { ConfigError, SETTINGS, readEnvFile, readSetting } from '../config.js';
 import { KeyStoreError } from '../keys/key-store.js';
 
 /** The command was called wrongly: exit 2, with a hint to --help. */
@@ -8,21 +9,47 @@ export class UsageError extends Error {}
 /** The command could not do its work: exit 1. */
 export class Failure extends Error {}
 
-/** Reads .env in the working directory like the server does (values in the environment win). */
-export function loadDotEnv(): void {
+type Options = NonNullable<ParseArgsConfig['options']>;
+const HELP_OPTION = { help: { type: 'boolean', short: 'h' } } as const;
+type ParseConfig<O extends Options> = { args: string[]; options: O & typeof HELP_OPTION; allowPositionals: true; strict: true };
+type CommandLine<O extends Options> = ReturnType<typeof parseArgs<ParseConfig<O>>>;
+
+/**
+ * A command's arguments, parsed strictly (an unknown or malformed option is a usage error), or null
+ * once -h/--help has printed `help`.
+ */
+export function commandLine<O extends Options>(argv: string[], options: O, help: string, allowPositionals = false): CommandLine<O> | null {
+  let parsed: CommandLine<O>;
   try {
-    process.loadEnvFile('.env');
+    // allowPositionals is only known at run time; the type says true (positionals: string[]).
+    const all = { ...options, ...HELP_OPTION };
+    parsed = parseArgs<ParseConfig<O>>({ args: argv, options: all, allowPositionals: allowPositionals as true, strict: true });
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new Failure(`could not read .env: ${(err as Error).message}`);
+    throw new UsageError((err as Error).message);
   }
+  if ((parsed.values as { help?: boolean }).help === true) {
+    process.stdout.write(help);
+    return null;
+  }
+  return parsed;
+}
+
+/** Reads .env in the working directory like the server does (values in the environment win). */
+function loadDotEnv(): void {
+  let file: Record<string, string>;
+  try {
+    file = readEnvFile('.env');
+  } catch (err) {
+    throw new Failure((err as Error).message);
+  }
+  for (const [k, v] of Object.entries(file)) if (process.env[k] === undefined) process.env[k] = v;
 }
 
 /** The key database path: --db, else GATEWAY_DB (.env read), else the default. */
 export function dbPath(flag: string | undefined): string {
   loadDotEnv();
-  const raw = flag ?? process.env[SETTINGS.db.env];
   try {
-    return SETTINGS.db.parse(raw === undefined || raw.trim() === '' ? SETTINGS.db.fallback : raw, flag === undefined ? SETTINGS.db.env : '--db');
+    return flag === undefined ? readSetting(SETTINGS.db, process.env) : readSetting(SETTINGS.db, { [SETTINGS.db.env]: flag }, '--db');
   } catch (err) {
     if (err instanceof ConfigError) throw new UsageError(err.message);
     throw err;

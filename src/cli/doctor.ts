@@ -2,36 +2,31 @@
 // directly: the gateway never exposes /props), the Cloudflare Tunnel's config and the PM2
 // processes. Exit 0 only when nothing failed. It starts nothing and writes nothing: no PM2 daemon
 // is spawned, no key database is created, .env is read without touching this process's environment.
+// Over 300 lines on purpose: one section per part of the set-up, read top to bottom as the report
+// prints; each section is a short function of its own.
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import { NO_KEYS_MESSAGE, type Config } from '../config.js';
 import { KeyStore } from '../keys/key-store.js';
+import { commandLine, run } from './common.js';
+import { paint, wantsColor, type Color } from './format.js';
+import { httpGet, localUrl, type HttpAnswer } from './http-probe.js';
+import { Pm2, daemonRunning, defaultPm2Home, formatUptime } from './pm2.js';
+import { stackFindings, tunnelFindings, type Finding } from './stack/findings.js';
 import {
   DEFAULT_STACK_FILE,
   DEFAULT_TUNNEL_FILE,
   PROCESS_NAMES,
   StackConfigError,
-  gatewayEnvironment,
-  gatewaySettings,
-  isLocalHost,
-  llamaListen,
   loadStackConfig,
-  stackFindings,
-  tunnelConfigPath,
-  tunnelFindings,
-  tunnelRunName,
-  type Finding,
   type StackConfig,
 } from './stack/pm2-config.js';
-import { UsageError, run } from './common.js';
-import { Pm2, daemonRunning, defaultPm2Home, formatUptime } from './pm2.js';
+import { gatewayEnvironment, gatewaySettings, llamaPortToGuard, type Env } from './stack/settings.js';
+import { tunnelConfigPath, tunnelRunName } from './stack/tunnel-file.js';
 
-type Env = Readonly<Record<string, string | undefined>>;
+type Mark = 'pass' | 'warn' | 'fail' | 'skip';
 
-export type Mark = 'pass' | 'warn' | 'fail' | 'skip';
-
-export interface Check {
+interface Check {
   readonly mark: Mark;
   readonly text: string;
 }
@@ -66,21 +61,13 @@ function fromFinding(f: Finding): Check {
   return { mark: f.level === 'ok' ? 'pass' : f.level, text: f.text };
 }
 
-interface Answer {
-  readonly status: number;
-  readonly body: string;
-}
-
 /** GET url; a string is the reason it could not be reached. */
-async function get(url: string, timeoutMs: number, authorization?: string): Promise<Answer | string> {
-  try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs), ...(authorization === undefined ? {} : { headers: { authorization } }) });
-    return { status: res.status, body: await res.text() };
-  } catch (err) {
-    if ((err as Error).name === 'TimeoutError') return `no answer within ${timeoutMs} ms`;
-    const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-    return cause?.code ?? cause?.message ?? (err as Error).message;
-  }
+async function get(url: string, timeoutMs: number, authorization?: string): Promise<HttpAnswer | string> {
+  const answer = await httpGet(url, timeoutMs, authorization);
+  if ('status' in answer) return answer;
+  if (answer.timedOut) return `no answer within ${timeoutMs} ms`;
+  const cause = answer.error.cause;
+  return cause?.code ?? cause?.message ?? answer.error.message;
 }
 
 function json(body: string): Record<string, unknown> | undefined {
@@ -120,7 +107,10 @@ function keyChecks(config: Config, dbPath: string): Check[] {
   }
   const total = envKeys + dbUsable;
   const text = `${plural(total, 'key')} accepted: ${envKeys} in LLM_API_KEYS, ${dbText}`;
-  return [total > 0 ? pass(text) : fail(`${text}. ${NO_KEYS_MESSAGE}`), pass(config.adminKey === '' ? 'admin API off (GATEWAY_ADMIN_KEY empty)' : 'admin API on under /admin (GATEWAY_ADMIN_KEY set)')];
+  return [
+    total > 0 ? pass(text) : fail(`${text}. ${NO_KEYS_MESSAGE}`),
+    pass(config.adminKey === '' ? 'admin API off (GATEWAY_ADMIN_KEY empty)' : 'admin API on under /admin (GATEWAY_ADMIN_KEY set)'),
+  ];
 }
 
 async function upstreamChecks(config: Config, timeoutMs: number): Promise<Check[]> {
@@ -135,33 +125,46 @@ async function upstreamChecks(config: Config, timeoutMs: number): Promise<Check[
   }
   const out: Check[] = [];
   if (health.status === 200) out.push(pass('reachable and ready (GET /health → 200)'));
-  else if (health.status === 503) out.push(fail('reachable but not ready: still loading the model (GET /health → 503); try again in a moment'));
+  else if (health.status === 503)
+    out.push(fail('reachable but not ready: still loading the model (GET /health → 503); try again in a moment'));
   else out.push(fail(`reachable but GET /health answered ${health.status}: is LLM_UPSTREAM llama-server's address?`));
 
   const models = await get(`${base}/v1/models`, timeoutMs, auth);
   if (typeof models === 'string') out.push(fail(`GET /v1/models failed (${models})`));
-  else if (models.status === 401) out.push(fail(`llama-server wants an API key (GET /v1/models → 401): set LLM_UPSTREAM_API_KEY to its --api-key`));
+  else if (models.status === 401)
+    out.push(fail(`llama-server wants an API key (GET /v1/models → 401): set LLM_UPSTREAM_API_KEY to its --api-key`));
   else if (models.status !== 200) out.push(fail(`GET /v1/models answered ${models.status}`));
   else {
     const data = json(models.body)?.data;
-    const ids = Array.isArray(data) ? data.map((m: unknown) => String((m as { id?: unknown }).id ?? '?')) : [];
+    const ids = Array.isArray(data) ? data.map((m: unknown) => idText((m as { id?: unknown }).id)) : [];
     out.push(ids.length > 0 ? pass(`model: ${ids.join(', ')} (GET /v1/models)`) : fail('GET /v1/models lists no model'));
   }
 
   const props = await get(`${base}/props`, timeoutMs, auth);
   if (typeof props === 'string') out.push(fail(`GET /props failed (${props})`));
-  else if (props.status !== 200) out.push(warn(`slot count unknown: GET /props answered ${props.status} (llama-server started without its props endpoint?)`));
+  else if (props.status !== 200)
+    out.push(warn(`slot count unknown: GET /props answered ${props.status} (llama-server started without its props endpoint?)`));
   else {
     const p = json(props.body) ?? {};
     const slots = p.total_slots;
     const file = typeof p.model_path === 'string' ? `, model file ${p.model_path}` : '';
-    out.push(typeof slots === 'number' ? pass(`${plural(slots, 'slot')}: ${slots} requests at once (GET /props total_slots; -np)${file}`) : warn(`GET /props has no total_slots${file}`));
+    out.push(
+      typeof slots === 'number'
+        ? pass(`${plural(slots, 'slot')}: ${slots} requests at once (GET /props total_slots; -np)${file}`)
+        : warn(`GET /props has no total_slots${file}`),
+    );
   }
   return out;
 }
 
-function tunnelChecks(stack: StackConfig | null, stackMissing: boolean, config: Config, cwd: string): { path: string | null; checks: Check[] } {
-  if (stack !== null && !stack.processes.tunnel.enabled) return { path: null, checks: [skip(`the tunnel is off in ${DEFAULT_STACK_FILE}`)] };
+function tunnelChecks(
+  stack: StackConfig | null,
+  stackMissing: boolean,
+  config: Config,
+  cwd: string,
+): { path: string | null; checks: Check[] } {
+  if (stack !== null && !stack.processes.tunnel.enabled)
+    return { path: null, checks: [skip(`the tunnel is off in ${DEFAULT_STACK_FILE}`)] };
   let path: string | null;
   if (stack !== null) path = tunnelConfigPath(stack);
   else if (stackMissing) path = existsSync(resolve(cwd, DEFAULT_TUNNEL_FILE)) ? resolve(cwd, DEFAULT_TUNNEL_FILE) : null;
@@ -169,12 +172,16 @@ function tunnelChecks(stack: StackConfig | null, stackMissing: boolean, config: 
   if (path === null) {
     return {
       path: null,
-      checks: [skip(stack === null ? `no ${DEFAULT_TUNNEL_FILE} here (llm-gateway tunnel init writes one)` : `the tunnel has no --config in ${DEFAULT_STACK_FILE}; ~/.cloudflared/config.yml is not checked`)],
+      checks: [
+        skip(
+          stack === null
+            ? `no ${DEFAULT_TUNNEL_FILE} here (llm-gateway tunnel init writes one)`
+            : `the tunnel has no --config in ${DEFAULT_STACK_FILE}; ~/.cloudflared/config.yml is not checked`,
+        ),
+      ],
     };
   }
-  const llama = stack?.processes.llama;
-  const upstream = new URL(config.upstream);
-  const llamaPort = llama?.enabled === true ? llamaListen(llama).port : isLocalHost(upstream.hostname) ? Number(upstream.port || (upstream.protocol === 'https:' ? 443 : 80)) : null;
+  const llamaPort = llamaPortToGuard(stack?.processes.llama, new URL(config.upstream));
   const findings = tunnelFindings(path, { gatewayPort: config.port, llamaPort, runName: stack === null ? null : tunnelRunName(stack) });
   const present = existsSync(path) ? [pass(`config present: ${path}`)] : [];
   return { path, checks: [...present, ...findings.map(fromFinding)] };
@@ -187,7 +194,12 @@ async function pm2Checks(stack: StackConfig, opts: DoctorOptions, config: Config
   let pm2 = opts.pm2;
   if (pm2 === undefined) {
     if (!daemonRunning(opts.pm2Home)) {
-      return [...out, fail(`the PM2 daemon is not running (PM2_HOME ${opts.pm2Home}): start the stack with \`llm-gateway menu\` (key a) or \`pm2 start ecosystem.config.cjs\``)];
+      return [
+        ...out,
+        fail(
+          `the PM2 daemon is not running (PM2_HOME ${opts.pm2Home}): start the stack with \`llm-gateway menu\` (key a) or \`pm2 start ecosystem.config.cjs\``,
+        ),
+      ];
     }
     pm2 = await Pm2.connect(opts.pm2Home);
   }
@@ -200,15 +212,23 @@ async function pm2Checks(stack: StackConfig, opts: DoctorOptions, config: Config
       }
       const p = states.find((s) => s.name === name);
       if (p === undefined) out.push(fail(`${name} is not started under PM2 (llm-gateway menu, key a)`));
-      else if (p.status !== 'online') out.push(fail(`${name} is ${p.status} under PM2${p.restarts > 0 ? ` (${plural(p.restarts, 'restart')})` : ''}: see its log (menu key ${name === 'gateway' ? '9' : name === 'llama' ? 'L' : 'T'}, or pm2 logs ${name})`));
+      else if (p.status !== 'online')
+        out.push(
+          fail(
+            `${name} is ${p.status} under PM2${p.restarts > 0 ? ` (${plural(p.restarts, 'restart')})` : ''}: see its log (menu key ${name === 'gateway' ? '9' : name === 'llama' ? 'L' : 'T'}, or pm2 logs ${name})`,
+          ),
+        );
       else {
         const up = p.startedAt === null ? '' : `, up ${formatUptime(Date.now() - p.startedAt)}`;
         out.push(pass(`${name} online (pid ${p.pid ?? '?'}${up}, ${plural(p.restarts, 'restart')})`));
         if (name === 'gateway' && config !== undefined) {
-          const host = config.host === '0.0.0.0' ? '127.0.0.1' : config.host === '::' ? '[::1]' : config.host.includes(':') ? `[${config.host}]` : config.host;
-          const url = `http://${host}:${config.port}/healthz`;
+          const url = `${localUrl(config.host, config.port)}/healthz`;
           const answer = await get(url, timeoutMs);
-          out.push(typeof answer !== 'string' && answer.status === 200 ? pass(`gateway answers on ${url}`) : fail(`gateway does not answer on ${url} (${typeof answer === 'string' ? answer : answer.status})`));
+          out.push(
+            typeof answer !== 'string' && answer.status === 200
+              ? pass(`gateway answers on ${url}`)
+              : fail(`gateway does not answer on ${url} (${typeof answer === 'string' ? answer : answer.status})`),
+          );
         }
       }
     }
@@ -246,16 +266,23 @@ export async function doctor(opts: DoctorOptions): Promise<Section[]> {
     settingsCheck =
       settings.config === undefined
         ? fail(settings.error)
-        : pass(`valid: GATEWAY_HOST ${settings.config.host}, GATEWAY_PORT ${settings.config.port}, LLM_UPSTREAM ${settings.config.upstream}`);
+        : pass(
+            `valid: GATEWAY_HOST ${settings.config.host}, GATEWAY_PORT ${settings.config.port}, LLM_UPSTREAM ${settings.config.upstream}`,
+          );
   } catch (err) {
     settingsCheck = fail((err as Error).message);
   }
-  const where = stack === null ? '.env and environment' : `.env in ${stack.processes.gateway.cwd}, environment, ${DEFAULT_STACK_FILE} gateway.env`;
+  const where =
+    stack === null ? '.env and environment' : `.env in ${stack.processes.gateway.cwd}, environment, ${DEFAULT_STACK_FILE} gateway.env`;
   sections.push({ title: `Settings (${where})`, checks: [settingsCheck] });
 
   const skipped = skip('skipped: the settings are not valid');
   if (config === undefined) {
-    sections.push({ title: 'Keys', checks: [skipped] }, { title: 'llama-server', checks: [skipped] }, { title: 'Cloudflare Tunnel', checks: [skipped] });
+    sections.push(
+      { title: 'Keys', checks: [skipped] },
+      { title: 'llama-server', checks: [skipped] },
+      { title: 'Cloudflare Tunnel', checks: [skipped] },
+    );
   } else {
     const dbPath = resolve(stack?.processes.gateway.cwd ?? opts.cwd, config.db);
     sections.push({ title: 'Keys', checks: keyChecks(config, dbPath) });
@@ -265,23 +292,28 @@ export async function doctor(opts: DoctorOptions): Promise<Section[]> {
   }
 
   const pm2Title = `PM2 (${configFile}, PM2_HOME ${opts.pm2Home})`;
-  if (stackMissing) sections.push({ title: 'PM2', checks: [skip(`no ${DEFAULT_STACK_FILE}: the stack is not run by PM2 here (llm-gateway menu writes one)`)] });
-  else if (stackError !== undefined) sections.push({ title: pm2Title, checks: stackError.problems.map((p) => fail(`${DEFAULT_STACK_FILE}: ${p}`)) });
+  if (stackMissing)
+    sections.push({
+      title: 'PM2',
+      checks: [skip(`no ${DEFAULT_STACK_FILE}: the stack is not run by PM2 here (llm-gateway menu writes one)`)],
+    });
+  else if (stackError !== undefined)
+    sections.push({ title: pm2Title, checks: stackError.problems.map((p) => fail(`${DEFAULT_STACK_FILE}: ${p}`)) });
   else if (stack !== null) sections.push({ title: pm2Title, checks: await pm2Checks(stack, opts, config, timeoutMs) });
   return sections;
 }
 
-export function failures(sections: readonly Section[]): number {
+function failures(sections: readonly Section[]): number {
   return sections.reduce((n, s) => n + s.checks.filter((c) => c.mark === 'fail').length, 0);
 }
 
 /** The checklist as text, ending with the verdict. */
 export function formatDoctor(sections: readonly Section[], color: boolean): string {
-  const paint = (code: number, text: string): string => (color ? `\x1b[${code}m${text}\x1b[0m` : text);
-  const marks: Record<Mark, string> = { pass: paint(32, '✔'), warn: paint(33, '⚠'), fail: paint(31, '✘'), skip: paint(2, '–') };
-  const lines = [paint(1, 'LLM Gateway doctor'), ''];
+  const p = (c: Color, text: string): string => paint(color, c, text);
+  const marks: Record<Mark, string> = { pass: p('green', '✔'), warn: p('yellow', '⚠'), fail: p('red', '✘'), skip: p('dim', '–') };
+  const lines = [p('bold', 'LLM Gateway doctor'), ''];
   for (const s of sections) {
-    lines.push(paint(1, s.title));
+    lines.push(p('bold', s.title));
     for (const c of s.checks) lines.push(`  ${marks[c.mark]} ${c.text}`);
     lines.push('');
   }
@@ -290,7 +322,11 @@ export function formatDoctor(sections: readonly Section[], color: boolean): stri
   const failed = failures(sections);
   const warned = all.filter((c) => c.mark === 'warn').length;
   const warnings = warned > 0 ? ` (${plural(warned, 'warning')})` : '';
-  lines.push(failed === 0 ? paint(32, `✔ All ${counted} checks passed${warnings}.`) : paint(31, `✘ ${failed} of ${counted} checks failed${warnings}.`));
+  lines.push(
+    failed === 0
+      ? p('green', `✔ All ${counted} checks passed${warnings}.`)
+      : p('red', `✘ ${failed} of ${counted} checks failed${warnings}.`),
+  );
   return `${lines.join('\n')}\n`;
 }
 
@@ -310,18 +346,20 @@ Options:
 
 export function doctorCommand(argv: string[]): Promise<number> {
   return run('llm-gateway doctor --help', async () => {
-    let values: { config?: string; help?: boolean };
-    try {
-      ({ values } = parseArgs({ args: argv, options: { config: { type: 'string' }, help: { type: 'boolean', short: 'h' } }, strict: true }));
-    } catch (err) {
-      throw new UsageError((err as Error).message);
-    }
-    if (values.help === true) {
-      process.stdout.write(DOCTOR_HELP);
-      return 0;
-    }
-    const sections = await doctor({ env: process.env, cwd: process.cwd(), configPath: values.config ?? DEFAULT_STACK_FILE, pm2Home: defaultPm2Home() });
-    process.stdout.write(formatDoctor(sections, process.stdout.isTTY === true && process.env.NO_COLOR === undefined));
+    const args = commandLine(argv, { config: { type: 'string' } }, DOCTOR_HELP);
+    if (args === null) return 0;
+    const sections = await doctor({
+      env: process.env,
+      cwd: process.cwd(),
+      configPath: args.values.config ?? DEFAULT_STACK_FILE,
+      pm2Home: defaultPm2Home(),
+    });
+    process.stdout.write(formatDoctor(sections, wantsColor(process.stdout, process.env)));
     return failures(sections) === 0 ? 0 : 1;
   });
+}
+
+/** A model id as llama-server lists it (a string), or '?' for anything else. */
+function idText(id: unknown): string {
+  return typeof id === 'string' || typeof id === 'number' ? String(id) : '?';
 }

@@ -1,10 +1,12 @@
 // `llm-gateway keys …`: manage the key database (GATEWAY_DB) directly. A running gateway picks up
 // every change within a second (it polls SQLite's data_version).
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+import type { ParseArgsConfig } from 'node:util';
+import { wholeNumber } from '../config.js';
 import { parseExpiry } from '../keys/expiry.js';
 import { KeyStore, LIMIT_NAMES, keyJson, type KeyChanges, type KeyLimits, type KeyRecord } from '../keys/key-store.js';
 import { UsageStore } from '../usage/store.js';
-import { UsageError, dbPath, run } from './common.js';
+import { UsageError, commandLine, dbPath, run } from './common.js';
+import { table } from './format.js';
 
 const KEYS_HELP = `Usage: llm-gateway keys <action> [options]
 
@@ -35,10 +37,10 @@ NAME is a key's name or id. Options for create and set:
   --db PATH              key database file (default: GATEWAY_DB or ./data/gateway.db)
   --json                 machine-readable output
   -h, --help             show help
+
 `;
 
 const OPTIONS = {
-  help: { type: 'boolean', short: 'h' },
   json: { type: 'boolean' },
   db: { type: 'string' },
   name: { type: 'string' },
@@ -52,7 +54,7 @@ const OPTIONS = {
   concurrency: { type: 'string' },
 } as const satisfies ParseArgsConfig['options'];
 
-type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true; strict: true }>>['values'];
+type Values = NonNullable<ReturnType<typeof commandLine<typeof OPTIONS>>>['values'];
 
 const ACTION_OPTIONS: Record<string, readonly (keyof typeof OPTIONS)[]> = {
   create: ['name', 'note', 'expires', 'models', 'origins', 'rpm', 'tpm', 'tpd', 'concurrency', 'json'],
@@ -77,8 +79,9 @@ function list(text: string, option: string, allowAll: boolean): string[] | null 
 
 function limit(text: string, option: string, allowNone: boolean): number | null {
   if (allowNone && text.trim().toLowerCase() === 'none') return null;
-  const n = /^\d+$/.test(text.trim()) ? Number(text) : NaN;
-  if (!Number.isSafeInteger(n) || n < 1) throw new UsageError(`--${option} must be a whole number ≥ 1${allowNone ? ' (or "none")' : ''}, got "${text}"`);
+  const n = wholeNumber(text);
+  if (!Number.isSafeInteger(n) || n < 1)
+    throw new UsageError(`--${option} must be a whole number ≥ 1${allowNone ? ' (or "none")' : ''}, got "${text}"`);
   return n;
 }
 
@@ -108,12 +111,12 @@ function changesFrom(values: Values, forSet: boolean): KeyChanges {
 }
 
 function when(t: number | null, none: string): string {
-  return t === null ? none : new Date(t).toISOString().replace('T', ' ').replace(/\.\d{3}Z$/, 'Z');
-}
-
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  return rows.map((r) => r.map((cell, c) => cell.padEnd(widths[c]!)).join('  ').trimEnd()).join('\n');
+  return t === null
+    ? none
+    : new Date(t)
+        .toISOString()
+        .replace('T', ' ')
+        .replace(/\.\d{3}Z$/, 'Z');
 }
 
 function describe(k: KeyRecord): string {
@@ -142,19 +145,17 @@ function showSecret(values: Values, record: KeyRecord, key: string, verb: string
     console.log(JSON.stringify({ ...keyJson(record), key }, null, 2));
     return;
   }
-  console.log(`✅ ${verb} key "${record.name}" (${record.id}). This is the only time it is shown:\n\n    ${key}\n\nThe running gateway accepts it within a second.`);
+  console.log(
+    `✅ ${verb} key "${record.name}" (${record.id}). This is the only time it is shown:\n\n    ${key}\n\nThe running gateway accepts it within a second.`,
+  );
 }
 
 function keys(action: string | undefined, positionals: string[], values: Values): void {
-  if (values.help === true) {
-    console.log(KEYS_HELP);
-    return;
-  }
   if (action === undefined) throw new UsageError('name an action: create, list, show, disable, enable, rotate, set or revoke');
   const allowed = ACTION_OPTIONS[action];
   if (allowed === undefined) throw new UsageError(`unknown action "${action}"`);
   for (const option of Object.keys(values) as (keyof typeof OPTIONS)[]) {
-    if (option !== 'db' && option !== 'help' && !allowed.includes(option)) throw new UsageError(`--${option} does not apply to "keys ${action}"`);
+    if (option !== 'db' && !allowed.includes(option)) throw new UsageError(`--${option} does not apply to "keys ${action}"`);
   }
   const needsName = action !== 'create' && action !== 'list';
   const target = positionals[0];
@@ -176,8 +177,19 @@ function keys(action: string | undefined, positionals: string[], values: Values)
         // Tokens today (UTC), as llama-server reported them, from the usage table.
         const today = new UsageStore(store.db).tokensByKey(Date.parse(`${new Date().toISOString().slice(0, 10)}T00:00:00Z`));
         const rows = [['NAME', 'ID', 'PREFIX', 'ENABLED', 'EXPIRES', 'LAST USED', 'TOKENS TODAY', 'NOTE']];
-        for (const k of all) rows.push([k.name, k.id, `${k.prefix}…`, k.enabled ? 'yes' : 'no', when(k.expiresAt, 'never'), when(k.lastUsedAt, 'never'), (today.get(k.id) ?? 0).toLocaleString('en-US'), k.note]);
-        const text = all.length === 0 ? `No keys in ${store.path}. Create one: llm-gateway keys create --name alice` : table(rows);
+        for (const k of all)
+          rows.push([
+            k.name,
+            k.id,
+            `${k.prefix}…`,
+            k.enabled ? 'yes' : 'no',
+            when(k.expiresAt, 'never'),
+            when(k.lastUsedAt, 'never'),
+            (today.get(k.id) ?? 0).toLocaleString('en-US'),
+            k.note,
+          ]);
+        const text =
+          all.length === 0 ? `No keys in ${store.path}. Create one: llm-gateway keys create --name alice` : table(rows).join('\n');
         print(values, { object: 'list', data: all.map((k) => ({ ...keyJson(k), tokens_today: today.get(k.id) ?? 0 })) }, text);
         return;
       }
@@ -218,14 +230,10 @@ function keys(action: string | undefined, positionals: string[], values: Values)
 
 export function keysCommand(argv: string[]): Promise<number> {
   return run('llm-gateway keys --help', () => {
-    let parsed: { values: Values; positionals: string[] };
-    try {
-      parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
-    } catch (err) {
-      throw new UsageError((err as Error).message);
-    }
-    const [action, ...rest] = parsed.positionals;
-    keys(action, rest, parsed.values);
+    const args = commandLine(argv, OPTIONS, KEYS_HELP, true);
+    if (args === null) return 0;
+    const [action, ...rest] = args.positionals;
+    keys(action, rest, args.values);
     return 0;
   });
 }

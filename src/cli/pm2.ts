@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import type { Pm2AppDefinition } from './stack/pm2-config.js';
+import type { Pm2AppDefinition } from './stack/pm2-apps.js';
 
 type Done<T> = (err: unknown, result: T) => void;
 

@@ -3,21 +3,11 @@
 // It never overwrites a file.
 import { existsSync } from 'node:fs';
 import { relative, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
-import {
-  DEFAULT_STACK_FILE,
-  DEFAULT_TUNNEL_FILE,
-  StackConfigError,
-  gatewayEnvironment,
-  gatewaySettings,
-  isInside,
-  loadStackConfig,
-  tunnelConfigPath,
-  tunnelTemplateHelp,
-  writeTunnelTemplate,
-  type StackConfig,
-} from './stack/pm2-config.js';
-import { Failure, UsageError, run } from './common.js';
+import { Failure, UsageError, commandLine, run } from './common.js';
+import { isInside } from './stack/paths.js';
+import { DEFAULT_STACK_FILE, DEFAULT_TUNNEL_FILE, StackConfigError, loadStackConfig, type StackConfig } from './stack/pm2-config.js';
+import { gatewayEnvironment, gatewaySettings } from './stack/settings.js';
+import { tunnelConfigPath, tunnelTemplateHelp, writeTunnelTemplate } from './stack/tunnel-file.js';
 
 const TUNNEL_HELP = `Usage: llm-gateway tunnel init [--file PATH] [--config FILE]
 
@@ -52,9 +42,14 @@ function init(values: { file?: string; config?: string }): number {
   else if (stack === null) path = resolve(DEFAULT_TUNNEL_FILE);
   else {
     const configured = tunnelConfigPath(stack);
-    if (configured === null) throw new Failure(`the tunnel in ${stack.file} has no --config; add "--config", "${DEFAULT_TUNNEL_FILE}" to tunnel.args, or pass --file`);
+    if (configured === null)
+      throw new Failure(
+        `the tunnel in ${stack.file} has no --config; add "--config", "${DEFAULT_TUNNEL_FILE}" to tunnel.args, or pass --file`,
+      );
     if (!isInside(stack.root, configured) && !existsSync(configured)) {
-      throw new Failure(`the tunnel's --config ${configured} is outside the project (${stack.root}); write it yourself, or pass --file ${configured}`);
+      throw new Failure(
+        `the tunnel's --config ${configured} is outside the project (${stack.root}); write it yourself, or pass --file ${configured}`,
+      );
     }
     path = configured;
   }
@@ -71,23 +66,15 @@ function init(values: { file?: string; config?: string }): number {
 
 export function tunnelCommand(argv: string[]): Promise<number> {
   return run('llm-gateway tunnel --help', () => {
-    let parsed: { values: { file?: string; config?: string; help?: boolean }; positionals: string[] };
-    try {
-      parsed = parseArgs({ args: argv, options: { file: { type: 'string' }, config: { type: 'string' }, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
-    } catch (err) {
-      throw new UsageError((err as Error).message);
-    }
-    const [action, ...rest] = parsed.positionals;
-    if (parsed.values.help === true) {
-      process.stdout.write(TUNNEL_HELP);
-      return 0;
-    }
+    const args = commandLine(argv, { file: { type: 'string' }, config: { type: 'string' } }, TUNNEL_HELP, true);
+    if (args === null) return 0;
+    const [action, ...rest] = args.positionals;
     if (action === undefined) {
       process.stdout.write(TUNNEL_HELP);
       throw new UsageError('name an action');
     }
     if (action !== 'init') throw new UsageError(`unknown action "${action}"`);
     if (rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}"`);
-    return init(parsed.values);
+    return init(args.values);
   });
 }

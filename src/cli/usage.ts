@@ -1,10 +1,11 @@
 // `llm-gateway usage …`: who used how many tokens, from the usage table in GATEWAY_DB. A readable
 // table with totals by default; --csv for billing spreadsheets; --json for scripts.
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+import type { ParseArgsConfig } from 'node:util';
 import { openDatabase } from '../storage/db.js';
 import { groupBy, usageFilter } from '../usage/period.js';
-import { UsageStore, type UsageRow } from '../usage/store.js';
-import { UsageError, dbPath, run } from './common.js';
+import { UsageStore, usageTotal, type UsageRow } from '../usage/store.js';
+import { UsageError, commandLine, dbPath, run } from './common.js';
+import { columnWidths, table } from './format.js';
 
 const HELP = `Usage: llm-gateway usage [options]
 
@@ -25,7 +26,6 @@ delivered, not llama-server's count.
 `;
 
 const OPTIONS = {
-  help: { type: 'boolean', short: 'h' },
   key: { type: 'string' },
   since: { type: 'string' },
   until: { type: 'string' },
@@ -48,16 +48,9 @@ function csvCell(v: string | number): string {
 
 export function usageCommand(argv: string[]): Promise<number> {
   return run('llm-gateway usage --help', () => {
-    let values: { [K in keyof typeof OPTIONS]?: (typeof OPTIONS)[K]['type'] extends 'boolean' ? boolean : string };
-    try {
-      ({ values } = parseArgs({ args: argv, options: OPTIONS, allowPositionals: false, strict: true }));
-    } catch (err) {
-      throw new UsageError((err as Error).message);
-    }
-    if (values.help === true) {
-      process.stdout.write(HELP);
-      return 0;
-    }
+    const args = commandLine(argv, OPTIONS, HELP);
+    if (args === null) return 0;
+    const { values } = args;
     if (values.csv === true && values.json === true) throw new UsageError('choose one of --csv and --json');
     let filter;
     let by;
@@ -74,19 +67,25 @@ export function usageCommand(argv: string[]): Promise<number> {
     } finally {
       db.close();
     }
-    const total: UsageRow = { group: 'TOTAL', requests: 0, promptTokens: 0, cachedTokens: 0, completionTokens: 0, totalTokens: 0, estimated: 0, errors: 0 };
-    for (const r of rows) {
-      total.requests += r.requests;
-      total.promptTokens += r.promptTokens;
-      total.cachedTokens += r.cachedTokens;
-      total.completionTokens += r.completionTokens;
-      total.totalTokens += r.totalTokens;
-      total.estimated += r.estimated;
-      total.errors += r.errors;
-    }
+    const total = usageTotal(rows);
     if (values.json === true) {
-      const shape = (r: UsageRow): Record<string, unknown> => ({ [by]: r.group, ...Object.fromEntries(COLUMNS.map((c, i) => [c, cells(r)[i]])) });
-      console.log(JSON.stringify({ by, since: filter.since ?? null, until: filter.until ?? null, data: rows.map(shape), total: { ...shape(total), [by]: undefined } }, null, 2));
+      const shape = (r: UsageRow): Record<string, unknown> => ({
+        [by]: r.group,
+        ...Object.fromEntries(COLUMNS.map((c, i) => [c, cells(r)[i]])),
+      });
+      console.log(
+        JSON.stringify(
+          {
+            by,
+            since: filter.since ?? null,
+            until: filter.until ?? null,
+            data: rows.map(shape),
+            total: { ...shape(total), [by]: undefined },
+          },
+          null,
+          2,
+        ),
+      );
       return 0;
     }
     if (values.csv === true) {
@@ -102,9 +101,11 @@ export function usageCommand(argv: string[]): Promise<number> {
     const header = [by.toUpperCase(), 'REQUESTS', 'PROMPT', 'CACHED', 'COMPLETION', 'TOTAL', 'EST.', 'ERRORS'];
     const body = [...rows, total].map((r) => [r.group, ...cells(r).map((n) => n.toLocaleString('en-US'))]);
     const all = [header, ...body];
-    const widths = header.map((_, c) => Math.max(...all.map((row) => row[c]!.length)));
-    const line = (row: string[]): string => row.map((cell, c) => (c === 0 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  ');
-    const out = [line(header), ...body.slice(0, -1).map(line), widths.map((w) => '-'.repeat(w)).join('  '), line(body.at(-1)!)];
+    const lines = table(all, { right: (c) => c > 0 });
+    const rule = columnWidths(all)
+      .map((w) => '-'.repeat(w))
+      .join('  ');
+    const out = [...lines.slice(0, -1), rule, lines.at(-1)!];
     console.log(out.join('\n'));
     return 0;
   });

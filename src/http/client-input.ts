@@ -19,16 +19,16 @@ export const MAX_JSON_DEPTH = 128;
 /** User-agent characters kept in a usage record. */
 export const MAX_USER_AGENT_LENGTH = 300;
 /** Path characters kept in a log line or a usage record's route. */
-export const MAX_LOGGED_PATH_LENGTH = 1024;
+const MAX_LOGGED_PATH_LENGTH = 1024;
 /** Characters of a client's string echoed back in an error message. */
 export const MAX_ECHOED_LENGTH = 200;
 /** Characters of a framework error's message (which may quote the request) kept in an answer or log line. */
 export const MAX_ERROR_DETAIL_LENGTH = 500;
 /** Longest textual IP address (an IPv6 address with an IPv4 tail: 45 characters). */
-export const MAX_IP_LENGTH = 45;
+const MAX_IP_LENGTH = 45;
 
 /** What a log line shows instead of a query string's names and values (either may be a key). */
-export const QUERY_REMOVED = '?[query removed]';
+const QUERY_REMOVED = '?[query removed]';
 
 /**
  * The request target as a log line or record may show it: the path only, cut at

@@ -33,7 +33,12 @@ const ANSWERS = {
 export function clientErrorHandler(this: FastifyInstance, err: Error & { code?: string }, socket: Socket): void {
   // A reset connection has nobody to answer.
   if (err.code === 'ECONNRESET' || socket.destroyed) return;
-  const answer = err.code === 'HPE_HEADER_OVERFLOW' ? ANSWERS.headersTooLarge : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? ANSWERS.timeout : ANSWERS.malformed;
+  const answer =
+    err.code === 'HPE_HEADER_OVERFLOW'
+      ? ANSWERS.headersTooLarge
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? ANSWERS.timeout
+        : ANSWERS.malformed;
   this.log.debug({ code: err.code }, 'malformed HTTP request: answered and closed');
   // Like Node's own handler: never write into a response that has already started on this socket
   // (a keep-alive connection whose next request is malformed while the previous one still answers).

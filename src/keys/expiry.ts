@@ -1,8 +1,8 @@
 // "When does this key expire", as people write it: a date (valid through that day, UTC), an
-// ISO timestamp, or a duration from now (30d, 12h, 90m, 45s). Shared by the CLI and the admin API.
+// ISO timestamp, or a duration from now (30d, 12h, 90m, 45s). Shared by the CLI and the admin API;
+// read like a report period (usage/period.ts), then checked to be a real day in the future.
+import { DAY_MS, readTimeText } from '../usage/period.js';
 
-const UNIT_MS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
-const DAY_MS = 86_400_000;
 // Far enough for any key; well inside what a JavaScript Date can hold (8.64e15 ms).
 const LATEST = Date.parse('9999-12-31T00:00:00Z');
 
@@ -14,23 +14,18 @@ function realDay(value: string, at: number): boolean {
 /** ms since epoch; throws Error with a sentence for anything else or for a time not in the future. */
 export function parseExpiry(text: string, now = Date.now()): number {
   const value = text.trim();
-  const duration = /^(\d+)\s*([smhdw])$/i.exec(value);
+  const t = readTimeText(value, 'smhdw');
   let at: number;
-  if (duration) {
-    at = now + Number(duration[1]) * UNIT_MS[duration[2]!.toLowerCase()]!;
-  } else if (/^\d{4}-\d{2}-\d{2}$/.test(value)) {
-    // A plain date: the key works through the whole of that day (UTC).
-    const start = Date.parse(`${value}T00:00:00Z`);
-    at = realDay(value, start) ? start + DAY_MS : NaN;
-  } else if (/^\d{4}-\d{2}-\d{2}T/.test(value)) {
-    const parsed = Date.parse(value);
-    // Compare the day in UTC only when the time is given in UTC; offsets move the day legitimately.
-    at = /(Z|T\d{2}:\d{2}(:\d{2}(\.\d+)?)?)$/i.test(value) && !realDay(value, parsed) ? NaN : parsed;
-  } else {
-    at = NaN;
-  }
+  if (t === null) at = NaN;
+  else if ('span' in t) at = now + t.span;
+  // A plain date: the key works through the whole of that day (UTC).
+  else if ('day' in t) at = realDay(value, t.day) ? t.day + DAY_MS : NaN;
+  // Compare the day in UTC only when the time is given in UTC; offsets move the day legitimately.
+  else at = /(Z|T\d{2}:\d{2}(:\d{2}(\.\d+)?)?)$/i.test(value) && !realDay(value, t.at) ? NaN : t.at;
   if (Number.isNaN(at)) {
-    throw new Error(`"${text}" is not a date: use YYYY-MM-DD (valid through that day, UTC), an ISO time like 2026-12-31T18:00:00Z, or a duration like 30d, 12h, 90m`);
+    throw new Error(
+      `"${text}" is not a date: use YYYY-MM-DD (valid through that day, UTC), an ISO time like 2026-12-31T18:00:00Z, or a duration like 30d, 12h, 90m`,
+    );
   }
   if (at <= now) throw new Error(`"${text}" is in the past`);
   if (at > LATEST) throw new Error(`"${text}" is too far in the future (latest: 9999-12-30)`);

@@ -2,13 +2,7 @@
 // looked up, then compared in constant time with timingSafeEqual. The index is replaced whole when
 // keys change, so a lookup never sees half an update and never touches the database.
 import { createHash, hash, timingSafeEqual } from 'node:crypto';
-
-export interface KeyLimits {
-  readonly rpm: number | null;
-  readonly tpm: number | null;
-  readonly tpd: number | null;
-  readonly concurrency: number | null;
-}
+import type { KeyLimits } from '../admission/limits.js';
 
 export interface KeyIdentity {
   /** Stable, non-secret id used in records: env-1, env-2, … for LLM_API_KEYS; key_… for stored keys. */

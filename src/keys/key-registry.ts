@@ -3,9 +3,10 @@
 // a cheap in-memory read, and reloads the index only when another connection committed. It also
 // writes the keys' last-used times in batches, so no request ever touches the disk.
 import { KEY_CHARACTERS_REASON, KeyIndex, isPrintableAscii, type IndexEntry, type KeyIdentity } from './key-index.js';
-import type { KeyStore, StoredKey } from './key-store.js';
+import type { StoredKey } from './key-record.js';
+import type { KeyStore } from './key-store.js';
 
-export const DEFAULT_POLL_MS = 250;
+const DEFAULT_POLL_MS = 250;
 
 function entryOf(k: StoredKey): IndexEntry {
   return {
@@ -56,7 +57,8 @@ export class KeyRegistry {
   }
 
   #warnUnusable(log?: RegistryLog): void {
-    if (this.#unusable.length > 0) log?.warn({ keys: this.#unusable }, `stored keys skipped: ${KEY_CHARACTERS_REASON}; rotate them (llm-gateway keys rotate NAME)`);
+    if (this.#unusable.length > 0)
+      log?.warn({ keys: this.#unusable }, `stored keys skipped: ${KEY_CHARACTERS_REASON}; rotate them (llm-gateway keys rotate NAME)`);
   }
 
   get size(): number {
@@ -86,7 +88,10 @@ export class KeyRegistry {
       }
       this.flushLastUsed();
     } catch (err) {
-      log?.error({ err: { message: (err as Error).message, code: (err as { code?: string }).code } }, 'key database poll failed; keeping the keys in memory');
+      log?.error(
+        { err: { message: (err as Error).message, code: (err as { code?: string }).code } },
+        'key database poll failed; keeping the keys in memory',
+      );
     }
   }
 

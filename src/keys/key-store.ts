@@ -1,78 +1,29 @@
-// The key database: an embedded SQLite file (better-sqlite3, WAL), holding only a SHA-256 digest of
-// each key plus a short non-secret prefix for display. Framework-free: the gateway, the admin API
-// and the `llm-gateway keys` CLI all use this module.
-import { randomBytes } from 'node:crypto';
+// The key database's `keys` table: only a SHA-256 digest of each key plus a short non-secret
+// prefix for display. Framework-free: the gateway, the admin API and the `llm-gateway keys` CLI all
+// use this module. What a record holds and which values it accepts: key-record.ts. The connection
+// is opened and tuned by storage/db.ts and handed in (or opened by KeyStore.open).
 import type Database from 'better-sqlite3';
-import { DatabaseUnusable, MIGRATIONS, openDatabase } from '../storage/db.js';
-import { digestKey, type KeyLimits } from './key-index.js';
+import { DatabaseUnusable, openDatabase, type DatabaseUse } from '../storage/db.js';
+import { digestKey } from './key-index.js';
+import {
+  DISPLAY_PREFIX_LENGTH,
+  KeyStoreError,
+  LIMIT_NAMES,
+  generateKey,
+  newId,
+  publicRecord,
+  validLimit,
+  validList,
+  validName,
+  type KeyChanges,
+  type KeyInput,
+  type KeyRecord,
+  type StoredKey,
+} from './key-record.js';
 
-export type { KeyLimits };
-
-export const LIMIT_NAMES = ['rpm', 'tpm', 'tpd', 'concurrency'] as const;
-
-export interface KeyRecord {
-  readonly id: string;
-  readonly name: string;
-  readonly note: string;
-  /** The first characters of the key, for recognising it (not enough to use it). */
-  readonly prefix: string;
-  readonly enabled: boolean;
-  readonly createdAt: number;
-  readonly expiresAt: number | null;
-  readonly lastUsedAt: number | null;
-  /** null: every model */
-  readonly models: readonly string[] | null;
-  /** null: every origin */
-  readonly origins: readonly string[] | null;
-  readonly limits: KeyLimits;
-}
-
-/** A record with its digest, for the in-memory auth index. */
-export interface StoredKey extends KeyRecord {
-  readonly digest: Buffer;
-}
-
-export interface KeyInput {
-  name: string;
-  note?: string;
-  enabled?: boolean;
-  expiresAt?: number | null;
-  models?: readonly string[] | null;
-  origins?: readonly string[] | null;
-  limits?: Partial<KeyLimits>;
-}
-
-export type KeyChanges = Partial<KeyInput>;
-
-/** What the store says when an operation cannot be done; `status` is the HTTP status for the admin API. */
-export class KeyStoreError extends Error {
-  constructor(
-    readonly code: 'key_not_found' | 'key_name_taken' | 'invalid_key_field' | 'db_unusable',
-    message: string,
-    readonly status: number,
-    /** the field at fault, for invalid_key_field */
-    readonly param: string | null = null,
-  ) {
-    super(message);
-    this.name = 'KeyStoreError';
-  }
-}
-
-const KEY_PREFIX = 'sk-';
-const KEY_RANDOM_BYTES = 24; // 192 bits
-const DISPLAY_PREFIX_LENGTH = 10; // "sk-" + 7 characters: 42 of 192 bits
-const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$/;
-const ID_PATTERN = /^key_[0-9a-f]{12}$/;
-
-export function generateKey(): string {
-  return KEY_PREFIX + randomBytes(KEY_RANDOM_BYTES).toString('base64url');
-}
-
-function newId(): string {
-  return `key_${randomBytes(6).toString('hex')}`;
-}
-
-export { MIGRATIONS };
+// The store's face for the CLI and the admin API: the record's types and its errors come with it.
+export { KeyStoreError, LIMIT_NAMES, keyJson, type KeyChanges, type KeyRecord } from './key-record.js';
+export type { KeyLimits } from '../admission/limits.js';
 
 interface Row {
   id: string;
@@ -109,82 +60,25 @@ function fromRow(r: Row): StoredKey {
   };
 }
 
-/** The record without its digest (what the CLI and admin API show). */
-export function publicRecord(k: StoredKey | KeyRecord): KeyRecord {
-  const { digest: _digest, ...rest } = k as StoredKey;
-  return rest;
-}
-
-/** The record as JSON for the admin API and `keys … --json` (times as ISO strings). */
-export function keyJson(k: KeyRecord): Record<string, unknown> {
-  const iso = (t: number | null): string | null => (t === null ? null : new Date(t).toISOString());
-  return {
-    id: k.id,
-    name: k.name,
-    note: k.note,
-    prefix: k.prefix,
-    enabled: k.enabled,
-    created_at: iso(k.createdAt),
-    expires_at: iso(k.expiresAt),
-    last_used_at: iso(k.lastUsedAt),
-    models: k.models,
-    origins: k.origins,
-    limits: k.limits,
-  };
-}
-
-function validName(name: string): string {
-  if (!NAME_PATTERN.test(name)) {
-    throw new KeyStoreError('invalid_key_field', `name "${name}" is not valid: use 1-64 letters, digits, '.', '_', '-' or '@', starting with a letter or digit`, 400, 'name');
-  }
-  if (name.startsWith('env-')) throw new KeyStoreError('invalid_key_field', 'names starting with "env-" are reserved for LLM_API_KEYS', 400, 'name');
-  // Keys are found by id or name; a name shaped like an id could shadow another key.
-  if (ID_PATTERN.test(name)) throw new KeyStoreError('invalid_key_field', `name "${name}" looks like a key id; choose another name`, 400, 'name');
-  return name;
-}
-
-function validList(field: 'models' | 'origins', list: readonly string[] | null | undefined): string | null | undefined {
-  if (list === undefined) return undefined;
-  if (list === null) return null;
-  const items = [...new Set(list.map((s) => s.trim()).filter((s) => s !== ''))];
-  if (items.length === 0) throw new KeyStoreError('invalid_key_field', `${field} must name at least one entry (or be "all")`, 400, field);
-  if (field === 'origins') {
-    for (const o of items) {
-      let ok = false;
-      try {
-        ok = new URL(o).origin === o;
-      } catch {
-        ok = false;
-      }
-      if (!ok) throw new KeyStoreError('invalid_key_field', `origin "${o}" is not an exact origin like https://chat.example.com (no path, no trailing slash)`, 400, 'origins');
-    }
-  }
-  return JSON.stringify(items);
-}
-
-function validLimit(name: string, v: number | null | undefined): number | null | undefined {
-  if (v === undefined || v === null) return v;
-  if (!Number.isSafeInteger(v) || v < 1) throw new KeyStoreError('invalid_key_field', `${name} must be a whole number ≥ 1 (or none)`, 400, `limits.${name}`);
-  return v;
-}
-
 export class KeyStore {
   readonly path: string;
   readonly #db: Database.Database;
   #dataVersion: number;
 
-  private constructor(path: string, db: Database.Database) {
-    this.path = path;
+  /** A store on `db`, a connection opened by storage/db.ts (the one who opened it closes it). */
+  constructor(db: Database.Database) {
+    this.path = db.name;
     this.#db = db;
     this.#dataVersion = this.#readDataVersion();
   }
 
   /**
-   * Opens (creating the file and its folder on first use) and migrates the database. Throws a
-   * KeyStoreError with a clear message for a file that is not a database, read-only, or newer.
+   * Opens (creating the file and its folder on first use) and migrates the database, tuned for
+   * `use` (storage/db.ts); the store's close() closes it. Throws a KeyStoreError with a clear
+   * message for a file that is not a database, read-only, or newer.
    */
-  static open(path: string): KeyStore {
-    return new KeyStore(path, openDatabaseForKeys(path));
+  static open(path: string, use: DatabaseUse = 'command'): KeyStore {
+    return new KeyStore(openDatabaseForKeys(path, use));
   }
 
   /** The shared connection (the usage store writes through it, so its writes are "our own"). */
@@ -212,7 +106,7 @@ export class KeyStore {
 
   get(idOrName: string): StoredKey {
     const k = this.find(idOrName);
-    if (k === undefined) throw new KeyStoreError('key_not_found', `no key named or with id "${idOrName}"`, 404);
+    if (k === undefined) throw new KeyStoreError('key_not_found', `no key named or with id "${idOrName}"`);
     return k;
   }
 
@@ -222,7 +116,7 @@ export class KeyStore {
     const id = newId();
     const name = validName(input.name);
     if (input.expiresAt !== undefined && input.expiresAt !== null && input.expiresAt <= now) {
-      throw new KeyStoreError('invalid_key_field', 'expires is in the past', 400, 'expires');
+      throw new KeyStoreError('invalid_key_field', 'expires is in the past', 'expires');
     }
     const limits = input.limits ?? {};
     try {
@@ -266,7 +160,8 @@ export class KeyStore {
     if (changes.note !== undefined) set('note', changes.note);
     if (changes.enabled !== undefined) set('enabled', changes.enabled ? 1 : 0);
     if (changes.expiresAt !== undefined) {
-      if (changes.expiresAt !== null && changes.expiresAt <= now) throw new KeyStoreError('invalid_key_field', 'expires is in the past', 400, 'expires');
+      if (changes.expiresAt !== null && changes.expiresAt <= now)
+        throw new KeyStoreError('invalid_key_field', 'expires is in the past', 'expires');
       set('expires_at', changes.expiresAt);
     }
     if (changes.models !== undefined) set('models', validList('models', changes.models));
@@ -289,7 +184,9 @@ export class KeyStore {
   rotate(idOrName: string): { record: KeyRecord; key: string } {
     const current = this.get(idOrName);
     const key = generateKey();
-    this.#db.prepare('UPDATE keys SET digest = ?, prefix = ? WHERE id = ?').run(digestKey(key), key.slice(0, DISPLAY_PREFIX_LENGTH), current.id);
+    this.#db
+      .prepare('UPDATE keys SET digest = ?, prefix = ? WHERE id = ?')
+      .run(digestKey(key), key.slice(0, DISPLAY_PREFIX_LENGTH), current.id);
     return { record: publicRecord(this.get(current.id)), key };
   }
 
@@ -325,11 +222,11 @@ export class KeyStore {
   }
 }
 
-function openDatabaseForKeys(path: string): Database.Database {
+function openDatabaseForKeys(path: string, use: DatabaseUse): Database.Database {
   try {
-    return openDatabase(path);
+    return openDatabase(path, use);
   } catch (err) {
-    if (err instanceof DatabaseUnusable) throw new KeyStoreError('db_unusable', err.message, 500);
+    if (err instanceof DatabaseUnusable) throw new KeyStoreError('db_unusable', err.message);
     throw err;
   }
 }
@@ -337,7 +234,7 @@ function openDatabaseForKeys(path: string): Database.Database {
 function uniqueNameError(err: unknown, name: string): unknown {
   const code = (err as { code?: string }).code;
   if (code === 'SQLITE_CONSTRAINT_UNIQUE' && String((err as Error).message).includes('keys.name')) {
-    return new KeyStoreError('key_name_taken', `a key named "${name}" already exists`, 409, 'name');
+    return new KeyStoreError('key_name_taken', `a key named "${name}" already exists`, 'name');
   }
   return err;
 }

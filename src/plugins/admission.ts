@@ -1,6 +1,11 @@
 // Admission: per-key limits, then the fair queue in front of llama-server's slots (DESIGN.md).
-// A preHandler in the authenticated scope, after policy: the key is known and the body parsed,
-// nothing has gone upstream yet.
+// In two parts:
+//   admission (root)  the per-key counters and limits (admission/counters.ts, limits.ts), the two
+//                     fair queues (admission/fair-queue.ts) and, with GATEWAY_MAX_INFLIGHT unset,
+//                     the reading of llama-server's slot count (/props at start, then every 30 s);
+//                     built, decorated (app.queue, app.lightQueue, app.limits) and stopped here.
+//   admit             the authenticated scope's preHandler, after policy: the key is known and the
+//                     body parsed, nothing has gone upstream yet.
 //
 //   limits   requests/min, tokens/min, tokens/day, concurrent → 429 + Retry-After + x-ratelimit-*
 //   queue    at most maxInflight upstream at once; the rest wait, a free slot going to the key with
@@ -14,18 +19,37 @@ import type { OutgoingHttpHeaders } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { KEY_QUEUE_FULL, QUEUE_FULL, QUEUE_TIMEOUT, RATE_LIMITED } from '../errors.js';
+import type { Config } from '../config.js';
+import { MemoryCounters } from '../admission/counters.js';
 import { FairQueue, QueueFull, QueueLeft, type Ticket } from '../admission/fair-queue.js';
 import { Limits } from '../admission/limits.js';
 import { reserveFor } from '../admission/token-estimate.js';
+import type { JsonBody } from '../proxy/json-body.js';
 import { sseErrorEvent } from '../proxy/sse-tap.js';
-import type { JsonBody } from './proxy.js';
 
 const QUEUE_FULL_RETRY_S = 5;
 const QUEUE_TIMEOUT_RETRY_S = 10;
 /** Cloudflare drops a connection silent for ~100 s; a queued stream says something every 15 s. */
-export const DEFAULT_QUEUE_PING_MS = 15_000;
+const DEFAULT_QUEUE_PING_MS = 15_000;
+
+/** Until llama-server says how many slots it has (GET /props total_slots). */
+const FALLBACK_SLOTS = 4;
+const SLOTS_RECHECK_MS = 30_000;
+const COUNTER_SWEEP_MS = 60_000;
+/** Window counts are kept this long after their window (the longest window is a day). */
+const COUNTER_MAX_AGE_MS = 2 * 86_400_000;
+/** A token hold whose request never produced a record is dropped after this (a safety net). */
+const HOLD_MAX_AGE_MS = 3_600_000;
 
 declare module 'fastify' {
+  interface FastifyInstance {
+    /** The fair queue in front of llama-server's slots. */
+    queue: FairQueue;
+    /** The light calls' queue (token counting, model list): GATEWAY_LIGHT_SLOTS at once. */
+    lightQueue: FairQueue;
+    /** Per-key limits and token holds. */
+    limits: Limits;
+  }
   interface FastifyContextConfig {
     /**
      * true: the route's work runs in a llama-server slot, it takes its turn in the fair queue.
@@ -35,29 +59,105 @@ declare module 'fastify' {
   }
 }
 
-export interface AdmissionOptions {
-  limits: Limits;
-  queue: FairQueue;
-  /** The light calls' own queue (routes with `queued: 'light'`). */
-  lightQueue: FairQueue;
-  queueTimeoutMs: number;
-  maxQueuePerKey: number;
+export default fp(
+  async function admissionPlugin(app: FastifyInstance, opts: { config: Config }) {
+    const { config } = opts;
+    // Per-key limits count in a CounterStore (in memory for one process).
+    const counters = new MemoryCounters();
+    const limits = new Limits(counters, {
+      rpm: config.defaultRpm,
+      tpm: config.defaultTpm,
+      tpd: config.defaultTpd,
+      concurrency: config.defaultConcurrency,
+    });
+    app.decorate('limits', limits);
+    // A request's usage record settles the tokens its key held for it with the real ones.
+    app.usage?.onRecord((r) => {
+      if (r.keyId !== null) limits.settle(r.keyId, r.requestId, (r.promptTokens ?? 0) + (r.completionTokens ?? 0), Date.now());
+    });
+    const sweep = setInterval(() => {
+      const now = Date.now();
+      counters.sweep(now, COUNTER_MAX_AGE_MS);
+      limits.sweep(now, HOLD_MAX_AGE_MS);
+    }, COUNTER_SWEEP_MS);
+    sweep.unref();
+
+    // The fair queue holds this process's share of llama-server's slots; a key holds at most its
+    // share of them (GATEWAY_KEY_SLOTS, default all but one). Light calls (token counting, the
+    // model list) wait in a small queue of their own, never behind generations; the proxy's light
+    // pool has as many connections (GATEWAY_LIGHT_SLOTS).
+    const queue = new FairQueue({
+      maxInflight: config.maxInflight ?? FALLBACK_SLOTS,
+      maxQueue: config.maxQueue,
+      maxQueuePerKey: config.maxQueuePerKey,
+      timeoutMs: config.queueTimeoutMs,
+      keySlots: config.keySlots,
+    });
+    app.decorate('queue', queue);
+    app.decorate(
+      'lightQueue',
+      new FairQueue({
+        maxInflight: config.lightSlots,
+        maxQueue: config.maxQueue,
+        maxQueuePerKey: config.maxQueuePerKey,
+        timeoutMs: config.queueTimeoutMs,
+        keySlots: config.keySlots,
+      }),
+    );
+
+    // GATEWAY_MAX_INFLIGHT unset: as many at once as llama-server has slots, read from its /props
+    // at start and again every 30 s (so a restarted llama-server with another -np is followed).
+    let slotsTimer: NodeJS.Timeout | undefined;
+    if (config.maxInflight === null) {
+      const readSlots = async (): Promise<void> => {
+        try {
+          const answer = await app.upstream.get('/props');
+          const slots = (JSON.parse(answer.text) as { total_slots?: unknown }).total_slots;
+          if (
+            answer.statusCode === 200 &&
+            typeof slots === 'number' &&
+            Number.isInteger(slots) &&
+            slots > 0 &&
+            slots !== queue.maxInflight
+          ) {
+            queue.setMaxInflight(slots);
+            app.log.info({ slots }, 'llama-server slots: requests run upstream at once');
+          }
+        } catch {
+          // unreachable or not llama-server: keep the current number, try again later
+        }
+      };
+      app.addHook('onReady', async () => {
+        void readSlots();
+        slotsTimer = setInterval(() => void readSlots(), SLOTS_RECHECK_MS);
+        slotsTimer.unref();
+      });
+    }
+    app.addHook('onClose', async () => {
+      clearInterval(sweep);
+      clearInterval(slotsTimer);
+    });
+  },
+  { name: 'admission', fastify: '5.x', dependencies: ['proxy', 'usage'] },
+);
+
+export interface AdmitOptions {
+  config: Config;
   /** How often a waiting stream gets a keep-alive comment (and, the first time, its headers). */
-  pingMs?: number;
-  /** A request whose client left while it waited (for the usage record). */
-  onLeftQueue?: (request: FastifyRequest) => void;
-  /** Tokens held for a request's completion when it names no max_tokens (GATEWAY_RESERVE_TOKENS). */
-  reserveTokens: number;
-  /** Usage records settle token holds (GATEWAY_USAGE=on); else a hold ends with its response. */
-  settledByRecords?: boolean;
+  pingMs?: number | undefined;
 }
 
 /** Routes that read a prompt and generate nothing: they hold only their prompt's tokens. */
 const PROMPT_ONLY = new Set(['/v1/embeddings', '/v1/rerank']);
 
-export default fp(
-  async function admissionPlugin(app: FastifyInstance, opts: AdmissionOptions) {
-    const { limits, queue } = opts;
+/** The authenticated scope's preHandler: limits, then a turn in the fair queue. */
+export const admit = fp(
+  async function admitPlugin(app: FastifyInstance, opts: AdmitOptions) {
+    const { limits, queue, lightQueue } = app;
+    const { queueTimeoutMs, maxQueuePerKey, reserveTokens } = opts.config;
+    const accounting = app.usageAccounting;
+    // Usage records settle token holds (GATEWAY_USAGE=on); else a hold ends with its response.
+    const settledByRecords = app.usage !== null;
     const pingMs = opts.pingMs ?? DEFAULT_QUEUE_PING_MS;
     // A callback hook: the common case (no limit refuses, a slot is free) finishes synchronously,
     // without a promise, a microtask hop or a ping timer per request. Only a request that has to
@@ -79,11 +179,11 @@ export default fp(
         const end = limits.admit(key.id, now);
         res.once('close', end);
         // A key with a token limit holds what this generation may cost until its usage record
-        // settles it (app.ts); without usage records the hold ends with the response.
+        // settles it (the admission plugin); without usage records the hold ends with the response.
         const body = request.body as JsonBody | undefined;
         if (queued === true && Limits.holdsTokens(l) && body !== undefined) {
-          limits.reserve(key.id, request.id, reserveFor(body.raw, body.json, !PROMPT_ONLY.has(route.url ?? ''), opts.reserveTokens), now);
-          if (opts.settledByRecords !== true) res.once('close', () => limits.release(request.id));
+          limits.reserve(key.id, request.id, reserveFor(body.raw, body.json, !PROMPT_ONLY.has(route.url ?? ''), reserveTokens), now);
+          if (!settledByRecords) res.once('close', () => limits.release(request.id));
         }
         reply.headers(limits.headers(key.id, l, now));
       }
@@ -92,11 +192,11 @@ export default fp(
       const light = queued === 'light';
       let ticket: Ticket;
       try {
-        ticket = (light ? opts.lightQueue : queue).enter(key.id);
+        ticket = (light ? lightQueue : queue).enter(key.id);
       } catch (err) {
         if (!(err instanceof QueueFull)) throw err;
         reply.header('retry-after', String(QUEUE_FULL_RETRY_S));
-        return done(err.scope === 'key' ? KEY_QUEUE_FULL(opts.maxQueuePerKey) : QUEUE_FULL);
+        return done(err.scope === 'key' ? KEY_QUEUE_FULL(maxQueuePerKey) : QUEUE_FULL);
       }
       // Leaving while waiting takes the request out of the queue; after admission, the same
       // call gives the slot back (the response finished, or the client left mid-answer).
@@ -105,7 +205,13 @@ export default fp(
       waitForSlot(request, reply, ticket, key.name, light).then(() => done(), done);
     });
 
-    async function waitForSlot(request: FastifyRequest, reply: FastifyReply, ticket: Ticket, keyName: string, light: boolean): Promise<void> {
+    async function waitForSlot(
+      request: FastifyRequest,
+      reply: FastifyReply,
+      ticket: Ticket,
+      keyName: string,
+      light: boolean,
+    ): Promise<void> {
       const res = reply.raw;
       // A stream that waits long starts early: 200 and SSE headers, then a comment line every
       // pingMs, so proxies (Cloudflare: ~100 s) keep the connection. The proxy then continues it.
@@ -116,7 +222,11 @@ export default fp(
             if (res.destroyed) return;
             if (!res.headersSent) {
               // From here on the response is written by hand (the proxy sees res.headersSent).
-              const headers: OutgoingHttpHeaders = { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', 'x-accel-buffering': 'no' };
+              const headers: OutgoingHttpHeaders = {
+                'content-type': 'text/event-stream',
+                'cache-control': 'no-cache',
+                'x-accel-buffering': 'no',
+              };
               for (const [name, value] of Object.entries(reply.getHeaders())) if (value !== undefined) headers[name] = value;
               res.writeHead(200, headers);
             }
@@ -128,13 +238,13 @@ export default fp(
       } catch (err) {
         if (err instanceof QueueLeft) {
           request.log.info({ key: keyName }, 'client left while waiting for a slot; never sent upstream');
-          opts.onLeftQueue?.(request);
+          accounting?.leftQueue(request);
           reply.hijack(); // nobody to answer
           return;
         }
-        const timeout = QUEUE_TIMEOUT(opts.queueTimeoutMs);
+        const timeout = QUEUE_TIMEOUT(queueTimeoutMs);
         if (res.headersSent) {
-          res.end(sseErrorEvent(request.routeOptions.url?.startsWith('/v1/messages') === true ? 'anthropic' : 'openai', timeout.message, 'queue_timeout'));
+          res.end(sseErrorEvent(request.routeOptions.url?.startsWith('/v1/messages') === true ? 'anthropic' : 'openai', timeout));
           return;
         }
         reply.header('retry-after', String(QUEUE_TIMEOUT_RETRY_S));
@@ -144,5 +254,5 @@ export default fp(
       }
     }
   },
-  { name: 'admission', fastify: '5.x', dependencies: ['auth'] },
+  { name: 'admit', fastify: '5.x', dependencies: ['admission', 'check-key'] },
 );

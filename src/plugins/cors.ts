@@ -24,11 +24,12 @@ const ALLOWED_HEADERS = new Set([
 ]);
 const ALLOWED_HEADER_PREFIX = 'x-stainless-'; // the SDKs' x-stainless-os, -lang, -retry-count, …
 const ALLOWED_METHODS = 'GET, POST, OPTIONS';
-const EXPOSED_HEADERS = 'x-request-id, retry-after, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens';
+const EXPOSED_HEADERS =
+  'x-request-id, retry-after, x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens';
 const PREFLIGHT_MAX_AGE = '600';
 
 /** The requested headers this gateway allows, as a header value. */
-export function allowedRequestHeaders(requested: string | undefined): string {
+function allowedRequestHeaders(requested: string | undefined): string {
   if (requested === undefined) return '';
   const allowed: string[] = [];
   for (const token of requested.split(',')) {

@@ -1,16 +1,11 @@
 // Every error the gateway answers leaves in OpenAI's shape: thrown GatewayErrors, Fastify's own
 // request errors (body too large, bad content-length…), unknown routes, and anything unexpected
 // (a plain 500 without internals).
+// The errors themselves, and sendError, are the table in ../errors.ts.
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import { GatewayError, MISSING_HOST, ROUTE_NOT_FOUND, SHUTTING_DOWN, fromFastifyError } from '../errors.js';
+import { GatewayError, MISSING_HOST, ROUTE_NOT_FOUND, SHUTTING_DOWN, fromFastifyError, sendError } from '../errors.js';
 import { lacksHost } from '../http/malformed-http.js';
-
-const JSON_TYPE = 'application/json; charset=utf-8';
-
-export function sendError(reply: FastifyReply, err: GatewayError): FastifyReply {
-  return reply.code(err.statusCode).header('content-type', JSON_TYPE).send(err.body);
-}
 
 export default fp(
   async function errorsPlugin(app: FastifyInstance, opts: { bodyLimit: number }) {

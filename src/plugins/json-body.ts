@@ -9,7 +9,7 @@ import type { FastifyBodyParser, FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
 import { BODY_MISSING, BODY_NOT_OBJECT, BODY_TOO_DEEP, INVALID_JSON, INVALID_TYPE, INVALID_UTF8, STRING_TOO_LONG } from '../errors.js';
 import { MAX_JSON_DEPTH, MAX_MODEL_LENGTH, nestedDeeperThan } from '../http/client-input.js';
-import type { JsonBody } from './proxy.js';
+import type { JsonBody } from '../proxy/json-body.js';
 
 const TOO_DEEP = BODY_TOO_DEEP(MAX_JSON_DEPTH);
 

@@ -4,7 +4,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { MODEL_NOT_ALLOWED } from '../errors.js';
-import type { JsonBody } from './proxy.js';
+import type { JsonBody } from '../proxy/json-body.js';
 
 export default fp(
   async function policyPlugin(app: FastifyInstance) {
@@ -19,5 +19,5 @@ export default fp(
       done(typeof model === 'string' && models.has(model) ? undefined : MODEL_NOT_ALLOWED(model));
     });
   },
-  { name: 'policy', fastify: '5.x', dependencies: ['auth', 'json-body'] },
+  { name: 'policy', fastify: '5.x', dependencies: ['check-key', 'json-body'] },
 );

@@ -19,7 +19,13 @@ export default fp(
   async function requestLogPlugin(app: FastifyInstance) {
     app.addHook('onResponse', (request: FastifyRequest, reply: FastifyReply, done: () => void) => {
       request.log.info(
-        { key: request.apiKey?.name, method: request.method, url: loggablePath(request.url), status: reply.statusCode, ms: Math.round(reply.elapsedTime) },
+        {
+          key: request.apiKey?.name,
+          method: request.method,
+          url: loggablePath(request.url),
+          status: reply.statusCode,
+          ms: Math.round(reply.elapsedTime),
+        },
         'request',
       );
       done();

@@ -1,16 +1,39 @@
-// One usage record per request in the authenticated scope that names a known key: proxied ones
-// carry the token numbers their taps read; refused ones (disabled or expired key, policy, limits)
-// record who tried what. A request refused without a known key (a wrong key, a blocked address)
-// writes no row — a flood of guesses must not flood the table; /metrics counts them (AuthGuard).
-// Records go to the UsageRecorder, which writes them in batches off the request path.
+// Who used what, in two parts:
+//   usage (root)    the UsageRecorder (usage/recorder.ts: records written in batches to the usage
+//                   table and the audit log, off the request path), the UsageCompleter (records of
+//                   requests that ended without llama-server's numbers, completed with its token
+//                   counts off the request path: usage/completion.ts) and the usage table's store;
+//                   built, decorated and closed here. It attaches to the proxy (proxy/upstream.ts,
+//                   ExchangeWatcher), so proxied requests carry an Exchange and their taps read
+//                   the numbers. GATEWAY_USAGE=off: no recorder, no completer, no taps.
+//   usage-records   the authenticated scope's onResponse hook: one record per request that names
+//                   a known key. Proxied ones carry the token numbers their taps read; refused ones
+//                   (disabled or expired key, policy, limits) record who tried what. A request
+//                   refused without a known key (a wrong key, a blocked address) writes no row — a
+//                   flood of guesses must not flood the table; /metrics counts them (AuthGuard).
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
+import type { Config } from '../config.js';
 import { MAX_USER_AGENT_LENGTH, loggablePath, recordedModel } from '../http/client-input.js';
 import { clientIp } from '../http/client-ip.js';
+import type { JsonBody } from '../proxy/json-body.js';
+import type { ExchangeWatcher } from '../proxy/upstream.js';
+import { AuditLog } from '../usage/audit-log.js';
 import type { Exchange, Outcome, UsageRecord } from '../usage/exchange.js';
-import { needOf, type UsageCompleter } from '../usage/completion.js';
-import type { UsageRecorder } from '../usage/recorder.js';
-import type { ClientClosed, JsonBody } from './proxy.js';
+import { UsageCompleter, needOf } from '../usage/completion.js';
+import { UsageRecorder } from '../usage/recorder.js';
+import { UsageStore } from '../usage/store.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Usage records (null with GATEWAY_USAGE=off). */
+    usage: UsageRecorder | null;
+    /** The usage table (null without a key database). */
+    usageStore: UsageStore | null;
+    /** How a request becomes a usage record (null with GATEWAY_USAGE=off). */
+    usageAccounting: UsageAccounting | null;
+  }
+}
 
 const MAX_LOGGED_BODY = 1 << 20;
 /** nginx's code for "the client closed the connection before the response was complete" */
@@ -30,7 +53,14 @@ function outcomeOf(status: number, ex: Exchange | null, clientClosed: boolean): 
   return 'rejected_policy';
 }
 
-export function buildRecord(request: FastifyRequest, status: number, durationMs: number, clientClosed: boolean, logBodies: boolean, trustProxy: boolean): UsageRecord {
+function buildRecord(
+  request: FastifyRequest,
+  status: number,
+  durationMs: number,
+  clientClosed: boolean,
+  logBodies: boolean,
+  trustProxy: boolean,
+): UsageRecord {
   const ex = request.exchange;
   const key = request.apiKey;
   const body = request.body as JsonBody | undefined;
@@ -75,10 +105,16 @@ export function buildRecord(request: FastifyRequest, status: number, durationMs:
 
 /**
  * Writes a proxied request's record: at once when llama-server's numbers are final, else after
- * the completer has counted what is missing (off the request path; usage-completion.ts). Either way
+ * the completer has counted what is missing (off the request path; usage/completion.ts). Either way
  * the record is emitted once, with its final numbers.
  */
-function emit(recorder: UsageRecorder, completer: UsageCompleter | null, request: FastifyRequest, record: UsageRecord, clientClosed: boolean): void {
+function emit(
+  recorder: UsageRecorder,
+  completer: UsageCompleter | null,
+  request: FastifyRequest,
+  record: UsageRecord,
+  clientClosed: boolean,
+): void {
   const ex = request.exchange;
   const body = request.body as JsonBody | undefined;
   const need = ex === null || completer === null || body === undefined ? null : needOf(ex, clientClosed);
@@ -86,46 +122,130 @@ function emit(recorder: UsageRecorder, completer: UsageCompleter | null, request
   else completer.add(record, ex, need, body.json, body.raw);
 }
 
-/** For the proxy: a client that left mid-request is recorded as client_closed. */
-export function recordClientClosed(recorder: UsageRecorder, trustProxy: boolean, completer: UsageCompleter | null = null): ClientClosed {
-  return (request, ex) => {
-    if (ex.recorded) return;
-    ex.recorded = true;
-    recorder.inFlight--;
-    emit(recorder, completer, request, buildRecord(request, ex.status || CLIENT_CLOSED_STATUS, performance.now() - ex.startedAt, true, recorder.logBodies, trustProxy), true);
+/** How a request becomes a usage record, wherever it ends. */
+interface UsageAccounting {
+  /** It was answered (the usage-records hook). */
+  answered(request: FastifyRequest, reply: FastifyReply): void;
+  /** Its client left while it waited in the queue, never sent upstream (admission). */
+  leftQueue(request: FastifyRequest): void;
+}
+
+/** For the proxy: a proxied request counts in flight; a client that left mid-request is recorded as client_closed. */
+function watcherFor(recorder: UsageRecorder, trustProxy: boolean, completer: UsageCompleter | null): ExchangeWatcher {
+  return {
+    logBodies: recorder.logBodies,
+    started: () => {
+      recorder.inFlight++;
+    },
+    clientClosed: (request, ex) => {
+      if (ex.recorded) return;
+      ex.recorded = true;
+      recorder.inFlight--;
+      emit(
+        recorder,
+        completer,
+        request,
+        buildRecord(request, ex.status || CLIENT_CLOSED_STATUS, performance.now() - ex.startedAt, true, recorder.logBodies, trustProxy),
+        true,
+      );
+    },
   };
 }
 
-/** For admission: a client that left while waiting in the queue (never sent upstream). */
-export function recordLeftQueue(recorder: UsageRecorder, trustProxy: boolean): (request: FastifyRequest) => void {
-  return (request) => {
-    const started = request.exchange === null ? undefined : request.exchange.startedAt;
-    recorder.record(buildRecord(request, CLIENT_CLOSED_STATUS, started === undefined ? 0 : performance.now() - started, true, recorder.logBodies, trustProxy));
-  };
-}
-
-export default fp(
-  async function usagePlugin(app: FastifyInstance, opts: { recorder: UsageRecorder; trustProxy: boolean; completer?: UsageCompleter | null }) {
-    const { recorder, trustProxy } = opts;
-    const completer = opts.completer ?? null;
-    app.addHook('onResponse', (request: FastifyRequest, reply: FastifyReply, done: () => void) => {
+function accountingFor(recorder: UsageRecorder, trustProxy: boolean, completer: UsageCompleter | null): UsageAccounting {
+  return {
+    answered(request, reply) {
       // No known key (a wrong key, a blocked address, refused while shutting down): nobody's usage.
-      if (request.apiKey === null) {
-        done();
-        return;
-      }
+      if (request.apiKey === null) return;
       const ex = request.exchange;
       if (ex !== null) {
-        if (ex.recorded) {
-          done();
-          return;
-        }
+        if (ex.recorded) return;
         ex.recorded = true;
         recorder.inFlight--;
       }
-      emit(recorder, completer, request, buildRecord(request, reply.statusCode, reply.elapsedTime, false, recorder.logBodies, trustProxy), false);
+      emit(
+        recorder,
+        completer,
+        request,
+        buildRecord(request, reply.statusCode, reply.elapsedTime, false, recorder.logBodies, trustProxy),
+        false,
+      );
+    },
+    leftQueue(request) {
+      const started = request.exchange === null ? undefined : request.exchange.startedAt;
+      recorder.record(
+        buildRecord(
+          request,
+          CLIENT_CLOSED_STATUS,
+          started === undefined ? 0 : performance.now() - started,
+          true,
+          recorder.logBodies,
+          trustProxy,
+        ),
+      );
+    },
+  };
+}
+
+interface UsageOptions {
+  config: Config;
+  /** How often records are written (ms); tests shorten it. */
+  flushMs?: number | undefined;
+}
+
+export default fp(
+  async function usagePlugin(app: FastifyInstance, opts: UsageOptions) {
+    const { config } = opts;
+    const store = app.db === null ? null : new UsageStore(app.db);
+    app.decorate('usageStore', store);
+    const recorder = config.usage
+      ? new UsageRecorder({
+          ...(store === null ? {} : { store }),
+          ...(config.auditLog === ''
+            ? {}
+            : {
+                audit: new AuditLog(config.auditLog, config.auditKeepDays, (err) =>
+                  app.log.error({ err: { message: err.message } }, 'audit log write failed'),
+                ),
+              }),
+          logBodies: config.logBodies,
+        })
+      : null;
+    app.decorate('usage', recorder);
+    if (recorder === null) {
+      app.decorate('usageAccounting', null);
+      return;
+    }
+    const upstream = app.upstream;
+    const completer = new UsageCompleter({
+      call: (path, body) => upstream.post(path, body),
+      emit: (r) => recorder.record(r),
+      rates: { speeds: () => upstream.rates.speeds() },
+      log: app.log,
+    });
+    app.decorate('usageAccounting', accountingFor(recorder, config.trustProxy, completer));
+    upstream.watch(watcherFor(recorder, config.trustProxy, completer));
+    recorder.start(app.log, opts.flushMs);
+    // Once every connection is done: pending token counts finish (the upstream pools close after
+    // this hook: the proxy registered earlier), then the last flush (the database's last checkpoint
+    // follows: registered earlier still).
+    app.addHook('onClose', async () => {
+      await completer.drain();
+      await recorder.close();
+    });
+  },
+  { name: 'usage', fastify: '5.x', dependencies: ['database', 'proxy'] },
+);
+
+/** The authenticated scope's onResponse hook: every answer there is a usage record (usage off: none). */
+export const usageRecords = fp(
+  async function usageRecordsPlugin(app: FastifyInstance) {
+    const accounting = app.usageAccounting;
+    if (accounting === null) return;
+    app.addHook('onResponse', (request: FastifyRequest, reply: FastifyReply, done: () => void) => {
+      accounting.answered(request, reply);
       done();
     });
   },
-  { name: 'usage', fastify: '5.x' },
+  { name: 'usage-records', fastify: '5.x', dependencies: ['usage', 'check-key'] },
 );

@@ -3,7 +3,17 @@
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 
 // RFC 9110 §7.6.1 hop-by-hop headers, plus what undici computes itself (host, content-length).
-const HOP_BY_HOP = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'proxy-authorization', 'proxy-authenticate'];
+const HOP_BY_HOP = [
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'transfer-encoding',
+  'upgrade',
+  'proxy-authorization',
+  'proxy-authenticate',
+];
 
 /** Client request headers that never reach llama-server. */
 const REQUEST_DROP = new Set([
@@ -42,7 +52,13 @@ export function upstreamRequestHeaders(
   const out: Record<string, string | string[]> = {};
   for (const name in incoming) {
     const value = incoming[name];
-    if (value === undefined || REQUEST_DROP.has(name) || name.startsWith(REQUEST_DROP_PREFIXES[0]!) || name.startsWith(REQUEST_DROP_PREFIXES[1]!)) continue;
+    if (
+      value === undefined ||
+      REQUEST_DROP.has(name) ||
+      name.startsWith(REQUEST_DROP_PREFIXES[0]!) ||
+      name.startsWith(REQUEST_DROP_PREFIXES[1]!)
+    )
+      continue;
     out[name] = value;
   }
   // Headers the client named in Connection are hop-by-hop for this hop too (RFC 9110 §7.6.1).
@@ -60,7 +76,10 @@ export function upstreamRequestHeaders(
 }
 
 /** Copies llama-server's response headers that may reach the client into `into` (theirs win). */
-export function copyResponseHeaders(upstream: IncomingHttpHeaders | Record<string, string | string[] | undefined>, into: OutgoingHttpHeaders): OutgoingHttpHeaders {
+export function copyResponseHeaders(
+  upstream: IncomingHttpHeaders | Record<string, string | string[] | undefined>,
+  into: OutgoingHttpHeaders,
+): OutgoingHttpHeaders {
   for (const name in upstream) {
     const value = upstream[name];
     if (value === undefined || RESPONSE_DROP.has(name) || name.startsWith(RESPONSE_DROP_PREFIX)) continue;

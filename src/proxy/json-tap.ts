@@ -62,7 +62,7 @@ export function topLevelFromEnd(buf: Buffer, keys: readonly Buffer[]): (Buffer |
   let valueStart = -1;
   let valueEnd = -1;
   let closeAt = -1;
-  for (j--; j >= 0; ) {
+  for (j--; j >= 0;) {
     const c = buf[j]!;
     if (c === QUOTE) {
       let k = j - 1;
@@ -124,7 +124,7 @@ export function topLevelFromStart(buf: Buffer, keys: readonly Buffer[]): (Buffer
   let depth = 1;
   let want = -1; // the key whose value starts at valueStart
   let valueStart = -1;
-  for (i++; i < buf.length; ) {
+  for (i++; i < buf.length;) {
     const c = buf[i]!;
     if (c === QUOTE) {
       let k = i + 1;
@@ -238,7 +238,8 @@ export class JsonTap implements Tap {
       if (timings !== undefined) this.#rates?.add(Buffer.from(timings)); // a copy: the chunk is not kept
     }
     // The other direction, when the format put it elsewhere (another llama-server version).
-    if (usage === undefined && !firstUsage && this.#dropped) usage = topLevelFromStart(joined(this.#head, this.#headBytes), FROM_START_KEYS)[0];
+    if (usage === undefined && !firstUsage && this.#dropped)
+      usage = topLevelFromStart(joined(this.#head, this.#headBytes), FROM_START_KEYS)[0];
     ex.applyUsage(parse(usage));
     if (this.#all !== null) {
       const whole = this.#allBytes <= this.#allMax;

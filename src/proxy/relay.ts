@@ -121,7 +121,15 @@ function onError(this: Readable & Carrier, err: Error): void {
  * bytes (pass 0/null when the head is already out, e.g. a stream the fair queue started early).
  * `onBroken` is called with `context` (shared handlers, no closure per response).
  */
-export function relay<C>(source: Readable, res: ServerResponse, status: number, headers: OutgoingHttpHeaders | null, tap: Tap | null, onBroken: OnBroken<C>, context: C): void {
+export function relay<C>(
+  source: Readable,
+  res: ServerResponse,
+  status: number,
+  headers: OutgoingHttpHeaders | null,
+  tap: Tap | null,
+  onBroken: OnBroken<C>,
+  context: C,
+): void {
   // Stored without its context type: the shared listeners only hand the context back to onBroken.
   const r = new Relay<C>(source, res, status, headers, tap, onBroken, context) as unknown as Relay;
   (source as Readable & Carrier)[RELAY] = r;

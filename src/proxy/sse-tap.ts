@@ -13,22 +13,23 @@
 // (`data: {"error":{…}}`, or `event: error` on /v1/messages): when the stream ends, the tap looks
 // at its last event only (the chunks holding the last 8 KiB, kept as references, not copied) and
 // marks the exchange as an upstream error, so that it is not recorded as `ok`.
+import type { GatewayError } from '../errors.js';
 import type { Tap } from './relay.js';
 import type { GenerationRates } from '../usage/estimate.js';
 import { usageInEvent, type Exchange, type RouteKind } from '../usage/exchange.js';
 
 export type SseDialect = 'openai' | 'anthropic';
 
-export function sseErrorEvent(dialect: SseDialect, message: string, code: string): string {
+/**
+ * A stream's last event for an error of the table (src/errors.ts), once its 200 is sent: in
+ * OpenAI's dialect the error's own body (type and code as a response would have had them), in
+ * Anthropic's its `error` event (whose types are Anthropic's: `api_error`).
+ */
+export function sseErrorEvent(dialect: SseDialect, err: GatewayError): string {
   if (dialect === 'anthropic') {
-    return `event: error\ndata: ${JSON.stringify({ type: 'error', error: { type: 'api_error', message } })}\n\n`;
+    return `event: error\ndata: ${JSON.stringify({ type: 'error', error: { type: 'api_error', message: err.message } })}\n\n`;
   }
-  return `data: ${JSON.stringify({ error: { message, type: 'upstream_error', param: null, code } })}\n\n`;
-}
-
-export interface BrokenStream {
-  readonly message: string;
-  readonly code: string;
+  return `data: ${err.body}\n\n`;
 }
 
 const EVENT_END = Buffer.from('\n\n');
@@ -77,7 +78,7 @@ function parse(data: string | undefined): unknown {
  * True when the last event in `tail` (the end of a stream) is llama-server's error: an `event:
  * error` line, or data whose top level is an `error` object.
  */
-export function endsWithError(tail: Buffer): boolean {
+function endsWithError(tail: Buffer): boolean {
   let end = tail.length;
   while (end > 0 && (tail[end - 1] === 0x0a || tail[end - 1] === 0x0d)) end--;
   if (end === 0) return false;
@@ -211,8 +212,9 @@ export class SseTap implements Tap {
   }
 
   #sent<T extends Buffer | Buffer[]>(out: T): T {
-    if (Array.isArray(out)) for (const b of out as Buffer[]) this.#ex.bytesOut += b.length;
-    else this.#ex.bytesOut += (out as Buffer).length;
+    const sent: Buffer | Buffer[] = out; // a union, not T: Array.isArray narrows it both ways
+    if (Array.isArray(sent)) for (const b of sent) this.#ex.bytesOut += b.length;
+    else this.#ex.bytesOut += sent.length;
     return out;
   }
 
@@ -250,7 +252,11 @@ export class SseTap implements Tap {
         if (this.#rates !== null && timings !== null && typeof timings === 'object') this.#rates.add(timings);
       }
       // The usage-only chat chunk ({"choices":[], "usage":…}) that only the gateway asked for.
-      const usageOnly = strip && hasUsage && Array.isArray((data as { choices?: unknown } | undefined)?.choices) && (data as { choices: unknown[] }).choices.length === 0;
+      const usageOnly =
+        strip &&
+        hasUsage &&
+        Array.isArray((data as { choices?: unknown } | undefined)?.choices) &&
+        (data as { choices: unknown[] }).choices.length === 0;
       if (usageOnly) dropped = true;
       else if (kept !== undefined) kept += `${event}\n\n`;
     }

@@ -2,14 +2,16 @@
 // GATEWAY_ADMIN_KEY is set; it has its own key check (constant time, never a client key), so a
 // client key gets 401 here. A wrong admin key counts in the failed-auth brake like a wrong client
 // key, and a blocked address gets 429 here too. Bodies are validated by JSON schema.
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { GatewayError, INVALID_JSON } from '../errors.js';
+// Its errors are entries of the error table (src/errors.ts); the key store's refusals are mapped to
+// them here.
+import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { INVALID_JSON, INVALID_KEY_FIELD, INVALID_PERIOD, KEY_DB_UNUSABLE, KEY_NAME_TAKEN, KEY_NOT_FOUND } from '../errors.js';
 import { parseExpiry } from '../keys/expiry.js';
 import type { KeyRegistry } from '../keys/key-registry.js';
 import { KeyStoreError, keyJson, type KeyChanges, type KeyLimits, type KeyStore } from '../keys/key-store.js';
 import { groupBy, usageFilter } from '../usage/period.js';
-import type { UsageStore } from '../usage/store.js';
-import { adminKeyCheck, type AuthGuard } from '../plugins/auth.js';
+import { usageTotal, type UsageStore } from '../usage/store.js';
+import { adminKeyCheck, type AuthGuard } from '../http/auth-guard.js';
 
 const nullableStrings = { type: ['array', 'null'], items: { type: 'string', minLength: 1, maxLength: 500 }, maxItems: 1000 } as const;
 const nullableLimit = { type: ['integer', 'null'], minimum: 1 } as const;
@@ -40,9 +42,20 @@ interface KeyBody {
   limits?: Partial<KeyLimits>;
 }
 
-function toGatewayError(err: unknown): unknown {
-  if (err instanceof KeyStoreError) return new GatewayError(err.status, err.status >= 500 ? 'server_error' : 'invalid_request_error', err.code, err.message, err.param);
-  return err;
+/** The key store's refusal as the admin API answers it; a database it cannot use is logged, not told. */
+function fromStoreError(err: unknown, log: FastifyBaseLogger): unknown {
+  if (!(err instanceof KeyStoreError)) return err;
+  switch (err.code) {
+    case 'key_not_found':
+      return KEY_NOT_FOUND(err.message);
+    case 'key_name_taken':
+      return KEY_NAME_TAKEN(err.message);
+    case 'invalid_key_field':
+      return INVALID_KEY_FIELD(err.message, err.param);
+    case 'db_unusable':
+      log.error({ err: { code: err.code, message: err.message } }, 'admin: the key database cannot be used');
+      return KEY_DB_UNUSABLE;
+  }
 }
 
 function changesFrom(body: KeyBody): KeyChanges {
@@ -57,7 +70,7 @@ function changesFrom(body: KeyBody): KeyChanges {
     try {
       changes.expiresAt = body.expires === null ? null : parseExpiry(body.expires);
     } catch (err) {
-      throw new GatewayError(400, 'invalid_request_error', 'invalid_key_field', `expires: ${(err as Error).message}`, 'expires');
+      throw INVALID_KEY_FIELD(`expires: ${(err as Error).message}`, 'expires');
     }
   }
   return changes;
@@ -74,7 +87,10 @@ const usageQuery = {
   },
 } as const;
 
-export default async function adminRoutes(app: FastifyInstance, opts: { adminKey: string; guard: AuthGuard; registry: KeyRegistry; store: KeyStore; usage: UsageStore }): Promise<void> {
+export default async function adminRoutes(
+  app: FastifyInstance,
+  opts: { adminKey: string; guard: AuthGuard; registry: KeyRegistry; store: KeyStore; usage: UsageStore },
+): Promise<void> {
   const isAdmin = adminKeyCheck(opts.adminKey);
   const { guard, registry, store, usage } = opts;
 
@@ -106,14 +122,14 @@ export default async function adminRoutes(app: FastifyInstance, opts: { adminKey
       registry.reload();
       return result;
     } catch (err) {
-      throw toGatewayError(err);
+      throw fromStoreError(err, app.log);
     }
   };
   const read = <T>(fn: () => T): T => {
     try {
       return fn();
     } catch (err) {
-      throw toGatewayError(err);
+      throw fromStoreError(err, app.log);
     }
   };
 
@@ -126,14 +142,20 @@ export default async function adminRoutes(app: FastifyInstance, opts: { adminKey
     return reply.code(201).send({ ...keyJson(record), key });
   });
 
-  app.get<{ Params: { id: string } }>('/keys/:id', { schema: { params: idParams } }, async (request) => keyJson(read(() => store.get(request.params.id))));
+  app.get<{ Params: { id: string } }>('/keys/:id', { schema: { params: idParams } }, async (request) =>
+    keyJson(read(() => store.get(request.params.id))),
+  );
 
-  app.patch<{ Params: { id: string }; Body: KeyBody }>('/keys/:id', { schema: { params: idParams, body: patchSchema } }, async (request) => {
-    const changes = changesFrom(request.body);
-    const record = write(() => store.update(request.params.id, changes));
-    request.log.info({ keyId: record.id, keyName: record.name, fields: Object.keys(request.body) }, 'admin: key changed');
-    return keyJson(record);
-  });
+  app.patch<{ Params: { id: string }; Body: KeyBody }>(
+    '/keys/:id',
+    { schema: { params: idParams, body: patchSchema } },
+    async (request) => {
+      const changes = changesFrom(request.body);
+      const record = write(() => store.update(request.params.id, changes));
+      request.log.info({ keyId: record.id, keyName: record.name, fields: Object.keys(request.body) }, 'admin: key changed');
+      return keyJson(record);
+    },
+  );
 
   app.delete<{ Params: { id: string } }>('/keys/:id', { schema: { params: idParams } }, async (request) => {
     const record = write(() => store.revoke(request.params.id));
@@ -148,33 +170,44 @@ export default async function adminRoutes(app: FastifyInstance, opts: { adminKey
   });
 
   // Usage report: totals per day, key or model, with the CLI's filters (?key=&since=7d&until=&by=).
-  app.get<{ Querystring: { key?: string; since?: string; until?: string; by?: string } }>('/usage', { schema: { querystring: usageQuery } }, async (request) => {
-    let filter;
-    let by;
-    try {
-      filter = usageFilter(request.query);
-      by = groupBy(request.query.by);
-    } catch (err) {
-      throw new GatewayError(400, 'invalid_request_error', 'invalid_period', (err as Error).message);
-    }
-    const rows = usage.report(filter, by);
-    const total = rows.reduce(
-      (t, r) => ({
-        requests: t.requests + r.requests,
-        prompt_tokens: t.prompt_tokens + r.promptTokens,
-        cached_tokens: t.cached_tokens + r.cachedTokens,
-        completion_tokens: t.completion_tokens + r.completionTokens,
-        total_tokens: t.total_tokens + r.totalTokens,
-      }),
-      { requests: 0, prompt_tokens: 0, cached_tokens: 0, completion_tokens: 0, total_tokens: 0 },
-    );
-    return {
-      object: 'usage_report',
-      by,
-      since: filter.since === undefined ? null : new Date(filter.since).toISOString(),
-      until: filter.until === undefined ? null : new Date(filter.until).toISOString(),
-      data: rows.map((r) => ({ [by]: r.group, requests: r.requests, prompt_tokens: r.promptTokens, cached_tokens: r.cachedTokens, completion_tokens: r.completionTokens, total_tokens: r.totalTokens, estimated: r.estimated, errors: r.errors })),
-      total,
-    };
-  });
+  app.get<{ Querystring: { key?: string; since?: string; until?: string; by?: string } }>(
+    '/usage',
+    { schema: { querystring: usageQuery } },
+    async (request) => {
+      let filter;
+      let by;
+      try {
+        filter = usageFilter(request.query);
+        by = groupBy(request.query.by);
+      } catch (err) {
+        throw INVALID_PERIOD((err as Error).message);
+      }
+      const rows = usage.report(filter, by);
+      const t = usageTotal(rows);
+      const total = {
+        requests: t.requests,
+        prompt_tokens: t.promptTokens,
+        cached_tokens: t.cachedTokens,
+        completion_tokens: t.completionTokens,
+        total_tokens: t.totalTokens,
+      };
+      return {
+        object: 'usage_report',
+        by,
+        since: filter.since === undefined ? null : new Date(filter.since).toISOString(),
+        until: filter.until === undefined ? null : new Date(filter.until).toISOString(),
+        data: rows.map((r) => ({
+          [by]: r.group,
+          requests: r.requests,
+          prompt_tokens: r.promptTokens,
+          cached_tokens: r.cachedTokens,
+          completion_tokens: r.completionTokens,
+          total_tokens: r.totalTokens,
+          estimated: r.estimated,
+          errors: r.errors,
+        })),
+        total,
+      };
+    },
+  );
 }

@@ -10,10 +10,8 @@ import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { MAX_MODEL_LENGTH } from '../http/client-input.js';
 import { isLoopback } from '../http/client-ip.js';
 import { CounterFamily, HistogramFamily } from '../usage/metric-family.js';
-import type { FairQueue } from '../admission/fair-queue.js';
+import { adminKeyCheck } from '../http/auth-guard.js';
 import type { UsageRecord } from '../usage/exchange.js';
-import type { UsageRecorder } from '../usage/recorder.js';
-import { adminKeyCheck, type AuthGuard } from '../plugins/auth.js';
 
 const FORWARDING_HEADERS = ['cf-connecting-ip', 'x-forwarded-for', 'forwarded', 'x-real-ip'];
 // A client with a key picks the "model" string; beyond this many distinct values, label "other".
@@ -28,36 +26,105 @@ function statusText(status: number): string {
   return text;
 }
 
-export function isLocalScrape(request: FastifyRequest): boolean {
+function isLocalScrape(request: FastifyRequest): boolean {
   if (!isLoopback(request.socket.remoteAddress)) return false;
   for (const h of FORWARDING_HEADERS) if (request.headers[h] !== undefined) return false;
   return true;
 }
 
-export default async function metricsRoutes(app: FastifyInstance, opts: { recorder: UsageRecorder | null; queue: FairQueue; lightQueue?: FairQueue; adminKey: string; guard: AuthGuard }): Promise<void> {
+/** Reads what the auth, usage and admission plugins decorate: app.authGuard, app.usage, app.queue, app.lightQueue. */
+export default async function metricsRoutes(app: FastifyInstance, opts: { adminKey: string }): Promise<void> {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   // The request path's numbers: plain counters rendered at scrape time (metric-family.ts).
-  const requests = new CounterFamily('llm_gateway_requests_total', 'Requests answered, by route, status and key', ['route', 'status', 'key']);
-  const tokens = new CounterFamily('llm_gateway_tokens_total', 'Tokens as reported by llama-server, by key, model and kind (prompt, cached, completion)', ['key', 'model', 'kind']);
+  const requests = new CounterFamily('llm_gateway_requests_total', 'Requests answered, by route, status and key', [
+    'route',
+    'status',
+    'key',
+  ]);
+  const tokens = new CounterFamily(
+    'llm_gateway_tokens_total',
+    'Tokens as reported by llama-server, by key, model and kind (prompt, cached, completion)',
+    ['key', 'model', 'kind'],
+  );
   const duration = new HistogramFamily('llm_gateway_request_duration_seconds', 'Request duration, by route', ['route'], DURATION_BUCKETS);
-  const ttft = new HistogramFamily('llm_gateway_time_to_first_token_seconds', 'Time from forwarding to the first content chunk of a stream, by route', ['route'], TTFT_BUCKETS);
-  const upstreamErrors = new CounterFamily('llm_gateway_upstream_errors_total', 'Requests that failed because of llama-server (unreachable, error, timeout, broken stream)', ['route', 'outcome']);
-  const clientClosed = new CounterFamily('llm_gateway_client_closed_total', 'Requests whose client left before the answer was complete (upstream cancelled)', ['route']);
-  const guard = opts.guard;
+  const ttft = new HistogramFamily(
+    'llm_gateway_time_to_first_token_seconds',
+    'Time from forwarding to the first content chunk of a stream, by route',
+    ['route'],
+    TTFT_BUCKETS,
+  );
+  const upstreamErrors = new CounterFamily(
+    'llm_gateway_upstream_errors_total',
+    'Requests that failed because of llama-server (unreachable, error, timeout, broken stream)',
+    ['route', 'outcome'],
+  );
+  const clientClosed = new CounterFamily(
+    'llm_gateway_client_closed_total',
+    'Requests whose client left before the answer was complete (upstream cancelled)',
+    ['route'],
+  );
+  const guard = app.authGuard;
   const families = [requests, tokens, duration, ttft, upstreamErrors, clientClosed, guard.failures];
-  const recorder = opts.recorder;
-  new Gauge({ name: 'llm_gateway_requests_in_flight', help: 'Requests being answered by llama-server now', registers: [registry], collect() { this.set(recorder?.inFlight ?? 0); } });
-  const queue = opts.queue;
-  new Gauge({ name: 'llm_gateway_requests_waiting', help: 'Requests waiting in the gateway for a llama-server slot', registers: [registry], collect() { this.set(queue.waiting); } });
-  new Gauge({ name: 'llm_gateway_slots', help: 'Requests the gateway lets run upstream at once (llama-server slots)', registers: [registry], collect() { this.set(queue.maxInflight); } });
-  new Gauge({ name: 'llm_gateway_key_slots', help: 'Most slots one key holds at once (GATEWAY_KEY_SLOTS); its other requests wait', registers: [registry], collect() { this.set(queue.keySlots); } });
-  const light = opts.lightQueue;
-  if (light !== undefined) {
-    new Gauge({ name: 'llm_gateway_light_requests_waiting', help: 'Light calls (token counting, model list) waiting for a light slot', registers: [registry], collect() { this.set(light.waiting); } });
-    new Gauge({ name: 'llm_gateway_light_requests_running', help: 'Light calls being answered by llama-server now', registers: [registry], collect() { this.set(light.running); } });
-    new Gauge({ name: 'llm_gateway_light_slots', help: 'Light calls the gateway lets run upstream at once (GATEWAY_LIGHT_SLOTS)', registers: [registry], collect() { this.set(light.maxInflight); } });
-  }
+  const recorder = app.usage;
+  new Gauge({
+    name: 'llm_gateway_requests_in_flight',
+    help: 'Requests being answered by llama-server now',
+    registers: [registry],
+    collect() {
+      this.set(recorder?.inFlight ?? 0);
+    },
+  });
+  const queue = app.queue;
+  new Gauge({
+    name: 'llm_gateway_requests_waiting',
+    help: 'Requests waiting in the gateway for a llama-server slot',
+    registers: [registry],
+    collect() {
+      this.set(queue.waiting);
+    },
+  });
+  new Gauge({
+    name: 'llm_gateway_slots',
+    help: 'Requests the gateway lets run upstream at once (llama-server slots)',
+    registers: [registry],
+    collect() {
+      this.set(queue.maxInflight);
+    },
+  });
+  new Gauge({
+    name: 'llm_gateway_key_slots',
+    help: 'Most slots one key holds at once (GATEWAY_KEY_SLOTS); its other requests wait',
+    registers: [registry],
+    collect() {
+      this.set(queue.keySlots);
+    },
+  });
+  const light = app.lightQueue;
+  new Gauge({
+    name: 'llm_gateway_light_requests_waiting',
+    help: 'Light calls (token counting, model list) waiting for a light slot',
+    registers: [registry],
+    collect() {
+      this.set(light.waiting);
+    },
+  });
+  new Gauge({
+    name: 'llm_gateway_light_requests_running',
+    help: 'Light calls being answered by llama-server now',
+    registers: [registry],
+    collect() {
+      this.set(light.running);
+    },
+  });
+  new Gauge({
+    name: 'llm_gateway_light_slots',
+    help: 'Light calls the gateway lets run upstream at once (GATEWAY_LIGHT_SLOTS)',
+    registers: [registry],
+    collect() {
+      this.set(light.maxInflight);
+    },
+  });
 
   const models = new Set<string>();
   const modelLabel = (model: string | null): string => {

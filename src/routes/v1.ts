@@ -6,10 +6,10 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { BODY_MISSING, MODEL_NOT_FOUND, UPSTREAM_BAD_RESPONSE } from '../errors.js';
 import type { RouteKind } from '../usage/exchange.js';
-import { LIGHT_KINDS } from '../plugins/proxy.js';
+import { LIGHT_KINDS } from '../proxy/upstream.js';
 
 /** The forwarded POST routes and the API each speaks (where its token numbers are). */
-export const POST_ROUTES: readonly (readonly [string, RouteKind])[] = [
+const POST_ROUTES: readonly (readonly [string, RouteKind])[] = [
   ['/v1/chat/completions', 'chat'],
   ['/v1/completions', 'completions'],
   ['/v1/embeddings', 'embeddings'],
@@ -72,7 +72,10 @@ export default async function v1Routes(app: FastifyInstance): Promise<void> {
     const list = parseModelList(answer.text);
     const visible = (m: ModelEntry): boolean => [...allowed].some((id) => isModel(m, id));
     list.data = list.data.filter(visible);
-    if (Array.isArray(list.models)) list.models = (list.models as ModelEntry[]).filter((m) => (typeof m.model === 'string' && allowed.has(m.model)) || (typeof m.name === 'string' && allowed.has(m.name)));
+    if (Array.isArray(list.models))
+      list.models = (list.models as ModelEntry[]).filter(
+        (m) => (typeof m.model === 'string' && allowed.has(m.model)) || (typeof m.name === 'string' && allowed.has(m.name)),
+      );
     return reply.header('content-type', JSON_TYPE).send(JSON.stringify(list));
   });
 

@@ -1,6 +1,15 @@
 // The gateway's one database file (GATEWAY_DB): SQLite through better-sqlite3, WAL mode, created
 // with its folder on first use, upgraded in place by numbered migrations. Keys and usage records
 // share it (and one connection inside a gateway process).
+//
+// Every connection is opened and tuned here, and nowhere else; the stores (keys/key-store.ts,
+// usage/store.ts) are handed a connection and set nothing on it. Whoever opens a connection closes
+// it: the gateway process (server.ts, after the app has closed), or the CLI command that opened it.
+//   every connection    journal_mode=WAL (kept in the file), busy_timeout, foreign_keys
+//   'gateway'           + synchronous=NORMAL (below); its auto-checkpoint is handed to the WAL
+//                       checkpointer's worker while one runs (autoCheckpoint, wal-checkpointer.ts)
+//   'command'           SQLite's defaults otherwise: a CLI command that reads a report or writes a
+//                       key changes nothing the gateway's connection runs with
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
@@ -62,8 +71,17 @@ export const MIGRATIONS: readonly string[] = [
    CREATE INDEX usage_key_ts ON usage (key_id, ts)`,
 ];
 
-/** Opens (creating it and its folder on first use) and migrates the database. Throws DatabaseUnusable. */
-export function openDatabase(path: string): Database.Database {
+/** Who holds the connection: the gateway's long-lived one, or a command that does one thing and exits. */
+export type DatabaseUse = 'gateway' | 'command';
+
+/** SQLite's default auto-checkpoint (pages). */
+const AUTO_CHECKPOINT_PAGES = 1000;
+
+/**
+ * Opens (creating it and its folder on first use), migrates and tunes the database for `use`.
+ * Throws DatabaseUnusable.
+ */
+export function openDatabase(path: string, use: DatabaseUse = 'command'): Database.Database {
   let db: Database.Database | undefined;
   try {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
@@ -71,6 +89,11 @@ export function openDatabase(path: string): Database.Database {
     db.pragma('journal_mode = WAL');
     db.pragma('busy_timeout = 5000');
     db.pragma('foreign_keys = ON');
+    // The usage batches and last-used times are written on the gateway's one thread: with WAL,
+    // synchronous=NORMAL commits without an fsync (only checkpoints sync), so a flush does not stall
+    // every request for a disk flush once a second. The file stays consistent; a power cut can lose
+    // the last second or so of records, which a crash could anyway.
+    if (use === 'gateway') db.pragma('synchronous = NORMAL');
     migrate(db);
     probeWritable(db);
     return db;
@@ -81,13 +104,23 @@ export function openDatabase(path: string): Database.Database {
   }
 }
 
+/**
+ * Whether this connection copies the write-ahead log back into the file inside its own commits
+ * (SQLite's default) or leaves that to the checkpointer's worker thread (wal-checkpointer.ts).
+ */
+export function autoCheckpoint(db: Database.Database, on: boolean): void {
+  db.pragma(`wal_autocheckpoint = ${on ? AUTO_CHECKPOINT_PAGES : 0}`);
+}
+
 function migrate(db: Database.Database): void {
   // IMMEDIATE: take the write lock before reading the version, so two processes opening a new
   // file at once (gateway and CLI) cannot both run the same migration.
   db.transaction(() => {
     const version = db.pragma('user_version', { simple: true }) as number;
     if (version > MIGRATIONS.length) {
-      throw new DatabaseUnusable(`GATEWAY_DB has schema version ${version}, newer than this gateway knows (${MIGRATIONS.length}); update the gateway`);
+      throw new DatabaseUnusable(
+        `GATEWAY_DB has schema version ${version}, newer than this gateway knows (${MIGRATIONS.length}); update the gateway`,
+      );
     }
     for (let v = version; v < MIGRATIONS.length; v++) {
       db.exec(MIGRATIONS[v]!);
@@ -112,7 +145,8 @@ function probeWritable(db: Database.Database): void {
 function describeSqliteError(err: unknown): string {
   const code = (err as { code?: string }).code ?? '';
   if (code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT') return 'the file is not a SQLite database or is damaged';
-  if (code.startsWith('SQLITE_READONLY') || code === 'SQLITE_PERM' || code === 'EACCES' || code === 'EROFS') return 'the file or its folder is read-only; the gateway needs to write to it';
+  if (code.startsWith('SQLITE_READONLY') || code === 'SQLITE_PERM' || code === 'EACCES' || code === 'EROFS')
+    return 'the file or its folder is read-only; the gateway needs to write to it';
   if (code === 'SQLITE_CANTOPEN') return 'the file cannot be opened (check the path and folder permissions)';
   return (err as Error).message;
 }

@@ -11,12 +11,11 @@
 import { createRequire } from 'node:module';
 import { Worker, type WorkerOptions } from 'node:worker_threads';
 import type Database from 'better-sqlite3';
+import { autoCheckpoint } from './db.js';
 
-export const DEFAULT_CHECKPOINT_MS = 1000;
-export const DEFAULT_RETRY_MS = 1000;
-export const DEFAULT_MAX_RETRY_MS = 60_000;
-/** SQLite's default auto-checkpoint (pages), restored while no worker runs. */
-const AUTO_CHECKPOINT_PAGES = 1000;
+const DEFAULT_CHECKPOINT_MS = 1000;
+const DEFAULT_RETRY_MS = 1000;
+const DEFAULT_MAX_RETRY_MS = 60_000;
 
 export interface CheckpointResult {
   /** frames in the log */
@@ -99,7 +98,7 @@ export class WalCheckpointer {
     this.#retry = undefined;
     if (this.#stopping) return;
     // Hand over at once (the worker checkpoints from its first tick); a worker that fails hands back.
-    this.#db.pragma('wal_autocheckpoint = 0');
+    autoCheckpoint(this.#db, false);
     let worker: Worker;
     try {
       worker = this.#startWorker(WORKER_SOURCE, { eval: true, workerData: this.#workerData });
@@ -112,7 +111,8 @@ export class WalCheckpointer {
     let error: Error | undefined;
     worker.on('message', (m: CheckpointResult | 'ready') => {
       if (m === 'ready') {
-        if (this.#failures > 0) this.#log?.info?.({ failedStarts: this.#failures }, `WAL checkpoint worker running again after ${this.#failures} failed starts`);
+        if (this.#failures > 0)
+          this.#log?.info?.({ failedStarts: this.#failures }, `WAL checkpoint worker running again after ${this.#failures} failed starts`);
         this.#failures = 0;
         return;
       }
@@ -130,7 +130,7 @@ export class WalCheckpointer {
 
   /** The worker did not start or died: the connection checkpoints itself until the next try. */
   #failed(err: Error): void {
-    if (this.#db.open) this.#db.pragma(`wal_autocheckpoint = ${AUTO_CHECKPOINT_PAGES}`);
+    if (this.#db.open) autoCheckpoint(this.#db, true);
     else return; // the connection closed under us: nothing left to checkpoint
     this.#failures++;
     const delay = Math.min(this.#maxRetryMs, this.#retryMs * 2 ** Math.min(this.#failures - 1, 30));

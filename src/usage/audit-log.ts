@@ -54,7 +54,9 @@ export class AuditLog {
   /** Deletes this log's files older than the kept days. */
   async prune(now = Date.now()): Promise<string[]> {
     const cutoff = new Date(now - this.#keepDays * DAY_MS).toISOString().slice(0, 10);
-    const pattern = new RegExp(`^${this.#stem.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}-(\\d{4}-\\d{2}-\\d{2})${this.#ext.replace('.', '\\.')}$`);
+    const pattern = new RegExp(
+      `^${this.#stem.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}-(\\d{4}-\\d{2}-\\d{2})${this.#ext.replace('.', '\\.')}$`,
+    );
     const removed: string[] = [];
     for (const name of await readdir(this.#dir).catch(() => [] as string[])) {
       const m = pattern.exec(name);

@@ -11,18 +11,17 @@
 // count_failed). The record is emitted once, with its final numbers, so metrics and limits that
 // listen to the recorder see it once. drain() (shutdown) lets what is queued finish within a
 // deadline and writes the rest without counts, before the recorder's last flush.
-import { maxOutputTokens } from '../admission/token-estimate.js';
-import { timedCompletion, type Speeds } from './estimate.js';
+import { maxOutputTokens, timedCompletion, type Speeds } from './estimate.js';
 import { promptsOf, type Exchange, type RouteKind, type UsageEstimate, type UsageRecord } from './exchange.js';
 
 /** A POST to llama-server that the gateway reads itself (Upstream.post). */
 export type CountingCall = (path: string, body: string | Buffer) => Promise<{ statusCode: number; text: string }>;
 
-export const DEFAULT_COUNT_CONCURRENCY = 2;
-export const DEFAULT_COUNT_TIMEOUT_MS = 10_000;
+const DEFAULT_COUNT_CONCURRENCY = 2;
+const DEFAULT_COUNT_TIMEOUT_MS = 10_000;
 /** jobs waiting beyond this are written at once without a count (llama-server is not keeping up) */
-export const DEFAULT_MAX_QUEUED = 10_000;
-export const DEFAULT_DRAIN_MS = 5_000;
+const DEFAULT_MAX_QUEUED = 10_000;
+const DEFAULT_DRAIN_MS = 5_000;
 
 /** llama-server's counting route for each API whose prompt can be counted. */
 const COUNT_ROUTE: Partial<Record<RouteKind, string>> = {
@@ -158,7 +157,10 @@ export class UsageCompleter {
     try {
       [prompt, completion] = await Promise.race([this.#count(job), timeout]);
     } catch (err) {
-      this.#log?.warn({ err: { message: (err as Error).message }, requestId: job.record.requestId, route: job.record.route }, 'usage record: token count from llama-server failed; written without it');
+      this.#log?.warn(
+        { err: { message: (err as Error).message }, requestId: job.record.requestId, route: job.record.route },
+        'usage record: token count from llama-server failed; written without it',
+      );
     } finally {
       clearTimeout(timer);
     }

@@ -75,7 +75,10 @@ export class GenerationRates {
         predictedMs += gms;
       }
     }
-    return { prompt: promptMs > 0 ? (promptN / promptMs) * 1000 : null, predicted: predictedMs > 0 ? (predictedN / predictedMs) * 1000 : null };
+    return {
+      prompt: promptMs > 0 ? (promptN / promptMs) * 1000 : null,
+      predicted: predictedMs > 0 ? (predictedN / predictedMs) * 1000 : null,
+    };
   }
 }
 
@@ -84,10 +87,36 @@ export class GenerationRates {
  * a request whose prompt has `promptTokens`: null when llama-server's speed is not known yet.
  * `maxTokens` caps it (per answer; `answers` for a prompt array).
  */
-export function timedCompletion(elapsedMs: number, promptTokens: number | null, speeds: Speeds, maxTokens: number | undefined, answers = 1): number | null {
+export function timedCompletion(
+  elapsedMs: number,
+  promptTokens: number | null,
+  speeds: Speeds,
+  maxTokens: number | undefined,
+  answers = 1,
+): number | null {
   if (speeds.predicted === null) return null;
   const promptMs = promptTokens !== null && speeds.prompt !== null ? (promptTokens / speeds.prompt) * 1000 : 0;
   let tokens = Math.floor((Math.max(0, elapsedMs - promptMs) / 1000) * speeds.predicted);
   if (maxTokens !== undefined) tokens = Math.min(tokens, maxTokens * answers);
   return tokens;
+}
+
+/** A whole, non-negative number from a request body (a token count, `n`), else undefined. */
+export function countField(v: unknown): number | undefined {
+  return typeof v === 'number' && Number.isInteger(v) && v >= 0 ? v : undefined;
+}
+
+/**
+ * The completion tokens a request may generate, per answer: llama-server's own `n_predict` wins
+ * (it overrides max_tokens there), then OpenAI's names; `fallback` when none is given (or
+ * n_predict is -1, "until the context is full").
+ */
+export function maxOutputTokens(json: Record<string, unknown>, fallback: number): number {
+  return (
+    countField(json.n_predict) ??
+    countField(json.max_completion_tokens) ??
+    countField(json.max_tokens) ??
+    countField(json.max_output_tokens) ??
+    fallback
+  );
 }

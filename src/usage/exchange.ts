@@ -1,10 +1,7 @@
 // Who used what: one Exchange per proxied request, filled on the side while the response passes
-// (json-tap.ts, sse-relay.ts), then turned into one UsageRecord. Token numbers are llama-server's
+// (proxy/json-tap.ts, proxy/sse-tap.ts), then turned into one UsageRecord. Token numbers are llama-server's
 // own (`usage` in its bodies and streams), never estimated when a number exists; a request that
-// ended without them is completed off the request path (usage-completion.ts) and marked.
-import { BODY_TOO_DEEP } from '../errors.js';
-import { MAX_JSON_DEPTH } from '../http/client-input.js';
-
+// ended without them is completed off the request path (completion.ts) and marked.
 /** Which API a route speaks; it decides where the token numbers are and how a stream looks. */
 export type RouteKind = 'chat' | 'completions' | 'embeddings' | 'rerank' | 'responses' | 'messages' | 'count_tokens' | 'models';
 
@@ -160,35 +157,4 @@ export function usageInEvent(kind: RouteKind, data: unknown): unknown {
   if (kind === 'messages') return o.type === 'message_start' ? o.message?.usage : o.type === 'message_delta' ? o.usage : undefined;
   if (kind === 'responses') return typeof o.type === 'string' && o.type.startsWith('response.') ? o.response?.usage : undefined;
   return o.usage;
-}
-
-/**
- * The request body with `stream_options.include_usage: true`, so that llama-server reports a chat
- * stream's tokens. The client's other bytes are kept: the option is spliced in before the final
- * `}` when the client sent no stream_options; only a client that sent stream_options (without
- * include_usage) gets its body re-serialised.
- */
-export function withIncludeUsage(raw: Buffer, json: Record<string, unknown>): Buffer {
-  if (json.stream_options === undefined) {
-    let end = raw.length - 1;
-    while (end >= 0 && raw[end] !== 0x7d /* } */) end--;
-    let before = end - 1;
-    while (before >= 0 && (raw[before] === 0x20 || raw[before] === 0x0a || raw[before] === 0x0d || raw[before] === 0x09)) before--;
-    const empty = raw[before] === 0x7b; /* { */
-    return Buffer.concat([raw.subarray(0, end), Buffer.from(`${empty ? '' : ','}"stream_options":{"include_usage":true}`), raw.subarray(end)]);
-  }
-  const options = json.stream_options !== null && typeof json.stream_options === 'object' ? json.stream_options : {};
-  try {
-    return Buffer.from(JSON.stringify({ ...json, stream_options: { ...options, include_usage: true } }));
-  } catch {
-    // A body nested too deep for JSON.stringify (RangeError); json-body.ts refuses those first.
-    throw BODY_TOO_DEEP(MAX_JSON_DEPTH);
-  }
-}
-
-/** True when a chat request is a stream whose client did not ask for usage itself. */
-export function needsIncludeUsage(json: Record<string, unknown>): boolean {
-  if (json.stream !== true) return false;
-  const options = json.stream_options as { include_usage?: unknown } | null | undefined;
-  return options?.include_usage !== true;
 }

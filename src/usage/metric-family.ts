@@ -31,9 +31,9 @@ export class CounterFamily {
   /** Adds `by` to the series with these label values (in labelNames' order). */
   inc(by: number, a: string, b = '', c = ''): void {
     let byA = this.#series.get(a);
-    if (byA === undefined) this.#series.set(a, (byA = new Map()));
+    if (byA === undefined) this.#series.set(a, (byA = new Map<string, Map<string, CounterSeries>>()));
     let byB = byA.get(b);
-    if (byB === undefined) byA.set(b, (byB = new Map()));
+    if (byB === undefined) byA.set(b, (byB = new Map<string, CounterSeries>()));
     let s = byB.get(c);
     if (s === undefined) {
       s = { labels: renderLabels(this.labelNames, [a, b, c]), value: 0 };

@@ -3,24 +3,34 @@
 // --until 2026-11-30 (through that day, UTC) or an ISO time.
 import type { GroupBy, UsageFilter } from './store.js';
 
-const UNIT_MS: Record<string, number> = { m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
-const DAY_MS = 86_400_000;
+const UNIT_MS: Readonly<Record<string, number>> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
+export const DAY_MS = 86_400_000;
+
+/** A time as people write it, before it is tied to now: a span, a day's start (UTC) or an instant. */
+export type TimeText = { readonly span: number } | { readonly day: number } | { readonly at: number };
+
+/**
+ * Reads an amount with one of `units` (s m h d w: 90m, 12h, 30d), a date YYYY-MM-DD or an ISO time;
+ * null for anything else, NaN where the date does not parse. Shared with key expiry (keys/expiry.ts).
+ */
+export function readTimeText(text: string, units: string): TimeText | null {
+  const value = text.trim();
+  const span = new RegExp(`^(\\d+)\\s*([${units}])$`, 'i').exec(value);
+  if (span) return { span: Number(span[1]) * UNIT_MS[span[2]!.toLowerCase()]! };
+  if (/^\d{4}-\d{2}-\d{2}$/.test(value)) return { day: Date.parse(`${value}T00:00:00Z`) };
+  if (/^\d{4}-\d{2}-\d{2}T/.test(value)) return { at: Date.parse(value) };
+  return null;
+}
 
 function parseMoment(text: string, what: string, endOfDay: boolean, now: number): number {
-  const value = text.trim();
-  const ago = /^(\d+)\s*([mhdw])$/i.exec(value);
-  if (ago) return now - Number(ago[1]) * UNIT_MS[ago[2]!.toLowerCase()]!;
-  if (/^\d{4}-\d{2}-\d{2}$/.test(value)) {
-    const start = Date.parse(`${value}T00:00:00Z`);
-    if (!Number.isNaN(start)) return endOfDay ? start + DAY_MS : start;
-  } else if (/^\d{4}-\d{2}-\d{2}T/.test(value)) {
-    const at = Date.parse(value);
-    if (!Number.isNaN(at)) return at;
-  }
+  const t = readTimeText(text, 'mhdw');
+  if (t !== null && 'span' in t) return now - t.span;
+  if (t !== null && 'day' in t && !Number.isNaN(t.day)) return endOfDay ? t.day + DAY_MS : t.day;
+  if (t !== null && 'at' in t && !Number.isNaN(t.at)) return t.at;
   throw new Error(`${what} "${text}" is not a time: use 7d, 24h, 90m, a date YYYY-MM-DD or an ISO time`);
 }
 
-export const GROUPS: readonly GroupBy[] = ['day', 'key', 'model'];
+const GROUPS: readonly GroupBy[] = ['day', 'key', 'model'];
 
 export interface PeriodInput {
   key?: string | undefined;
@@ -34,7 +44,8 @@ export function usageFilter(input: PeriodInput, now = Date.now()): UsageFilter {
   if (input.key !== undefined && input.key !== '') filter.key = input.key;
   if (input.since !== undefined && input.since !== '') filter.since = parseMoment(input.since, 'since', false, now);
   if (input.until !== undefined && input.until !== '') filter.until = parseMoment(input.until, 'until', true, now);
-  if (filter.since !== undefined && filter.until !== undefined && filter.until <= filter.since) throw new Error('until must be after since');
+  if (filter.since !== undefined && filter.until !== undefined && filter.until <= filter.since)
+    throw new Error('until must be after since');
   return filter;
 }
 

@@ -5,7 +5,7 @@ import type { AuditLog } from './audit-log.js';
 import type { UsageRecord } from './exchange.js';
 import type { UsageStore } from './store.js';
 
-export const DEFAULT_FLUSH_MS = 1000;
+const DEFAULT_FLUSH_MS = 1000;
 /**
  * At most this many records are written per turn of the event loop (one transaction, ~0.7 ms),
  * and this many waiting are written on the next turn instead of at the timer. Under heavy load one
@@ -84,7 +84,10 @@ export class UsageRecorder {
     try {
       this.#store?.insert(batch);
     } catch (err) {
-      this.#log?.error({ err: { message: (err as Error).message, code: (err as { code?: string }).code }, records: batch.length }, 'usage records could not be written to the database');
+      this.#log?.error(
+        { err: { message: (err as Error).message, code: (err as { code?: string }).code }, records: batch.length },
+        'usage records could not be written to the database',
+      );
     }
     return this.#audit?.write(batch.map((r) => JSON.stringify({ time: new Date(r.ts).toISOString(), ...r }))) ?? Promise.resolve();
   }

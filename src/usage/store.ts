@@ -27,6 +27,30 @@ export interface UsageRow {
   errors: number;
 }
 
+/** The rows of a report added up, as its TOTAL row (the CLI's last line, the admin API's `total`). */
+export function usageTotal(rows: readonly UsageRow[]): UsageRow {
+  const total: UsageRow = {
+    group: 'TOTAL',
+    requests: 0,
+    promptTokens: 0,
+    cachedTokens: 0,
+    completionTokens: 0,
+    totalTokens: 0,
+    estimated: 0,
+    errors: 0,
+  };
+  for (const r of rows) {
+    total.requests += r.requests;
+    total.promptTokens += r.promptTokens;
+    total.cachedTokens += r.cachedTokens;
+    total.completionTokens += r.completionTokens;
+    total.totalTokens += r.totalTokens;
+    total.estimated += r.estimated;
+    total.errors += r.errors;
+  }
+  return total;
+}
+
 const GROUP_SQL: Record<GroupBy, string> = {
   day: "strftime('%Y-%m-%d', ts / 1000, 'unixepoch')",
   key: "coalesce(key_name, '(no key)')",
@@ -40,11 +64,7 @@ export class UsageStore {
 
   constructor(db: Database.Database) {
     this.#db = db;
-    // The usage batches are written on the gateway's one thread: with WAL, synchronous=NORMAL
-    // commits without an fsync (only checkpoints sync), so a flush does not stall every request
-    // for a disk flush once a second. The file stays consistent; a power cut can lose the last
-    // second or so of records, which a crash could anyway.
-    db.pragma('synchronous = NORMAL');
+    // The connection is tuned where it is opened (storage/db.ts); a store sets nothing on it.
     // Positional parameters: binding by name costs a lookup per column per row.
     this.#insert = db.prepare(
       `INSERT INTO usage (ts, request_id, key_id, key_name, route, model, status, streamed, prompt_tokens, cached_tokens,
@@ -54,8 +74,25 @@ export class UsageStore {
     this.#insertMany = db.transaction((records: readonly UsageRecord[]) => {
       for (const r of records) {
         this.#insert.run(
-          r.ts, r.requestId, r.keyId, r.keyName, r.route, r.model, r.status, r.streamed ? 1 : 0, r.promptTokens, r.cachedTokens,
-          r.completionTokens, r.estimated ? 1 : 0, r.ttftMs, r.durationMs, r.bytesIn, r.bytesOut, r.clientIp, r.userAgent, r.outcome,
+          r.ts,
+          r.requestId,
+          r.keyId,
+          r.keyName,
+          r.route,
+          r.model,
+          r.status,
+          r.streamed ? 1 : 0,
+          r.promptTokens,
+          r.cachedTokens,
+          r.completionTokens,
+          r.estimated ? 1 : 0,
+          r.ttftMs,
+          r.durationMs,
+          r.bytesIn,
+          r.bytesOut,
+          r.clientIp,
+          r.userAgent,
+          r.outcome,
         );
       }
     });
@@ -101,13 +138,18 @@ export class UsageStore {
   /** Every record matching the filter, oldest first (for --json/--csv exports of single requests). */
   records(filter: UsageFilter, limit = 100_000): Record<string, unknown>[] {
     const { sql, params } = this.#where(filter);
-    return this.#db.prepare(`SELECT * FROM usage ${sql} ORDER BY ts, id LIMIT @limit`).all({ ...params, limit }) as Record<string, unknown>[];
+    return this.#db.prepare(`SELECT * FROM usage ${sql} ORDER BY ts, id LIMIT @limit`).all({ ...params, limit }) as Record<
+      string,
+      unknown
+    >[];
   }
 
   /** Tokens (prompt + completion) per key id since `since`, for `keys list`. */
   tokensByKey(since: number): Map<string, number> {
     const rows = this.#db
-      .prepare('SELECT key_id AS keyId, coalesce(sum(prompt_tokens), 0) + coalesce(sum(completion_tokens), 0) AS tokens FROM usage WHERE ts >= ? AND key_id IS NOT NULL GROUP BY key_id')
+      .prepare(
+        'SELECT key_id AS keyId, coalesce(sum(prompt_tokens), 0) + coalesce(sum(completion_tokens), 0) AS tokens FROM usage WHERE ts >= ? AND key_id IS NOT NULL GROUP BY key_id',
+      )
       .all(since) as { keyId: string; tokens: number }[];
     return new Map(rows.map((r) => [r.keyId, r.tokens]));
   }

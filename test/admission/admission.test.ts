@@ -9,19 +9,20 @@ import { envIdentity } from '../../src/keys/key-index.js';
 import { KeyRegistry } from '../../src/keys/key-registry.js';
 import { Limits, MINUTE_MS, resetText } from '../../src/admission/limits.js';
 import { reserveFor } from '../../src/admission/token-estimate.js';
-import { AUTH_A, KEY_A, KEY_B, chatBody, request, sleep, startGateway, tempStore, within, type RawResponse } from '../helpers.js';
-
-function bearer(key: string): Record<string, string> {
-  return { authorization: `Bearer ${key}` };
-}
-
-async function until(what: string, check: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
-    await sleep(10);
-  }
-}
+import {
+  AUTH_A,
+  KEY_A,
+  KEY_B,
+  bearer,
+  chatBody,
+  request,
+  sleep,
+  startGateway,
+  tempStore,
+  until,
+  within,
+  type RawResponse,
+} from '../helpers.js';
 
 t.test('fair queue: key A sends 20, then key B sends 1; B reaches llama-server no later than A’s 3rd', async (t) => {
   // Each generation takes 500 ms, so B is queued well before the first slot frees. A may take
@@ -29,7 +30,8 @@ t.test('fair queue: key A sends 20, then key B sends 1; B reaches llama-server n
   // default share (a slot kept free for B) is slot-share.test.ts.
   const gw = await startGateway(t, { maxInflight: 2, keySlots: 'all' }, { headersDelayMs: 500 });
   const all: Promise<RawResponse>[] = [];
-  const sendA = (i: number): number => all.push(request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ user: `A-${i}` }) }));
+  const sendA = (i: number): number =>
+    all.push(request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ user: `A-${i}` }) }));
   // A-1 starts 150 ms before the others, so the two slots free at different times: when two free
   // in the same instant, B and A-3 are sent upstream together and llama-server sees them in
   // whichever order the kernel hands it the two sockets.
@@ -42,23 +44,30 @@ t.test('fair queue: key A sends 20, then key B sends 1; B reaches llama-server n
   await until('B waits too', () => gw.app.queue.waiting === 19);
   t.equal(gw.fake.requests.length, 2, 'B was queued while both slots were still busy');
   const answers = await within(Promise.all(all), 20_000, 'every request is answered');
-  t.ok(answers.every((a) => a.status === 200), 'all 21 answered 200');
+  t.ok(
+    answers.every((a) => a.status === 200),
+    'all 21 answered 200',
+  );
   const order = gw.fake.requests.map((r) => (JSON.parse(r.body.toString()) as { user: string }).user);
   t.equal(order.length, 21);
   const b = order.indexOf('B-1');
   const a3 = order.indexOf('A-3');
   t.ok(b <= a3, `B arrived ${b + 1}th, A's 3rd arrived ${a3 + 1}th: ${order.slice(0, 5).join(' ')} …`);
   // Never more than 2 at once upstream.
-  const events = gw.fake.requests.flatMap((r) => [
+  const events = gw.fake.requests.flatMap<[number, number]>((r) => [
     [r.receivedAt, 1],
     [r.closedAt ?? Infinity, -1],
-  ]) as [number, number][];
+  ]);
   events.sort((x, y) => x[0] - y[0] || x[1] - y[1]);
   let open = 0;
   let peak = 0;
   for (const [, d] of events) peak = Math.max(peak, (open += d));
   t.equal(peak, 2, 'at most GATEWAY_MAX_INFLIGHT requests upstream at once');
-  t.same(order.filter((u) => u.startsWith('A-')), Array.from({ length: 20 }, (_, i) => `A-${i + 1}`), "one key's requests keep their order");
+  t.same(
+    order.filter((u) => u.startsWith('A-')),
+    Array.from({ length: 20 }, (_, i) => `A-${i + 1}`),
+    "one key's requests keep their order",
+  );
 });
 
 t.test('FairQueue: round robin by running count, bounds, deadline, leaving', async (t) => {
@@ -134,7 +143,12 @@ t.test('requests per minute: 429 exactly at the limit, with headers and Retry-Af
   t.ok(retry >= 1 && retry <= 60, `Retry-After ${retry}`);
   t.equal(refused.headers['x-ratelimit-remaining-requests'], '0');
   t.same(JSON.parse(refused.text), {
-    error: { message: `Rate limit reached for this API key: 3 requests per minute. Try again in ${retry} s.`, type: 'rate_limit_exceeded', param: null, code: 'requests_per_minute' },
+    error: {
+      message: `Rate limit reached for this API key: 3 requests per minute. Try again in ${retry} s.`,
+      type: 'rate_limit_exceeded',
+      param: null,
+      code: 'requests_per_minute',
+    },
   });
   t.equal(gw.fake.requests.length, 3, 'the refused request never reached upstream');
   const other = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
@@ -170,7 +184,11 @@ t.test('concurrent requests: the one over the limit gets 429 at once', async (t)
   t.equal(second.headers['retry-after'], '1');
   t.equal((JSON.parse(second.text) as { error: { code: string } }).error.code, 'concurrent_requests');
   t.equal((await slow).status, 200);
-  t.equal((await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() })).status, 200, 'free again after the first finished');
+  t.equal(
+    (await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() })).status,
+    200,
+    'free again after the first finished',
+  );
 });
 
 t.test('Limits: windows roll over; tokens per day; headers; reset format', async (t) => {
@@ -216,7 +234,12 @@ t.test('queue bounds and deadline: 429 for one key, 503 overall and on timeout, 
   t.equal(timedOut.status, 503, 'waited past GATEWAY_QUEUE_TIMEOUT_MS');
   t.equal(timedOut.headers['retry-after'], '10');
   t.same(JSON.parse(timedOut.text), {
-    error: { message: 'The model server stayed busy for 0 s while this request waited (GATEWAY_QUEUE_TIMEOUT_MS); try again shortly.', type: 'server_error', param: null, code: 'queue_timeout' },
+    error: {
+      message: 'The model server stayed busy for 0 s while this request waited (GATEWAY_QUEUE_TIMEOUT_MS); try again shortly.',
+      type: 'server_error',
+      param: null,
+      code: 'queue_timeout',
+    },
   });
   t.equal((await waitingB).status, 503);
   t.equal((await running).status, 200);
@@ -264,7 +287,11 @@ t.test('count_tokens and models do not wait in the queue', async (t) => {
   const running = request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
   await gw.fake.waitForRequests(1);
   gw.fake.behavior.headersDelayMs = 0;
-  const count = await request(gw.port, { path: '/v1/messages/count_tokens', headers: AUTH_A, body: '{"model":"m","messages":[{"role":"user","content":"hi"}]}' });
+  const count = await request(gw.port, {
+    path: '/v1/messages/count_tokens',
+    headers: AUTH_A,
+    body: '{"model":"m","messages":[{"role":"user","content":"hi"}]}',
+  });
   t.equal(count.status, 200);
   const models = await request(gw.port, { path: '/v1/models', headers: AUTH_A });
   t.equal(models.status, 200);
@@ -274,12 +301,20 @@ t.test('count_tokens and models do not wait in the queue', async (t) => {
 
 t.test('failed-auth brake: too many wrong keys from one address → 429 for a while (behind a trusted proxy)', async (t) => {
   const gw = await startGateway(t, { trustProxy: true, authFailLimit: 3, authBlockMs: 800 });
-  const from = (ip: string, key: string): Promise<RawResponse> => request(gw.port, { path: '/v1/models', headers: { ...bearer(key), 'cf-connecting-ip': ip } });
+  const from = (ip: string, key: string): Promise<RawResponse> =>
+    request(gw.port, { path: '/v1/models', headers: { ...bearer(key), 'cf-connecting-ip': ip } });
   for (let i = 0; i < 3; i++) t.equal((await from('203.0.113.5', `sk-guess-${i}-0123456789abcdef`)).status, 401, `guess ${i + 1}`);
   const blocked = await from('203.0.113.5', KEY_A);
   t.equal(blocked.status, 429, 'blocked, even with the right key now');
   t.equal(blocked.headers['retry-after'], '1');
-  t.same(JSON.parse(blocked.text), { error: { message: 'Too many requests with a wrong API key from your address; try again in 1 s.', type: 'rate_limit_exceeded', param: null, code: 'too_many_failed_attempts' } });
+  t.same(JSON.parse(blocked.text), {
+    error: {
+      message: 'Too many requests with a wrong API key from your address; try again in 1 s.',
+      type: 'rate_limit_exceeded',
+      param: null,
+      code: 'too_many_failed_attempts',
+    },
+  });
   t.equal((await from('198.51.100.9', KEY_A)).status, 200, 'another address is not affected');
   t.ok(gw.logs.some((l) => l.msg === 'too many wrong API keys from this address: blocked for a while' && l.ip === '203.0.113.5'));
   await sleep(900);
@@ -290,7 +325,10 @@ t.test('failed-auth brake: too many wrong keys from one address → 429 for a wh
 t.test('without GATEWAY_TRUST_PROXY, forwarding headers are not believed and loopback is not braked', async (t) => {
   const gw = await startGateway(t, { authFailLimit: 2, authBlockMs: 60_000 });
   for (let i = 0; i < 4; i++) {
-    const res = await request(gw.port, { path: '/v1/models', headers: { ...bearer(`sk-guess-${i}-0123456789abcdef`), 'cf-connecting-ip': `203.0.113.${i}` } });
+    const res = await request(gw.port, {
+      path: '/v1/models',
+      headers: { ...bearer(`sk-guess-${i}-0123456789abcdef`), 'cf-connecting-ip': `203.0.113.${i}` },
+    });
     t.equal(res.status, 401);
   }
   t.equal((await request(gw.port, { path: '/v1/models', headers: AUTH_A })).status, 200, 'a tunnel (all loopback) is not locked out');
@@ -300,7 +338,10 @@ t.test('without GATEWAY_TRUST_PROXY, forwarding headers are not believed and loo
 t.test('GATEWAY_MAX_INFLIGHT unset: llama-server’s /props total_slots', async (t) => {
   const gw = await startGateway(t, { maxInflight: null });
   await until('the slot count is read', () => gw.app.queue.maxInflight === 2);
-  t.ok(gw.fake.requests.some((r) => r.url === '/props'), 'asked llama-server (directly, never for a client)');
+  t.ok(
+    gw.fake.requests.some((r) => r.url === '/props'),
+    'asked llama-server (directly, never for a client)',
+  );
   t.ok(gw.logs.some((l) => l.msg === 'llama-server slots: requests run upstream at once' && l.slots === 2));
 });
 
@@ -333,14 +374,22 @@ t.test('a stream waiting in the queue is started early and kept alive with comme
   const text = await within(waiting.done, 5000, 'the stream ends');
   const pings = /^(:\n\n)+/.exec(text)?.[0] ?? '';
   t.ok(pings.length >= 3, `${pings.length / 3} comments while waiting`);
-  t.match(text.slice(pings.length), /^data: \{"choices":\[\{"finish_reason":null,"index":0,"delta":\{"role":"assistant"/, 'then llama-server’s stream');
+  t.match(
+    text.slice(pings.length),
+    /^data: \{"choices":\[\{"finish_reason":null,"index":0,"delta":\{"role":"assistant"/,
+    'then llama-server’s stream',
+  );
   t.match(text, /data: \[DONE\]\n\n$/);
   await gw.app.close();
   const rows = store.db.prepare('SELECT status, outcome, completion_tokens AS c FROM usage ORDER BY id').all();
-  t.same(rows, [
-    { status: 200, outcome: 'ok', c: 8 },
-    { status: 200, outcome: 'ok', c: 6 },
-  ], 'recorded like any other stream');
+  t.same(
+    rows,
+    [
+      { status: 200, outcome: 'ok', c: 8 },
+      { status: 200, outcome: 'ok', c: 6 },
+    ],
+    'recorded like any other stream',
+  );
 });
 
 t.test('a started stream that times out in the queue ends with an error event', async (t) => {
@@ -349,7 +398,11 @@ t.test('a started stream that times out in the queue ends with an error event', 
   await gw.fake.waitForRequests(1);
   const waiting = await openStream(gw.port, KEY_B, chatBody({ stream: true }));
   const text = await within(waiting.done, 5000, 'the stream ends');
-  t.match(text, /^(:\n\n)+data: \{"error":\{"message":"The model server stayed busy for 0 s while this request waited \(GATEWAY_QUEUE_TIMEOUT_MS\); try again shortly\.","type":"upstream_error","param":null,"code":"queue_timeout"\}\}\n\n$/);
+  t.match(
+    text,
+    /^(:\n\n)+data: \{"error":\{"message":"The model server stayed busy for 0 s while this request waited \(GATEWAY_QUEUE_TIMEOUT_MS\); try again shortly\.","type":"server_error","param":null,"code":"queue_timeout"\}\}\n\n$/,
+    'the queue timeout as its 503 says it, not as an upstream_error',
+  );
   t.equal((await running).status, 200);
   t.equal(gw.fake.requests.length, 1);
 });
@@ -362,6 +415,9 @@ t.test('a started stream whose upstream then fails gets the failure as an error 
   await until('started early', () => waiting.chunks.length > 0);
   gw.fake.behavior.headersDelayMs = 0;
   const text = await within(waiting.done, 5000, 'the stream ends');
-  t.match(text, /^(:\n\n)+data: \{"error":\{"message":"request \(5028 tokens\) exceeds the available context size \(2048 tokens\), try increasing it","type":"upstream_error","param":null,"code":"exceed_context_size_error"\}\}\n\n$/);
+  t.match(
+    text,
+    /^(:\n\n)+data: \{"error":\{"message":"request \(5028 tokens\) exceeds the available context size \(2048 tokens\), try increasing it","type":"upstream_error","param":null,"code":"exceed_context_size_error"\}\}\n\n$/,
+  );
   t.equal((await running).status, 200);
 });

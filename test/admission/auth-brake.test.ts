@@ -11,11 +11,28 @@ import t from 'tap';
 import { AUTH_WINDOW_MS, AuthBrake, DEFAULT_AUTH_MAX_ADDRESSES } from '../../src/admission/auth-brake.js';
 import { KeyRegistry } from '../../src/keys/key-registry.js';
 import { KeyStore } from '../../src/keys/key-store.js';
-import { AUTH_A, KEY_A, KEY_B, chatBody, request, sleep, startGateway, tempStore, type Gateway, type RawResponse } from '../helpers.js';
+import {
+  AUTH_A,
+  KEY_A,
+  KEY_B,
+  chatBody,
+  metricValue,
+  request,
+  sleep,
+  startGateway,
+  tempStore,
+  type Gateway,
+  type RawResponse,
+} from '../helpers.js';
 
 const ADMIN = 'admin-secret-0123456789abcdef0123456789';
 const BRAKE_429 = (seconds: number): unknown => ({
-  error: { message: `Too many requests with a wrong API key from your address; try again in ${seconds} s.`, type: 'rate_limit_exceeded', param: null, code: 'too_many_failed_attempts' },
+  error: {
+    message: `Too many requests with a wrong API key from your address; try again in ${seconds} s.`,
+    type: 'rate_limit_exceeded',
+    param: null,
+    code: 'too_many_failed_attempts',
+  },
 });
 
 function from(ip: string | undefined, key: string | undefined): Record<string, string> {
@@ -23,22 +40,14 @@ function from(ip: string | undefined, key: string | undefined): Record<string, s
 }
 
 /** A gateway with a key database (so /admin exists) and an admin key. */
-async function gateway(t: Parameters<typeof startGateway>[0], overrides: Parameters<typeof startGateway>[1] = {}): Promise<{ gw: Gateway; store: KeyStore; registry: KeyRegistry }> {
+async function gateway(
+  t: Parameters<typeof startGateway>[0],
+  overrides: Parameters<typeof startGateway>[1] = {},
+): Promise<{ gw: Gateway; store: KeyStore; registry: KeyRegistry }> {
   const store = tempStore(t);
   const registry = new KeyRegistry([KEY_A, KEY_B], store);
   const gw = await startGateway(t, { adminKey: ADMIN, ...overrides }, {}, { registry, usageFlushMs: 20 });
   return { gw, store, registry };
-}
-
-/** The value of one series in Prometheus text, or undefined. */
-function metricValue(text: string, name: string, labels: Record<string, string>): number | undefined {
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
-    const labelText = /\{(.*)\}/.exec(line)?.[1] ?? '';
-    const have = Object.fromEntries([...labelText.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return undefined;
 }
 
 t.test('the brake: the max-th failure in a minute blocks for the block time', async (t) => {
@@ -96,7 +105,11 @@ t.test('the brake keeps at most maxAddresses: 200k distinct addresses → the ca
   const small = new AuthBrake(1, 60_000, { maxAddresses: 3 });
   for (const a of ['a', 'b', 'c', 'd']) t.equal(small.fail(a, 0), true);
   t.equal(small.size, 3);
-  t.same(['a', 'b', 'c', 'd'].map((a) => small.blockedFor(a, 1) > 0), [false, true, true, true], 'the oldest block went');
+  t.same(
+    ['a', 'b', 'c', 'd'].map((a) => small.blockedFor(a, 1) > 0),
+    [false, true, true, true],
+    'the oldest block went',
+  );
 });
 
 t.test('heap: 800k wrong keys from distinct addresses stay at the cap (node --expose-gc, measured)', async (t) => {
@@ -105,7 +118,9 @@ t.test('heap: 800k wrong keys from distinct addresses stay at the cap (node --ex
   const loader = process.execArgv.filter((a) => a.startsWith('--import=') && a.includes('typescript'));
   const script = fileURLToPath(new URL('../fixtures/auth-brake-heap.ts', import.meta.url));
   const out = await new Promise<string>((resolve, reject) =>
-    execFile(process.execPath, ['--expose-gc', ...loader, script, '800000'], { timeout: 120_000 }, (err, stdout) => (err === null ? resolve(stdout) : reject(err))),
+    execFile(process.execPath, ['--expose-gc', ...loader, script, '800000'], { timeout: 120_000 }, (err, stdout) =>
+      err === null ? resolve(stdout) : reject(new Error(err.message, { cause: err })),
+    ),
   );
   const m = JSON.parse(out) as { addresses: number; tracked: number; heapBeforeMB: number; heapAfterMB: number; growthMB: number };
   t.comment(`heap for 800k distinct addresses: ${JSON.stringify(m)}`);
@@ -123,8 +138,16 @@ t.test('wrong admin keys count: then even the right admin key gets 429 from that
   t.equal(blocked.status, 429, 'blocked, even with the right admin key now');
   t.equal(blocked.headers['retry-after'], '60');
   t.same(JSON.parse(blocked.text), BRAKE_429(60));
-  t.equal((await request(gw.port, { path: '/v1/models', headers: from('203.0.113.5', KEY_A) })).status, 429, 'and on the client API: one brake');
-  t.equal((await request(gw.port, { path: '/admin/keys', headers: from('198.51.100.9', ADMIN) })).status, 200, 'another address is not affected');
+  t.equal(
+    (await request(gw.port, { path: '/v1/models', headers: from('203.0.113.5', KEY_A) })).status,
+    429,
+    'and on the client API: one brake',
+  );
+  t.equal(
+    (await request(gw.port, { path: '/admin/keys', headers: from('198.51.100.9', ADMIN) })).status,
+    200,
+    'another address is not affected',
+  );
   t.ok(gw.logs.some((l) => l.msg === 'too many wrong API keys from this address: blocked for a while' && l.ip === '203.0.113.5'));
   t.notOk(gw.logText().includes(ADMIN), 'the admin key is never logged');
 });
@@ -132,14 +155,23 @@ t.test('wrong admin keys count: then even the right admin key gets 429 from that
 t.test('a blocked address gets 429 on /metrics (admin key or not); wrong admin keys on /metrics count', async (t) => {
   const { gw } = await gateway(t, { trustProxy: true, authFailLimit: 2, authBlockMs: 60_000 });
   // Blocked by wrong client keys on /v1 …
-  for (let i = 0; i < 2; i++) t.equal((await request(gw.port, { path: '/v1/models', headers: from('203.0.113.5', `sk-guess-${i}-0123456789abcdef`) })).status, 401);
+  for (let i = 0; i < 2; i++)
+    t.equal((await request(gw.port, { path: '/v1/models', headers: from('203.0.113.5', `sk-guess-${i}-0123456789abcdef`) })).status, 401);
   const metrics = await request(gw.port, { path: '/metrics', headers: from('203.0.113.5', ADMIN) });
   t.equal(metrics.status, 429, '/metrics refuses a blocked address, even with the admin key');
   t.equal(metrics.headers['retry-after'], '60');
   t.same(JSON.parse(metrics.text), BRAKE_429(60));
   // … and blocked by wrong admin keys on /metrics.
-  for (let i = 0; i < 2; i++) t.equal((await request(gw.port, { path: '/metrics', headers: from('203.0.113.6', `admin-guess-${i}-0123456789abcdef0123`) })).status, 401);
-  t.equal((await request(gw.port, { path: '/v1/models', headers: from('203.0.113.6', KEY_A) })).status, 429, 'guessing the admin key on /metrics blocks the address');
+  for (let i = 0; i < 2; i++)
+    t.equal(
+      (await request(gw.port, { path: '/metrics', headers: from('203.0.113.6', `admin-guess-${i}-0123456789abcdef0123`) })).status,
+      401,
+    );
+  t.equal(
+    (await request(gw.port, { path: '/v1/models', headers: from('203.0.113.6', KEY_A) })).status,
+    429,
+    'guessing the admin key on /metrics blocks the address',
+  );
   // No key at all through the tunnel is a failed attempt too (it is not a local scraper).
   for (let i = 0; i < 2; i++) t.equal((await request(gw.port, { path: '/metrics', headers: from('203.0.113.7', undefined) })).status, 401);
   t.equal((await request(gw.port, { path: '/metrics', headers: from('203.0.113.7', ADMIN) })).status, 429);
@@ -147,7 +179,8 @@ t.test('a blocked address gets 429 on /metrics (admin key or not); wrong admin k
   // A local scraper (loopback, no forwarding header) needs no key, so it is never a failed attempt
   // and never refused — even when loopback itself is blocked (trusted proxy: local clients count
   // as 127.0.0.1).
-  for (let i = 0; i < 2; i++) t.equal((await request(gw.port, { path: '/v1/models', headers: from(undefined, `sk-guess-${i}-0123456789abcdef`) })).status, 401);
+  for (let i = 0; i < 2; i++)
+    t.equal((await request(gw.port, { path: '/v1/models', headers: from(undefined, `sk-guess-${i}-0123456789abcdef`) })).status, 401);
   t.equal((await request(gw.port, { path: '/v1/models', headers: AUTH_A })).status, 429, 'loopback is blocked for the client API');
   const local = await request(gw.port, { path: '/metrics' });
   t.equal(local.status, 200, 'a local scrape still works');
@@ -159,8 +192,14 @@ t.test('a blocked address gets 429 on /metrics (admin key or not); wrong admin k
 t.test('without GATEWAY_TRUST_PROXY loopback is exempt on /admin and /metrics too (a tunnel is all loopback)', async (t) => {
   const { gw } = await gateway(t, { authFailLimit: 2, authBlockMs: 60_000 });
   for (let i = 0; i < 4; i++) {
-    t.equal((await request(gw.port, { path: '/admin/keys', headers: from(`203.0.113.${i}`, `admin-guess-${i}-0123456789abcdef0123`) })).status, 401);
-    t.equal((await request(gw.port, { path: '/metrics', headers: from(`203.0.113.${i}`, `admin-guess-${i}-0123456789abcdef0123`) })).status, 401);
+    t.equal(
+      (await request(gw.port, { path: '/admin/keys', headers: from(`203.0.113.${i}`, `admin-guess-${i}-0123456789abcdef0123`) })).status,
+      401,
+    );
+    t.equal(
+      (await request(gw.port, { path: '/metrics', headers: from(`203.0.113.${i}`, `admin-guess-${i}-0123456789abcdef0123`) })).status,
+      401,
+    );
   }
   t.equal((await request(gw.port, { path: '/admin/keys', headers: from('203.0.113.9', ADMIN) })).status, 200, 'not locked out');
   t.equal((await request(gw.port, { path: '/metrics', headers: from('203.0.113.9', ADMIN) })).status, 200);
@@ -180,7 +219,12 @@ t.test('refusals without a known key write no usage row, only counters; a known 
   const expired = store.create({ name: 'eve', expiresAt: Date.now() - 1000 }, Date.now() - 5000); // created before it expired
   const kept = store.create({ name: 'olga', origins: ['https://a.example'] });
   registry.reload();
-  const gw = await startGateway(t, { trustProxy: true, authFailLimit: 3, authBlockMs: 60_000, adminKey: ADMIN }, {}, { registry, usageFlushMs: 20 });
+  const gw = await startGateway(
+    t,
+    { trustProxy: true, authFailLimit: 3, authBlockMs: 60_000, adminKey: ADMIN },
+    {},
+    { registry, usageFlushMs: 20 },
+  );
   const responses: RawResponse[] = [];
   const send = async (headers: Record<string, string>): Promise<void> => {
     responses.push(await request(gw.port, { path: '/v1/chat/completions', headers, body: chatBody() }));
@@ -197,9 +241,18 @@ t.test('refusals without a known key write no usage row, only counters; a known 
     [401, 401, 401, 429, 429, 429, 429, 429, 401, 401, 401, 403, 200],
   );
   const metrics = await request(gw.port, { path: '/metrics' });
-  const failures = Object.fromEntries(['invalid_key', 'blocked', 'disabled', 'expired', 'origin', 'admin'].map((reason) => [reason, metricValue(metrics.text, 'llm_gateway_auth_failures_total', { reason })]));
+  const failures = Object.fromEntries(
+    ['invalid_key', 'blocked', 'disabled', 'expired', 'origin', 'admin'].map((reason) => [
+      reason,
+      metricValue(metrics.text, 'llm_gateway_auth_failures_total', { reason }),
+    ]),
+  );
   t.same(failures, { invalid_key: 4, blocked: 5, disabled: 1, expired: 1, origin: 1, admin: 0 }, 'every refusal counted by reason');
-  t.equal(metricValue(metrics.text, 'llm_gateway_requests_total', { status: '401', key: '' }), undefined, 'no per-request series for unknown keys');
+  t.equal(
+    metricValue(metrics.text, 'llm_gateway_requests_total', { status: '401', key: '' }),
+    undefined,
+    'no per-request series for unknown keys',
+  );
   await gw.app.close();
   await sleep(0);
   const rows = store.db.prepare('SELECT status, outcome, key_name AS keyName, client_ip AS ip FROM usage ORDER BY id').all();

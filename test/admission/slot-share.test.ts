@@ -11,29 +11,30 @@ import { performance } from 'node:perf_hooks';
 import t from 'tap';
 import { ConfigError, loadConfig } from '../../src/config.js';
 import { FairQueue, keySlotCap } from '../../src/admission/fair-queue.js';
-import { AUTH_A, KEY_A, KEY_B, chatBody, request, sleep, startGateway, within, type Gateway, type RawResponse } from '../helpers.js';
+import {
+  AUTH_A,
+  KEY_A,
+  KEY_B,
+  bearer,
+  chatBody,
+  request,
+  sleep,
+  startGateway,
+  until,
+  within,
+  type Gateway,
+  type RawResponse,
+} from '../helpers.js';
 import type { RecordedRequest } from '../fixtures/fake-llama.js';
-
-function bearer(key: string): Record<string, string> {
-  return { authorization: `Bearer ${key}` };
-}
-
-async function until(what: string, check: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
-    await sleep(5);
-  }
-}
 
 const userOf = (r: RecordedRequest): string => (JSON.parse(r.body.toString()) as { user?: string }).user ?? '';
 
 /** Most of `requests` open upstream at the same moment (from the fake's receive/close times). */
 function peakConcurrency(requests: RecordedRequest[]): number {
-  const events = requests.flatMap((r) => [
+  const events = requests.flatMap<[number, number]>((r) => [
     [r.receivedAt, 1],
     [r.closedAt ?? Infinity, -1],
-  ]) as [number, number][];
+  ]);
   events.sort((x, y) => x[0] - y[0] || x[1] - y[1]);
   let open = 0;
   let peak = 0;
@@ -61,8 +62,12 @@ const LONG_STREAM = { chunkDelayMs: 80, extraContentChunks: 15 };
 t.test('one key holds at most all-but-one slot: A’s 6 streams run 3 at a time on 4 slots, B starts at once', async (t) => {
   const gw = await startGateway(t, { maxInflight: 4 }, LONG_STREAM);
   const a: Promise<RawResponse>[] = [];
-  for (let i = 1; i <= 6; i++) a.push(request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true, user: `A-${i}` }) }));
-  await until('A’s first requests reach llama-server', () => gw.fake.requests.length >= 3 && gw.app.queue.waiting + gw.app.queue.running === 6);
+  for (let i = 1; i <= 6; i++)
+    a.push(request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true, user: `A-${i}` }) }));
+  await until(
+    'A’s first requests reach llama-server',
+    () => gw.fake.requests.length >= 3 && gw.app.queue.waiting + gw.app.queue.running === 6,
+  );
   await sleep(200);
   t.equal(gw.fake.requests.length, 3, 'only 3 of A’s 6 reached llama-server: the 4th slot stays free');
   t.equal(gw.app.queue.running, 3);
@@ -81,7 +86,10 @@ t.test('one key holds at most all-but-one slot: A’s 6 streams run 3 at a time 
   t.equal((await b).status, 200);
 
   const answers = await within(Promise.all(a), 15_000, 'all of A answered');
-  t.ok(answers.every((r) => r.status === 200 && r.text.endsWith('data: [DONE]\n\n')), 'all of A’s streams complete');
+  t.ok(
+    answers.every((r) => r.status === 200 && r.text.endsWith('data: [DONE]\n\n')),
+    'all of A’s streams complete',
+  );
   const ofA = gw.fake.requests.filter((r) => userOf(r).startsWith('A-'));
   t.equal(ofA.length, 6);
   t.equal(peakConcurrency(ofA), 3, 'never more than 3 of A’s upstream at once');
@@ -94,7 +102,8 @@ t.test('one key holds at most all-but-one slot: A’s 6 streams run 3 at a time 
 t.test('GATEWAY_KEY_SLOTS=all: one key may take every slot (the old behaviour)', async (t) => {
   const gw = await startGateway(t, { maxInflight: 4, keySlots: 'all' }, LONG_STREAM);
   const a: Promise<RawResponse>[] = [];
-  for (let i = 1; i <= 6; i++) a.push(request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true, user: `A-${i}` }) }));
+  for (let i = 1; i <= 6; i++)
+    a.push(request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true, user: `A-${i}` }) }));
   await until('A fills every slot', () => gw.fake.requests.length === 4 && gw.app.queue.waiting === 2);
   await sleep(100);
   t.equal(gw.fake.requests.length, 4);
@@ -104,7 +113,8 @@ t.test('GATEWAY_KEY_SLOTS=all: one key may take every slot (the old behaviour)',
 t.test('a number: GATEWAY_KEY_SLOTS=2 lets a key run 2 at once', async (t) => {
   const gw = await startGateway(t, { maxInflight: 4, keySlots: 2 }, LONG_STREAM);
   const a: Promise<RawResponse>[] = [];
-  for (let i = 1; i <= 3; i++) a.push(request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true, user: `A-${i}` }) }));
+  for (let i = 1; i <= 3; i++)
+    a.push(request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true, user: `A-${i}` }) }));
   await until('two of A run, one waits', () => gw.fake.requests.length === 2 && gw.app.queue.waiting === 1);
   await sleep(100);
   t.equal(gw.fake.requests.length, 2);
@@ -131,7 +141,12 @@ t.test('FairQueue key share: the fast path, skipping capped keys, a slot count t
   const b2 = q.enter('b');
   const c1 = q.enter('c');
   const served: string[] = [];
-  for (const [name, ticket] of [['a2', a2], ['b2', b2], ['c1', c1]] as const) void ticket.admitted.then(() => served.push(name));
+  for (const [name, ticket] of [
+    ['a2', a2],
+    ['b2', b2],
+    ['c1', c1],
+  ] as const)
+    void ticket.admitted.then(() => served.push(name));
   b1.cancel(); // b's request finished: the slot goes to c (nothing running), never to a (at its share)
   await sleep(0);
   t.same(served, ['c1']);
@@ -176,7 +191,10 @@ t.test('GATEWAY_KEY_SLOTS and GATEWAY_LIGHT_SLOTS', async (t) => {
   t.equal(env({}).keySlots, 'auto', 'default: all but one slot');
   t.equal(env({ GATEWAY_KEY_SLOTS: 'ALL' }).keySlots, 'all');
   t.equal(env({ GATEWAY_KEY_SLOTS: ' 3 ' }).keySlots, 3);
-  t.throws(() => env({ GATEWAY_KEY_SLOTS: '0' }), new ConfigError('GATEWAY_KEY_SLOTS', 'must be auto (all slots but one), all, or a whole number ≥ 1, got "0"'));
+  t.throws(
+    () => env({ GATEWAY_KEY_SLOTS: '0' }),
+    new ConfigError('GATEWAY_KEY_SLOTS', 'must be auto (all slots but one), all, or a whole number ≥ 1, got "0"'),
+  );
   t.throws(() => env({ GATEWAY_KEY_SLOTS: 'half' }), ConfigError);
   t.equal(env({}).lightSlots, 2);
   t.equal(env({ GATEWAY_LIGHT_SLOTS: '4' }).lightSlots, 4);
@@ -187,12 +205,19 @@ t.test('100 concurrent count_tokens: at most GATEWAY_LIGHT_SLOTS connections to 
   const gw = await startGateway(t, { maxQueue: 100, maxQueuePerKey: 100 }, { headersDelayMs: 10 });
   const sockets = watchSockets(gw);
   const answers = await within(
-    Promise.all(Array.from({ length: 100 }, (_, i) => request(gw.port, { path: '/v1/messages/count_tokens', headers: bearer(i % 2 === 0 ? KEY_A : KEY_B), body: COUNT_BODY }))),
+    Promise.all(
+      Array.from({ length: 100 }, (_, i) =>
+        request(gw.port, { path: '/v1/messages/count_tokens', headers: bearer(i % 2 === 0 ? KEY_A : KEY_B), body: COUNT_BODY }),
+      ),
+    ),
     15_000,
     'all answered',
   );
   const peak = sockets.stop();
-  t.ok(answers.every((r) => r.status === 200 && r.text === '{"input_tokens":28}'), 'all 100 answered with llama-server’s count');
+  t.ok(
+    answers.every((r) => r.status === 200 && r.text === '{"input_tokens":28}'),
+    'all 100 answered with llama-server’s count',
+  );
   t.equal(gw.fake.requests.length, 100);
   t.ok(peak <= 2, `at most 2 connections to llama-server at once (saw ${peak})`);
   t.ok(peakConcurrency(gw.fake.requests) <= 2, 'at most 2 light requests upstream at once');
@@ -200,40 +225,64 @@ t.test('100 concurrent count_tokens: at most GATEWAY_LIGHT_SLOTS connections to 
   t.equal(gw.app.lightQueue.waiting, 0);
 });
 
-t.test('light calls never wait behind generations: count_tokens, models and input_tokens while every slot is busy and the queue is full', async (t) => {
-  const gw = await startGateway(t, { maxInflight: 2, keySlots: 'all', maxQueue: 2, maxQueuePerKey: 2 }, { chunkDelayMs: 100, extraContentChunks: 20 });
-  const gens: Promise<RawResponse>[] = [];
-  for (let i = 1; i <= 4; i++) gens.push(request(gw.port, { path: '/v1/completions', headers: AUTH_A, body: JSON.stringify({ model: 'gpt-oss-20b', prompt: 'x', stream: true, user: `A-${i}` }) }));
-  await until('both slots busy, the queue full', () => gw.fake.requests.length === 2 && gw.app.queue.waiting === 2);
-  const full = await request(gw.port, { path: '/v1/chat/completions', headers: bearer(KEY_B), body: chatBody() });
-  t.equal(full.status, 503, 'one more generation is refused: the queue is full');
-  for (const [path, body] of [
-    ['/v1/messages/count_tokens', COUNT_BODY],
-    ['/v1/chat/completions/input_tokens', COUNT_BODY],
-    ['/v1/responses/input_tokens', '{"model":"gpt-oss-20b","input":"hi"}'],
-    ['/v1/models', undefined],
-    ['/v1/models/gpt-oss-20b', undefined],
-  ] as const) {
-    const started = performance.now();
-    const res = await request(gw.port, { path, headers: bearer(KEY_B), ...(body === undefined ? {} : { body }) });
-    const ms = performance.now() - started;
-    t.equal(res.status, 200, `${path} answered`);
-    t.ok(ms < 500, `${path} in ${Math.round(ms)} ms, while every generation slot is busy`);
-  }
-  t.same(
-    gw.fake.requests.slice(-5).map((r) => `${r.method} ${r.url}`),
-    ['POST /v1/messages/count_tokens', 'POST /v1/chat/completions/input_tokens', 'POST /v1/responses/input_tokens', 'GET /v1/models', 'GET /v1/models'],
-    'each forwarded to llama-server’s own route',
-  );
-  t.ok((await within(Promise.all(gens), 20_000, 'the generations end')).every((r) => r.status === 200));
-});
+t.test(
+  'light calls never wait behind generations: count_tokens, models and input_tokens while every slot is busy and the queue is full',
+  async (t) => {
+    const gw = await startGateway(
+      t,
+      { maxInflight: 2, keySlots: 'all', maxQueue: 2, maxQueuePerKey: 2 },
+      { chunkDelayMs: 100, extraContentChunks: 20 },
+    );
+    const gens: Promise<RawResponse>[] = [];
+    for (let i = 1; i <= 4; i++)
+      gens.push(
+        request(gw.port, {
+          path: '/v1/completions',
+          headers: AUTH_A,
+          body: JSON.stringify({ model: 'gpt-oss-20b', prompt: 'x', stream: true, user: `A-${i}` }),
+        }),
+      );
+    await until('both slots busy, the queue full', () => gw.fake.requests.length === 2 && gw.app.queue.waiting === 2);
+    const full = await request(gw.port, { path: '/v1/chat/completions', headers: bearer(KEY_B), body: chatBody() });
+    t.equal(full.status, 503, 'one more generation is refused: the queue is full');
+    for (const [path, body] of [
+      ['/v1/messages/count_tokens', COUNT_BODY],
+      ['/v1/chat/completions/input_tokens', COUNT_BODY],
+      ['/v1/responses/input_tokens', '{"model":"gpt-oss-20b","input":"hi"}'],
+      ['/v1/models', undefined],
+      ['/v1/models/gpt-oss-20b', undefined],
+    ] as const) {
+      const started = performance.now();
+      const res = await request(gw.port, { path, headers: bearer(KEY_B), ...(body === undefined ? {} : { body }) });
+      const ms = performance.now() - started;
+      t.equal(res.status, 200, `${path} answered`);
+      t.ok(ms < 500, `${path} in ${Math.round(ms)} ms, while every generation slot is busy`);
+    }
+    t.same(
+      gw.fake.requests.slice(-5).map((r) => `${r.method} ${r.url}`),
+      [
+        'POST /v1/messages/count_tokens',
+        'POST /v1/chat/completions/input_tokens',
+        'POST /v1/responses/input_tokens',
+        'GET /v1/models',
+        'GET /v1/models',
+      ],
+      'each forwarded to llama-server’s own route',
+    );
+    t.ok((await within(Promise.all(gens), 20_000, 'the generations end')).every((r) => r.status === 200));
+  },
+);
 
 t.test('the token-counting routes answer what llama-server counts', async (t) => {
   const gw = await startGateway(t);
   const chat = await request(gw.port, { path: '/v1/chat/completions/input_tokens', headers: AUTH_A, body: COUNT_BODY });
   t.equal(chat.status, 200);
   t.same(JSON.parse(chat.text), { input_tokens: 29, object: 'response.input_tokens' });
-  const responses = await request(gw.port, { path: '/v1/responses/input_tokens', headers: AUTH_A, body: '{"model":"gpt-oss-20b","input":"hi"}' });
+  const responses = await request(gw.port, {
+    path: '/v1/responses/input_tokens',
+    headers: AUTH_A,
+    body: '{"model":"gpt-oss-20b","input":"hi"}',
+  });
   t.equal(responses.status, 200);
   t.same(JSON.parse(responses.text), { input_tokens: 29, object: 'response.input_tokens' });
   const empty = await request(gw.port, { method: 'POST', path: '/v1/responses/input_tokens', headers: AUTH_A });
@@ -244,9 +293,17 @@ t.test('the token-counting routes answer what llama-server counts', async (t) =>
 t.test('the gateway’s own calls use the light pool: 50 concurrent /health and 20 counting POSTs stay within its connections', async (t) => {
   const gw = await startGateway(t);
   const sockets = watchSockets(gw);
-  const health = await within(Promise.all(Array.from({ length: 50 }, () => request(gw.port, { path: '/health' }))), 10_000, '/health answered');
+  const health = await within(
+    Promise.all(Array.from({ length: 50 }, () => request(gw.port, { path: '/health' }))),
+    10_000,
+    '/health answered',
+  );
   t.ok(health.every((r) => r.status === 200));
-  const posts = await within(Promise.all(Array.from({ length: 20 }, () => gw.app.upstream.post('/v1/messages/count_tokens', COUNT_BODY))), 10_000, 'posts answered');
+  const posts = await within(
+    Promise.all(Array.from({ length: 20 }, () => gw.app.upstream.post('/v1/messages/count_tokens', COUNT_BODY))),
+    10_000,
+    'posts answered',
+  );
   t.ok(posts.every((r) => r.statusCode === 200 && r.text === '{"input_tokens":28}'));
   const peak = sockets.stop();
   t.ok(peak <= 2, `at most 2 connections (saw ${peak})`);

@@ -6,7 +6,8 @@ import t from 'tap';
 import { MemoryCounters } from '../../src/admission/counters.js';
 import { envIdentity } from '../../src/keys/key-index.js';
 import { Limits } from '../../src/admission/limits.js';
-import { MAX_PROMPT_ESTIMATE, maxOutputTokens, reserveFor } from '../../src/admission/token-estimate.js';
+import { MAX_PROMPT_ESTIMATE, reserveFor } from '../../src/admission/token-estimate.js';
+import { maxOutputTokens } from '../../src/usage/estimate.js';
 import { AUTH_A, chatBody, request, sleep, startGateway, type RawResponse } from '../helpers.js';
 
 const errorCode = (r: RawResponse): string => (JSON.parse(r.text) as { error: { code: string } }).error.code;
@@ -29,7 +30,11 @@ t.test('what a request holds: its body as prompt tokens plus the answer it may g
   t.equal(reserveFor(...tokens, true, 1024), Math.ceil(tokens[0].length / 4) + 10, 'an array of token ids is one prompt');
   const n = body({ model: 'm', messages: [], max_tokens: 10, n: 3 });
   t.equal(reserveFor(...n, true, 1024), Math.ceil(n[0].length / 4) + 30, 'n answers');
-  t.equal(reserveFor(Buffer.alloc(50 * 1024 * 1024), { max_tokens: 1 }, true, 1024), MAX_PROMPT_ESTIMATE + 1, 'a huge body is held for at most MAX_PROMPT_ESTIMATE prompt tokens');
+  t.equal(
+    reserveFor(Buffer.alloc(50 * 1024 * 1024), { max_tokens: 1 }, true, 1024),
+    MAX_PROMPT_ESTIMATE + 1,
+    'a huge body is held for at most MAX_PROMPT_ESTIMATE prompt tokens',
+  );
 });
 
 t.test('Limits: held tokens count against the limit until settled or released', async (t) => {
@@ -62,11 +67,18 @@ t.test('Limits: held tokens count against the limit until settled or released', 
 
 t.test('20 streams at once from a key with tpm 2000: only what the limit can hold is admitted', async (t) => {
   // Each stream takes ~1 s upstream, so all 20 arrive while the first ones still run.
-  const gw = await startGateway(t, { defaultTpm: 2000, maxInflight: 20 }, { chunkDelayMs: 50, extraContentChunks: 20 }, { usageFlushMs: 50 });
+  const gw = await startGateway(
+    t,
+    { defaultTpm: 2000, maxInflight: 20 },
+    { chunkDelayMs: 50, extraContentChunks: 20 },
+    { usageFlushMs: 50 },
+  );
   const body = chatBody({ stream: true, max_tokens: 500 });
   const hold = reserveFor(Buffer.from(body), JSON.parse(body) as Record<string, unknown>, true, 1024);
   const expected = Math.ceil(2000 / hold); // admitted while used + held < 2000
-  const all = await Promise.all(Array.from({ length: 20 }, () => request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body })));
+  const all = await Promise.all(
+    Array.from({ length: 20 }, () => request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body })),
+  );
   const admitted = all.filter((r) => r.status === 200);
   const refused = all.filter((r) => r.status === 429);
   t.equal(admitted.length, expected, `${expected} admitted (each holds ${hold} tokens)`);
@@ -84,7 +96,11 @@ t.test('20 streams at once from a key with tpm 2000: only what the limit can hol
 });
 
 t.test('a refused or failed request gives its hold back', async (t) => {
-  const gw = await startGateway(t, { defaultTpm: 100 }, { failWith: { status: 400, body: '{"error":{"code":400,"message":"bad","type":"invalid_request_error"}}' } });
+  const gw = await startGateway(
+    t,
+    { defaultTpm: 100 },
+    { failWith: { status: 400, body: '{"error":{"code":400,"message":"bad","type":"invalid_request_error"}}' } },
+  );
   for (let i = 0; i < 5; i++) {
     const r = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ max_tokens: 60 }) });
     t.equal(r.status, 400, `llama-server's 400 passes (${i + 1}), and the hold of ~90 tokens is released`);

@@ -6,9 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
@@ -16,7 +14,19 @@ import t from 'tap';
 import { KeyRegistry } from '../../src/keys/key-registry.js';
 import { KeyStore } from '../../src/keys/key-store.js';
 import { recordings, startFakeLlama } from '../fixtures/fake-llama.js';
-import { KEY_A, chatBody, recordedBody, request, sleep, startGateway, within, type RawResponse, type Teardown } from '../helpers.js';
+import {
+  KEY_A,
+  chatBody,
+  freePort,
+  recordedBody,
+  request,
+  sleep,
+  startGateway,
+  tempDir,
+  within,
+  type RawResponse,
+  type Teardown,
+} from '../helpers.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const CLI = join(ROOT, 'dist', 'cli', 'main.js');
@@ -28,7 +38,14 @@ const DAY_MS = 86_400_000;
 const KEYS_HINT = 'Try: llm-gateway keys --help';
 
 const ORIGINAL_401 = { error: { message: 'Incorrect API key provided.', type: 'invalid_api_key', param: null, code: 'invalid_api_key' } };
-const DISABLED_401 = { error: { message: 'This API key has been disabled. Ask the gateway owner to enable it.', type: 'invalid_api_key', param: null, code: 'key_disabled' } };
+const DISABLED_401 = {
+  error: {
+    message: 'This API key has been disabled. Ask the gateway owner to enable it.',
+    type: 'invalid_api_key',
+    param: null,
+    code: 'key_disabled',
+  },
+};
 
 interface KeyJson {
   id: string;
@@ -58,16 +75,13 @@ if (!existsSync(CLI) || !existsSync(SERVER)) {
   throw new Error(`${CLI} or ${SERVER} is missing: build first (npx tsc -p tsconfig.json; npm test does it)`);
 }
 
-/** A fresh working directory, removed at teardown. */
-function tempDir(t: Teardown): string {
-  const dir = mkdtempSync(join(tmpdir(), 'gw-cli-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
 /** Starts the CLI as a user would; only PATH and `env` are in its environment. */
 function spawnCli(cwd: string, args: readonly string[], env: Record<string, string> = {}): { pid: number; result: Promise<CliResult> } {
-  const child = spawn(process.execPath, [CLI, ...args], { cwd, env: { PATH: process.env.PATH ?? '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, ...args], {
+    cwd,
+    env: { PATH: process.env.PATH ?? '', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const result = new Promise<CliResult>((resolve, reject) => {
     let stdout = '';
     let stderr = '';
@@ -116,7 +130,12 @@ function workspace(t: Teardown): Workspace {
 function dbRows(path: string): { name: string; digest: Buffer; prefix: string; enabled: number }[] {
   const db = new Database(path, { readonly: true, fileMustExist: true });
   try {
-    return db.prepare('SELECT name, digest, prefix, enabled FROM keys ORDER BY created_at, name').all() as { name: string; digest: Buffer; prefix: string; enabled: number }[];
+    return db.prepare('SELECT name, digest, prefix, enabled FROM keys ORDER BY created_at, name').all() as {
+      name: string;
+      digest: Buffer;
+      prefix: string;
+      enabled: number;
+    }[];
   } finally {
     db.close();
   }
@@ -170,7 +189,11 @@ function readTable(text: string): { headers: string[]; rows: Record<string, stri
 }
 
 function chat(port: number, key: string): Promise<RawResponse> {
-  return request(port, { path: '/v1/chat/completions', headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, body: chatBody() });
+  return request(port, {
+    path: '/v1/chat/completions',
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    body: chatBody(),
+  });
 }
 
 /** Polls every 50 ms until `done`; fails after `ms` with the last answer. */
@@ -180,7 +203,8 @@ async function until<T>(what: string, attempt: () => Promise<T>, done: (r: T) =>
     const r = await attempt();
     if (done(r)) return r;
     if (Date.now() >= deadline) {
-      const last = typeof r === 'object' && r !== null && 'status' in r && 'text' in r ? `${String(r.status)} ${String(r.text)}` : String(r);
+      const last =
+        typeof r === 'object' && r !== null && 'status' in r && 'text' in r ? `${String(r.status)} ${String(r.text)}` : String(r);
       throw new Error(`${what}: not within ${ms} ms (last answer ${last})`);
     }
     await sleep(50);
@@ -202,7 +226,10 @@ t.test('keys create with every option: exit 0, the key printed once (192 bits), 
   const after = Date.now();
   t.equal(r.code, 0, 'exit 0');
   t.equal(r.stderr, '', 'nothing on stderr');
-  const m = /^✅ Created key "alice" \((key_[0-9a-f]{12})\)\. This is the only time it is shown:\n\n {4}(\S+)\n\nThe running gateway accepts it within a second\.\n$/.exec(r.stdout);
+  const m =
+    /^✅ Created key "alice" \((key_[0-9a-f]{12})\)\. This is the only time it is shown:\n\n {4}(\S+)\n\nThe running gateway accepts it within a second\.\n$/.exec(
+      r.stdout,
+    );
   t.ok(m, `the whole output: ${r.stdout}`);
   const id = m?.[1] ?? '';
   const key = m?.[2] ?? '';
@@ -281,9 +308,23 @@ t.test('keys create --json: the record plus "key", the key once', async (t) => {
 t.test('keys list / show (by name and by id), text and --json; never the key', async (t) => {
   const ws = workspace(t);
   const empty = await ws.cli('keys', 'list');
-  t.same(empty, { code: 0, stdout: `No keys in ${ws.db}. Create one: llm-gateway keys create --name alice\n`, stderr: '' }, 'an empty database says how to start');
+  t.same(
+    empty,
+    { code: 0, stdout: `No keys in ${ws.db}. Create one: llm-gateway keys create --name alice\n`, stderr: '' },
+    'an empty database says how to start',
+  );
 
-  const alice = await ws.create('alice', '--note', "Alice's laptop", '--expires', '2099-12-31', '--models', 'gpt-oss-20b,qwen3', '--rpm', '5');
+  const alice = await ws.create(
+    'alice',
+    '--note',
+    "Alice's laptop",
+    '--expires',
+    '2099-12-31',
+    '--models',
+    'gpt-oss-20b,qwen3',
+    '--rpm',
+    '5',
+  );
   const carol = await ws.create('carol');
   const { key: aliceKey, ...aliceRecord } = alice;
   const { key: carolKey, ...carolRecord } = carol;
@@ -302,18 +343,33 @@ t.test('keys list / show (by name and by id), text and --json; never the key', a
   t.match(list.stdout, /\n$/, 'ends with a newline');
   const table = readTable(list.stdout);
   const columns = ['NAME', 'PREFIX', 'ENABLED', 'EXPIRES', 'LAST USED', 'NOTE'];
-  t.same(table.headers.filter((h) => columns.includes(h)), columns, `the columns, in this order: ${table.headers.join(' | ')}`);
+  t.same(
+    table.headers.filter((h) => columns.includes(h)),
+    columns,
+    `the columns, in this order: ${table.headers.join(' | ')}`,
+  );
   t.equal(table.headers.at(-1), 'NOTE', 'the free-text note last');
   t.match(
     table.rows,
     [
-      { NAME: 'alice', PREFIX: `${alice.prefix}…`, ENABLED: 'yes', EXPIRES: '2100-01-01 00:00:00Z', 'LAST USED': 'never', NOTE: "Alice's laptop" },
+      {
+        NAME: 'alice',
+        PREFIX: `${alice.prefix}…`,
+        ENABLED: 'yes',
+        EXPIRES: '2100-01-01 00:00:00Z',
+        'LAST USED': 'never',
+        NOTE: "Alice's laptop",
+      },
       { NAME: 'carol', PREFIX: `${carol.prefix}…`, ENABLED: 'yes', EXPIRES: 'never', 'LAST USED': 'never', NOTE: '' },
     ],
     'one row per key, oldest first, columns aligned under their headers',
   );
   t.equal(table.rows.length, 2);
-  if (table.headers.includes('ID')) t.same(table.rows.map((r) => r.ID), [alice.id, carol.id]);
+  if (table.headers.includes('ID'))
+    t.same(
+      table.rows.map((r) => r.ID),
+      [alice.id, carol.id],
+    );
 
   t.equal(listJson.code, 0);
   const listed = JSON.parse(listJson.stdout) as { object: string; data: KeyJson[] };
@@ -338,7 +394,21 @@ t.test('keys list / show (by name and by id), text and --json; never the key', a
 
 t.test('disable / enable / rotate / set / revoke', async (t) => {
   const ws = workspace(t);
-  const alice = await ws.create('alice', '--note', 'old laptop', '--expires', '30d', '--models', 'gpt-oss-20b', '--origins', 'https://chat.example.com', '--rpm', '60', '--tpm', '1000');
+  const alice = await ws.create(
+    'alice',
+    '--note',
+    'old laptop',
+    '--expires',
+    '30d',
+    '--models',
+    'gpt-oss-20b',
+    '--origins',
+    'https://chat.example.com',
+    '--rpm',
+    '60',
+    '--tpm',
+    '1000',
+  );
   const { key: oldKey, ...record } = alice;
 
   t.same(await ws.cli('keys', 'disable', 'alice'), { code: 0, stdout: '✅ Key "alice" disabled.\n', stderr: '' });
@@ -350,27 +420,81 @@ t.test('disable / enable / rotate / set / revoke', async (t) => {
   const rotate = await ws.cli('keys', 'rotate', 'alice');
   t.equal(rotate.code, 0);
   t.equal(rotate.stderr, '');
-  const m = /^✅ Rotated key "alice" \((key_[0-9a-f]{12})\)\. This is the only time it is shown:\n\n {4}(\S+)\n\nThe running gateway accepts it within a second\.\n$/.exec(rotate.stdout);
+  const m =
+    /^✅ Rotated key "alice" \((key_[0-9a-f]{12})\)\. This is the only time it is shown:\n\n {4}(\S+)\n\nThe running gateway accepts it within a second\.\n$/.exec(
+      rotate.stdout,
+    );
   t.ok(m, `the whole output: ${rotate.stdout}`);
   t.equal(m?.[1], alice.id, 'the same key record');
   const newKey = m?.[2] ?? '';
   t.match(newKey, KEY_PATTERN);
   t.not(newKey, oldKey, 'a different secret');
   t.equal(rotate.stdout.match(ANY_KEY)?.length, 1, 'only the new key is printed, once');
-  t.same(dbRows(ws.db).map((r) => r.digest), [sha256(newKey)], 'the old digest is gone');
+  t.same(
+    dbRows(ws.db).map((r) => r.digest),
+    [sha256(newKey)],
+    'the old digest is gone',
+  );
 
   // set: rename and lift rules.
-  const set = await ws.cli('keys', 'set', 'alice', '--name', 'alice2', '--expires', 'never', '--models', 'all', '--rpm', 'none', '--note', 'new laptop');
-  const after = { ...record, name: 'alice2', note: 'new laptop', prefix: newKey.slice(0, 10), expires_at: null, models: null, limits: { rpm: null, tpm: 1000, tpd: null, concurrency: null } };
+  const set = await ws.cli(
+    'keys',
+    'set',
+    'alice',
+    '--name',
+    'alice2',
+    '--expires',
+    'never',
+    '--models',
+    'all',
+    '--rpm',
+    'none',
+    '--note',
+    'new laptop',
+  );
+  const after = {
+    ...record,
+    name: 'alice2',
+    note: 'new laptop',
+    prefix: newKey.slice(0, 10),
+    expires_at: null,
+    models: null,
+    limits: { rpm: null, tpm: 1000, tpd: null, concurrency: null },
+  };
   t.same(set, { code: 0, stdout: `✅ Key "alice2" updated.\n${describeLines(after)}\n`, stderr: '' });
-  const setJson = await ws.cli('keys', 'set', 'alice2', '--origins', 'all', '--tpm', 'none', '--expires', '2099-12-31', '--models', 'a,b', '--concurrency', '3', '--json');
-  const after2 = { ...after, origins: null, expires_at: '2100-01-01T00:00:00.000Z', models: ['a', 'b'], limits: { rpm: null, tpm: null, tpd: null, concurrency: 3 } };
+  const setJson = await ws.cli(
+    'keys',
+    'set',
+    'alice2',
+    '--origins',
+    'all',
+    '--tpm',
+    'none',
+    '--expires',
+    '2099-12-31',
+    '--models',
+    'a,b',
+    '--concurrency',
+    '3',
+    '--json',
+  );
+  const after2 = {
+    ...after,
+    origins: null,
+    expires_at: '2100-01-01T00:00:00.000Z',
+    models: ['a', 'b'],
+    limits: { rpm: null, tpm: null, tpd: null, concurrency: 3 },
+  };
   t.same(JSON.parse(setJson.stdout), after2, 'set by the new name, --json');
 
   // revoke: deleted for good.
   const bob = await ws.create('bob');
   t.same(await ws.cli('keys', 'revoke', 'alice2'), { code: 0, stdout: '✅ Key "alice2" revoked (deleted).\n', stderr: '' });
-  t.same(await ws.cli('keys', 'revoke', bob.id, '--json'), { code: 0, stdout: `${JSON.stringify({ id: bob.id, name: 'bob', deleted: true }, null, 2)}\n`, stderr: '' });
+  t.same(await ws.cli('keys', 'revoke', bob.id, '--json'), {
+    code: 0,
+    stdout: `${JSON.stringify({ id: bob.id, name: 'bob', deleted: true }, null, 2)}\n`,
+    stderr: '',
+  });
   t.same(dbRows(ws.db), [], 'no rows left');
 });
 
@@ -401,8 +525,16 @@ t.test('errors: exit 1 or 2, one line on stderr (usage errors add the --help hin
     [['keys', 'show', 'alice', 'bob'], 2, 'unexpected argument "bob"'],
     [['keys', 'create', '--name', 'carol', '--rpm', '0'], 2, '--rpm must be a whole number ≥ 1, got "0"'],
     // field values the store refuses are usage errors too
-    [['keys', 'create', '--name', 'bad name'], 2, `name "bad name" is not valid: use 1-64 letters, digits, '.', '_', '-' or '@', starting with a letter or digit`],
-    [['keys', 'create', '--name', 'carol', '--origins', 'https://chat.example.com/'], 2, 'origin "https://chat.example.com/" is not an exact origin like https://chat.example.com (no path, no trailing slash)'],
+    [
+      ['keys', 'create', '--name', 'bad name'],
+      2,
+      `name "bad name" is not valid: use 1-64 letters, digits, '.', '_', '-' or '@', starting with a letter or digit`,
+    ],
+    [
+      ['keys', 'create', '--name', 'carol', '--origins', 'https://chat.example.com/'],
+      2,
+      'origin "https://chat.example.com/" is not an exact origin like https://chat.example.com (no path, no trailing slash)',
+    ],
   ];
   for (let i = 0; i < cases.length; i += 4) {
     const batch = cases.slice(i, i + 4);
@@ -443,8 +575,16 @@ t.test('no action / no command: exit 2, the error on stderr, nothing on stdout',
 
 t.test('--help at every level: exit 0, usage on stdout, nothing on stderr, no database touched', async (t) => {
   const ws = workspace(t);
-  const variants = [['keys', 'create', '--help'], ['keys', 'set', 'alice', '-h']];
-  const [top, short, keys, ...others] = await Promise.all([ws.cli('--help'), ws.cli('-h'), ws.cli('keys', '--help'), ...variants.map((args) => ws.cli(...args))]);
+  const variants = [
+    ['keys', 'create', '--help'],
+    ['keys', 'set', 'alice', '-h'],
+  ];
+  const [top, short, keys, ...others] = await Promise.all([
+    ws.cli('--help'),
+    ws.cli('-h'),
+    ws.cli('keys', '--help'),
+    ...variants.map((args) => ws.cli(...args)),
+  ]);
   t.equal(top.code, 0);
   t.equal(top.stderr, '');
   t.match(top.stdout, /^Usage: llm-gateway <command> \[options\]\n\nCommands:\n/);
@@ -455,10 +595,32 @@ t.test('--help at every level: exit 0, usage on stdout, nothing on stderr, no da
   t.equal(keys.code, 0);
   t.equal(keys.stderr, '');
   t.match(keys.stdout, /^Usage: llm-gateway keys <action> \[options\]\n/);
-  for (const action of ['create --name NAME', 'list [--json]', 'show NAME', 'disable NAME', 'enable NAME', 'rotate NAME', 'set NAME', 'revoke NAME']) {
+  for (const action of [
+    'create --name NAME',
+    'list [--json]',
+    'show NAME',
+    'disable NAME',
+    'enable NAME',
+    'rotate NAME',
+    'set NAME',
+    'revoke NAME',
+  ]) {
     t.match(keys.stdout, new RegExp(`^ {2}${action.replace(/[[\]]/g, '\\$&')} `, 'm'), `names "${action}"`);
   }
-  for (const option of ['--name', '--note', '--expires', '--models', '--origins', '--rpm', '--tpm', '--tpd', '--concurrency', '--db', '--json', '--help']) {
+  for (const option of [
+    '--name',
+    '--note',
+    '--expires',
+    '--models',
+    '--origins',
+    '--rpm',
+    '--tpm',
+    '--tpd',
+    '--concurrency',
+    '--db',
+    '--json',
+    '--help',
+  ]) {
     t.match(keys.stdout, new RegExp(`^ .*${option}\\b`, 'm'), `explains ${option}`);
   }
   variants.forEach((args, i) => t.same(others[i], keys, `llm-gateway ${args.join(' ')}: the keys usage, exit 0`));
@@ -473,18 +635,30 @@ t.test('the database: GATEWAY_DB, --db PATH, .env in cwd, default ./data/gateway
   const plain = tempDir(t);
   const created = await runCli(plain, ['keys', 'create', '--name', 'dflt']);
   t.equal(created.code, 0, `default: ${created.stderr}`);
-  t.same(dbRows(join(plain, 'data', 'gateway.db')).map((r) => r.name), ['dflt'], 'created ./data/gateway.db (folder too)');
+  t.same(
+    dbRows(join(plain, 'data', 'gateway.db')).map((r) => r.name),
+    ['dflt'],
+    'created ./data/gateway.db (folder too)',
+  );
 
   // --db PATH (relative to cwd), which wins over GATEWAY_DB.
   const dir = tempDir(t);
   const envDb = join(dir, 'env.db');
   const viaFlag = await runCli(dir, ['keys', 'create', '--name', 'flagged', '--db', 'sub/flag.db'], { GATEWAY_DB: envDb });
   t.equal(viaFlag.code, 0, `--db: ${viaFlag.stderr}`);
-  t.same(dbRows(join(dir, 'sub', 'flag.db')).map((r) => r.name), ['flagged'], '--db names the file');
+  t.same(
+    dbRows(join(dir, 'sub', 'flag.db')).map((r) => r.name),
+    ['flagged'],
+    '--db names the file',
+  );
   t.notOk(existsSync(envDb), 'GATEWAY_DB was not used');
   const viaEnv = await runCli(dir, ['keys', 'create', '--name', 'enved'], { GATEWAY_DB: envDb });
   t.equal(viaEnv.code, 0);
-  t.same(dbRows(envDb).map((r) => r.name), ['enved'], 'GATEWAY_DB names the file');
+  t.same(
+    dbRows(envDb).map((r) => r.name),
+    ['enved'],
+    'GATEWAY_DB names the file',
+  );
   t.notOk(existsSync(join(dir, 'data')), 'no default database was made');
 
   // .env in the working directory; the real environment wins over it.
@@ -492,12 +666,24 @@ t.test('the database: GATEWAY_DB, --db PATH, .env in cwd, default ./data/gateway
   writeFileSync(join(withDotEnv, '.env'), '# settings\nGATEWAY_DB=./from-dotenv/keys.db\nLLM_API_KEYS=sk-not-used-here-0123456789\n');
   const viaDotEnv = await runCli(withDotEnv, ['keys', 'create', '--name', 'dotted']);
   t.equal(viaDotEnv.code, 0, `.env: ${viaDotEnv.stderr}`);
-  t.same(dbRows(join(withDotEnv, 'from-dotenv', 'keys.db')).map((r) => r.name), ['dotted'], '.env GATEWAY_DB is read');
+  t.same(
+    dbRows(join(withDotEnv, 'from-dotenv', 'keys.db')).map((r) => r.name),
+    ['dotted'],
+    '.env GATEWAY_DB is read',
+  );
   t.notOk(existsSync(join(withDotEnv, 'data')), 'the default was not used');
   const envWins = await runCli(withDotEnv, ['keys', 'create', '--name', 'winner'], { GATEWAY_DB: join(withDotEnv, 'real-env.db') });
   t.equal(envWins.code, 0);
-  t.same(dbRows(join(withDotEnv, 'real-env.db')).map((r) => r.name), ['winner'], 'the environment wins over .env');
-  t.same(dbRows(join(withDotEnv, 'from-dotenv', 'keys.db')).map((r) => r.name), ['dotted'], 'the .env file was left alone');
+  t.same(
+    dbRows(join(withDotEnv, 'real-env.db')).map((r) => r.name),
+    ['winner'],
+    'the environment wins over .env',
+  );
+  t.same(
+    dbRows(join(withDotEnv, 'from-dotenv', 'keys.db')).map((r) => r.name),
+    ['dotted'],
+    'the .env file was left alone',
+  );
 
   // A path that is not a file: a usage error naming the setting.
   writeFileSync(join(dir, 'junk.db'), 'this is not sqlite, just text that is long enough to be read as a header........');
@@ -506,8 +692,16 @@ t.test('the database: GATEWAY_DB, --db PATH, .env in cwd, default ./data/gateway
     runCli(dir, ['keys', 'list', '--db', 'folder/']),
     runCli(dir, ['keys', 'list', '--db', 'junk.db']),
   ]);
-  t.same(bad, { code: 2, stdout: '', stderr: `llm-gateway: GATEWAY_DB must be a file path such as ./data/gateway.db, got "${dir}/"\n${KEYS_HINT}\n` });
-  t.same(badFlag, { code: 2, stdout: '', stderr: `llm-gateway: --db must be a file path such as ./data/gateway.db, got "folder/"\n${KEYS_HINT}\n` });
+  t.same(bad, {
+    code: 2,
+    stdout: '',
+    stderr: `llm-gateway: GATEWAY_DB must be a file path such as ./data/gateway.db, got "${dir}/"\n${KEYS_HINT}\n`,
+  });
+  t.same(badFlag, {
+    code: 2,
+    stdout: '',
+    stderr: `llm-gateway: --db must be a file path such as ./data/gateway.db, got "folder/"\n${KEYS_HINT}\n`,
+  });
   // Not a database: a failure (exit 1), one line.
   t.equal(junk.code, 1);
   t.equal(junk.stdout, '');
@@ -529,37 +723,44 @@ function openFiles(pid: number): string[] {
   }
 }
 
-t.test('a fresh database opened by two processes at once: both work', { skip: existsSync('/proc/self/fd') ? false : 'needs /proc to see when a process has opened the file' }, async (t) => {
-  // Two processes meeting a new file at once is ordinary: the gateway starting while the first
-  // `keys create` runs, two instances starting together, a script creating keys in parallel.
-  // Made deterministic: this process holds the write lock on the new (empty, WAL) file until
-  // both CLIs have opened it and read its schema version, then lets go.
-  const ws = workspace(t);
-  mkdirSync(dirname(ws.db), { recursive: true });
-  const holder = new Database(ws.db);
-  t.teardown(() => {
-    if (holder.inTransaction) holder.exec('ROLLBACK');
-    holder.close();
-  });
-  holder.pragma('journal_mode = WAL');
-  holder.exec('BEGIN IMMEDIATE');
-  const clis = [spawnCli(ws.dir, ['keys', 'list', '--json'], { GATEWAY_DB: ws.db }), spawnCli(ws.dir, ['keys', 'list', '--json'], { GATEWAY_DB: ws.db })];
-  // A process has read the file once it holds the WAL index (-shm) open.
-  await until(
-    'both CLIs open the database',
-    async () => clis.every((c) => openFiles(c.pid).includes(`${ws.db}-shm`)),
-    (opened) => opened,
-    10_000,
-  );
-  await sleep(300); // each reads user_version right after opening, then waits for the write lock
-  holder.exec('COMMIT');
-  const results = await within(Promise.all(clis.map((c) => c.result)), 15_000, 'both CLIs finish');
-  const empty = { code: 0, stdout: `${JSON.stringify({ object: 'list', data: [] }, null, 2)}\n`, stderr: '' };
-  // Regression: migrations read user_version outside their transaction, so the second process
-  // re-ran migration 1 and failed with "table keys already exists".
-  t.same(results, [empty, empty], 'both see the new, empty database');
-  t.same(dbRows(ws.db), [], 'the file is usable afterwards');
-});
+t.test(
+  'a fresh database opened by two processes at once: both work',
+  { skip: existsSync('/proc/self/fd') ? false : 'needs /proc to see when a process has opened the file' },
+  async (t) => {
+    // Two processes meeting a new file at once is ordinary: the gateway starting while the first
+    // `keys create` runs, two instances starting together, a script creating keys in parallel.
+    // Made deterministic: this process holds the write lock on the new (empty, WAL) file until
+    // both CLIs have opened it and read its schema version, then lets go.
+    const ws = workspace(t);
+    mkdirSync(dirname(ws.db), { recursive: true });
+    const holder = new Database(ws.db);
+    t.teardown(() => {
+      if (holder.inTransaction) holder.exec('ROLLBACK');
+      holder.close();
+    });
+    holder.pragma('journal_mode = WAL');
+    holder.exec('BEGIN IMMEDIATE');
+    const clis = [
+      spawnCli(ws.dir, ['keys', 'list', '--json'], { GATEWAY_DB: ws.db }),
+      spawnCli(ws.dir, ['keys', 'list', '--json'], { GATEWAY_DB: ws.db }),
+    ];
+    // A process has read the file once it holds the WAL index (-shm) open.
+    await until(
+      'both CLIs open the database',
+      async () => clis.every((c) => openFiles(c.pid).includes(`${ws.db}-shm`)),
+      (opened) => opened,
+      10_000,
+    );
+    await sleep(300); // each reads user_version right after opening, then waits for the write lock
+    holder.exec('COMMIT');
+    const results = await within(Promise.all(clis.map((c) => c.result)), 15_000, 'both CLIs finish');
+    const empty = { code: 0, stdout: `${JSON.stringify({ object: 'list', data: [] }, null, 2)}\n`, stderr: '' };
+    // Regression: migrations read user_version outside their transaction, so the second process
+    // re-ran migration 1 and failed with "table keys already exists".
+    t.same(results, [empty, empty], 'both see the new, empty database');
+    t.same(dbRows(ws.db), [], 'the file is usable afterwards');
+  },
+);
 
 // ---------------------------------------------------------------------------------------------
 // a running gateway (in-process) picks up every change, no restart
@@ -593,12 +794,16 @@ t.test('live: create, disable, enable, rotate, revoke with the CLI; the gateway 
 
   const carol = await ws.create('carol');
   const first = await until('the new key works', () => send(carol.key), ok);
-  t.equal(first.text, CHAT_OK, 'the answer is llama-server\'s, untouched');
+  t.equal(first.text, CHAT_OK, "the answer is llama-server's, untouched");
   const line = gw.logs.filter((l) => l.msg === 'request' && l.status === 200).at(-1);
   t.equal(line?.key, 'carol', 'the request log names the key by its name');
 
   t.equal((await ws.cli('keys', 'disable', 'carol')).code, 0);
-  const disabled = await until('the disabled key is refused', () => send(carol.key), (r) => r.status === 401);
+  const disabled = await until(
+    'the disabled key is refused',
+    () => send(carol.key),
+    (r) => r.status === 401,
+  );
   t.equal(disabled.headers['www-authenticate'], 'Bearer');
   t.equal(disabled.headers['content-type'], 'application/json; charset=utf-8');
   t.same(JSON.parse(disabled.text), DISABLED_401);
@@ -615,7 +820,11 @@ t.test('live: create, disable, enable, rotate, revoke with the CLI; the gateway 
   t.same(JSON.parse(old.text), ORIGINAL_401);
 
   t.equal((await ws.cli('keys', 'revoke', 'carol')).code, 0);
-  const revoked = await until('the revoked key is refused', () => send(newKey), (r) => r.status === 401);
+  const revoked = await until(
+    'the revoked key is refused',
+    () => send(newKey),
+    (r) => r.status === 401,
+  );
   t.equal(revoked.headers['www-authenticate'], 'Bearer');
   t.same(JSON.parse(revoked.text), ORIGINAL_401);
 
@@ -632,7 +841,11 @@ t.test('last used: written when the gateway closes, shown by keys show / list', 
   const dave = await ws.create('dave');
   t.equal(dave.last_used_at, null);
   const before = Date.now();
-  await until('the new key works', () => chat(gw.port, dave.key), (r) => r.status === 200);
+  await until(
+    'the new key works',
+    () => chat(gw.port, dave.key),
+    (r) => r.status === 200,
+  );
   const after = Date.now();
   gw.app.server.closeAllConnections();
   await gw.app.close();
@@ -649,14 +862,6 @@ t.test('last used: written when the gateway closes, shown by keys show / list', 
 // ---------------------------------------------------------------------------------------------
 // the real process (dist/server.js)
 
-async function freePort(): Promise<number> {
-  const s = net.createServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
 interface Process {
   child: ChildProcess;
   exit: Promise<number | null>;
@@ -665,7 +870,11 @@ interface Process {
 }
 
 function spawnServer(t: Teardown, cwd: string, env: Record<string, string>): Process {
-  const child = spawn(process.execPath, [SERVER], { cwd, env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'info', ...env }, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
+  const child = spawn(process.execPath, [SERVER], {
+    cwd,
+    env: { PATH: process.env.PATH ?? '', LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+  });
   let stdout = '';
   let stderr = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
@@ -688,10 +897,18 @@ t.test('real process: banner counts env and DB keys; keys created and revoked wi
   const port = await freePort();
   const server = spawnServer(t, ws.dir, { LLM_API_KEYS: KEY_A, LLM_UPSTREAM: fake.url, GATEWAY_PORT: String(port), GATEWAY_DB: ws.db });
   const ready = once(server.child, 'message').then(([m]: unknown[]) => (m === 'ready' ? undefined : Promise.reject(new Error(String(m)))));
-  await within(Promise.race([ready, server.exit.then((code) => Promise.reject(new Error(`exited ${code}: ${server.stderr()}`)))]), 10_000, 'ready message');
+  await within(
+    Promise.race([ready, server.exit.then((code) => Promise.reject(new Error(`exited ${code}: ${server.stderr()}`)))]),
+    10_000,
+    'ready message',
+  );
 
   const banner = server.stdout().split('\n').slice(0, 4);
-  t.same(banner, ['✅ LLM Gateway starting with config:', `  - Port: ${port}`, `  - Upstream: ${fake.url}`, '  - Valid API keys: 2'], '1 env key + 1 enabled DB key (the disabled one is not counted)');
+  t.same(
+    banner,
+    ['✅ LLM Gateway starting with config:', `  - Port: ${port}`, `  - Upstream: ${fake.url}`, '  - Valid API keys: 2'],
+    '1 env key + 1 enabled DB key (the disabled one is not counted)',
+  );
   t.equal(server.stderr(), '');
 
   t.equal((await chat(port, alice.key)).status, 200, 'a DB key created before start works');
@@ -699,10 +916,18 @@ t.test('real process: banner counts env and DB keys; keys created and revoked wi
   t.equal((await chat(port, KEY_A)).status, 200, 'the env key works');
 
   const erin = await ws.create('erin');
-  const okay = await until('a key created with the CLI works in the running process', () => chat(port, erin.key), (r) => r.status === 200);
+  const okay = await until(
+    'a key created with the CLI works in the running process',
+    () => chat(port, erin.key),
+    (r) => r.status === 200,
+  );
   t.equal(okay.text, CHAT_OK);
   t.equal((await ws.cli('keys', 'revoke', 'erin')).code, 0);
-  const gone = await until('the revoked key is refused', () => chat(port, erin.key), (r) => r.status === 401);
+  const gone = await until(
+    'the revoked key is refused',
+    () => chat(port, erin.key),
+    (r) => r.status === 401,
+  );
   t.same(JSON.parse(gone.text), ORIGINAL_401);
   t.equal(gone.headers['www-authenticate'], 'Bearer');
 

@@ -9,7 +9,8 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { KeyStore } from '../../src/keys/key-store.js';
-import { defaultStackConfig, tunnelTemplate } from '../../src/cli/stack/pm2-config.js';
+import { defaultStackConfig } from '../../src/cli/stack/pm2-config.js';
+import { tunnelTemplate } from '../../src/cli/stack/tunnel-file.js';
 import { startFakeLlama, type FakeBehavior, type FakeLlama } from '../fixtures/fake-llama.js';
 import { KEY_A, type Teardown } from '../helpers.js';
 
@@ -56,7 +57,10 @@ async function setup(t: Teardown, behavior: Partial<FakeBehavior> = {}, dotEnv =
     await fake.close();
     rmSync(dir, { recursive: true, force: true });
   });
-  writeFileSync(join(dir, '.env'), `LLM_API_KEYS=${KEY_A}\nLLM_UPSTREAM=${fake.url}\nGATEWAY_PORT=${GATEWAY_PORT}\nGATEWAY_DB=./data/gateway.db\n${dotEnv}`);
+  writeFileSync(
+    join(dir, '.env'),
+    `LLM_API_KEYS=${KEY_A}\nLLM_UPSTREAM=${fake.url}\nGATEWAY_PORT=${GATEWAY_PORT}\nGATEWAY_DB=./data/gateway.db\n${dotEnv}`,
+  );
   mkdirSync(join(dir, 'cf'));
   writeFileSync(join(dir, 'cf', 'tunnel-id.json'), '{}');
   writeFileSync(join(dir, 'cloudflared-config.yml'), tunnel(dir, GATEWAY_PORT));
@@ -128,7 +132,10 @@ t.test('llama-server down: fails and says so', async (t) => {
   await fake.close();
   const run = await doctor(dir);
   t.equal(run.code, 1);
-  t.match(run.out, `  ✘ not reachable at ${fake.url} (ECONNREFUSED): is llama-server running, and is LLM_UPSTREAM its address? (llm-gateway menu, key 1)\n  – model and slots: skipped, llama-server is not reachable\n`);
+  t.match(
+    run.out,
+    `  ✘ not reachable at ${fake.url} (ECONNREFUSED): is llama-server running, and is LLM_UPSTREAM its address? (llm-gateway menu, key 1)\n  – model and slots: skipped, llama-server is not reachable\n`,
+  );
   t.match(run.out, /\n✘ 1 of 7 checks failed\.\n$/);
 });
 
@@ -162,7 +169,10 @@ t.test('a bad setting, and no keys at all', async (t) => {
   writeFileSync(join(empty, '.env'), `LLM_UPSTREAM=${fake.url}\nGATEWAY_PORT=${GATEWAY_PORT}\nGATEWAY_DB=./data/gateway.db\n`);
   const none = await doctor(empty);
   t.equal(none.code, 1);
-  t.match(none.out, '  ✘ 0 keys accepted: 0 in LLM_API_KEYS, no key database yet (./data/gateway.db). no API keys: set LLM_API_KEYS in .env');
+  t.match(
+    none.out,
+    '  ✘ 0 keys accepted: 0 in LLM_API_KEYS, no key database yet (./data/gateway.db). no API keys: set LLM_API_KEYS in .env',
+  );
   t.notOk(existsSync(join(empty, 'data', 'gateway.db')), 'doctor does not create the key database');
 });
 
@@ -171,8 +181,14 @@ t.test('a tunnel that does not point at the gateway', async (t) => {
   writeFileSync(join(dir, 'cloudflared-config.yml'), tunnel(dir, fake.port));
   const run = await doctor(dir);
   t.equal(run.code, 1);
-  t.match(run.out, `  ✘ ingress api.example.com → http://localhost:${fake.port} goes straight to llama-server (port ${fake.port}), around the gateway's keys: point it at http://localhost:${GATEWAY_PORT}\n`);
-  t.match(run.out, `  ✘ no ingress rule points at the gateway (GATEWAY_PORT ${GATEWAY_PORT}); found: http://localhost:${fake.port}, http_status:404. Use service: http://localhost:${GATEWAY_PORT}\n`);
+  t.match(
+    run.out,
+    `  ✘ ingress api.example.com → http://localhost:${fake.port} goes straight to llama-server (port ${fake.port}), around the gateway's keys: point it at http://localhost:${GATEWAY_PORT}\n`,
+  );
+  t.match(
+    run.out,
+    `  ✘ no ingress rule points at the gateway (GATEWAY_PORT ${GATEWAY_PORT}); found: http://localhost:${fake.port}, http_status:404. Use service: http://localhost:${GATEWAY_PORT}\n`,
+  );
 
   writeFileSync(join(dir, 'cloudflared-config.yml'), tunnelTemplate(GATEWAY_PORT, dir));
   const unfinished = await doctor(dir);
@@ -190,9 +206,15 @@ t.test('with pm2-config.json but no PM2 daemon: says so, starts none', async (t)
   const run = await doctor(dir);
   t.equal(run.code, 1);
   t.match(run.out, `PM2 (${dir}/pm2-config.json, PM2_HOME ${dir}/pm2)\n`);
-  t.match(run.out, `  ✘ port mismatch: LLM_UPSTREAM is ${fake.url} but llama-server is started with --port 5857 (pm2-config.json); make them the same\n`);
+  t.match(
+    run.out,
+    `  ✘ port mismatch: LLM_UPSTREAM is ${fake.url} but llama-server is started with --port 5857 (pm2-config.json); make them the same\n`,
+  );
   t.match(run.out, `  ✘ ${dir}/dist/server.js does not exist: run \`npm run build\`\n`);
-  t.match(run.out, `  ✘ the PM2 daemon is not running (PM2_HOME ${dir}/pm2): start the stack with \`llm-gateway menu\` (key a) or \`pm2 start ecosystem.config.cjs\`\n`);
+  t.match(
+    run.out,
+    `  ✘ the PM2 daemon is not running (PM2_HOME ${dir}/pm2): start the stack with \`llm-gateway menu\` (key a) or \`pm2 start ecosystem.config.cjs\`\n`,
+  );
   t.notOk(existsSync(join(dir, 'pm2', 'pm2.pid')), 'doctor did not start a PM2 daemon');
 
   writeFileSync(join(dir, 'pm2-config.json'), '{"llama": {"enabled": "yes"}}');

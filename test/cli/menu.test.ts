@@ -4,7 +4,6 @@
 // played by small node scripts (test/fixtures/stand-ins/); the gateway is the real dist/server.js.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -12,8 +11,9 @@ import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { runMenu } from '../../src/cli/menu.js';
 import { Pm2, daemonRunning } from '../../src/cli/pm2.js';
-import { defaultStackConfig, tunnelTemplate } from '../../src/cli/stack/pm2-config.js';
-import { KEY_A, sleep, type Teardown } from '../helpers.js';
+import { defaultStackConfig } from '../../src/cli/stack/pm2-config.js';
+import { tunnelTemplate } from '../../src/cli/stack/tunnel-file.js';
+import { KEY_A, freePort, until, type Teardown } from '../helpers.js';
 
 const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const CLI = join(ROOT, 'dist', 'cli', 'main.js');
@@ -23,17 +23,6 @@ const STAND_INS = join(ROOT, 'test', 'fixtures', 'stand-ins');
 const WAIT_MS = 20_000;
 
 if (!existsSync(CLI) || !existsSync(SERVER)) throw new Error('dist/ is missing: build first (npx tsc -p tsconfig.json; npm test does it)');
-
-function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolvePort(port));
-    });
-  });
-}
 
 interface Project {
   readonly dir: string;
@@ -67,7 +56,8 @@ async function project(t: Teardown, opts: ProjectOptions = {}): Promise<Project>
   const [llamaPort, gatewayPort] = [await freePort(), await freePort()];
   writeFileSync(
     join(dir, '.env'),
-    opts.dotEnv ?? `LLM_API_KEYS=${KEY_A}\nLLM_UPSTREAM=http://127.0.0.1:${llamaPort}\nGATEWAY_PORT=${gatewayPort}\nGATEWAY_DB=./data/gateway.db\n`,
+    opts.dotEnv ??
+      `LLM_API_KEYS=${KEY_A}\nLLM_UPSTREAM=http://127.0.0.1:${llamaPort}\nGATEWAY_PORT=${gatewayPort}\nGATEWAY_DB=./data/gateway.db\n`,
   );
   const config = join(dir, 'pm2-config.json');
   if (opts.ready !== false) {
@@ -80,7 +70,10 @@ async function project(t: Teardown, opts: ProjectOptions = {}): Promise<Project>
     writeFileSync(join(dir, 'cf', 'tunnel-id.json'), '{}');
     writeFileSync(
       join(dir, 'cloudflared-config.yml'),
-      tunnelTemplate(gatewayPort, dir).replace('tunnel: <tunnel-name>', 'tunnel: my-llm').replace(/credentials-file: .*/, `credentials-file: ${join(dir, 'cf', 'tunnel-id.json')}`).replace('- hostname: <hostname>', '- hostname: api.example.com'),
+      tunnelTemplate(gatewayPort, dir)
+        .replace('tunnel: <tunnel-name>', 'tunnel: my-llm')
+        .replace(/credentials-file: .*/, `credentials-file: ${join(dir, 'cf', 'tunnel-id.json')}`)
+        .replace('- hostname: <hostname>', '- hostname: api.example.com'),
     );
   }
   t.teardown(async () => {
@@ -96,9 +89,9 @@ async function killDaemon(home: string): Promise<void> {
     const pm2 = await Pm2.connect(home);
     const pids = (await pm2.list()).flatMap((p) => (p.pid === null ? [] : [p.pid]));
     await pm2.killDaemon();
-    await until(() => pids.every((pid) => !alive(pid)), 'the processes PM2 ran to end');
+    await until('the processes PM2 ran to end', () => pids.every((pid) => !alive(pid)), WAIT_MS, 50);
   }
-  await until(() => !psShows(home), `no process of ${home} in ps`);
+  await until(`no process of ${home} in ps`, () => !psShows(home), WAIT_MS, 50);
 }
 
 function alive(pid: number): boolean {
@@ -112,14 +105,6 @@ function psShows(text: string): boolean {
     .some((line) => line.includes(text) && !line.trim().startsWith('Z'));
 }
 
-async function until(check: () => boolean | Promise<boolean>, what: string, ms = WAIT_MS): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`waited ${ms} ms for ${what}`);
-    await sleep(50);
-  }
-}
-
 /** Text written so far, and a wait for a pattern in what comes after a mark. */
 class Transcript {
   text = '';
@@ -130,7 +115,7 @@ class Transcript {
 
   async waitFor(pattern: RegExp, from = 0, ms = WAIT_MS): Promise<string> {
     try {
-      await until(() => pattern.test(this.text.slice(from)), String(pattern), ms);
+      await until(String(pattern), () => pattern.test(this.text.slice(from)), ms, 50);
     } catch (err) {
       throw new Error(`${(err as Error).message}; the screen after the mark:\n${this.text.slice(from)}`);
     }
@@ -155,7 +140,15 @@ function driveMenu(t: Teardown, p: Project, env: Record<string, string> = {}): M
   const output = new PassThrough();
   const screen = new Transcript();
   output.on('data', (d: Buffer) => (screen.text += d.toString('utf8')));
-  const done = runMenu({ input, output, pm2Home: p.home, configPath: p.config, env: { PATH: p.path, HOME: p.dir, ...env }, settleMs: 400, color: false });
+  const done = runMenu({
+    input,
+    output,
+    pm2Home: p.home,
+    configPath: p.config,
+    env: { PATH: p.path, HOME: p.dir, ...env },
+    settleMs: 400,
+    color: false,
+  });
   t.teardown(async () => {
     input.end();
     await done.catch(() => 0);
@@ -191,7 +184,10 @@ t.test('a starts all three, 9 shows the gateway log, d runs doctor, k stops them
 
   let from = menu.type('a');
   let screen = await menu.nextScreen(from);
-  t.match(screen, /Starting llama…\nStarting gateway…\nStarting tunnel…\n✔ llama online \(pid \d+\)\n✔ gateway online \(pid \d+\)\n✔ tunnel online \(pid \d+\)\n/);
+  t.match(
+    screen,
+    /Starting llama…\nStarting gateway…\nStarting tunnel…\n✔ llama online \(pid \d+\)\n✔ gateway online \(pid \d+\)\n✔ tunnel online \(pid \d+\)\n/,
+  );
   for (const name of ['llama', 'gateway', 'tunnel']) {
     const [n, state, pid, uptime, restarts, memory, cpu] = row(screen, name);
     t.equal(n, name);
@@ -202,13 +198,22 @@ t.test('a starts all three, 9 shows the gateway log, d runs doctor, k stops them
     t.match(memory, /^[\d.]+ (KB|MB|GB)$/);
     t.match(cpu, /^\d+(\.\d+)?%$/);
   }
-  t.match(screen, new RegExp(`llama-server  http://127\\.0\\.0\\.1:${p.llamaPort}  ready\n  gateway       http://127\\.0\\.0\\.1:${p.gatewayPort}  answering\n`));
+  t.match(
+    screen,
+    new RegExp(
+      `llama-server  http://127\\.0\\.0\\.1:${p.llamaPort}  ready\n  gateway       http://127\\.0\\.0\\.1:${p.gatewayPort}  answering\n`,
+    ),
+  );
 
   // What really runs: PM2's own list, and the gateway answering in front of the stand-in.
   const pm2 = await Pm2.connect(p.home);
   const states = await pm2.list();
   await pm2.disconnect();
-  t.same(states.map((s) => [s.name, s.status]).sort(), [['gateway', 'online'], ['llama', 'online'], ['tunnel', 'online']]);
+  t.same(states.map((s) => [s.name, s.status]).sort(), [
+    ['gateway', 'online'],
+    ['llama', 'online'],
+    ['tunnel', 'online'],
+  ]);
   const models = await fetch(`http://127.0.0.1:${p.gatewayPort}/v1/models`, { headers: { authorization: `Bearer ${KEY_A}` } });
   t.equal(models.status, 200);
   t.match(await models.json(), { data: [{ id: 'tiny' }] }, 'the gateway forwards to the llama-server PM2 started');
@@ -232,7 +237,11 @@ t.test('a starts all three, 9 shows the gateway log, d runs doctor, k stops them
 
   from = menu.type('k');
   screen = await menu.nextScreen(from);
-  t.match(screen, /Stopping tunnel…\n■ tunnel stopped\nStopping gateway…\n■ gateway stopped\nStopping llama…\n■ llama stopped\n/, 'the tunnel first, llama-server last');
+  t.match(
+    screen,
+    /Stopping tunnel…\n■ tunnel stopped\nStopping gateway…\n■ gateway stopped\nStopping llama…\n■ llama stopped\n/,
+    'the tunnel first, llama-server last',
+  );
   for (const name of ['llama', 'gateway', 'tunnel']) t.same(row(screen, name), [name, 'stopped', '-', '-', '0', '-', '-']);
   t.match(screen, /llama-server .* not reachable \(ECONNREFUSED\)/);
 
@@ -247,20 +256,33 @@ t.test('first run: pm2-config.json and the tunnel template are written, unfinish
   const menu = driveMenu(t, p);
   const first = await menu.nextScreen(0);
   t.match(first, new RegExp(`Wrote ${p.config} with the defaults\\. Put your model's path where it says <path/to/model\\.gguf>\n`));
-  t.match(first, new RegExp(`Wrote ${p.dir}/cloudflared-config\\.yml\\. Fill in:\n {2}<tunnel-name> .*\n {2}<tunnel-id> .*\n {2}<hostname> .*\n`));
+  t.match(
+    first,
+    new RegExp(`Wrote ${p.dir}/cloudflared-config\\.yml\\. Fill in:\n {2}<tunnel-name> .*\n {2}<tunnel-id> .*\n {2}<hostname> .*\n`),
+  );
   const template = readFileSync(join(p.dir, 'cloudflared-config.yml'), 'utf8');
   t.match(template, new RegExp(`service: http://localhost:${p.gatewayPort}\n`), 'ingress to GATEWAY_PORT from .env');
   t.match(template, /- service: http_status:404\n$/);
   t.equal(readFileSync(p.config, 'utf8'), readFileSync(join(ROOT, 'pm2-config.example.json'), 'utf8'));
   t.match(first, /✘ fill in <path\/to\/model\.gguf> in pm2-config\.json \(llama\)/);
   t.match(first, /✘ .*cloudflared-config\.yml still has placeholders: fill in <tunnel-name>, <tunnel-id>, <hostname>/);
-  t.match(first, /✘ port mismatch: LLM_UPSTREAM is http:\/\/127\.0\.0\.1:\d+ but llama-server is started with --port 5857 \(pm2-config\.json\); make them the same/);
+  t.match(
+    first,
+    /✘ port mismatch: LLM_UPSTREAM is http:\/\/127\.0\.0\.1:\d+ but llama-server is started with --port 5857 \(pm2-config\.json\); make them the same/,
+  );
 
   const from = menu.type('a');
   const screen = await menu.nextScreen(from);
   t.match(screen, /✘ llama not started: fill in <path\/to\/model\.gguf> in pm2-config\.json \(llama\)\n/);
-  t.match(screen, /✘ gateway not started: .*dist\/server\.js does not exist: run `npm run build`\n/, 'cwd "." is the project; nothing built there');
-  t.match(screen, /✘ tunnel not started: fill in <tunnel-name> in pm2-config\.json \(tunnel\); fill in <tunnel-name>, <tunnel-id>, <hostname> in .*cloudflared-config\.yml\n/);
+  t.match(
+    screen,
+    /✘ gateway not started: .*dist\/server\.js does not exist: run `npm run build`\n/,
+    'cwd "." is the project; nothing built there',
+  );
+  t.match(
+    screen,
+    /✘ tunnel not started: fill in <tunnel-name> in pm2-config\.json \(tunnel\); fill in <tunnel-name>, <tunnel-id>, <hostname> in .*cloudflared-config\.yml\n/,
+  );
   t.notMatch(screen, /Starting/);
   const pm2 = await Pm2.connect(p.home);
   t.same(await pm2.list(), [], 'PM2 was not asked to start anything');
@@ -274,7 +296,10 @@ t.test('first run: pm2-config.json and the tunnel template are written, unfinish
   const screen2 = await again.nextScreen(0);
   t.notMatch(screen2, /Wrote/);
   t.equal(readFileSync(join(p.dir, 'cloudflared-config.yml'), 'utf8'), 'tunnel: mine\n', 'never overwritten');
-  t.match(screen2, new RegExp(`✘ .*cloudflared-config\\.yml has no ingress rules; the gateway needs one: service: http://localhost:${p.gatewayPort}\n`));
+  t.match(
+    screen2,
+    new RegExp(`✘ .*cloudflared-config\\.yml has no ingress rules; the gateway needs one: service: http://localhost:${p.gatewayPort}\n`),
+  );
   again.type('q');
   await again.done;
 });
@@ -284,11 +309,24 @@ t.test('mismatch warnings: llama-server port vs LLM_UPSTREAM, tunnel ingress vs 
   writeFileSync(join(p.dir, '.env'), `LLM_API_KEYS=${KEY_A}\nLLM_UPSTREAM=http://127.0.0.1:5999\nGATEWAY_PORT=${p.gatewayPort + 1}\n`);
   const menu = driveMenu(t, p);
   const screen = await menu.nextScreen(0);
-  t.match(screen, new RegExp(`✘ port mismatch: LLM_UPSTREAM is http://127\\.0\\.0\\.1:5999 but llama-server is started with --port ${p.llamaPort} \\(pm2-config\\.json\\); make them the same\n`));
-  t.match(screen, new RegExp(`✘ no ingress rule points at the gateway \\(GATEWAY_PORT ${p.gatewayPort + 1}\\); found: http://localhost:${p.gatewayPort}, http_status:404\\. Use service: http://localhost:${p.gatewayPort + 1}\n`));
+  t.match(
+    screen,
+    new RegExp(
+      `✘ port mismatch: LLM_UPSTREAM is http://127\\.0\\.0\\.1:5999 but llama-server is started with --port ${p.llamaPort} \\(pm2-config\\.json\\); make them the same\n`,
+    ),
+  );
+  t.match(
+    screen,
+    new RegExp(
+      `✘ no ingress rule points at the gateway \\(GATEWAY_PORT ${p.gatewayPort + 1}\\); found: http://localhost:${p.gatewayPort}, http_status:404\\. Use service: http://localhost:${p.gatewayPort + 1}\n`,
+    ),
+  );
 
   // Fixed in the files while the menu runs: the next screen says nothing any more.
-  writeFileSync(join(p.dir, '.env'), `LLM_API_KEYS=${KEY_A}\nLLM_UPSTREAM=http://127.0.0.1:${p.llamaPort}\nGATEWAY_PORT=${p.gatewayPort}\n`);
+  writeFileSync(
+    join(p.dir, '.env'),
+    `LLM_API_KEYS=${KEY_A}\nLLM_UPSTREAM=http://127.0.0.1:${p.llamaPort}\nGATEWAY_PORT=${p.gatewayPort}\n`,
+  );
   const fixed = await menu.nextScreen(menu.type('0'));
   t.notMatch(fixed, /[✘⚠]/);
   menu.type('q');
@@ -297,11 +335,17 @@ t.test('mismatch warnings: llama-server port vs LLM_UPSTREAM, tunnel ingress vs 
 
 t.test('a process that does not stay up is reported with its last log lines', async (t) => {
   const p = await project(t);
-  writeFileSync(join(p.dir, '.env'), `LLM_UPSTREAM=http://127.0.0.1:${p.llamaPort}\nGATEWAY_PORT=${p.gatewayPort}\nGATEWAY_DB=./data/gateway.db\n`); // no key anywhere
+  writeFileSync(
+    join(p.dir, '.env'),
+    `LLM_UPSTREAM=http://127.0.0.1:${p.llamaPort}\nGATEWAY_PORT=${p.gatewayPort}\nGATEWAY_DB=./data/gateway.db\n`,
+  ); // no key anywhere
   const menu = driveMenu(t, p);
   await menu.nextScreen(0);
   const screen = await menu.nextScreen(menu.type('2'));
-  t.match(screen, /Starting gateway…\n✘ gateway did not stay up \((errored|waiting restart|launching|online), restarted \d+ times?\)\. Its last log lines:\n/);
+  t.match(
+    screen,
+    /Starting gateway…\n✘ gateway did not stay up \((errored|waiting restart|launching|online), restarted \d+ times?\)\. Its last log lines:\n/,
+  );
   t.match(screen, /❌ LLM Gateway cannot start: no API keys: set LLM_API_KEYS in \.env/);
   t.match(screen, /PM2 keeps restarting it; 5 stops it\.\n/);
   const stopped = await menu.nextScreen(menu.type('5'));
@@ -323,8 +367,8 @@ function spawnCli(t: Teardown, command: string, args: string[], p: Project, extr
     stdio: ['pipe', 'pipe', 'pipe'],
   });
   const screen = new Transcript();
-  child.stdout!.on('data', (d: Buffer) => (screen.text += d.toString('utf8')));
-  child.stderr!.on('data', (d: Buffer) => (screen.text += d.toString('utf8')));
+  child.stdout.on('data', (d: Buffer) => (screen.text += d.toString('utf8')));
+  child.stderr.on('data', (d: Buffer) => (screen.text += d.toString('utf8')));
   const exit = new Promise<number | null>((resolveExit) => child.on('close', (code) => resolveExit(code)));
   t.teardown(async () => {
     if (child.exitCode === null && child.signalCode === null) {
@@ -368,29 +412,35 @@ t.test('the real command over a pipe: one process at a time, with the names from
 
 const HAS_SCRIPT = spawnSync('script', ['--version']).status === 0;
 
-t.test('a real terminal: single keys without Enter (raw mode, in a pseudo-terminal)', { skip: HAS_SCRIPT ? false : 'util-linux `script` is not installed' }, async (t) => {
-  const p = await project(t);
-  // script(1) gives the menu a real pseudo-terminal; what we write reaches it as typed keys.
-  const run = spawnCli(t, 'script', ['-qfec', `${process.execPath} ${CLI} menu`, '/dev/null'], p, { TERM: 'dumb' });
-  await run.screen.waitFor(/q quit\r?\n> $/);
-  t.match(run.screen.text, /\x1b\[2J\x1b\[H/, 'the screen is cleared: it is a terminal');
-  let from = run.screen.mark();
-  run.child.stdin!.write('0');
-  await run.screen.waitFor(/LLM Gateway · PM2 menu[\s\S]*q quit\r?\n> $/, from);
-  from = run.screen.mark();
-  run.child.stdin!.write('q');
-  await run.screen.waitFor(/Bye\./, from);
-  t.equal(await run.exit, 0);
-});
+t.test(
+  'a real terminal: single keys without Enter (raw mode, in a pseudo-terminal)',
+  { skip: HAS_SCRIPT ? false : 'util-linux `script` is not installed' },
+  async (t) => {
+    const p = await project(t);
+    // script(1) gives the menu a real pseudo-terminal; what we write reaches it as typed keys.
+    const run = spawnCli(t, 'script', ['-qfec', `${process.execPath} ${CLI} menu`, '/dev/null'], p, { TERM: 'dumb' });
+    await run.screen.waitFor(/q quit\r?\n> $/);
+    t.match(run.screen.text, '\x1b[2J\x1b[H', 'the screen is cleared: it is a terminal');
+    let from = run.screen.mark();
+    run.child.stdin!.write('0');
+    await run.screen.waitFor(/LLM Gateway · PM2 menu[\s\S]*q quit\r?\n> $/, from);
+    from = run.screen.mark();
+    run.child.stdin!.write('q');
+    await run.screen.waitFor(/Bye\./, from);
+    t.equal(await run.exit, 0);
+  },
+);
 
 t.test('the same stack without the menu: pm2 start ecosystem.config.cjs', async (t) => {
   const p = await project(t);
-  const run = spawnCli(t, process.execPath, [PM2_CLI, 'start', join(ROOT, 'ecosystem.config.cjs')], p, { LLM_GATEWAY_PM2_CONFIG: p.config });
+  const run = spawnCli(t, process.execPath, [PM2_CLI, 'start', join(ROOT, 'ecosystem.config.cjs')], p, {
+    LLM_GATEWAY_PM2_CONFIG: p.config,
+  });
   run.child.stdin!.end();
   t.equal(await run.exit, 0, run.screen.text);
   const pm2 = await Pm2.connect(p.home);
   t.teardown(() => pm2.disconnect());
-  await until(async () => (await pm2.list()).filter((s) => s.status === 'online').length === 3, 'three processes online');
+  await until('three processes online', async () => (await pm2.list()).filter((s) => s.status === 'online').length === 3, WAIT_MS, 50);
   const answer = await fetch(`http://127.0.0.1:${p.gatewayPort}/healthz`);
   t.equal(answer.status, 200, 'the gateway was ready when PM2 said so (wait_ready)');
 
@@ -399,7 +449,13 @@ t.test('the same stack without the menu: pm2 start ecosystem.config.cjs', async 
   doctor.child.stdin!.end();
   const code = await doctor.exit;
   t.equal(code, 0, doctor.screen.text);
-  t.match(doctor.screen.text, /✔ llama online \(pid \d+, up \d+s, 0 restarts\)\n {2}✔ gateway online .*\n {2}✔ gateway answers on http:\/\/127\.0\.0\.1:\d+\/healthz\n {2}✔ tunnel online/);
-  t.match(doctor.screen.text, /✔ model: tiny \(GET \/v1\/models\)\n {2}✔ 2 slots: 2 requests at once \(GET \/props total_slots; -np\), model file \/models\/tiny\.gguf\n/);
+  t.match(
+    doctor.screen.text,
+    /✔ llama online \(pid \d+, up \d+s, 0 restarts\)\n {2}✔ gateway online .*\n {2}✔ gateway answers on http:\/\/127\.0\.0\.1:\d+\/healthz\n {2}✔ tunnel online/,
+  );
+  t.match(
+    doctor.screen.text,
+    /✔ model: tiny \(GET \/v1\/models\)\n {2}✔ 2 slots: 2 requests at once \(GET \/props total_slots; -np\), model file \/models\/tiny\.gguf\n/,
+  );
   t.notMatch(doctor.screen.text, KEY_A);
 });

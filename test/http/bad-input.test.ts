@@ -12,11 +12,11 @@ import { configWith } from '../../src/config.js';
 import { GatewayError } from '../../src/errors.js';
 import { MAX_JSON_DEPTH, MAX_MODEL_LENGTH, loggablePath, nestedDeeperThan } from '../../src/http/client-input.js';
 import { KeyRegistry } from '../../src/keys/key-registry.js';
-import { withIncludeUsage } from '../../src/usage/exchange.js';
+import { withIncludeUsage } from '../../src/proxy/json-body.js';
 import type { UsageRecord } from '../../src/usage/exchange.js';
 import { clientErrorHandler } from '../../src/http/malformed-http.js';
 import { serializeRequest } from '../../src/plugins/request-log.js';
-import { AUTH_A, KEY_A, KEY_B, chatBody, rawExchange, request, sleep, startGateway, tempStore, type Gateway } from '../helpers.js';
+import { AUTH_A, KEY_A, KEY_B, chatBody, rawExchange, request, sleep, startGateway, tempStore, until, type Gateway } from '../helpers.js';
 
 const JSON_CT = { 'content-type': 'application/json' };
 const ADMIN_KEY = 'sk-admin-0123456789abcdef0123456789abcdef';
@@ -31,17 +31,13 @@ function records(gw: Gateway): UsageRecord[] {
   return out;
 }
 
-async function waitFor(what: string, ok: () => boolean, ms = 2000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!ok()) {
-    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
-    await sleep(10);
-  }
-}
-
 /** A chat body whose user content carries `bytes` raw (not escaped) inside its JSON string. */
 function chatWithBytes(bytes: number[]): Buffer {
-  return Buffer.concat([Buffer.from('{"model":"gpt-oss-20b","max_tokens":4,"messages":[{"role":"user","content":"hi '), Buffer.from(bytes), Buffer.from('"}]}')]);
+  return Buffer.concat([
+    Buffer.from('{"model":"gpt-oss-20b","max_tokens":4,"messages":[{"role":"user","content":"hi '),
+    Buffer.from(bytes),
+    Buffer.from('"}]}'),
+  ]);
 }
 
 function nested(depth: number): string {
@@ -67,14 +63,26 @@ t.test('invalid UTF-8 inside a JSON string: the gateway 400, never forwarded', a
     const res = await request(gw.port, { path: '/v1/chat/completions', headers: { ...AUTH_A, ...JSON_CT }, body: chatWithBytes(bytes) });
     t.equal(res.status, 400, what);
     t.equal(res.headers['content-type'], 'application/json; charset=utf-8');
-    t.match(JSON.parse(res.text), { error: { message: /UTF-8/, type: 'invalid_request_error', param: null, code: 'invalid_json' } }, `${what}: OpenAI-shaped`);
+    t.match(
+      JSON.parse(res.text),
+      { error: { message: /UTF-8/, type: 'invalid_request_error', param: null, code: 'invalid_json' } },
+      `${what}: OpenAI-shaped`,
+    );
     t.match(JSON.parse(res.text), { error: { message: /not valid UTF-8/ } });
   }
   // The same body truncated at its very end (a multi-byte character cut in half).
   const cut = Buffer.from(chatBody({ user: 'é' }));
-  const res = await request(gw.port, { path: '/v1/chat/completions', headers: { ...AUTH_A, ...JSON_CT }, body: Buffer.concat([cut, Buffer.from([0xc3])]) });
+  const res = await request(gw.port, {
+    path: '/v1/chat/completions',
+    headers: { ...AUTH_A, ...JSON_CT },
+    body: Buffer.concat([cut, Buffer.from([0xc3])]),
+  });
   t.equal(res.status, 400, 'a truncated sequence at the end of the body');
-  const ok = await request(gw.port, { path: '/v1/chat/completions', headers: { ...AUTH_A, ...JSON_CT }, body: chatBody({ user: 'héllo wörld ✓ 🙂' }) });
+  const ok = await request(gw.port, {
+    path: '/v1/chat/completions',
+    headers: { ...AUTH_A, ...JSON_CT },
+    body: chatBody({ user: 'héllo wörld ✓ 🙂' }),
+  });
   t.equal(ok.status, 200, 'valid multi-byte UTF-8 passes');
   t.equal(gw.fake.requests.length, 1, 'only the valid body reached llama-server');
 });
@@ -92,9 +100,24 @@ t.test('nesting deeper than the limit: 400 before anything is forwarded; at the 
   ] as const) {
     const res = await request(gw.port, { path: '/v1/chat/completions', headers: { ...AUTH_A, ...JSON_CT }, body });
     t.equal(res.status, 400, what);
-    t.match(JSON.parse(res.text), { error: { message: new RegExp(`nested more than ${MAX_JSON_DEPTH} levels`), type: 'invalid_request_error', param: null, code: 'json_too_deep' } }, `${what}: OpenAI-shaped`);
+    t.match(
+      JSON.parse(res.text),
+      {
+        error: {
+          message: new RegExp(`nested more than ${MAX_JSON_DEPTH} levels`),
+          type: 'invalid_request_error',
+          param: null,
+          code: 'json_too_deep',
+        },
+      },
+      `${what}: OpenAI-shaped`,
+    );
   }
-  const brackets = await request(gw.port, { path: '/v1/chat/completions', headers: { ...AUTH_A, ...JSON_CT }, body: chatBody({ user: `\\"${'[{'.repeat(5000)}` }) });
+  const brackets = await request(gw.port, {
+    path: '/v1/chat/completions',
+    headers: { ...AUTH_A, ...JSON_CT },
+    body: chatBody({ user: `\\"${'[{'.repeat(5000)}` }),
+  });
   t.equal(brackets.status, 200, 'brackets inside strings (and escaped quotes) do not count');
   t.equal(gw.fake.requests.length, 2, 'only the two acceptable bodies were forwarded');
 });
@@ -105,7 +128,11 @@ t.test('nestedDeeperThan: string-aware, exact at the limit', async (t) => {
   t.equal(nestedDeeperThan(deep(6), 5), true);
   t.equal(nestedDeeperThan(Buffer.from('[[],[],[],[],[],[],[],[]]'), 2), false, 'many brackets, shallow');
   t.equal(nestedDeeperThan(Buffer.from('[[],[],[],[],[],[[[]]]]'), 3), true);
-  t.equal(nestedDeeperThan(Buffer.from(`{"a":"${'['.repeat(50)}","b":"\\\\"}`), 2), false, 'brackets in strings; an escaped backslash before the closing quote');
+  t.equal(
+    nestedDeeperThan(Buffer.from(`{"a":"${'['.repeat(50)}","b":"\\\\"}`), 2),
+    false,
+    'brackets in strings; an escaped backslash before the closing quote',
+  );
   t.equal(nestedDeeperThan(Buffer.from(`{"a":"\\"[[[[[[","b":[[[]]]}`), 3), true, 'an escaped quote does not end the string');
   t.equal(nestedDeeperThan(Buffer.from(`{"a":"[[[[[[[[`), 2), false, 'an unterminated string (JSON.parse refuses it)');
 });
@@ -136,11 +163,16 @@ t.test('model: too long or not a string is a 400 (param model); records and labe
   for (const [what, model, status, code] of cases) {
     const res = await request(gw.port, { path: '/v1/chat/completions', headers: { ...AUTH_A, ...JSON_CT }, body: chatBody({ model }) });
     t.equal(res.status, status, what);
-    if (code !== null) t.match(JSON.parse(res.text), { error: { type: 'invalid_request_error', param: 'model', code, message: /'model'/ } }, `${what}: OpenAI-shaped`);
+    if (code !== null)
+      t.match(
+        JSON.parse(res.text),
+        { error: { type: 'invalid_request_error', param: 'model', code, message: /'model'/ } },
+        `${what}: OpenAI-shaped`,
+      );
     if (code !== null) t.ok(res.text.length < 400, `${what}: the answer does not echo the model`);
   }
   t.equal(gw.fake.requests.length, 2, 'only the acceptable ones were forwarded');
-  await waitFor('records', () => seen.length === cases.length);
+  await until('records', () => seen.length === cases.length, 2000);
   for (const r of seen) t.ok(r.model === null || r.model.length <= MAX_MODEL_LENGTH, `recorded model ≤ ${MAX_MODEL_LENGTH} characters`);
   t.equal(seen[2]!.outcome, 'rejected_policy');
   // A record that somehow carries a long model (the recorder takes any record) is cut in /metrics.
@@ -169,11 +201,16 @@ t.test('a key in a query string reaches no log line and no record (API, admin, u
     [`/metrics?api_key=${secret}`, {}, 200],
   ];
   for (const [path, headers, status] of targets) {
-    const answer = await rawExchange(gw.port, `GET ${path} HTTP/1.1\r\nHost: x\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}Connection: close\r\n\r\n`);
+    const answer = await rawExchange(
+      gw.port,
+      `GET ${path} HTTP/1.1\r\nHost: x\r\n${Object.entries(headers)
+        .map(([k, v]) => `${k}: ${v}\r\n`)
+        .join('')}Connection: close\r\n\r\n`,
+    );
     t.match(answer, new RegExp(`^HTTP/1.1 ${status} `), `${path.replace(secret, 'KEY')}: ${status}`);
     t.equal(answer.indexOf(secret), -1, 'the answer does not echo it either');
   }
-  await waitFor('records', () => seen.length >= 3);
+  await until('records', () => seen.length >= 3, 2000);
   await sleep(50);
   t.equal(gw.logText().indexOf(secret), -1, 'no log line holds the key');
   t.equal(JSON.stringify(seen).indexOf(secret), -1, 'no usage record holds the key');
@@ -187,7 +224,11 @@ t.test('loggablePath: the path only, capped', async (t) => {
   t.equal(loggablePath('/v1/models?api_key=sk-x&b=2'), '/v1/models?[query removed]');
   t.equal(loggablePath('/v1/models#sk-x'), '/v1/models?[query removed]');
   t.equal(loggablePath(`/${'a'.repeat(5000)}`).length, 1025);
-  t.same(serializeRequest({ method: 'GET', url: '/v1/models?api_key=sk-x' } as FastifyRequest), { method: 'GET', url: '/v1/models?[query removed]' }, 'the process logger\'s req serializer too');
+  t.same(
+    serializeRequest({ method: 'GET', url: '/v1/models?api_key=sk-x' } as FastifyRequest),
+    { method: 'GET', url: '/v1/models?[query removed]' },
+    "the process logger's req serializer too",
+  );
 });
 
 t.test('a forwarded client address is recorded only when it is an IP address', async (t) => {
@@ -201,14 +242,17 @@ t.test('a forwarded client address is recorded only when it is an IP address', a
   ] as const) {
     const before = seen.length;
     await request(gw.port, { path: '/v1/models', headers: { ...AUTH_A, 'cf-connecting-ip': cf } });
-    await waitFor('record', () => seen.length > before);
+    await until('record', () => seen.length > before, 2000);
     t.equal(seen[before]!.clientIp, expected, `Cf-Connecting-Ip ${cf.slice(0, 20)}`);
   }
   const before = seen.length;
   await request(gw.port, { path: '/v1/models', headers: { ...AUTH_A, 'x-forwarded-for': `${'y'.repeat(5000)}, 10.0.0.1` } });
-  await waitFor('record', () => seen.length > before);
+  await until('record', () => seen.length > before, 2000);
   t.equal(seen[before]!.clientIp, '127.0.0.1', 'X-Forwarded-For that is not an address');
-  await request(gw.port, { path: '/v1/models', headers: { authorization: 'Bearer wrong-key-0123456789', 'cf-connecting-ip': 'z'.repeat(10_000) } });
+  await request(gw.port, {
+    path: '/v1/models',
+    headers: { authorization: 'Bearer wrong-key-0123456789', 'cf-connecting-ip': 'z'.repeat(10_000) },
+  });
   await sleep(50);
   t.equal(gw.logText().indexOf('z'.repeat(100)), -1, 'a junk address reaches no log line');
 });
@@ -217,7 +261,12 @@ t.test('malformed HTTP gets an OpenAI-shaped answer and the connection closes', 
   const gw = await startGateway(t);
   const cases: [string, string, number, string][] = [
     ['a header line without a colon', 'GET /v1/models HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n', 400, 'malformed_request'],
-    ['a broken chunked body', `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: ${AUTH_A.authorization}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n`, 400, 'malformed_request'],
+    [
+      'a broken chunked body',
+      `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: ${AUTH_A.authorization}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n`,
+      400,
+      'malformed_request',
+    ],
     ['headers over the limit', `GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431, 'headers_too_large'],
     ['not HTTP at all', 'HELLO\r\n\r\n', 400, 'malformed_request'],
     ['an HTTP/1.1 request without Host', `GET /v1/models HTTP/1.1\r\nAuthorization: ${AUTH_A.authorization}\r\n\r\n`, 400, 'missing_host'],
@@ -228,7 +277,11 @@ t.test('malformed HTTP gets an OpenAI-shaped answer and the connection closes', 
     t.match(head, new RegExp(`^HTTP/1.1 ${status} `), what);
     t.match(head.toLowerCase(), /\r\nconnection: close/, `${what}: Connection: close`);
     t.match(head.toLowerCase(), /\r\ncontent-type: application\/json; charset=utf-8/);
-    t.match(JSON.parse(body) as OpenAIError, { error: { type: 'invalid_request_error', param: null, code } }, `${what}: OpenAI-shaped body`);
+    t.match(
+      JSON.parse(body) as OpenAIError,
+      { error: { type: 'invalid_request_error', param: null, code } },
+      `${what}: OpenAI-shaped body`,
+    );
   }
   const http10 = await rawExchange(gw.port, `GET /v1/models HTTP/1.0\r\nAuthorization: ${AUTH_A.authorization}\r\n\r\n`);
   t.match(http10, /^HTTP\/1.1 200 /, 'HTTP/1.0 needs no Host');
@@ -239,7 +292,19 @@ t.test('clientErrorHandler: 408 for a request too slow to arrive; nothing writte
   const app = await buildApp(configWith({ apiKeys: [KEY_A] }));
   t.teardown(() => app.close());
   const fakeSocket = (httpMessage?: { headersSent: boolean }) => {
-    const socket = Object.assign(new EventEmitter(), { writable: true, destroyed: false, written: '', _httpMessage: httpMessage, write(s: string) { this.written += s; return true; }, destroy() { this.destroyed = true; } });
+    const socket = Object.assign(new EventEmitter(), {
+      writable: true,
+      destroyed: false,
+      written: '',
+      _httpMessage: httpMessage,
+      write(s: string) {
+        this.written += s;
+        return true;
+      },
+      destroy() {
+        this.destroyed = true;
+      },
+    });
     return socket;
   };
   const slow = fakeSocket();

@@ -1,21 +1,15 @@
 // The key database on its own: digests only, unique names, migrations of an older file, clear
 // errors for a file that cannot be used, and change detection across connections.
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import t from 'tap';
 import { parseExpiry } from '../../src/keys/expiry.js';
 import { KeyRegistry } from '../../src/keys/key-registry.js';
-import { KeyStore, KeyStoreError, MIGRATIONS } from '../../src/keys/key-store.js';
-import { KEY_A } from '../helpers.js';
-
-function tempDir(t: { teardown(fn: () => unknown): void }): string {
-  const dir = mkdtempSync(join(tmpdir(), 'gw-store-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+import { KeyStore, KeyStoreError } from '../../src/keys/key-store.js';
+import { MIGRATIONS } from '../../src/storage/db.js';
+import { KEY_A, tempDir } from '../helpers.js';
 
 function storeErr(fn: () => unknown): KeyStoreError {
   try {
@@ -47,7 +41,22 @@ t.test('a key: sk- + 192 random bits, shown once, only its digest and a prefix s
   t.match(key, /^sk-[A-Za-z0-9_-]{32}$/);
   t.match(record.id, /^key_[0-9a-f]{12}$/);
   t.equal(record.prefix, key.slice(0, 10));
-  t.same({ ...record, id: 'x', createdAt: 0, prefix: 'p' }, { id: 'x', name: 'alice', note: 'laptop', prefix: 'p', enabled: true, createdAt: 0, expiresAt: null, lastUsedAt: null, models: null, origins: null, limits: { rpm: null, tpm: null, tpd: null, concurrency: null } });
+  t.same(
+    { ...record, id: 'x', createdAt: 0, prefix: 'p' },
+    {
+      id: 'x',
+      name: 'alice',
+      note: 'laptop',
+      prefix: 'p',
+      enabled: true,
+      createdAt: 0,
+      expiresAt: null,
+      lastUsedAt: null,
+      models: null,
+      origins: null,
+      limits: { rpm: null, tpm: null, tpd: null, concurrency: null },
+    },
+  );
   t.notOk('digest' in record, 'the public record has no digest');
   const stored = store.get('alice');
   t.ok(stored.digest.equals(createHash('sha256').update(key).digest()), 'the stored digest is sha256(key)');
@@ -64,22 +73,59 @@ t.test('names, duplicates, fields', async (t) => {
   const store = KeyStore.open(join(tempDir(t), 'gateway.db'));
   t.teardown(() => store.close());
   store.create({ name: 'alice' });
-  t.match(storeErr(() => store.create({ name: 'alice' })), { code: 'key_name_taken', status: 409, message: 'a key named "alice" already exists' });
+  t.match(
+    storeErr(() => store.create({ name: 'alice' })),
+    { code: 'key_name_taken', message: 'a key named "alice" already exists' },
+  );
   for (const bad of ['', 'has space', '-dash', 'env-1', 'x'.repeat(65)]) {
-    t.match(storeErr(() => store.create({ name: bad })), { code: 'invalid_key_field', status: 400 }, `name ${JSON.stringify(bad)}`);
+    t.match(
+      storeErr(() => store.create({ name: bad })),
+      { code: 'invalid_key_field', param: 'name' },
+      `name ${JSON.stringify(bad)}`,
+    );
   }
-  t.match(storeErr(() => store.create({ name: 'old', expiresAt: Date.now() - 1 })), { code: 'invalid_key_field', message: 'expires is in the past' });
-  t.match(storeErr(() => store.create({ name: 'o', origins: ['https://a.example/'] })), { code: 'invalid_key_field', message: /not an exact origin/ });
-  t.match(storeErr(() => store.create({ name: 'm', models: [' '] })), { code: 'invalid_key_field' });
-  t.match(storeErr(() => store.create({ name: 'l', limits: { rpm: 0 } })), { code: 'invalid_key_field', message: /rpm must be a whole number/ });
-  t.match(storeErr(() => store.get('nobody')), { code: 'key_not_found', status: 404 });
+  t.match(
+    storeErr(() => store.create({ name: 'old', expiresAt: Date.now() - 1 })),
+    { code: 'invalid_key_field', message: 'expires is in the past' },
+  );
+  t.match(
+    storeErr(() => store.create({ name: 'o', origins: ['https://a.example/'] })),
+    { code: 'invalid_key_field', message: /not an exact origin/ },
+  );
+  t.match(
+    storeErr(() => store.create({ name: 'm', models: [' '] })),
+    { code: 'invalid_key_field' },
+  );
+  t.match(
+    storeErr(() => store.create({ name: 'l', limits: { rpm: 0 } })),
+    { code: 'invalid_key_field', message: /rpm must be a whole number/ },
+  );
+  t.match(
+    storeErr(() => store.get('nobody')),
+    { code: 'key_not_found' },
+  );
+  t.notOk('status' in storeErr(() => store.get('nobody')), 'a store error carries no HTTP status: routes map it (src/errors.ts)');
 
-  const bob = store.create({ name: 'bob', models: ['a', 'a', 'b'], origins: ['https://chat.example.com'], limits: { rpm: 60, concurrency: 2 } }).record;
+  const bob = store.create({
+    name: 'bob',
+    models: ['a', 'a', 'b'],
+    origins: ['https://chat.example.com'],
+    limits: { rpm: 60, concurrency: 2 },
+  }).record;
   t.same(bob.models, ['a', 'b'], 'duplicates dropped');
   t.same(bob.limits, { rpm: 60, tpm: null, tpd: null, concurrency: 2 });
   const changed = store.update(bob.id, { name: 'robert', enabled: false, models: null, limits: { rpm: null, tpd: 1000 } });
-  t.match(changed, { name: 'robert', enabled: false, models: null, origins: ['https://chat.example.com'], limits: { rpm: null, tpm: null, tpd: 1000, concurrency: 2 } });
-  t.match(storeErr(() => store.update('robert', { name: 'alice' })), { code: 'key_name_taken' });
+  t.match(changed, {
+    name: 'robert',
+    enabled: false,
+    models: null,
+    origins: ['https://chat.example.com'],
+    limits: { rpm: null, tpm: null, tpd: 1000, concurrency: 2 },
+  });
+  t.match(
+    storeErr(() => store.update('robert', { name: 'alice' })),
+    { code: 'key_name_taken' },
+  );
   const before = store.get('robert').digest;
   const rotated = store.rotate('robert');
   t.notOk(store.get('robert').digest.equals(before), 'rotation replaces the digest');
@@ -95,7 +141,9 @@ t.test('an older database file is upgraded in place, keys kept', async (t) => {
   const old = new Database(path);
   old.exec(MIGRATIONS[0]!);
   old.pragma('user_version = 1');
-  old.prepare('INSERT INTO keys (id, name, note, digest, prefix, enabled, created_at) VALUES (?, ?, ?, ?, ?, 1, ?)').run('key_000000000001', 'veteran', 'from v1', createHash('sha256').update(KEY_A).digest(), KEY_A.slice(0, 10), 1_700_000_000_000);
+  old
+    .prepare('INSERT INTO keys (id, name, note, digest, prefix, enabled, created_at) VALUES (?, ?, ?, ?, ?, 1, ?)')
+    .run('key_000000000001', 'veteran', 'from v1', createHash('sha256').update(KEY_A).digest(), KEY_A.slice(0, 10), 1_700_000_000_000);
   old.close();
 
   const store = KeyStore.open(path);
@@ -115,16 +163,25 @@ t.test('a file that cannot be used is a clear error at open', async (t) => {
   const dir = tempDir(t);
   const garbage = join(dir, 'garbage.db');
   writeFileSync(garbage, 'this is not a database, just some text that is long enough to have a header'.repeat(20));
-  t.match(storeErr(() => KeyStore.open(garbage)), { code: 'db_unusable', message: `GATEWAY_DB ${garbage} cannot be used: the file is not a SQLite database or is damaged` });
+  t.match(
+    storeErr(() => KeyStore.open(garbage)),
+    { code: 'db_unusable', message: `GATEWAY_DB ${garbage} cannot be used: the file is not a SQLite database or is damaged` },
+  );
 
   const newer = join(dir, 'newer.db');
   const db = new Database(newer);
   db.pragma(`user_version = ${MIGRATIONS.length + 5}`);
   db.close();
-  t.match(storeErr(() => KeyStore.open(newer)), { code: 'db_unusable', message: /schema version \d+, newer than this gateway knows/ });
+  t.match(
+    storeErr(() => KeyStore.open(newer)),
+    { code: 'db_unusable', message: /schema version \d+, newer than this gateway knows/ },
+  );
 
   // A path under a regular file cannot be created.
-  t.match(storeErr(() => KeyStore.open(join(garbage, 'sub', 'x.db'))), { code: 'db_unusable', message: /cannot be used/ });
+  t.match(
+    storeErr(() => KeyStore.open(join(garbage, 'sub', 'x.db'))),
+    { code: 'db_unusable', message: /cannot be used/ },
+  );
 });
 
 t.test('a change from another connection is seen; our own writes are not reported', async (t) => {

@@ -24,7 +24,12 @@ t.test('missing or wrong key → 401 with the original body, upstream untouched'
       ['POST', '/v1/chat/completions'],
       ['GET', '/v1/models'],
     ] as const) {
-      const res = await request(gw.port, { method, path, headers: { 'content-type': 'application/json', ...headers }, body: method === 'POST' ? chatBody() : undefined });
+      const res = await request(gw.port, {
+        method,
+        path,
+        headers: { 'content-type': 'application/json', ...headers },
+        body: method === 'POST' ? chatBody() : undefined,
+      });
       t.equal(res.status, 401, `${what}, ${method} ${path}`);
       t.equal(res.headers['www-authenticate'], 'Bearer');
       t.equal(res.headers['content-type'], 'application/json; charset=utf-8');
@@ -55,7 +60,11 @@ t.test('the request log names the key by position and never holds a key', async 
   const gw = await startGateway(t);
   await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
   await request(gw.port, { path: '/v1/chat/completions', headers: { authorization: `Bearer ${KEY_B}` }, body: chatBody() });
-  await request(gw.port, { path: '/v1/chat/completions', headers: { authorization: 'Bearer sk-attempted-guess-0123456789' }, body: chatBody() });
+  await request(gw.port, {
+    path: '/v1/chat/completions',
+    headers: { authorization: 'Bearer sk-attempted-guess-0123456789' },
+    body: chatBody(),
+  });
   const lines = gw.logs.filter((l) => l.msg === 'request');
   t.same(
     lines.map((l) => [l.key, l.status, l.method, l.url]),
@@ -79,7 +88,9 @@ t.test('401 comes before the body is read: a huge declared body is never waited 
       socket.on('data', (d: Buffer) => (got += d.toString('utf8')));
       socket.on('close', () => resolve(got));
       socket.on('error', reject);
-      socket.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n{"model":');
+      socket.write(
+        'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n{"model":',
+      );
     }),
     3000,
     'a 401 and a closed connection',
@@ -97,7 +108,7 @@ t.test('KeyIndex: digests only, constant-time comparison, replaceable', async (t
   t.match(index.verify(KEY_B), { id: 'env-2' });
   t.equal(index.verify('sk-nope-0123456789abcdef'), undefined);
   t.equal(index.verify(''), undefined);
-  t.notMatch(JSON.stringify([...Object.values(index)]), KEY_A);
+  t.notMatch(JSON.stringify(Object.values(index) as unknown[]), KEY_A);
   index.replace([]);
   t.equal(index.verify(KEY_A), undefined, 'a replaced index forgets old keys');
 });

@@ -4,11 +4,11 @@
 // headers never reach a browser.
 import http from 'node:http';
 import { once } from 'node:events';
-import net from 'node:net';
+import type net from 'node:net';
 import type { IncomingHttpHeaders } from 'node:http';
 import t from 'tap';
 import { recordings } from '../fixtures/fake-llama.js';
-import { AUTH_A, chatBody, recordedBody, request, startGateway, type RawResponse } from '../helpers.js';
+import { AUTH_A, chatBody, freePort, recordedBody, request, startGateway, type RawResponse } from '../helpers.js';
 
 const ALLOWED = 'https://chat.example.com';
 const OTHER = 'https://evil.example';
@@ -44,21 +44,18 @@ function preflight(port: number, origin: string, path = '/v1/chat/completions'):
   });
 }
 
-function post(port: number, origin: string | undefined, headers: Record<string, string> = AUTH_A, path = '/v1/chat/completions'): Promise<RawResponse> {
+function post(
+  port: number,
+  origin: string | undefined,
+  headers: Record<string, string> = AUTH_A,
+  path = '/v1/chat/completions',
+): Promise<RawResponse> {
   return request(port, {
     method: 'POST',
     path,
     headers: { 'content-type': 'application/json', ...(origin === undefined ? {} : { origin }), ...headers },
     body: chatBody(),
   });
-}
-
-async function closedPort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 const ORIGINAL_401 = { error: { message: 'Incorrect API key provided.', type: 'invalid_api_key', param: null, code: 'invalid_api_key' } };
@@ -108,7 +105,10 @@ t.test('an origin list', async (t) => {
     t.equal(count(res, 'access-control-allow-origin'), 1, 'one ACAO, ours (llama-server’s is dropped)');
     t.equal(res.headers['access-control-allow-credentials'], undefined);
     const exposed = tokens(res.headers['access-control-expose-headers']);
-    t.ok(exposed.includes('x-request-id') && exposed.includes('retry-after'), `exposes x-request-id and retry-after (${exposed.join(', ')})`);
+    t.ok(
+      exposed.includes('x-request-id') && exposed.includes('retry-after'),
+      `exposes x-request-id and retry-after (${exposed.join(', ')})`,
+    );
     t.equal(res.headers.vary, 'Origin');
   });
 
@@ -143,7 +143,12 @@ t.test('an origin list', async (t) => {
       ['GET', '/v1/nope'],
       ['POST', '/slots/0?action=erase'],
     ] as const) {
-      const notFound = await request(gw.port, { method, path, headers: { ...AUTH_A, origin: ALLOWED }, body: method === 'POST' ? '{}' : undefined });
+      const notFound = await request(gw.port, {
+        method,
+        path,
+        headers: { ...AUTH_A, origin: ALLOWED },
+        body: method === 'POST' ? '{}' : undefined,
+      });
       t.equal(notFound.status, 404, `${method} ${path}`);
       t.equal(notFound.headers['content-type'], JSON_TYPE);
       t.equal((JSON.parse(notFound.text) as { error: { code: string } }).error.code, 'route_not_found');
@@ -179,7 +184,14 @@ t.test('an origin list', async (t) => {
   });
 
   t.test('origins match exactly', async (t) => {
-    for (const near of ['https://chat.example.com/', 'http://chat.example.com', 'https://CHAT.example.com', 'https://chat.example.com:443', 'https://chat.example.com.evil.example', 'null']) {
+    for (const near of [
+      'https://chat.example.com/',
+      'http://chat.example.com',
+      'https://CHAT.example.com',
+      'https://chat.example.com:443',
+      'https://chat.example.com.evil.example',
+      'null',
+    ]) {
       const res = await preflight(gw.port, near);
       t.strictSame(corsHeaders(res.headers), {}, `Origin: ${near}`);
     }
@@ -203,7 +215,7 @@ t.test('an origin list', async (t) => {
 });
 
 t.test('an allowed origin also gets ACAO on a gateway 502', async (t) => {
-  const gw = await startGateway(t, { corsAllowOrigin: [ALLOWED], upstream: `http://127.0.0.1:${await closedPort()}` });
+  const gw = await startGateway(t, { corsAllowOrigin: [ALLOWED], upstream: `http://127.0.0.1:${await freePort()}` });
   const res = await post(gw.port, ALLOWED);
   t.equal(res.status, 502);
   t.equal((JSON.parse(res.text) as { error: { code: string } }).error.code, 'upstream_unreachable');
@@ -283,7 +295,10 @@ t.test("Vary: Origin on every answer of an origin list, merged with llama-server
   upstream.listen(0, '127.0.0.1');
   await once(upstream, 'listening');
   t.teardown(() => upstream.close());
-  const gw = await startGateway(t, { corsAllowOrigin: [ALLOWED], upstream: `http://127.0.0.1:${(upstream.address() as net.AddressInfo).port}` });
+  const gw = await startGateway(t, {
+    corsAllowOrigin: [ALLOWED],
+    upstream: `http://127.0.0.1:${(upstream.address() as net.AddressInfo).port}`,
+  });
   const withOrigin = await request(gw.port, { path: '/v1/models', headers: { ...AUTH_A, origin: ALLOWED } });
   t.equal(withOrigin.headers.vary, 'Origin, Accept-Encoding');
   t.equal(withOrigin.headers['access-control-allow-origin'], ALLOWED);

@@ -4,11 +4,7 @@
 import OpenAI from 'openai';
 import t from 'tap';
 import { KeyRegistry } from '../../src/keys/key-registry.js';
-import { AUTH_A, KEY_A, chatBody, request, sleep, startGateway, tempStore } from '../helpers.js';
-
-function bearer(key: string): Record<string, string> {
-  return { authorization: `Bearer ${key}` };
-}
+import { AUTH_A, KEY_A, bearer, chatBody, request, sleep, startGateway, tempStore } from '../helpers.js';
 
 async function gatewayWithStore(t: Parameters<typeof startGateway>[0]) {
   const store = tempStore(t);
@@ -24,7 +20,14 @@ t.test('a disabled key: 401 key_disabled; enabled again: works', async (t) => {
   const res = await request(gw.port, { path: '/v1/chat/completions', headers: bearer(key), body: chatBody() });
   t.equal(res.status, 401);
   t.equal(res.headers['www-authenticate'], 'Bearer');
-  t.same(JSON.parse(res.text), { error: { message: 'This API key has been disabled. Ask the gateway owner to enable it.', type: 'invalid_api_key', param: null, code: 'key_disabled' } });
+  t.same(JSON.parse(res.text), {
+    error: {
+      message: 'This API key has been disabled. Ask the gateway owner to enable it.',
+      type: 'invalid_api_key',
+      param: null,
+      code: 'key_disabled',
+    },
+  });
   store.update('carol', { enabled: true });
   registry.reload();
   t.equal((await request(gw.port, { path: '/v1/chat/completions', headers: bearer(key), body: chatBody() })).status, 200);
@@ -41,7 +44,12 @@ t.test('a key that expires during the test: works, then 401 key_expired', async 
   const res = await request(gw.port, { path: '/v1/models', headers: bearer(key) });
   t.equal(res.status, 401);
   t.same(JSON.parse(res.text), {
-    error: { message: `This API key expired on ${new Date(expiresAt).toISOString()}. Ask the gateway owner for a new one.`, type: 'invalid_api_key', param: null, code: 'key_expired' },
+    error: {
+      message: `This API key expired on ${new Date(expiresAt).toISOString()}. Ask the gateway owner for a new one.`,
+      type: 'invalid_api_key',
+      param: null,
+      code: 'key_expired',
+    },
   });
 });
 
@@ -53,19 +61,39 @@ t.test('models: only the listed ones, by raw request', async (t) => {
   t.equal(ok.status, 200);
   const other = await request(gw.port, { path: '/v1/chat/completions', headers: bearer(key), body: chatBody({ model: 'llama-70b' }) });
   t.equal(other.status, 403);
-  t.same(JSON.parse(other.text), { error: { message: "This API key may not use the model 'llama-70b'.", type: 'invalid_request_error', param: 'model', code: 'model_not_allowed' } });
+  t.same(JSON.parse(other.text), {
+    error: {
+      message: "This API key may not use the model 'llama-70b'.",
+      type: 'invalid_request_error',
+      param: 'model',
+      code: 'model_not_allowed',
+    },
+  });
   const none = await request(gw.port, { path: '/v1/embeddings', headers: bearer(key), body: '{"input":"x"}' });
   t.equal(none.status, 403, 'a request naming no model would get the default model: refused');
   t.equal((JSON.parse(none.text) as { error: { code: string } }).error.code, 'model_not_allowed');
-  const notString = await request(gw.port, { path: '/v1/completions', headers: bearer(key), body: '{"prompt":"x","model":["gpt-oss-20b"]}' });
+  const notString = await request(gw.port, {
+    path: '/v1/completions',
+    headers: bearer(key),
+    body: '{"prompt":"x","model":["gpt-oss-20b"]}',
+  });
   t.equal(notString.status, 400, 'a model that is not a string is refused for everyone (client-input.ts), before the key policy');
   t.equal((JSON.parse(notString.text) as { error: { code: string; param: string } }).error.param, 'model');
   t.equal(gw.fake.requests.length, 1, 'refused requests never reached upstream');
 
   // The model list shows only what the key may use; others get 404 for a model they may not use.
-  const list = JSON.parse((await request(gw.port, { path: '/v1/models', headers: bearer(key) })).text) as { data: { id: string }[]; models: { name: string }[] };
-  t.same(list.data.map((m) => m.id), ['gpt-oss-20b']);
-  t.same(list.models.map((m) => m.name), ['gpt-oss-20b']);
+  const list = JSON.parse((await request(gw.port, { path: '/v1/models', headers: bearer(key) })).text) as {
+    data: { id: string }[];
+    models: { name: string }[];
+  };
+  t.same(
+    list.data.map((m) => m.id),
+    ['gpt-oss-20b'],
+  );
+  t.same(
+    list.models.map((m) => m.name),
+    ['gpt-oss-20b'],
+  );
   t.equal((await request(gw.port, { path: '/v1/models/gpt-oss-20b', headers: bearer(key) })).status, 200);
   const hidden = await request(gw.port, { path: '/v1/models/llama-70b', headers: bearer(key) });
   t.equal(hidden.status, 404);
@@ -110,14 +138,33 @@ t.test('origins: per-key CORS', async (t) => {
   const { gw, store, registry } = await gatewayWithStore(t);
   const { key } = store.create({ name: 'webapp', origins: ['https://chat.example.com'] });
   registry.reload();
-  const allowed = await request(gw.port, { path: '/v1/chat/completions', headers: { ...bearer(key), origin: 'https://chat.example.com' }, body: chatBody() });
+  const allowed = await request(gw.port, {
+    path: '/v1/chat/completions',
+    headers: { ...bearer(key), origin: 'https://chat.example.com' },
+    body: chatBody(),
+  });
   t.equal(allowed.status, 200);
-  const other = await request(gw.port, { path: '/v1/chat/completions', headers: { ...bearer(key), origin: 'https://evil.example' }, body: chatBody() });
+  const other = await request(gw.port, {
+    path: '/v1/chat/completions',
+    headers: { ...bearer(key), origin: 'https://evil.example' },
+    body: chatBody(),
+  });
   t.equal(other.status, 403);
-  t.same(JSON.parse(other.text), { error: { message: 'This API key may not be used from this website (Origin).', type: 'invalid_request_error', param: null, code: 'origin_not_allowed' } });
+  t.same(JSON.parse(other.text), {
+    error: {
+      message: 'This API key may not be used from this website (Origin).',
+      type: 'invalid_request_error',
+      param: null,
+      code: 'origin_not_allowed',
+    },
+  });
   const server = await request(gw.port, { path: '/v1/chat/completions', headers: bearer(key), body: chatBody() });
   t.equal(server.status, 200, 'a request without Origin (not a browser) is not a website');
-  const envKey = await request(gw.port, { path: '/v1/chat/completions', headers: { ...AUTH_A, origin: 'https://evil.example' }, body: chatBody() });
+  const envKey = await request(gw.port, {
+    path: '/v1/chat/completions',
+    headers: { ...AUTH_A, origin: 'https://evil.example' },
+    body: chatBody(),
+  });
   t.equal(envKey.status, 200, 'LLM_API_KEYS keys have no origin rule');
   t.equal(gw.fake.requests.length, 3);
 });

@@ -97,7 +97,10 @@ t.test('after cancellations the gateway holds no upstream connection and still s
   t.equal(gw.fake.openSockets(), 0, 'no upstream socket left open');
   gw.fake.behavior.headersDelayMs = 0;
   const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port: gw.port, method: 'POST', path: '/v1/chat/completions', headers: AUTH_A, agent: false }, resolve);
+    const req = http.request(
+      { host: '127.0.0.1', port: gw.port, method: 'POST', path: '/v1/chat/completions', headers: AUTH_A, agent: false },
+      resolve,
+    );
     req.on('error', reject);
     req.end(chatBody());
   });

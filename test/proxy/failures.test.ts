@@ -4,15 +4,7 @@ import net from 'node:net';
 import { once } from 'node:events';
 import t from 'tap';
 import { recordings } from '../fixtures/fake-llama.js';
-import { AUTH_A, chatBody, recordedBody, request, startGateway, within } from '../helpers.js';
-
-async function closedPort(): Promise<number> {
-  const s = net.createServer().listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
+import { AUTH_A, chatBody, freePort, recordedBody, request, startGateway, within } from '../helpers.js';
 
 const UNREACHABLE = {
   error: {
@@ -24,7 +16,7 @@ const UNREACHABLE = {
 };
 
 t.test('llama-server down → 502 upstream_error on every route', async (t) => {
-  const gw = await startGateway(t, { upstream: `http://127.0.0.1:${await closedPort()}` });
+  const gw = await startGateway(t, { upstream: `http://127.0.0.1:${await freePort()}` });
   for (const [path, body] of [
     ['/v1/chat/completions', chatBody()],
     ['/v1/chat/completions', chatBody({ stream: true })],
@@ -44,7 +36,12 @@ t.test('no upstream headers within GATEWAY_HEADERS_TIMEOUT_MS → 504, upstream 
   const res = await within(request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() }), 5000, 'an answer');
   t.equal(res.status, 504);
   t.same(JSON.parse(res.text), {
-    error: { message: 'The model server (llama-server) did not answer within 0 s (GATEWAY_HEADERS_TIMEOUT_MS).', type: 'upstream_error', param: null, code: 'upstream_timeout' },
+    error: {
+      message: 'The model server (llama-server) did not answer within 0 s (GATEWAY_HEADERS_TIMEOUT_MS).',
+      type: 'upstream_error',
+      param: null,
+      code: 'upstream_timeout',
+    },
   });
   await within(gw.fake.requests[0]!.closed, 2000, 'the upstream request is closed');
 });
@@ -55,7 +52,11 @@ t.test("llama-server's own errors pass through with status and body", async (t) 
   const missing = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: '{"model":"x"}' });
   t.equal(missing.status, 400);
   t.equal(missing.text, recordedBody(recordings['error-missing-messages']!.chunks));
-  const exceeded = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ x_fake_context_exceeded: true }) });
+  const exceeded = await request(gw.port, {
+    path: '/v1/chat/completions',
+    headers: AUTH_A,
+    body: chatBody({ x_fake_context_exceeded: true }),
+  });
   t.equal(exceeded.status, 400);
   t.equal(exceeded.text, recordedBody(recordings['error-context-exceeded']!.chunks));
 
@@ -118,7 +119,12 @@ t.test('a JSON answer whose body never comes (upstream closes after its headers)
   t.equal(res.status, 502, 'nothing was sent yet: the client still gets a proper error');
   t.equal(res.headers['content-type'], 'application/json; charset=utf-8');
   t.same(JSON.parse(res.text), {
-    error: { message: 'The model server (llama-server) sent a response the gateway could not use.', type: 'upstream_error', param: null, code: 'upstream_bad_response' },
+    error: {
+      message: 'The model server (llama-server) sent a response the gateway could not use.',
+      type: 'upstream_error',
+      param: null,
+      code: 'upstream_bad_response',
+    },
   });
 });
 
@@ -166,7 +172,9 @@ t.test('a request that arrives while the gateway shuts down gets an OpenAI-shape
   socket.setEncoding('utf8');
   socket.on('data', (d: string) => (received += d));
   const body = chatBody();
-  socket.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: ${AUTH_A.authorization}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+  socket.write(
+    `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: ${AUTH_A.authorization}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
   await gw.fake.waitForRequests(1);
   const closed = gw.app.close(); // the first request is still with llama-server
   // Pipelined on the same (busy) connection, so the server reads it after answering the first.

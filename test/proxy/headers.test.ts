@@ -84,7 +84,10 @@ t.test('response headers: no Server, Keep-Alive or CORS from llama-server', asyn
     t.equal(res.status, 200);
     const names = res.rawHeaders.filter((_, i) => i % 2 === 0).map((h) => h.toLowerCase());
     t.notOk(names.includes('server'), `${path}: no Server`);
-    t.notOk(names.some((n) => n.startsWith('access-control-')), `${path}: no reflected CORS`);
+    t.notOk(
+      names.some((n) => n.startsWith('access-control-')),
+      `${path}: no reflected CORS`,
+    );
     t.equal(names.filter((n) => n === 'keep-alive').length <= 1, true);
     t.not(res.headers['keep-alive'], 'timeout=5, max=100');
     t.ok(names.includes('content-type'));

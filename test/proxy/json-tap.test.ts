@@ -22,9 +22,15 @@ const numbers = (ex: Exchange): [number | null, number | null, number | null] =>
 
 // Anthropic's shape, as llama-server writes it: content (with tool_use.input) before usage.
 const TOOL_CALL = JSON.stringify({
-  id: 'msg_1', type: 'message', role: 'assistant',
-  content: [{ type: 'tool_use', id: 'toolu_1', name: 'f', input: { usage: { input_tokens: 0, output_tokens: 0 }, note: 'a "quoted" \\ text }' } }],
-  model: 'm', stop_reason: 'tool_use', stop_sequence: null,
+  id: 'msg_1',
+  type: 'message',
+  role: 'assistant',
+  content: [
+    { type: 'tool_use', id: 'toolu_1', name: 'f', input: { usage: { input_tokens: 0, output_tokens: 0 }, note: 'a "quoted" \\ text }' } },
+  ],
+  model: 'm',
+  stop_reason: 'tool_use',
+  stop_sequence: null,
   usage: { cache_read_input_tokens: 2, input_tokens: 40, output_tokens: 12 },
 });
 
@@ -35,7 +41,14 @@ t.test('messages: a tool call whose arguments hold "usage" does not fool the tap
 
 t.test('content with "usage" in strings, nested objects and escapes; usage last', async (t) => {
   const tricky = JSON.stringify({
-    choices: [{ message: { content: '"usage":{"prompt_tokens":0,"completion_tokens":0}} \\"', tool_calls: [{ function: { arguments: '{"usage":{"prompt_tokens":0}}' } }] } }],
+    choices: [
+      {
+        message: {
+          content: '"usage":{"prompt_tokens":0,"completion_tokens":0}} \\"',
+          tool_calls: [{ function: { arguments: '{"usage":{"prompt_tokens":0}}' } }],
+        },
+      },
+    ],
     meta: { usage: { prompt_tokens: 1, completion_tokens: 1 } },
     usage: { completion_tokens: 7, prompt_tokens: 30, prompt_tokens_details: { cached_tokens: 3 } },
     id: 'x"}\\',
@@ -65,12 +78,27 @@ t.test('a large body: usage at the end is found in the last 16 KiB, with timings
 });
 
 t.test('embeddings: usage near the start, read forward past large data', async (t) => {
-  const embeddings = JSON.stringify({ model: 'm', object: 'list', usage: { prompt_tokens: 8, total_tokens: 8 }, data: [{ embedding: Array.from({ length: 20_000 }, (_, i) => i / 7), index: 0, object: 'embedding' }] });
+  const embeddings = JSON.stringify({
+    model: 'm',
+    object: 'list',
+    usage: { prompt_tokens: 8, total_tokens: 8 },
+    data: [{ embedding: Array.from({ length: 20_000 }, (_, i) => i / 7), index: 0, object: 'embedding' }],
+  });
   t.same(numbers(tap('embeddings', embeddings, 8192)), [8, null, null]);
   // input text with a usage key comes later and is never read
-  const rerank = JSON.stringify({ model: 'm', object: 'list', usage: { prompt_tokens: 12, total_tokens: 12 }, results: [{ index: 0, document: { text: '{"usage":{"prompt_tokens":0}}' } }] });
+  const rerank = JSON.stringify({
+    model: 'm',
+    object: 'list',
+    usage: { prompt_tokens: 12, total_tokens: 12 },
+    results: [{ index: 0, document: { text: '{"usage":{"prompt_tokens":0}}' } }],
+  });
   t.same(numbers(tap('rerank', rerank)), [12, null, null]);
-  const spoofFirst = JSON.stringify({ model: 'm"usage":{"prompt_tokens":0}', object: 'list', data: [{ usage: { prompt_tokens: 0 } }], usage: { prompt_tokens: 5, total_tokens: 5 } });
+  const spoofFirst = JSON.stringify({
+    model: 'm"usage":{"prompt_tokens":0}',
+    object: 'list',
+    data: [{ usage: { prompt_tokens: 0 } }],
+    usage: { prompt_tokens: 5, total_tokens: 5 },
+  });
   t.same(numbers(tap('embeddings', spoofFirst)), [5, null, null], 'a usage after the data is still the top-level one');
 });
 
@@ -84,9 +112,20 @@ t.test('every recorded non-streamed body gives its usage', async (t) => {
 t.test('the scanners themselves', async (t) => {
   const keys = [Buffer.from('usage'), Buffer.from('timings')];
   const found = (b: (Buffer | undefined)[]): (string | undefined)[] => b.map((x) => x?.toString());
-  t.same(found(topLevelFromEnd(Buffer.from(' { "usage" : {"a":{"b":[1,{"c":"}"}]}} , "timings":{"t":1} } \n'), keys)), ['{"a":{"b":[1,{"c":"}"}]}}', '{"t":1}']);
-  t.same(found(topLevelFromEnd(Buffer.from('{"usage":[1],"x":{"usage":{"a":1}}}'), keys)), [undefined, undefined], 'arrays and nested keys are not usage');
-  t.same(found(topLevelFromEnd(Buffer.from('{"a":"\\\\","usage":{"n":1}}'), keys)), ['{"n":1}', undefined], 'an escaped backslash before a quote');
+  t.same(found(topLevelFromEnd(Buffer.from(' { "usage" : {"a":{"b":[1,{"c":"}"}]}} , "timings":{"t":1} } \n'), keys)), [
+    '{"a":{"b":[1,{"c":"}"}]}}',
+    '{"t":1}',
+  ]);
+  t.same(
+    found(topLevelFromEnd(Buffer.from('{"usage":[1],"x":{"usage":{"a":1}}}'), keys)),
+    [undefined, undefined],
+    'arrays and nested keys are not usage',
+  );
+  t.same(
+    found(topLevelFromEnd(Buffer.from('{"a":"\\\\","usage":{"n":1}}'), keys)),
+    ['{"n":1}', undefined],
+    'an escaped backslash before a quote',
+  );
   t.same(found(topLevelFromEnd(Buffer.from('{"a":"\\"usage\\":{\\"n\\":0}"}'), keys)), [undefined, undefined], 'escaped quotes in content');
   t.same(found(topLevelFromEnd(Buffer.from('[{"usage":{"n":1}}]'), keys)), [undefined, undefined], 'not an object body');
   t.same(found(topLevelFromStart(Buffer.from('{"x":"\\"usage\\":{}","usage":{"n":2},"data":[]}'), [keys[0]!])), ['{"n":2}']);

@@ -49,7 +49,11 @@ t.test('chat.completions.create, not streamed: the recorded completion, whole', 
   t.same(completion.usage, { completion_tokens: 8, prompt_tokens: 31, total_tokens: 39, prompt_tokens_details: { cached_tokens: 10 } });
   t.equal(gw.fake.requests.length, 1);
   t.equal(gw.fake.requests[0]?.url, '/v1/chat/completions');
-  t.same(JSON.parse(gw.fake.requests[0]!.body.toString('utf8')), { model: 'gpt-oss-20b', messages: MESSAGES, max_tokens: 8 }, 'the SDK body reaches upstream');
+  t.same(
+    JSON.parse(gw.fake.requests[0]!.body.toString('utf8')),
+    { model: 'gpt-oss-20b', messages: MESSAGES, max_tokens: 8 },
+    'the SDK body reaches upstream',
+  );
 });
 
 t.test('chat.completions.create, streamed: every recorded chunk, in order', async (t) => {
@@ -62,7 +66,11 @@ t.test('chat.completions.create, streamed: every recorded chunk, in order', asyn
   const recorded = recordedEvents('chat-stream-include-usage').filter((e) => e.usage === undefined);
   t.equal(chunks.length, recorded.length, `${recorded.length} chunks, as many as the recorded data: events without [DONE] and usage`);
   t.strictSame(chunks, recorded, 'each chunk is the recorded event');
-  t.equal(chunks.map((c) => c.choices[0]?.delta.content ?? '').join(''), 'mittelсу polity polity polity polity', 'deltas join to the recorded content');
+  t.equal(
+    chunks.map((c) => c.choices[0]?.delta.content ?? '').join(''),
+    'mittelсу polity polity polity polity',
+    'deltas join to the recorded content',
+  );
   t.equal(chunks.at(-1)?.choices[0]?.finish_reason, 'length');
   t.equal(chunks.at(-1)?.usage, undefined, 'no usage chunk unless asked');
 });
@@ -103,8 +111,15 @@ t.test('completions.create, not streamed and streamed', async (t) => {
   t.equal(chunks.length, recorded.length);
   t.strictSame(chunks, recorded);
   t.equal(chunks.map((c) => c.choices[0]?.text ?? '').join(''), " tienenŐ multimedia '',");
-  t.same(chunks.at(-1)?.usage, { completion_tokens: 4, prompt_tokens: 2, total_tokens: 6, prompt_tokens_details: { cached_tokens: 1 } }, 'usage rides on the last chunk');
-  t.same(gw.fake.requests.map((r) => r.url), ['/v1/completions', '/v1/completions']);
+  t.same(
+    chunks.at(-1)?.usage,
+    { completion_tokens: 4, prompt_tokens: 2, total_tokens: 6, prompt_tokens_details: { cached_tokens: 1 } },
+    'usage rides on the last chunk',
+  );
+  t.same(
+    gw.fake.requests.map((r) => r.url),
+    ['/v1/completions', '/v1/completions'],
+  );
 });
 
 t.test('embeddings.create: two inputs, two vectors of the recorded length', async (t) => {
@@ -117,9 +132,16 @@ t.test('embeddings.create: two inputs, two vectors of the recorded length', asyn
   const result = await openai.embeddings.create({ model: 'gpt-oss-20b', input: ['a', 'b'], encoding_format: 'float' });
   t.strictSame(result, recorded, 'the whole recorded response');
   t.equal(result.data.length, 2);
-  t.same(result.data.map((d) => d.embedding.length), [dims, dims]);
+  t.same(
+    result.data.map((d) => d.embedding.length),
+    [dims, dims],
+  );
   t.ok(dims > 0);
-  t.same(result.data.map((d) => d.embedding), recorded.data.map((d) => d.embedding), 'the recorded vectors');
+  t.same(
+    result.data.map((d) => d.embedding),
+    recorded.data.map((d) => d.embedding),
+    'the recorded vectors',
+  );
   t.equal(gw.fake.requests[0]?.url, '/v1/embeddings');
 });
 
@@ -128,7 +150,10 @@ t.test('models.list and models.retrieve', async (t) => {
   const { openai } = client(gw);
   const recorded = recordedJson('models') as { data: Json[] };
   const page = await openai.models.list();
-  t.same(page.data.map((m) => m.id), ['gpt-oss-20b']);
+  t.same(
+    page.data.map((m) => m.id),
+    ['gpt-oss-20b'],
+  );
   t.strictSame(page.data, recorded.data, 'the recorded model entries');
   const ids: string[] = [];
   for await (const model of openai.models.list()) ids.push(model.id);
@@ -139,16 +164,16 @@ t.test('models.list and models.retrieve', async (t) => {
   t.equal(model.id, 'gpt-oss-20b');
   t.equal(model.object, 'model');
   t.equal(model.owned_by, 'llamacpp');
-  t.same(gw.fake.requests.map((r) => r.url), ['/v1/models', '/v1/models', '/v1/models']);
+  t.same(
+    gw.fake.requests.map((r) => r.url),
+    ['/v1/models', '/v1/models', '/v1/models'],
+  );
 });
 
 t.test('a wrong key is an AuthenticationError (401, the original message), upstream untouched', async (t) => {
   const gw = await startGateway(t);
   const { openai } = client(gw, 'sk-wrong-0123456789abcdef');
-  for (const call of [
-    () => openai.chat.completions.create({ model: 'gpt-oss-20b', messages: MESSAGES }),
-    () => openai.models.list(),
-  ]) {
+  for (const call of [() => openai.chat.completions.create({ model: 'gpt-oss-20b', messages: MESSAGES }), () => openai.models.list()]) {
     const err = await call().then(
       () => undefined,
       (e: unknown) => e,
@@ -244,7 +269,15 @@ t.test('an error in the middle of a stream makes the iteration throw', async (t)
   t.strictSame(chunks, recordedEvents('chat-stream-include-usage').slice(0, 2), 'what came before the error was delivered');
 });
 
-const STAINLESS = ['x-stainless-arch', 'x-stainless-lang', 'x-stainless-os', 'x-stainless-package-version', 'x-stainless-retry-count', 'x-stainless-runtime', 'x-stainless-runtime-version'];
+const STAINLESS = [
+  'x-stainless-arch',
+  'x-stainless-lang',
+  'x-stainless-os',
+  'x-stainless-package-version',
+  'x-stainless-retry-count',
+  'x-stainless-runtime',
+  'x-stainless-runtime-version',
+];
 
 t.test("the SDK's x-stainless-* headers reach upstream; the client's key does not", async (t) => {
   const gw = await startGateway(t);

@@ -37,7 +37,7 @@ function cut(body: Buffer, at: number[]): Buffer[] {
 function cuts(length: number, seed: number, maxPiece: number): number[] {
   const at: number[] = [];
   let x = seed;
-  for (let pos = 0; ; ) {
+  for (let pos = 0; ;) {
     x = (x * 1103515245 + 12345) % 2147483648;
     pos += 1 + (x % maxPiece);
     if (pos >= length) return at;
@@ -111,7 +111,7 @@ t.test('an unfinished event over 1 MiB is passed on unread instead of held', asy
       const o = tap.chunk(piece);
       if (o !== null) sent.push(...(Array.isArray(o) ? o : [o]));
     }
-    t.ok(Buffer.concat(sent).length >= (1 << 20), `${strip ? 'filtered' : 'unfiltered'}: the big event went out before it ended`);
+    t.ok(Buffer.concat(sent).length >= 1 << 20, `${strip ? 'filtered' : 'unfiltered'}: the big event went out before it ended`);
     const o = tap.chunk(after);
     if (o !== null) sent.push(...(Array.isArray(o) ? o : [o]));
     const e = tap.end();
@@ -153,19 +153,32 @@ const PROMPT_ARRAY_STREAM = [
   'data: [DONE]\n\n',
 ].join('');
 
-t.test('a streamed prompt array: every prompt\'s usage is summed, however the stream is cut (regression)', async (t) => {
+t.test("a streamed prompt array: every prompt's usage is summed, however the stream is cut (regression)", async (t) => {
   const body = Buffer.from(PROMPT_ARRAY_STREAM);
-  for (const [how, at] of [['whole', []], ['every byte', Array.from({ length: body.length - 1 }, (_, i) => i + 1)], ['random', cuts(body.length, 11, 90)]] as [string, number[]][]) {
+  for (const [how, at] of [
+    ['whole', []],
+    ['every byte', Array.from({ length: body.length - 1 }, (_, i) => i + 1)],
+    ['random', cuts(body.length, 11, 90)],
+  ] as [string, number[]][]) {
     const r = run('completions', cut(body, at), false);
-    t.same([r.ex.promptTokens, r.ex.cachedTokens, r.ex.completionTokens, r.ex.usageEvents, r.ex.contentEvents], [3 + 4 + 5, 3, 12, 3, 6], how);
+    t.same(
+      [r.ex.promptTokens, r.ex.cachedTokens, r.ex.completionTokens, r.ex.usageEvents, r.ex.contentEvents],
+      [3 + 4 + 5, 3, 12, 3, 6],
+      how,
+    );
   }
 });
 
 t.test("llama-server's own error event at a 200 stream's end marks the exchange (regression)", async (t) => {
   const first = recordings['chat-stream']!.chunks[0]!.toString('utf8');
   const openai = `${first}data: {"error":{"code":500,"message":"The model produced output that does not match the expected peg-native format","type":"server_error"}}\n\n`;
-  const anthropic = 'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" x"}}\n\nevent: error\ndata: {"code":500,"message":"The model produced output that does not match the expected peg-native format","type":"server_error"}\n\n';
-  for (const [kind, text] of [['chat', openai], ['responses', openai], ['messages', anthropic]] as [RouteKind, string][]) {
+  const anthropic =
+    'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" x"}}\n\nevent: error\ndata: {"code":500,"message":"The model produced output that does not match the expected peg-native format","type":"server_error"}\n\n';
+  for (const [kind, text] of [
+    ['chat', openai],
+    ['responses', openai],
+    ['messages', anthropic],
+  ] as [RouteKind, string][]) {
     const body = Buffer.from(text);
     for (const at of [[], [body.length - 20], [body.length - 1], cuts(body.length, 5, 40)]) {
       const r = run(kind, cut(body, at), false);
@@ -174,18 +187,40 @@ t.test("llama-server's own error event at a 200 stream's end marks the exchange 
     }
   }
   // Content that merely mentions an error, and ordinary endings, are not errors.
-  for (const [kind, name] of [['chat', 'chat-stream'], ['completions', 'completions-stream'], ['messages', 'messages-anthropic-stream'], ['responses', 'responses-stream']] as [RouteKind, string][]) {
+  for (const [kind, name] of [
+    ['chat', 'chat-stream'],
+    ['completions', 'completions-stream'],
+    ['messages', 'messages-anthropic-stream'],
+    ['responses', 'responses-stream'],
+  ] as [RouteKind, string][]) {
     t.equal(run(kind, recordings[name]!.chunks, false).ex.broken, null, `${name}: ok`);
   }
   const mention = 'data: {"choices":[{"delta":{"content":"{\\"error\\":{\\"code\\":500}}"}}]}\n\n';
   t.equal(run('chat', [Buffer.from(mention)], false).ex.broken, null, 'an error in content (no [DONE] yet) is content');
-  t.equal(run('responses', [Buffer.from('event: response.completed\ndata: {"type":"response.completed","response":{"error":null,"usage":{"input_tokens":1,"output_tokens":1}}}\n\n')], false).ex.broken, null, '"error": null is no error');
+  t.equal(
+    run(
+      'responses',
+      [
+        Buffer.from(
+          'event: response.completed\ndata: {"type":"response.completed","response":{"error":null,"usage":{"input_tokens":1,"output_tokens":1}}}\n\n',
+        ),
+      ],
+      false,
+    ).ex.broken,
+    null,
+    '"error": null is no error',
+  );
 });
 
 t.test('usage is read from where each API puts it in an event, never from content', async (t) => {
   // Anthropic: a content_block_start whose tool input holds "usage" at the top of that object.
-  const spoof = 'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"f","input":{"usage":{"input_tokens":0}}},"usage":{"input_tokens":0,"output_tokens":0}}\n\n';
-  const body = Buffer.concat([...recordings['messages-anthropic-stream']!.chunks.slice(0, 1), Buffer.from(spoof), ...recordings['messages-anthropic-stream']!.chunks.slice(1)]);
+  const spoof =
+    'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"f","input":{"usage":{"input_tokens":0}}},"usage":{"input_tokens":0,"output_tokens":0}}\n\n';
+  const body = Buffer.concat([
+    ...recordings['messages-anthropic-stream']!.chunks.slice(0, 1),
+    Buffer.from(spoof),
+    ...recordings['messages-anthropic-stream']!.chunks.slice(1),
+  ]);
   const r = run('messages', [body], false);
   t.same([r.ex.promptTokens, r.ex.completionTokens], [29, 4], 'message_start and message_delta only');
 });

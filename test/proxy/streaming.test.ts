@@ -16,7 +16,11 @@ const STREAMS: [string, string, string][] = [
   ['chat-stream', '/v1/chat/completions', chatBody({ stream: true })],
   ['chat-stream-include-usage', '/v1/chat/completions', chatBody({ stream: true, stream_options: { include_usage: true } })],
   ['completions-stream', '/v1/completions', JSON.stringify({ prompt: 'Hi', max_tokens: 4, stream: true })],
-  ['messages-anthropic-stream', '/v1/messages', JSON.stringify({ model: 'm', max_tokens: 4, stream: true, messages: [{ role: 'user', content: 'Hi' }] })],
+  [
+    'messages-anthropic-stream',
+    '/v1/messages',
+    JSON.stringify({ model: 'm', max_tokens: 4, stream: true, messages: [{ role: 'user', content: 'Hi' }] }),
+  ],
   ['responses-stream', '/v1/responses', JSON.stringify({ input: 'Hi', stream: true })],
 ];
 
@@ -32,7 +36,10 @@ t.test('each recorded stream reaches the client byte for byte, with SSE headers'
     t.equal(res.headers['x-accel-buffering'], 'no');
     t.equal(res.headers['transfer-encoding'], 'chunked');
     t.equal(res.headers.server, undefined, 'no Server header from llama-server');
-    t.notOk(Object.keys(res.headers).some((h) => h.startsWith('access-control-')), 'no upstream CORS headers');
+    t.notOk(
+      Object.keys(res.headers).some((h) => h.startsWith('access-control-')),
+      'no upstream CORS headers',
+    );
     t.not(res.headers['keep-alive'], 'timeout=5, max=100', "llama-server's Keep-Alive is not passed on");
   }
 });
@@ -40,7 +47,10 @@ t.test('each recorded stream reaches the client byte for byte, with SSE headers'
 /** Opens a streamed chat request and yields each chunk the client receives. */
 function openStream(port: number, body = chatBody({ stream: true })): Promise<http.IncomingMessage> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/v1/chat/completions', headers: AUTH_A, agent: false }, resolve);
+    const req = http.request(
+      { host: '127.0.0.1', port, method: 'POST', path: '/v1/chat/completions', headers: AUTH_A, agent: false },
+      resolve,
+    );
     req.on('error', reject);
     req.end(body);
   });
@@ -58,7 +68,11 @@ t.test('chunks are passed on as they arrive, not when the stream is done', async
   }
   t.ok(chunks.length >= 8, `the client saw ${chunks.length} separate chunks`);
   t.equal(upstreamDoneAt[0], undefined, 'the first chunk arrived while llama-server was still generating');
-  t.equal(upstreamDoneAt.filter((d) => d === undefined).length >= chunks.length - 2, true, 'every chunk but the last ones arrived before upstream finished');
+  t.equal(
+    upstreamDoneAt.filter((d) => d === undefined).length >= chunks.length - 2,
+    true,
+    'every chunk but the last ones arrived before upstream finished',
+  );
   t.match(chunks.join(''), /data: \[DONE\]\n\n$/);
 });
 
@@ -93,14 +107,22 @@ t.test('a slow reader slows the upstream socket; memory for the stream stays bou
   await once(res, 'end');
   const includeUsage = recordedBody(recordings['chat-stream-include-usage']!.chunks);
   const hidden = Buffer.byteLength(includeUsage) - Buffer.byteLength(withoutUsageChunk(includeUsage));
-  t.equal(received, gw.fake.requests[0]!.bytesWritten - hidden, 'every byte llama-server wrote reached the client (but the usage chunk it was asked for)');
+  t.equal(
+    received,
+    gw.fake.requests[0]!.bytesWritten - hidden,
+    'every byte llama-server wrote reached the client (but the usage chunk it was asked for)',
+  );
   t.ok(received >= TOTAL);
   t.match(tail, /data: \[DONE\]\n\n$/);
 });
 
 t.test('llama-server crashing mid-stream ends the client stream with an error event', async (t) => {
   const gw = await startGateway(t, {}, { cutAfterChunks: 2 });
-  const res = await within(request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true }) }), 5000, 'the client stream ends');
+  const res = await within(
+    request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true }) }),
+    5000,
+    'the client stream ends',
+  );
   t.equal(res.status, 200);
   const firstTwo = recordedBody(recordings['chat-stream-include-usage']!.chunks.slice(0, 2));
   t.ok(res.text.startsWith(firstTwo), 'what upstream sent arrives unchanged');
@@ -110,25 +132,42 @@ t.test('llama-server crashing mid-stream ends the client stream with an error ev
     `data: ${JSON.stringify({ error: { message: 'The model server (llama-server) closed the stream before it was complete.', type: 'upstream_error', param: null, code: 'upstream_stream_broken' } })}\n\n`,
   );
   t.notMatch(res.text, '[DONE]');
-  t.ok(gw.logs.some((l) => l.msg === 'upstream stream broke'), 'logged');
+  t.ok(
+    gw.logs.some((l) => l.msg === 'upstream stream broke'),
+    'logged',
+  );
 });
 
 t.test('Anthropic streams end with an Anthropic error event', async (t) => {
   const gw = await startGateway(t, {}, { cutAfterChunks: 1 });
-  const res = await request(gw.port, { path: '/v1/messages', headers: AUTH_A, body: JSON.stringify({ model: 'm', max_tokens: 4, stream: true, messages: [{ role: 'user', content: 'Hi' }] }) });
-  t.match(res.text, /\nevent: error\ndata: \{"type":"error","error":\{"type":"api_error","message":"The model server \(llama-server\) closed the stream before it was complete\."\}\}\n\n$/);
+  const res = await request(gw.port, {
+    path: '/v1/messages',
+    headers: AUTH_A,
+    body: JSON.stringify({ model: 'm', max_tokens: 4, stream: true, messages: [{ role: 'user', content: 'Hi' }] }),
+  });
+  t.match(
+    res.text,
+    /\nevent: error\ndata: \{"type":"error","error":\{"type":"api_error","message":"The model server \(llama-server\) closed the stream before it was complete\."\}\}\n\n$/,
+  );
 });
 
 t.test("llama-server's own mid-stream error event passes through unchanged", async (t) => {
   const gw = await startGateway(t, {}, { midStreamError: true });
   const res = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true }) });
   const first = recordings['chat-stream-include-usage']!.chunks[0]!.toString('utf8');
-  t.equal(res.text, `${first}data: {"error":{"code":500,"message":"fake-llama: simulated failure in the middle of the stream","type":"server_error"}}\n\n`);
+  t.equal(
+    res.text,
+    `${first}data: {"error":{"code":500,"message":"fake-llama: simulated failure in the middle of the stream","type":"server_error"}}\n\n`,
+  );
 });
 
 t.test('a stream silent for longer than GATEWAY_IDLE_TIMEOUT_MS is ended and upstream cancelled', async (t) => {
   const gw = await startGateway(t, { idleTimeoutMs: 300 }, { chunkDelayMs: 60_000 });
-  const res = await within(request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true }) }), 5000, 'the stream ends');
+  const res = await within(
+    request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true }) }),
+    5000,
+    'the stream ends',
+  );
   t.match(res.text, /"code":"upstream_timeout"/);
   t.match(res.text, /sent nothing for 0 s \(GATEWAY_IDLE_TIMEOUT_MS\)/);
   await within(gw.fake.requests[0]!.closed, 2000, 'the upstream request is closed');
@@ -136,7 +175,15 @@ t.test('a stream silent for longer than GATEWAY_IDLE_TIMEOUT_MS is ended and ups
 
 t.test('comments (:), event: lines and odd framing pass through untouched', async (t) => {
   // A hand-made upstream: keep-alive comments, multi-line data, CRLF, an event split across writes.
-  const parts = [': ping\n\n', 'event: message_start\ndata: {"a":1}\n\n', ':\n\n', 'data: line1\ndata: line2\r\n\r\n', 'data: {"sp', 'lit":true}\n\n', 'data: [DONE]\n\n'];
+  const parts = [
+    ': ping\n\n',
+    'event: message_start\ndata: {"a":1}\n\n',
+    ':\n\n',
+    'data: line1\ndata: line2\r\n\r\n',
+    'data: {"sp',
+    'lit":true}\n\n',
+    'data: [DONE]\n\n',
+  ];
   const upstream = http.createServer((req, res) => {
     req.resume();
     res.writeHead(200, { 'content-type': 'text/event-stream' });

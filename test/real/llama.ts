@@ -4,19 +4,19 @@
 // skipped with one line, so a user's clone still passes `npm test`.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import net from 'node:net';
+import type net from 'node:net';
 import { Writable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
 import type { Test } from 'tap';
 import { buildApp, type BuildOptions } from '../../src/app.js';
 import { configWith, type Config } from '../../src/config.js';
-import { KEY_A, KEY_B } from '../helpers.js';
+import { KEY_A, KEY_B, freePort, sleep } from '../helpers.js';
 
-export const LLAMA_BIN = process.env.LLAMA_SERVER_BIN ?? '';
-export const LLAMA_MODEL = process.env.LLAMA_TEST_MODEL ?? '';
+const LLAMA_BIN = process.env.LLAMA_SERVER_BIN ?? '';
+const LLAMA_MODEL = process.env.LLAMA_TEST_MODEL ?? '';
 
 /** Why this tier cannot run here, or undefined when it can. */
-export function unavailable(): string | undefined {
+function unavailable(): string | undefined {
   if (LLAMA_BIN === '' || LLAMA_MODEL === '') return 'LLAMA_SERVER_BIN / LLAMA_TEST_MODEL not set: real llama-server tier skipped';
   if (!existsSync(LLAMA_BIN)) return `LLAMA_SERVER_BIN=${LLAMA_BIN} does not exist: real llama-server tier skipped`;
   if (!existsSync(LLAMA_MODEL)) return `LLAMA_TEST_MODEL=${LLAMA_MODEL} does not exist: real llama-server tier skipped`;
@@ -49,30 +49,26 @@ export interface LlamaOptions {
   extraArgs?: string[];
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
 /** Starts llama-server and waits until GET /health answers 200 (stopped at teardown). */
 export async function startLlama(t: Test, opts: LlamaOptions = {}): Promise<RealLlama> {
   const port = await freePort();
   const args = [
-    '-m', LLAMA_MODEL,
-    '--host', '127.0.0.1',
-    '--port', String(port),
-    '-np', String(opts.slots ?? 2),
-    '-c', String(opts.ctx ?? 8192),
-    '--metrics', '--embeddings', '--pooling', 'mean',
-    '-a', opts.alias ?? 'gpt-oss-20b',
+    '-m',
+    LLAMA_MODEL,
+    '--host',
+    '127.0.0.1',
+    '--port',
+    String(port),
+    '-np',
+    String(opts.slots ?? 2),
+    '-c',
+    String(opts.ctx ?? 8192),
+    '--metrics',
+    '--embeddings',
+    '--pooling',
+    'mean',
+    '-a',
+    opts.alias ?? 'gpt-oss-20b',
     ...(opts.extraArgs ?? []),
   ];
   const child: ChildProcess = spawn(LLAMA_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -130,7 +126,11 @@ export interface RealGateway {
 }
 
 /** A real gateway on a real port in front of `llama` (started here unless given). */
-export async function startRealGateway(t: Test, overrides: Partial<Config> = {}, options: BuildOptions & { llama?: RealLlama; llamaOptions?: LlamaOptions } = {}): Promise<RealGateway> {
+export async function startRealGateway(
+  t: Test,
+  overrides: Partial<Config> = {},
+  options: BuildOptions & { llama?: RealLlama; llamaOptions?: LlamaOptions } = {},
+): Promise<RealGateway> {
   const { llama: given, llamaOptions, ...build } = options;
   const llama = given ?? (await startLlama(t, llamaOptions));
   const logs: Record<string, unknown>[] = [];
@@ -156,7 +156,11 @@ export async function startRealGateway(t: Test, overrides: Partial<Config> = {},
 
 /** llama-server's own count of a request's prompt tokens (POST /v1/chat/completions/input_tokens …). */
 export async function countTokens(llama: RealLlama, path: string, body: unknown): Promise<number> {
-  const res = await fetch(`${llama.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const res = await fetch(`${llama.url}${path}`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
   const json = (await res.json()) as { input_tokens?: number; tokens?: unknown[] };
   if (typeof json.input_tokens === 'number') return json.input_tokens;
   if (Array.isArray(json.tokens)) return json.tokens.length;

@@ -10,18 +10,8 @@
 import http from 'node:http';
 import { performance } from 'node:perf_hooks';
 import t, { type Test } from 'tap';
-import { KEY_A, KEY_B } from '../helpers.js';
+import { KEY_A, KEY_B, sleep, until } from '../helpers.js';
 import { busySlots, countTokens, skipTier, startLlama, startRealGateway, type RealGateway, type RealLlama } from './llama.js';
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-async function until(what: string, check: () => boolean, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
-    await sleep(5);
-  }
-}
 
 interface Sent {
   readonly req: http.ClientRequest;
@@ -34,7 +24,14 @@ interface Sent {
 }
 
 function send(port: number, key: string, path: string, body: unknown): Sent {
-  const req = http.request({ host: '127.0.0.1', port, method: 'POST', path, headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' }, agent: false });
+  const req = http.request({
+    host: '127.0.0.1',
+    port,
+    method: 'POST',
+    path,
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    agent: false,
+  });
   let bytes = 0;
   let endedAt: number | undefined;
   const done = new Promise<{ status: number; text: string }>((resolve, reject) => {
@@ -83,13 +80,13 @@ async function slotFreed(t: Test, gw: RealGateway, task: number, what: string): 
 if (!skipTier(t)) {
   t.test('a key’s long generations hold one of two slots; another key is served while they run', async (t) => {
     const gw = await startRealGateway(t, {}, { llamaOptions: { slots: 2 } });
-    await until('the gateway read llama-server’s slot count', () => gw.app.queue.maxInflight === 2);
+    await until('the gateway read llama-server’s slot count', () => gw.app.queue.maxInflight === 2, 10_000);
     t.equal(gw.app.queue.keySlots, 1, '2 slots: a key holds at most 1');
 
     const a = [1, 2, 3].map(() => send(gw.port, KEY_A, '/v1/completions', LONG));
     t.teardown(() => a.forEach((s) => s.req.destroy()));
-    await until('A’s three are in the gateway', () => gw.app.queue.running + gw.app.queue.waiting === 3);
-    await until('A’s first stream is generating', () => a.some((s) => s.bytes() > 1000));
+    await until('A’s three are in the gateway', () => gw.app.queue.running + gw.app.queue.waiting === 3, 10_000);
+    await until('A’s first stream is generating', () => a.some((s) => s.bytes() > 1000), 10_000);
     t.equal(gw.app.queue.running, 1, 'one of A’s runs');
     t.equal(gw.app.queue.waiting, 2, 'two wait in the gateway, though a slot is free');
 
@@ -101,17 +98,20 @@ if (!skipTier(t)) {
     t.equal(b.status, 200);
     const answer = (await b.json()) as { usage: { completion_tokens: number } };
     t.equal(answer.usage.completion_tokens, 8, 'B got its answer');
-    t.ok(a.every((s) => s.endedAt() === undefined), 'while none of A’s generations had ended');
+    t.ok(
+      a.every((s) => s.endedAt() === undefined),
+      'while none of A’s generations had ended',
+    );
     t.equal(await busySlots(gw.llama), 1, 'A holds one llama-server slot, the other is free again');
 
     // A's next one runs when its first ends; no need to wait for 3 × 2,000 tokens here.
     for (const s of a) s.req.destroy();
-    await until('the gateway holds no slot', () => gw.app.queue.running === 0 && gw.app.queue.waiting === 0);
+    await until('the gateway holds no slot', () => gw.app.queue.running === 0 && gw.app.queue.waiting === 0, 10_000);
   });
 
   t.test('light calls are answered while both slots generate: count_tokens and the input_tokens routes', async (t) => {
     const gw = await startRealGateway(t, {}, { llamaOptions: { slots: 2 } });
-    await until('the gateway read llama-server’s slot count', () => gw.app.queue.maxInflight === 2);
+    await until('the gateway read llama-server’s slot count', () => gw.app.queue.maxInflight === 2, 10_000);
     const gens = [KEY_A, KEY_B].map((key) => send(gw.port, key, '/v1/completions', LONG));
     t.teardown(() => gens.forEach((s) => s.req.destroy()));
     await until('both slots generate', () => gens.every((s) => s.bytes() > 1000), 30_000);
@@ -122,7 +122,9 @@ if (!skipTier(t)) {
       ['/v1/responses/input_tokens', { model: 'gpt-oss-20b', input: 'Hello there' }],
     ];
     const started = performance.now();
-    const answers = await Promise.all(Array.from({ length: 30 }, (_, i) => send(gw.port, i % 2 === 0 ? KEY_A : KEY_B, calls[i % 3]![0], calls[i % 3]![1]).done));
+    const answers = await Promise.all(
+      Array.from({ length: 30 }, (_, i) => send(gw.port, i % 2 === 0 ? KEY_A : KEY_B, calls[i % 3]![0], calls[i % 3]![1]).done),
+    );
     const ms = performance.now() - started;
     const direct = await Promise.all(calls.map(([path, body]) => countTokens(gw.llama, path, body)));
     t.same(
@@ -131,13 +133,16 @@ if (!skipTier(t)) {
       `all 30 answered with llama-server’s counts (${direct.join(', ')})`,
     );
     t.ok(ms < 3000, `30 light calls in ${Math.round(ms)} ms while both slots generate`);
-    t.ok(gens.every((s) => s.endedAt() === undefined), 'the generations were still running');
+    t.ok(
+      gens.every((s) => s.endedAt() === undefined),
+      'the generations were still running',
+    );
   });
 
   t.test('cancellation in every phase frees the slot', async (t) => {
     const llama = await startLlama(t, { slots: 2 });
     const gw = await startRealGateway(t, {}, { llama });
-    await until('the gateway read llama-server’s slot count', () => gw.app.queue.maxInflight === 2);
+    await until('the gateway read llama-server’s slot count', () => gw.app.queue.maxInflight === 2, 10_000);
 
     t.test('while queued in the gateway, and mid-stream', async (t) => {
       const from = llama.log().length;
@@ -145,16 +150,23 @@ if (!skipTier(t)) {
       const task = await launchedTask(llama, from);
       const queued = send(gw.port, KEY_A, '/v1/completions', LONG);
       t.teardown(() => [running, queued].forEach((s) => s.req.destroy()));
-      await until('the second waits in the gateway (A holds its share)', () => gw.app.queue.waiting === 1);
+      await until('the second waits in the gateway (A holds its share)', () => gw.app.queue.waiting === 1, 10_000);
       queued.req.destroy();
       await until('it left the queue', () => gw.app.queue.waiting === 0, 1000);
       t.ok(gw.logs.some((l) => l.msg === 'client left while waiting for a slot; never sent upstream'));
 
-      await until('the first is streaming', () => running.bytes() > 1000);
+      await until('the first is streaming', () => running.bytes() > 1000, 10_000);
       t.equal(running.endedAt(), undefined, 'mid-stream');
       running.req.destroy();
       await slotFreed(t, gw, task, 'mid-stream');
-      t.equal(llama.log().slice(from).match(/processing task/g)?.length, 1, 'llama-server never saw the request that left the queue');
+      t.equal(
+        llama
+          .log()
+          .slice(from)
+          .match(/processing task/g)?.length,
+        1,
+        'llama-server never saw the request that left the queue',
+      );
     });
 
     t.test('while llama-server processes the prompt', async (t) => {
@@ -182,8 +194,13 @@ if (!skipTier(t)) {
     });
 
     t.test('afterwards both slots serve', async (t) => {
-      const results = await Promise.all([KEY_A, KEY_B].map((key) => send(gw.port, key, '/v1/completions', { model: 'gpt-oss-20b', prompt: 'x', max_tokens: 8 }).done));
-      t.same(results.map((r) => r.status), [200, 200]);
+      const results = await Promise.all(
+        [KEY_A, KEY_B].map((key) => send(gw.port, key, '/v1/completions', { model: 'gpt-oss-20b', prompt: 'x', max_tokens: 8 }).done),
+      );
+      t.same(
+        results.map((r) => r.status),
+        [200, 200],
+      );
     });
   });
 }

@@ -15,7 +15,11 @@ if (!skipTier(t)) {
     const hold = reserveFor(Buffer.from(body), JSON.parse(body) as Record<string, unknown>, true, 1024);
     const statuses = await Promise.all(
       Array.from({ length: 20 }, async () => {
-        const res = await fetch(`${gw.url}/v1/completions`, { method: 'POST', headers: { ...AUTH_A, 'content-type': 'application/json' }, body });
+        const res = await fetch(`${gw.url}/v1/completions`, {
+          method: 'POST',
+          headers: { ...AUTH_A, 'content-type': 'application/json' },
+          body,
+        });
         await res.text();
         return res.status;
       }),

@@ -5,10 +5,8 @@
 import http from 'node:http';
 import t from 'tap';
 import type { UsageRecord } from '../../src/usage/exchange.js';
-import { AUTH_A } from '../helpers.js';
+import { AUTH_A, until } from '../helpers.js';
 import { countTokens, skipTier, startRealGateway, type RealGateway } from './llama.js';
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Every record the gateway emits (once each, with final numbers), by request id order of arrival. */
 function watch(gw: RealGateway): UsageRecord[] {
@@ -17,18 +15,12 @@ function watch(gw: RealGateway): UsageRecord[] {
   return records;
 }
 
-async function until<T>(what: string, get: () => T | undefined, ms = 15_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = get();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
-    await sleep(20);
-  }
-}
-
 async function post(gw: RealGateway, path: string, body: unknown): Promise<{ status: number; text: string }> {
-  const res = await fetch(`${gw.url}${path}`, { method: 'POST', headers: { ...AUTH_A, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const res = await fetch(`${gw.url}${path}`, {
+    method: 'POST',
+    headers: { ...AUTH_A, 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
   return { status: res.status, text: await res.text() };
 }
 
@@ -46,11 +38,14 @@ async function postOk(gw: RealGateway, path: string, body: unknown): Promise<{ s
 /** Sends a request and leaves: after the first body bytes (`afterMs` null) or after `afterMs`. */
 function leave(gw: RealGateway, path: string, body: unknown, afterMs: number | null): Promise<void> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port: gw.port, method: 'POST', path, headers: { ...AUTH_A, 'content-type': 'application/json' } }, (res) => {
-      res.once('data', () => {
-        if (afterMs === null) req.destroy();
-      });
-    });
+    const req = http.request(
+      { host: '127.0.0.1', port: gw.port, method: 'POST', path, headers: { ...AUTH_A, 'content-type': 'application/json' } },
+      (res) => {
+        res.once('data', () => {
+          if (afterMs === null) req.destroy();
+        });
+      },
+    );
     req.on('error', () => {});
     req.on('close', () => resolve());
     req.end(JSON.stringify(body));
@@ -60,13 +55,15 @@ function leave(gw: RealGateway, path: string, body: unknown, afterMs: number | n
 }
 
 /** The usage objects of an SSE body. */
-function sseUsages(text: string): { prompt_tokens: number; completion_tokens: number; prompt_tokens_details?: { cached_tokens?: number } }[] {
+function sseUsages(
+  text: string,
+): { prompt_tokens: number; completion_tokens: number; prompt_tokens_details?: { cached_tokens?: number } }[] {
   return text
     .split('\n\n')
     .map((e) => /^data: (\{.*\})$/m.exec(e)?.[1])
     .filter((d): d is string => d !== undefined)
     .map((d) => (JSON.parse(d) as { usage?: { prompt_tokens: number; completion_tokens: number } }).usage)
-    .filter((u) => u !== undefined && u !== null) as { prompt_tokens: number; completion_tokens: number }[];
+    .filter((u) => u !== undefined && u !== null);
 }
 
 // ~400 prompt tokens: long enough to matter, and the tiny model generates from it for seconds.
@@ -79,7 +76,8 @@ if (!skipTier(t)) {
     // Finished answers: the gateway learns llama-server's speed from their `timings`.
     // (The first after start is slow: a second one makes the speed more like the steady one.)
     let seeded = 0;
-    for (const first of ['y', 'w']) seeded += (await postOk(gw, '/v1/completions', { model: 'gpt-oss-20b', prompt: `${first} ${LONG}`, max_tokens: 16 })).tries;
+    for (const first of ['y', 'w'])
+      seeded += (await postOk(gw, '/v1/completions', { model: 'gpt-oss-20b', prompt: `${first} ${LONG}`, max_tokens: 16 })).tries;
 
     const chat = { model: 'gpt-oss-20b', messages: [{ role: 'user', content: LONG }], max_tokens: 32, stream: true };
     const completions = { model: 'gpt-oss-20b', prompt: LONG, max_tokens: 3000, stream: true };
@@ -87,17 +85,51 @@ if (!skipTier(t)) {
     await leave(gw, '/v1/chat/completions', chat, null);
     await leave(gw, '/v1/completions', completions, null);
     await leave(gw, '/v1/completions', nonStream, 600);
-    const [c, s, n] = await until('three completed records', () => (records.length >= seeded + 3 ? records.slice(seeded, seeded + 3) : undefined));
+    const [c, s, n] = await until(
+      'three completed records',
+      () => (records.length >= seeded + 3 ? records.slice(seeded, seeded + 3) : undefined),
+      15_000,
+      20,
+    );
 
     const chatCount = await countTokens(gw.llama, '/v1/chat/completions/input_tokens', chat);
     const promptCount = await countTokens(gw.llama, '/tokenize', { content: LONG, add_special: true });
     t.ok(promptCount > 400, `the prompt is ${promptCount} tokens`);
-    t.match(c, { route: '/v1/chat/completions', outcome: 'client_closed', streamed: true, promptTokens: chatCount, estimated: true }, `aborted chat stream: ${chatCount} prompt tokens, as llama-server counts`);
-    t.match(s, { route: '/v1/completions', outcome: 'client_closed', streamed: true, promptTokens: promptCount, estimated: true, estimate: { prompt: 'counted', completion: 'relayed' } }, 'aborted completions stream');
+    t.match(
+      c,
+      { route: '/v1/chat/completions', outcome: 'client_closed', streamed: true, promptTokens: chatCount, estimated: true },
+      `aborted chat stream: ${chatCount} prompt tokens, as llama-server counts`,
+    );
+    t.match(
+      s,
+      {
+        route: '/v1/completions',
+        outcome: 'client_closed',
+        streamed: true,
+        promptTokens: promptCount,
+        estimated: true,
+        estimate: { prompt: 'counted', completion: 'relayed' },
+      },
+      'aborted completions stream',
+    );
     t.ok(s!.completionTokens! >= 1 && s!.completionTokens! < 3000, `relayed ${s!.completionTokens} completion tokens`);
-    t.match(n, { route: '/v1/completions', outcome: 'client_closed', streamed: false, promptTokens: promptCount, estimated: true, estimate: { prompt: 'counted', completion: 'timed' } }, 'aborted stream:false: the prompt, exactly');
+    t.match(
+      n,
+      {
+        route: '/v1/completions',
+        outcome: 'client_closed',
+        streamed: false,
+        promptTokens: promptCount,
+        estimated: true,
+        estimate: { prompt: 'counted', completion: 'timed' },
+      },
+      'aborted stream:false: the prompt, exactly',
+    );
     // The timed estimate is an estimate: on a busy machine the prompt alone can take the ~600 ms, so 0 is honest.
-    t.ok(typeof n!.completionTokens === 'number' && n!.completionTokens >= 0 && n!.completionTokens <= 3000, `stream:false: ${n!.completionTokens} completion tokens estimated from ~600 ms at llama-server's speed`);
+    t.ok(
+      typeof n!.completionTokens === 'number' && n!.completionTokens >= 0 && n!.completionTokens <= 3000,
+      `stream:false: ${n!.completionTokens} completion tokens estimated from ~600 ms at llama-server's speed`,
+    );
     t.equal(records.length, seeded + 3, 'each record once');
   });
 
@@ -111,16 +143,26 @@ if (!skipTier(t)) {
     const usages = sseUsages(streamed.text);
     t.equal(usages.length, 3, 'llama-server sent one usage per prompt');
     const sum = (f: (u: (typeof usages)[number]) => number): number => usages.reduce((a, u) => a + f(u), 0);
-    const r = await until('the record', () => records[streamed.tries - 1]);
-    t.match(r, { outcome: 'ok', estimated: false, promptTokens: sum((u) => u.prompt_tokens), completionTokens: sum((u) => u.completion_tokens), cachedTokens: sum((u) => u.prompt_tokens_details?.cached_tokens ?? 0) });
+    const r = await until('the record', () => records[streamed.tries - 1], 15_000, 20);
+    t.match(r, {
+      outcome: 'ok',
+      estimated: false,
+      promptTokens: sum((u) => u.prompt_tokens),
+      completionTokens: sum((u) => u.completion_tokens),
+      cachedTokens: sum((u) => u.prompt_tokens_details?.cached_tokens ?? 0),
+    });
 
     const plain = await postOk(gw, '/v1/completions', { model: 'gpt-oss-20b', prompt: prompts, max_tokens: 5 });
     t.equal(plain.status, 200);
     t.equal((JSON.parse(plain.text) as { choices: unknown[] }).choices.length, 3);
     let exact = 0;
     for (const p of prompts) exact += await countTokens(gw.llama, '/tokenize', { content: p, add_special: true });
-    const r2 = await until('the second record', () => records[streamed.tries + plain.tries - 1]);
-    t.match(r2, { outcome: 'ok', estimated: true, promptTokens: exact, estimate: { prompt: 'counted', completion: 'retokenized' } }, `every prompt: ${exact} tokens`);
+    const r2 = await until('the second record', () => records[streamed.tries + plain.tries - 1], 15_000, 20);
+    t.match(
+      r2,
+      { outcome: 'ok', estimated: true, promptTokens: exact, estimate: { prompt: 'counted', completion: 'retokenized' } },
+      `every prompt: ${exact} tokens`,
+    );
     const finishes = (JSON.parse(plain.text) as { choices: { finish_reason: string }[] }).choices.map((c) => c.finish_reason);
     if (finishes.every((f) => f === 'length')) t.equal(r2.completionTokens, 15, 'every choice stopped at max_tokens: 3 × 5');
     else t.ok(r2.completionTokens! >= 3 && r2.completionTokens! <= 20, `choices ${finishes.join(', ')}: ${r2.completionTokens} tokens`);
@@ -134,15 +176,30 @@ if (!skipTier(t)) {
     let text = '';
     let seed = 0;
     for (seed = 1; seed <= 8; seed++) {
-      const res = await post(gw, '/v1/chat/completions', { model: 'gpt-oss-20b', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 400, stream: true, seed });
+      const res = await post(gw, '/v1/chat/completions', {
+        model: 'gpt-oss-20b',
+        messages: [{ role: 'user', content: 'Hello' }],
+        max_tokens: 400,
+        stream: true,
+        seed,
+      });
       t.equal(res.status, 200);
       text = res.text;
       if (/data: \{"error":/.test(text)) break;
     }
     t.match(text, /data: \{"error":\{"code":500/, `seed ${seed}: the stream ended in llama-server's error event`);
-    const r = await until('its record', () => (records.length >= seed ? records[seed - 1] : undefined));
-    const chatCount = await countTokens(gw.llama, '/v1/chat/completions/input_tokens', { model: 'gpt-oss-20b', messages: [{ role: 'user', content: 'Hello' }] });
-    t.match(r, { status: 200, outcome: 'upstream_error', estimated: true, promptTokens: chatCount, estimate: { prompt: 'counted', completion: 'relayed' } });
+    const r = await until('its record', () => (records.length >= seed ? records[seed - 1] : undefined), 15_000, 20);
+    const chatCount = await countTokens(gw.llama, '/v1/chat/completions/input_tokens', {
+      model: 'gpt-oss-20b',
+      messages: [{ role: 'user', content: 'Hello' }],
+    });
+    t.match(r, {
+      status: 200,
+      outcome: 'upstream_error',
+      estimated: true,
+      promptTokens: chatCount,
+      estimate: { prompt: 'counted', completion: 'relayed' },
+    });
     t.ok(r.completionTokens! > 0, `${r.completionTokens} relayed tokens`);
   });
 
@@ -150,10 +207,18 @@ if (!skipTier(t)) {
     const gw = await startRealGateway(t, {}, { usageFlushMs: 50 });
     const records = watch(gw);
     const cases: [string, unknown, (u: Record<string, number>) => [number, number | null]][] = [
-      ['/v1/chat/completions', { model: 'gpt-oss-20b', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 4 }, (u) => [u.prompt_tokens!, u.completion_tokens!]],
+      [
+        '/v1/chat/completions',
+        { model: 'gpt-oss-20b', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 4 },
+        (u) => [u.prompt_tokens!, u.completion_tokens!],
+      ],
       ['/v1/completions', { model: 'gpt-oss-20b', prompt: 'x', max_tokens: 4 }, (u) => [u.prompt_tokens!, u.completion_tokens!]],
       ['/v1/embeddings', { model: 'gpt-oss-20b', input: ['hello world', 'abc def'] }, (u) => [u.prompt_tokens!, null]],
-      ['/v1/messages', { model: 'gpt-oss-20b', max_tokens: 4, messages: [{ role: 'user', content: 'Hi' }] }, (u) => [u.input_tokens! + (u.cache_read_input_tokens ?? 0), u.output_tokens!]],
+      [
+        '/v1/messages',
+        { model: 'gpt-oss-20b', max_tokens: 4, messages: [{ role: 'user', content: 'Hi' }] },
+        (u) => [u.input_tokens! + (u.cache_read_input_tokens ?? 0), u.output_tokens!],
+      ],
       ['/v1/responses', { model: 'gpt-oss-20b', input: 'Hi', max_output_tokens: 4 }, (u) => [u.input_tokens!, u.output_tokens!]],
     ];
     for (const [i, [path, body, numbers]] of cases.entries()) {
@@ -161,13 +226,27 @@ if (!skipTier(t)) {
       t.equal(res.status, 200, path);
       const usage = (JSON.parse(res.text) as { usage: Record<string, number> }).usage;
       const [prompt, completion] = numbers(usage);
-      const r = await until(`${path} record`, () => records[i]);
-      t.match(r, { route: path, outcome: 'ok', estimated: false, promptTokens: prompt, completionTokens: completion }, `${path}: ${JSON.stringify(usage)}`);
+      const r = await until(`${path} record`, () => records[i], 15_000, 20);
+      t.match(
+        r,
+        { route: path, outcome: 'ok', estimated: false, promptTokens: prompt, completionTokens: completion },
+        `${path}: ${JSON.stringify(usage)}`,
+      );
     }
     // The same, streamed (chat: the gateway asks for usage and hides it from this client).
-    const streamed = await post(gw, '/v1/chat/completions', { model: 'gpt-oss-20b', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 4, stream: true });
+    const streamed = await post(gw, '/v1/chat/completions', {
+      model: 'gpt-oss-20b',
+      messages: [{ role: 'user', content: 'Hello' }],
+      max_tokens: 4,
+      stream: true,
+    });
     t.notMatch(streamed.text, '"usage"');
-    const r = await until('streamed chat record', () => records[cases.length]);
-    t.match(r, { outcome: 'ok', estimated: false, promptTokens: await countTokens(gw.llama, '/v1/chat/completions/input_tokens', { messages: [{ role: 'user', content: 'Hello' }] }), completionTokens: 4 });
+    const r = await until('streamed chat record', () => records[cases.length], 15_000, 20);
+    t.match(r, {
+      outcome: 'ok',
+      estimated: false,
+      promptTokens: await countTokens(gw.llama, '/v1/chat/completions/input_tokens', { messages: [{ role: 'user', content: 'Hello' }] }),
+      completionTokens: 4,
+    });
   });
 }

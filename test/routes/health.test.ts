@@ -1,23 +1,13 @@
 // Health and the upstream key: /healthz is the gateway alone, /health is llama-server's readiness
 // (200 / its own 503 while loading / our 502 when it is down), both public; LLM_UPSTREAM_API_KEY
 // is what upstream sees as Authorization, and without it llama-server's own 401 passes through.
-import net from 'node:net';
 import t from 'tap';
 import { recordings } from '../fixtures/fake-llama.js';
-import { AUTH_A, KEY_A, chatBody, recordedBody, request, startGateway, withoutUsageChunk } from '../helpers.js';
+import { AUTH_A, KEY_A, chatBody, freePort, recordedBody, request, startGateway, withoutUsageChunk } from '../helpers.js';
 
 const JSON_TYPE = 'application/json; charset=utf-8';
 const OK = '{"status":"ok"}';
 const UPSTREAM_KEY = 'llama-upstream-secret-0123456789';
-
-/** A port nothing listens on: listen on 0, note the port, close. */
-async function closedPort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 t.test('GET /healthz: 200 {"status":"ok"}, no key, never calls upstream', async (t) => {
   const gw = await startGateway(t);
@@ -32,7 +22,7 @@ t.test('GET /healthz: 200 {"status":"ok"}, no key, never calls upstream', async 
 });
 
 t.test('GET /healthz answers even when upstream is down or loading', async (t) => {
-  const down = await startGateway(t, { upstream: `http://127.0.0.1:${await closedPort()}` });
+  const down = await startGateway(t, { upstream: `http://127.0.0.1:${await freePort()}` });
   const res = await request(down.port, { path: '/healthz' });
   t.equal(res.status, 200);
   t.equal(res.text, OK);
@@ -87,7 +77,7 @@ t.test('GET /health while llama-server loads: 503 with its recorded body', async
 });
 
 t.test('GET /health, upstream down: 502 upstream_error in OpenAI shape', async (t) => {
-  const gw = await startGateway(t, { upstream: `http://127.0.0.1:${await closedPort()}` });
+  const gw = await startGateway(t, { upstream: `http://127.0.0.1:${await freePort()}` });
   const res = await request(gw.port, { path: '/health' });
   t.equal(res.status, 502);
   t.equal(res.headers['content-type'], JSON_TYPE);
@@ -126,7 +116,11 @@ t.test('upstreamApiKey: proxied requests reach upstream as Bearer <upstreamApiKe
   const chat = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
   t.equal(chat.status, 200);
   t.equal(chat.text, recordedBody(recordings['chat-nonstream']!.chunks));
-  const stream = await request(gw.port, { path: '/v1/chat/completions', headers: { 'x-api-key': KEY_A }, body: chatBody({ stream: true }) });
+  const stream = await request(gw.port, {
+    path: '/v1/chat/completions',
+    headers: { 'x-api-key': KEY_A },
+    body: chatBody({ stream: true }),
+  });
   t.equal(stream.status, 200);
   t.equal(stream.text, withoutUsageChunk(recordedBody(recordings['chat-stream-include-usage']!.chunks)));
   const models = await request(gw.port, { path: '/v1/models', headers: AUTH_A });

@@ -52,7 +52,9 @@ t.test('GET /v1/models/:id answers from the model list', async (t) => {
   t.equal(model.owned_by, 'llamacpp');
   const missing = await request(gw.port, { path: '/v1/models/gpt-5', headers: AUTH_A });
   t.equal(missing.status, 404);
-  t.same(JSON.parse(missing.text), { error: { message: "The model 'gpt-5' does not exist", type: 'invalid_request_error', param: 'model', code: 'model_not_found' } });
+  t.same(JSON.parse(missing.text), {
+    error: { message: "The model 'gpt-5' does not exist", type: 'invalid_request_error', param: 'model', code: 'model_not_found' },
+  });
   t.same(
     gw.fake.requests.map((r) => r.url),
     ['/v1/models', '/v1/models'],
@@ -132,14 +134,23 @@ t.test('operator routes and path tricks → gateway 404, upstream untouched (wit
 t.test('path tricks on a raw socket (no client-side normalisation)', async (t) => {
   const gw = await startGateway(t);
   for (const target of ['/v1/../slots', '/v1/./../props', 'http://127.0.0.1/slots', '*']) {
-    const answer = await rawExchange(gw.port, `GET ${target} HTTP/1.1\r\nHost: x\r\nAuthorization: ${AUTH_A.authorization}\r\nConnection: close\r\n\r\n`);
+    const answer = await rawExchange(
+      gw.port,
+      `GET ${target} HTTP/1.1\r\nHost: x\r\nAuthorization: ${AUTH_A.authorization}\r\nConnection: close\r\n\r\n`,
+    );
     t.match(answer, /^HTTP\/1\.1 (400|404) /, `GET ${target} is refused`);
   }
   t.equal(gw.fake.requests.length, 0);
   // Percent-encoded letters decode to the allowed route; upstream still gets only its canonical path.
-  const encoded = await rawExchange(gw.port, `GET /%76%31/models HTTP/1.1\r\nHost: x\r\nAuthorization: ${AUTH_A.authorization}\r\nConnection: close\r\n\r\n`);
+  const encoded = await rawExchange(
+    gw.port,
+    `GET /%76%31/models HTTP/1.1\r\nHost: x\r\nAuthorization: ${AUTH_A.authorization}\r\nConnection: close\r\n\r\n`,
+  );
   t.match(encoded, /^HTTP\/1\.1 200 /);
-  t.same(gw.fake.requests.map((r) => r.url), ['/v1/models']);
+  t.same(
+    gw.fake.requests.map((r) => r.url),
+    ['/v1/models'],
+  );
 });
 
 t.test('bodies are forwarded byte for byte, whatever their spacing, order or Content-Type', async (t) => {
@@ -158,9 +169,17 @@ t.test('bodies are forwarded byte for byte, whatever their spacing, order or Con
     t.equal(gw.fake.requests[before]?.headers['content-length'], String(Buffer.byteLength(body)));
   }
   // curl -d sends application/x-www-form-urlencoded; llama-server reads JSON anyway, so do we.
-  const form = await request(gw.port, { path: '/v1/chat/completions', headers: { ...AUTH_A, 'content-type': 'application/x-www-form-urlencoded' }, body: chatBody() });
+  const form = await request(gw.port, {
+    path: '/v1/chat/completions',
+    headers: { ...AUTH_A, 'content-type': 'application/x-www-form-urlencoded' },
+    body: chatBody(),
+  });
   t.equal(form.status, 200);
-  const none = await request(gw.port, { path: '/v1/chat/completions', headers: { ...AUTH_A, 'transfer-encoding': 'chunked' }, body: chatBody() });
+  const none = await request(gw.port, {
+    path: '/v1/chat/completions',
+    headers: { ...AUTH_A, 'transfer-encoding': 'chunked' },
+    body: chatBody(),
+  });
   t.equal(none.status, 200, 'no Content-Type and a chunked body');
 });
 

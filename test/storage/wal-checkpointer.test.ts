@@ -5,15 +5,8 @@ import { Worker } from 'node:worker_threads';
 import t from 'tap';
 import { KeyRegistry } from '../../src/keys/key-registry.js';
 import { UsageStore } from '../../src/usage/store.js';
-import type { UsageRecord } from '../../src/usage/exchange.js';
 import { WalCheckpointer, type CheckpointResult } from '../../src/storage/wal-checkpointer.js';
-import { KEY_A, sleep, startGateway, tempStore, within } from '../helpers.js';
-
-const record = (i: number): UsageRecord => ({
-  ts: Date.now(), requestId: `req-${i}`, keyId: 'env-1', keyName: 'env-1', route: '/v1/chat/completions', model: 'm', status: 200,
-  streamed: false, promptTokens: 1, cachedTokens: null, completionTokens: 2, estimated: false, ttftMs: null, durationMs: 1,
-  bytesIn: 10, bytesOut: 20, clientIp: '127.0.0.1', userAgent: null, outcome: 'ok',
-});
+import { KEY_A, sleep, startGateway, tempStore, until, usageRecord, within } from '../helpers.js';
 
 function nextCheckpoint(c: WalCheckpointer, matching: (r: CheckpointResult) => boolean): Promise<CheckpointResult> {
   return new Promise((resolve) => c.onCheckpoint((r) => matching(r) && resolve(r)));
@@ -29,18 +22,29 @@ t.test('the connection stops auto-checkpointing; the worker copies the log back 
 
   const store = new UsageStore(keys.db);
   // Over 1,000 pages of log: the point where the connection used to checkpoint by itself.
-  for (let b = 0; b < 30; b++) store.insert(Array.from({ length: 1000 }, (_, i) => record(b * 1000 + i)));
+  for (let b = 0; b < 30; b++) store.insert(Array.from({ length: 1000 }, (_, i) => usageRecord(b * 1000 + i)));
   const wal = `${keys.path}-wal`;
   t.ok(statSync(wal).size > 1000 * 4096, 'the log grew past the auto-checkpoint size without a checkpoint');
-  const done = await within(nextCheckpoint(checkpointer, (r) => r.log > 1000), 5000, 'a checkpoint of the big log');
+  const done = await within(
+    nextCheckpoint(checkpointer, (r) => r.log > 1000),
+    5000,
+    'a checkpoint of the big log',
+  );
   t.equal(done.checkpointed, done.log, 'every frame copied back (nothing else was reading)');
 
   // Once a checkpoint has caught up with the writes (the worker runs while this thread writes),
   // the next write starts the log from the beginning again: it stays small.
   let restarted = false;
   for (let i = 0; i < 50 && !restarted; i++) {
-    store.insert([record(-i)]);
-    restarted = (await within(nextCheckpoint(checkpointer, () => true), 5000, 'a checkpoint')).log < 10;
+    store.insert([usageRecord(-i)]);
+    restarted =
+      (
+        await within(
+          nextCheckpoint(checkpointer, () => true),
+          5000,
+          'a checkpoint',
+        )
+      ).log < 10;
   }
   t.ok(restarted, 'the log restarted from the beginning');
   t.ok((keys.db.prepare('SELECT count(*) AS n FROM usage').get() as { n: number }).n > 30_000, 'every record is there');
@@ -51,25 +55,33 @@ t.test('stop() checkpoints once more and ends the worker; a dead worker hands ch
   const checkpointer = new WalCheckpointer(keys.db, keys.path, { everyMs: 60_000 });
   const results: CheckpointResult[] = [];
   checkpointer.onCheckpoint((r) => results.push(r));
-  new UsageStore(keys.db).insert([record(1), record(2)]);
+  new UsageStore(keys.db).insert([usageRecord(1), usageRecord(2)]);
   await within(checkpointer.stop(), 5000, 'stop');
   t.equal(results.length, 1, 'one last checkpoint at stop');
   t.ok(results[0]!.log > 0 && results[0]!.checkpointed === results[0]!.log);
   await checkpointer.stop(); // twice is fine
-  t.equal(keys.db.pragma('wal_autocheckpoint', { simple: true }), 0, 'a stopped checkpointer leaves the setting (the connection closes next)');
+  t.equal(
+    keys.db.pragma('wal_autocheckpoint', { simple: true }),
+    0,
+    'a stopped checkpointer leaves the setting (the connection closes next)',
+  );
 
   const other = tempStore(t);
   const warnings: string[] = [];
   // A path the worker cannot open (fileMustExist): it fails at once.
   const broken = new WalCheckpointer(other.db, `${other.path}.missing`, { log: { warn: (_o, msg) => warnings.push(msg) } });
-  for (let i = 0; i < 100 && other.db.pragma('wal_autocheckpoint', { simple: true }) === 0; i++) await new Promise((r) => setTimeout(r, 50));
+  for (let i = 0; i < 100 && other.db.pragma('wal_autocheckpoint', { simple: true }) === 0; i++)
+    await new Promise((r) => setTimeout(r, 50));
   await broken.stop();
   t.equal(other.db.pragma('wal_autocheckpoint', { simple: true }), 1000, 'the connection checkpoints by itself again');
   t.match(warnings, [/checkpoint worker failed/]);
 });
 
 /** A worker factory whose first `failures` calls throw, as `new Worker` does when the process is out of file descriptors. */
-function failingFirst(failures: number): { calls: () => number; startWorker: (source: string, options: ConstructorParameters<typeof Worker>[1]) => Worker } {
+function failingFirst(failures: number): {
+  calls: () => number;
+  startWorker: (source: string, options: ConstructorParameters<typeof Worker>[1]) => Worker;
+} {
   let calls = 0;
   return {
     calls: () => calls,
@@ -79,14 +91,6 @@ function failingFirst(failures: number): { calls: () => number; startWorker: (so
       return new Worker(source, options);
     },
   };
-}
-
-async function until(what: string, check: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
-    await sleep(5);
-  }
 }
 
 t.test('a worker that fails to start is retried with backoff, logged each time; then it takes over again', async (t) => {
@@ -111,9 +115,24 @@ t.test('a worker that fails to start is retried with backoff, logged each time; 
   t.same(
     warnings.map((w) => [w.msg, w.obj.attempt, w.obj.retryInMs, (w.obj.err as { message: string }).message]),
     [
-      ['WAL checkpoint worker failed; the database connection checkpoints itself until a new worker runs', 1, 30, 'EMFILE: too many open files'],
-      ['WAL checkpoint worker failed; the database connection checkpoints itself until a new worker runs', 2, 60, 'EMFILE: too many open files'],
-      ['WAL checkpoint worker failed; the database connection checkpoints itself until a new worker runs', 3, 70, 'EMFILE: too many open files'],
+      [
+        'WAL checkpoint worker failed; the database connection checkpoints itself until a new worker runs',
+        1,
+        30,
+        'EMFILE: too many open files',
+      ],
+      [
+        'WAL checkpoint worker failed; the database connection checkpoints itself until a new worker runs',
+        2,
+        60,
+        'EMFILE: too many open files',
+      ],
+      [
+        'WAL checkpoint worker failed; the database connection checkpoints itself until a new worker runs',
+        3,
+        70,
+        'EMFILE: too many open files',
+      ],
     ],
     'each failure logged with its attempt and the next delay (doubling, capped)',
   );
@@ -121,7 +140,7 @@ t.test('a worker that fails to start is retried with backoff, logged each time; 
   // Checkpoints resume: records written now are copied back by the new worker.
   const store = new UsageStore(keys.db);
   const next = nextCheckpoint(checkpointer, (r) => r.log > 0);
-  store.insert(Array.from({ length: 100 }, (_, i) => record(i)));
+  store.insert(Array.from({ length: 100 }, (_, i) => usageRecord(i)));
   const done = await within(next, 5000, 'a checkpoint by the new worker');
   t.equal(done.checkpointed, done.log, 'every frame copied back');
   t.match(infos, ['WAL checkpoint worker running again after 3 failed starts']);
@@ -132,17 +151,26 @@ t.test('a path the worker cannot open yet: retried until it can, then checkpoint
   const autoPages = (): number => keys.db.pragma('wal_autocheckpoint', { simple: true }) as number;
   const later = `${keys.path}.later`; // fileMustExist: the worker fails until this link exists
   const warnings: number[] = [];
-  const checkpointer = new WalCheckpointer(keys.db, later, { everyMs: 20, retryMs: 30, maxRetryMs: 60, log: { warn: (o) => warnings.push((o as { attempt: number }).attempt) } });
+  const checkpointer = new WalCheckpointer(keys.db, later, {
+    everyMs: 20,
+    retryMs: 30,
+    maxRetryMs: 60,
+    log: { warn: (o) => warnings.push((o as { attempt: number }).attempt) },
+  });
   t.teardown(() => checkpointer.stop());
   await until('two failed starts', () => warnings.length >= 2);
   t.equal(autoPages(), 1000, 'meanwhile the connection checkpoints itself');
   symlinkSync(keys.path, later);
   await until('the worker takes over', () => autoPages() === 0);
   const next = nextCheckpoint(checkpointer, (r) => r.log > 0);
-  new UsageStore(keys.db).insert([record(1)]);
+  new UsageStore(keys.db).insert([usageRecord(1)]);
   const done = await within(next, 5000, 'a checkpoint');
   t.equal(done.checkpointed, done.log);
-  t.same(warnings, warnings.map((_, i) => i + 1), 'attempts counted 1, 2, …');
+  t.same(
+    warnings,
+    warnings.map((_, i) => i + 1),
+    'attempts counted 1, 2, …',
+  );
 });
 
 t.test('stop() during a backoff: no timer left, no new worker', async (t) => {

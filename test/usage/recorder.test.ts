@@ -4,28 +4,21 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import t from 'tap';
 import { FLUSH_AT, UsageRecorder } from '../../src/usage/recorder.js';
 import { UsageStore } from '../../src/usage/store.js';
-import type { UsageRecord } from '../../src/usage/exchange.js';
-import { tempStore } from '../helpers.js';
-
-const record = (i: number): UsageRecord => ({
-  ts: Date.now(), requestId: `req-${i}`, keyId: 'env-1', keyName: 'env-1', route: '/v1/chat/completions', model: 'm', status: 200,
-  streamed: false, promptTokens: 1, cachedTokens: null, completionTokens: 2, estimated: false, ttftMs: null, durationMs: 1,
-  bytesIn: 10, bytesOut: 20, clientIp: '127.0.0.1', userAgent: null, outcome: 'ok',
-});
+import { tempStore, usageRecord } from '../helpers.js';
 
 t.test(`a batch of ${FLUSH_AT} records is written at once, the rest on the timer or at close`, async (t) => {
   const keys = tempStore(t);
   const rows = (): number => (keys.db.prepare('SELECT count(*) AS n FROM usage').get() as { n: number }).n;
   const recorder = new UsageRecorder({ store: new UsageStore(keys.db) });
   recorder.start(undefined, 60_000); // the timer will not fire during the test
-  for (let i = 1; i < FLUSH_AT; i++) recorder.record(record(i));
+  for (let i = 1; i < FLUSH_AT; i++) recorder.record(usageRecord(i));
   await nextTurn();
   t.equal(rows(), 0, 'below the batch size: waiting for the timer');
-  recorder.record(record(FLUSH_AT));
+  recorder.record(usageRecord(FLUSH_AT));
   t.equal(rows(), 0, 'not on the request path itself');
   await nextTurn();
   t.equal(rows(), FLUSH_AT, 'written on the next turn');
-  for (let i = 1; i <= 5; i++) recorder.record(record(FLUSH_AT + i));
+  for (let i = 1; i <= 5; i++) recorder.record(usageRecord(FLUSH_AT + i));
   await nextTurn();
   t.equal(rows(), FLUSH_AT);
   await recorder.close();
@@ -38,7 +31,7 @@ t.test(`a backlog is written ${FLUSH_AT} records per turn, with the event loop f
   const recorder = new UsageRecorder({ store: new UsageStore(keys.db) });
   // Records arriving before start() (or while a write is behind) pile up: 3.5 slices' worth.
   const total = Math.floor(FLUSH_AT * 3.5);
-  for (let i = 1; i <= total; i++) recorder.record(record(i));
+  for (let i = 1; i <= total; i++) recorder.record(usageRecord(i));
   recorder.start(undefined, 60_000);
   void recorder.flush();
   t.equal(rows(), FLUSH_AT, 'one slice now');
@@ -57,7 +50,7 @@ t.test('close() writes a backlog of several slices completely', async (t) => {
   const rows = (): number => (keys.db.prepare('SELECT count(*) AS n FROM usage').get() as { n: number }).n;
   const recorder = new UsageRecorder({ store: new UsageStore(keys.db) });
   recorder.start(undefined, 60_000);
-  for (let i = 1; i <= FLUSH_AT * 4 + 7; i++) recorder.record(record(i));
+  for (let i = 1; i <= FLUSH_AT * 4 + 7; i++) recorder.record(usageRecord(i));
   await recorder.close();
   t.equal(rows(), FLUSH_AT * 4 + 7);
 });

@@ -13,9 +13,23 @@ import { AuditLog } from '../../src/usage/audit-log.js';
 import { KeyRegistry } from '../../src/keys/key-registry.js';
 import { KeyStore } from '../../src/keys/key-store.js';
 import { usageFilter } from '../../src/usage/period.js';
-import { withIncludeUsage, type UsageRecord } from '../../src/usage/exchange.js';
+import { withIncludeUsage } from '../../src/proxy/json-body.js';
+import type { UsageRecord } from '../../src/usage/exchange.js';
 import { recordings } from '../fixtures/fake-llama.js';
-import { AUTH_A, KEY_A, KEY_B, chatBody, recordedBody, request, sleep, startGateway, withoutUsageChunk, within, type Gateway } from '../helpers.js';
+import {
+  AUTH_A,
+  KEY_A,
+  KEY_B,
+  chatBody,
+  metricValue,
+  recordedBody,
+  request,
+  sleep,
+  startGateway,
+  within,
+  withoutUsageChunk,
+  type Gateway,
+} from '../helpers.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const CLI = join(ROOT, 'dist', 'cli', 'main.js');
@@ -49,7 +63,11 @@ interface Setup {
   rows(): Row[];
 }
 
-async function setup(t: Parameters<typeof startGateway>[0], overrides: Parameters<typeof startGateway>[1] = {}, behavior: Parameters<typeof startGateway>[2] = {}): Promise<Setup> {
+async function setup(
+  t: Parameters<typeof startGateway>[0],
+  overrides: Parameters<typeof startGateway>[1] = {},
+  behavior: Parameters<typeof startGateway>[2] = {},
+): Promise<Setup> {
   const dir = mkdtempSync(join(tmpdir(), 'gw-usage-'));
   const dbPath = join(dir, 'gateway.db');
   const store = KeyStore.open(dbPath);
@@ -68,15 +86,28 @@ async function closeAndRead(s: Setup): Promise<Row[]> {
   return s.rows();
 }
 
-const MESSAGES_BODY = (stream: boolean): string => JSON.stringify({ model: 'claude-local', max_tokens: 4, stream, messages: [{ role: 'user', content: 'Hi' }] });
+const MESSAGES_BODY = (stream: boolean): string =>
+  JSON.stringify({ model: 'claude-local', max_tokens: 4, stream, messages: [{ role: 'user', content: 'Hi' }] });
 
 // [what, path, body, expected tokens as in the recordings: prompt, cached, completion]
 const ROUTES: [string, string, string, [number | null, number | null, number | null], boolean][] = [
   ['chat', '/v1/chat/completions', chatBody(), [31, 10, 8], false],
   ['chat stream (client did not ask for usage)', '/v1/chat/completions', chatBody({ stream: true }), [31, 30, 6], true],
-  ['chat stream with include_usage', '/v1/chat/completions', chatBody({ stream: true, stream_options: { include_usage: true } }), [31, 30, 6], true],
+  [
+    'chat stream with include_usage',
+    '/v1/chat/completions',
+    chatBody({ stream: true, stream_options: { include_usage: true } }),
+    [31, 30, 6],
+    true,
+  ],
   ['completions', '/v1/completions', JSON.stringify({ model: 'gpt-oss-20b', prompt: 'Hi', max_tokens: 5 }), [2, 1, 5], false],
-  ['completions stream', '/v1/completions', JSON.stringify({ model: 'gpt-oss-20b', prompt: 'Hi', max_tokens: 4, stream: true }), [2, 1, 4], true],
+  [
+    'completions stream',
+    '/v1/completions',
+    JSON.stringify({ model: 'gpt-oss-20b', prompt: 'Hi', max_tokens: 4, stream: true }),
+    [2, 1, 4],
+    true,
+  ],
   ['embeddings', '/v1/embeddings', JSON.stringify({ model: 'gpt-oss-20b', input: ['a', 'b'] }), [4, null, null], false],
   ['rerank', '/v1/rerank', JSON.stringify({ model: 'gpt-oss-20b', query: 'q', documents: ['a', 'b'] }), [12, null, null], false],
   ['messages', '/v1/messages', MESSAGES_BODY(false), [29, 1, 4], false],
@@ -97,7 +128,20 @@ t.test("every route, streamed and not: recorded tokens are llama-server's number
     const r = rows[i]!;
     t.match(
       r,
-      { key_id: 'env-1', key_name: 'env-1', route: path, status: 200, streamed: streamed ? 1 : 0, prompt_tokens: prompt, cached_tokens: cached, completion_tokens: completion, estimated: 0, outcome: 'ok', client_ip: '127.0.0.1', user_agent: 'usage-test/1.0' },
+      {
+        key_id: 'env-1',
+        key_name: 'env-1',
+        route: path,
+        status: 200,
+        streamed: streamed ? 1 : 0,
+        prompt_tokens: prompt,
+        cached_tokens: cached,
+        completion_tokens: completion,
+        estimated: 0,
+        outcome: 'ok',
+        client_ip: '127.0.0.1',
+        user_agent: 'usage-test/1.0',
+      },
       what,
     );
     t.equal(r.model, (JSON.parse(body) as { model: string }).model, `${what}: model`);
@@ -116,7 +160,11 @@ t.test("every route, streamed and not: recorded tokens are llama-server's number
 t.test("the client's stream is byte-identical to what it asked for", async (t) => {
   const s = await setup(t);
   const withUsage = recordedBody(recordings['chat-stream-include-usage']!.chunks);
-  const asked = await request(s.gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true, stream_options: { include_usage: true } }) });
+  const asked = await request(s.gw.port, {
+    path: '/v1/chat/completions',
+    headers: AUTH_A,
+    body: chatBody({ stream: true, stream_options: { include_usage: true } }),
+  });
   t.equal(asked.text, withUsage, 'with include_usage: every byte llama-server sent');
   const notAsked = await request(s.gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true }) });
   t.equal(notAsked.text, withoutUsageChunk(withUsage), 'without: the same minus the usage-only chunk');
@@ -130,41 +178,61 @@ t.test("the client's stream is byte-identical to what it asked for", async (t) =
 t.test('include_usage is spliced in, keeping the rest of the body', async (t) => {
   const raw = Buffer.from('{ "model": "m",\n "stream": true ,"messages":[{"role":"user","content":"é}"}] }\n');
   const out = withIncludeUsage(raw, JSON.parse(raw.toString()) as Record<string, unknown>);
-  t.equal(out.toString(), '{ "model": "m",\n "stream": true ,"messages":[{"role":"user","content":"é}"}] ,"stream_options":{"include_usage":true}}\n');
-  t.same(JSON.parse(out.toString()), { model: 'm', stream: true, messages: [{ role: 'user', content: 'é}' }], stream_options: { include_usage: true } });
-  const other = withIncludeUsage(Buffer.from('{"stream":true,"stream_options":{"include_usage":false,"x":1}}'), { stream: true, stream_options: { include_usage: false, x: 1 } });
+  t.equal(
+    out.toString(),
+    '{ "model": "m",\n "stream": true ,"messages":[{"role":"user","content":"é}"}] ,"stream_options":{"include_usage":true}}\n',
+  );
+  t.same(JSON.parse(out.toString()), {
+    model: 'm',
+    stream: true,
+    messages: [{ role: 'user', content: 'é}' }],
+    stream_options: { include_usage: true },
+  });
+  const other = withIncludeUsage(Buffer.from('{"stream":true,"stream_options":{"include_usage":false,"x":1}}'), {
+    stream: true,
+    stream_options: { include_usage: false, x: 1 },
+  });
   t.same(JSON.parse(other.toString()), { stream: true, stream_options: { include_usage: true, x: 1 } });
 });
 
-t.test('an abandoned stream: client_closed, prompt counted by llama-server, completion tokens from delivered chunks, upstream cancelled (regression #12)', async (t) => {
-  const s = await setup(t, {}, { chunkDelayMs: 60, extraContentChunks: 100 });
-  await new Promise<void>((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port: s.gw.port, method: 'POST', path: '/v1/chat/completions', headers: AUTH_A }, (res) => {
-      let events = 0;
-      res.on('data', (c: Buffer) => {
-        events += c.toString().split('data: ').length - 1;
-        if (events >= 5) {
-          req.destroy();
-          resolve();
-        }
-      });
+t.test(
+  'an abandoned stream: client_closed, prompt counted by llama-server, completion tokens from delivered chunks, upstream cancelled (regression #12)',
+  async (t) => {
+    const s = await setup(t, {}, { chunkDelayMs: 60, extraContentChunks: 100 });
+    await new Promise<void>((resolve, reject) => {
+      const req = http.request(
+        { host: '127.0.0.1', port: s.gw.port, method: 'POST', path: '/v1/chat/completions', headers: AUTH_A },
+        (res) => {
+          let events = 0;
+          res.on('data', (c: Buffer) => {
+            events += c.toString().split('data: ').length - 1;
+            if (events >= 5) {
+              req.destroy();
+              resolve();
+            }
+          });
+        },
+      );
+      req.on('error', () => {});
+      req.on('close', () => resolve());
+      req.end(chatBody({ stream: true }));
+      setTimeout(() => reject(new Error('no chunks')), 5000).unref();
     });
-    req.on('error', () => {});
-    req.on('close', () => resolve());
-    req.end(chatBody({ stream: true }));
-    setTimeout(() => reject(new Error('no chunks')), 5000).unref();
-  });
-  await within(s.gw.fake.requests[0]!.closed, 2000, 'upstream closed');
-  await sleep(50);
-  const rows = await closeAndRead(s);
-  t.equal(rows.length, 1);
-  const r = rows[0]!;
-  t.match(r, { outcome: 'client_closed', status: 200, streamed: 1, estimated: 1, prompt_tokens: 29 });
-  t.ok(r.completion_tokens !== null && r.completion_tokens >= 4 && r.completion_tokens < 50, `estimated ${r.completion_tokens} completion tokens from delivered chunks`);
-  const count = s.gw.fake.requests.find((q) => q.url === '/v1/chat/completions/input_tokens');
-  t.ok(count, "the prompt was counted with llama-server's own route");
-  t.equal(count?.body.toString(), chatBody({ stream: true }), "with the client's body");
-});
+    await within(s.gw.fake.requests[0]!.closed, 2000, 'upstream closed');
+    await sleep(50);
+    const rows = await closeAndRead(s);
+    t.equal(rows.length, 1);
+    const r = rows[0]!;
+    t.match(r, { outcome: 'client_closed', status: 200, streamed: 1, estimated: 1, prompt_tokens: 29 });
+    t.ok(
+      r.completion_tokens !== null && r.completion_tokens >= 4 && r.completion_tokens < 50,
+      `estimated ${r.completion_tokens} completion tokens from delivered chunks`,
+    );
+    const count = s.gw.fake.requests.find((q) => q.url === '/v1/chat/completions/input_tokens');
+    t.ok(count, "the prompt was counted with llama-server's own route");
+    t.equal(count?.body.toString(), chatBody({ stream: true }), "with the client's body");
+  },
+);
 
 t.test('a stream:false client that leaves before llama-server answers: billed its prompt (regression #12)', async (t) => {
   const s = await setup(t, {}, { headersDelayMs: Infinity, countDelayMs: 0 });
@@ -182,7 +250,10 @@ t.test('a stream:false client that leaves before llama-server answers: billed it
 function auditLines(s: Setup): Record<string, unknown>[] {
   const file = readdirSync(s.dir).find((f) => f.startsWith('audit-'));
   if (file === undefined) return [];
-  return readFileSync(join(s.dir, file), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  return readFileSync(join(s.dir, file), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
 }
 
 /** Sends `body` to `path` and destroys the request `afterMs` after llama-server received it. */
@@ -196,26 +267,33 @@ async function leaveAfter(s: Setup, path: string, body: string, afterMs: number,
   await within(upstream.closed, 2000, 'upstream closed');
 }
 
-t.test("a stream:false client that leaves mid-generation: completion tokens timed from llama-server's recent speed, capped by max_tokens (#12)", async (t) => {
-  const s = await setup(t, {}, { countDelayMs: 0 });
-  const records: UsageRecord[] = [];
-  s.gw.app.usage!.onRecord((r) => records.push(r));
-  // One finished answer tells the gateway llama-server's speed (its `timings`).
-  t.equal((await request(s.gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() })).status, 200);
-  s.gw.fake.behavior.headersDelayMs = Infinity;
-  await leaveAfter(s, '/v1/chat/completions', chatBody({ max_tokens: 8 }), 300, 1);
-  await leaveAfter(s, '/v1/chat/completions', chatBody({ max_tokens: 1_000_000 }), 300, 3);
-  const rows = await closeAndRead(s);
-  t.equal(rows.length, 3);
-  t.match(rows[1], { outcome: 'client_closed', streamed: 0, estimated: 1, prompt_tokens: 29, completion_tokens: 8 }, 'capped by max_tokens');
-  const timed = rows[2]!.completion_tokens!;
-  t.ok(timed > 8 && timed < 1_000_000, `timed: ${timed} tokens in ~300 ms at the recorded speed`);
-  t.match(auditLines(s)[1], { estimated: true, estimate: { prompt: 'counted', completion: 'timed' } });
-  t.equal(records.length, 3, 'each record emitted once');
-  t.match(records[1], { promptTokens: 29, completionTokens: 8, estimated: true }, 'listeners (limits, metrics) get the final numbers');
-});
+t.test(
+  "a stream:false client that leaves mid-generation: completion tokens timed from llama-server's recent speed, capped by max_tokens (#12)",
+  async (t) => {
+    const s = await setup(t, {}, { countDelayMs: 0 });
+    const records: UsageRecord[] = [];
+    s.gw.app.usage!.onRecord((r) => records.push(r));
+    // One finished answer tells the gateway llama-server's speed (its `timings`).
+    t.equal((await request(s.gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() })).status, 200);
+    s.gw.fake.behavior.headersDelayMs = Infinity;
+    await leaveAfter(s, '/v1/chat/completions', chatBody({ max_tokens: 8 }), 300, 1);
+    await leaveAfter(s, '/v1/chat/completions', chatBody({ max_tokens: 1_000_000 }), 300, 3);
+    const rows = await closeAndRead(s);
+    t.equal(rows.length, 3);
+    t.match(
+      rows[1],
+      { outcome: 'client_closed', streamed: 0, estimated: 1, prompt_tokens: 29, completion_tokens: 8 },
+      'capped by max_tokens',
+    );
+    const timed = rows[2]!.completion_tokens!;
+    t.ok(timed > 8 && timed < 1_000_000, `timed: ${timed} tokens in ~300 ms at the recorded speed`);
+    t.match(auditLines(s)[1], { estimated: true, estimate: { prompt: 'counted', completion: 'timed' } });
+    t.equal(records.length, 3, 'each record emitted once');
+    t.match(records[1], { promptTokens: 29, completionTokens: 8, estimated: true }, 'listeners (limits, metrics) get the final numbers');
+  },
+);
 
-t.test("an error event inside a 200 stream: upstream_error, the prompt counted, relayed tokens estimated (regression #12)", async (t) => {
+t.test('an error event inside a 200 stream: upstream_error, the prompt counted, relayed tokens estimated (regression #12)', async (t) => {
   const s = await setup(t, {}, { midStreamError: true });
   const chat = await request(s.gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true }) });
   t.equal(chat.status, 200);
@@ -224,9 +302,25 @@ t.test("an error event inside a 200 stream: upstream_error, the prompt counted, 
   t.match(messages.text, /event: error\ndata: \{"code":500/);
   const rows = await closeAndRead(s);
   t.match(rows, [
-    { route: '/v1/chat/completions', status: 200, streamed: 1, outcome: 'upstream_error', estimated: 1, prompt_tokens: 29, completion_tokens: (chat.text.match(/"delta":\{"/g) ?? []).length },
+    {
+      route: '/v1/chat/completions',
+      status: 200,
+      streamed: 1,
+      outcome: 'upstream_error',
+      estimated: 1,
+      prompt_tokens: 29,
+      completion_tokens: (chat.text.match(/"delta":\{"/g) ?? []).length,
+    },
     // Anthropic's message_start reported the prompt: kept; its output count never came.
-    { route: '/v1/messages', status: 200, streamed: 1, outcome: 'upstream_error', estimated: 1, prompt_tokens: 29, completion_tokens: (messages.text.match(/"type":"content_block_delta"/g) ?? []).length },
+    {
+      route: '/v1/messages',
+      status: 200,
+      streamed: 1,
+      outcome: 'upstream_error',
+      estimated: 1,
+      prompt_tokens: 29,
+      completion_tokens: (messages.text.match(/"type":"content_block_delta"/g) ?? []).length,
+    },
   ]);
   t.match(auditLines(s), [{ estimate: { prompt: 'counted', completion: 'relayed' } }, { estimate: { completion: 'relayed' } }]);
 });
@@ -235,9 +329,13 @@ const PROMPTS = ['one two', 'three four five', 'six'];
 // The fake's tokenizer: BOS + one token per word.
 const PROMPT_TOKENS = 3 + 4 + 2;
 
-t.test('a streamed prompt array: every prompt\'s usage is summed (regression #12)', async (t) => {
+t.test("a streamed prompt array: every prompt's usage is summed (regression #12)", async (t) => {
   const s = await setup(t);
-  const res = await request(s.gw.port, { path: '/v1/completions', headers: AUTH_A, body: JSON.stringify({ model: 'gpt-oss-20b', prompt: PROMPTS, max_tokens: 5, stream: true }) });
+  const res = await request(s.gw.port, {
+    path: '/v1/completions',
+    headers: AUTH_A,
+    body: JSON.stringify({ model: 'gpt-oss-20b', prompt: PROMPTS, max_tokens: 5, stream: true }),
+  });
   t.equal(res.status, 200);
   t.equal(res.text.match(/"usage"/g)?.length, 3, 'llama-server sent one usage per prompt, all passed on');
   const rows = await closeAndRead(s);
@@ -247,30 +345,66 @@ t.test('a streamed prompt array: every prompt\'s usage is summed (regression #12
 
 t.test('a non-streamed prompt array: every prompt counted, every choice counted, marked estimated (regression #12)', async (t) => {
   const s = await setup(t);
-  const res = await request(s.gw.port, { path: '/v1/completions', headers: AUTH_A, body: JSON.stringify({ model: 'gpt-oss-20b', prompt: PROMPTS, max_tokens: 5 }) });
+  const res = await request(s.gw.port, {
+    path: '/v1/completions',
+    headers: AUTH_A,
+    body: JSON.stringify({ model: 'gpt-oss-20b', prompt: PROMPTS, max_tokens: 5 }),
+  });
   t.equal(res.status, 200);
   const body = JSON.parse(res.text) as { choices: unknown[]; usage: { prompt_tokens: number } };
   t.equal(body.choices.length, 3);
   t.equal(body.usage.prompt_tokens, 3, "llama-server's usage is the first prompt's only");
   // Without max_tokens, a choice's "length" is not a known number: its text is counted.
-  t.equal((await request(s.gw.port, { path: '/v1/completions', headers: AUTH_A, body: JSON.stringify({ model: 'gpt-oss-20b', prompt: PROMPTS }) })).status, 200);
+  t.equal(
+    (
+      await request(s.gw.port, {
+        path: '/v1/completions',
+        headers: AUTH_A,
+        body: JSON.stringify({ model: 'gpt-oss-20b', prompt: PROMPTS }),
+      })
+    ).status,
+    200,
+  );
   const rows = await closeAndRead(s);
   t.match(rows, [
     { outcome: 'ok', streamed: 0, estimated: 1, prompt_tokens: PROMPT_TOKENS, completion_tokens: 15 },
     { outcome: 'ok', streamed: 0, estimated: 1, prompt_tokens: PROMPT_TOKENS, completion_tokens: 12 },
   ]);
-  t.match(auditLines(s), [{ estimate: { prompt: 'counted', completion: 'retokenized' } }, { estimate: { prompt: 'counted', completion: 'retokenized' } }]);
-  const calls = s.gw.fake.requests.filter((r) => r.url === '/tokenize').map((r) => r.body.toString()).sort();
+  t.match(auditLines(s), [
+    { estimate: { prompt: 'counted', completion: 'retokenized' } },
+    { estimate: { prompt: 'counted', completion: 'retokenized' } },
+  ]);
+  const calls = s.gw.fake.requests
+    .filter((r) => r.url === '/tokenize')
+    .map((r) => r.body.toString())
+    .sort();
   const perPrompt = PROMPTS.map((content) => ({ content, add_special: true }));
-  const expected = [...perPrompt, ...perPrompt, { content: [' tok tok tok tok', ' tok tok tok tok', ' tok tok tok tok'], add_special: false }].map((c) => JSON.stringify(c)).sort();
+  const expected = [
+    ...perPrompt,
+    ...perPrompt,
+    { content: [' tok tok tok tok', ' tok tok tok tok', ' tok tok tok tok'], add_special: false },
+  ]
+    .map((c) => JSON.stringify(c))
+    .sort();
   t.same(calls, expected, 'one /tokenize per prompt; choices that stopped at max_tokens are that many, the others counted');
 });
 
 t.test('messages: a tool call whose arguments hold "usage" is not the usage (regression #12)', async (t) => {
   const spoof = JSON.stringify({
-    id: 'msg_1', type: 'message', role: 'assistant',
-    content: [{ type: 'tool_use', id: 'toolu_1', name: 'bill', input: { usage: { input_tokens: 0, output_tokens: 0, cache_read_input_tokens: 0 } } }],
-    model: 'claude-local', stop_reason: 'tool_use', stop_sequence: null,
+    id: 'msg_1',
+    type: 'message',
+    role: 'assistant',
+    content: [
+      {
+        type: 'tool_use',
+        id: 'toolu_1',
+        name: 'bill',
+        input: { usage: { input_tokens: 0, output_tokens: 0, cache_read_input_tokens: 0 } },
+      },
+    ],
+    model: 'claude-local',
+    stop_reason: 'tool_use',
+    stop_sequence: null,
     usage: { cache_read_input_tokens: 3, input_tokens: 500, output_tokens: 40 },
   });
   const s = await setup(t, {}, { failWith: { status: 200, body: spoof } });
@@ -286,7 +420,10 @@ t.test('a count that fails is written without it, marked', async (t) => {
   const rows = await closeAndRead(s);
   t.match(rows, [{ outcome: 'client_closed', estimated: 1, prompt_tokens: null }]);
   t.match(auditLines(s)[0], { estimate: { prompt: 'count_failed', completion: 'unknown' } });
-  t.ok(s.gw.logs.some((l) => String(l.msg).includes('token count from llama-server failed')), 'logged');
+  t.ok(
+    s.gw.logs.some((l) => String(l.msg).includes('token count from llama-server failed')),
+    'logged',
+  );
 });
 
 t.test('shutdown waits for counts still running before the last flush', async (t) => {
@@ -303,9 +440,17 @@ t.test('shutdown waits for counts still running before the last flush', async (t
 
 t.test('refusals and failures are recorded with their outcome', async (t) => {
   const s = await setup(t, { headersTimeoutMs: 200 });
-  await request(s.gw.port, { path: '/v1/chat/completions', headers: { authorization: 'Bearer sk-wrong-0123456789abcdef' }, body: chatBody() });
+  await request(s.gw.port, {
+    path: '/v1/chat/completions',
+    headers: { authorization: 'Bearer sk-wrong-0123456789abcdef' },
+    body: chatBody(),
+  });
   await request(s.gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: '{broken' });
-  await request(s.gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ model: 'gpt-oss-20b', x_fake_context_exceeded: true }) });
+  await request(s.gw.port, {
+    path: '/v1/chat/completions',
+    headers: AUTH_A,
+    body: chatBody({ model: 'gpt-oss-20b', x_fake_context_exceeded: true }),
+  });
   s.gw.fake.behavior.headersDelayMs = Infinity;
   await request(s.gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
   s.gw.fake.behavior.headersDelayMs = 0;
@@ -338,11 +483,18 @@ t.test('the batch writer: records reach the database within a flush, without wai
 t.test('audit log: JSON Lines per day, no key text; rotation keeps GATEWAY_AUDIT_KEEP_DAYS', async (t) => {
   const s = await setup(t);
   await request(s.gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
-  await request(s.gw.port, { path: '/v1/chat/completions', headers: { authorization: `Bearer ${KEY_B}` }, body: chatBody({ stream: true }) });
+  await request(s.gw.port, {
+    path: '/v1/chat/completions',
+    headers: { authorization: `Bearer ${KEY_B}` },
+    body: chatBody({ stream: true }),
+  });
   await closeAndRead(s);
   const files = readdirSync(s.dir).filter((f) => f.startsWith('audit-'));
   t.same(files, [`audit-${new Date().toISOString().slice(0, 10)}.jsonl`]);
-  const lines = readFileSync(join(s.dir, files[0]!), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  const lines = readFileSync(join(s.dir, files[0]!), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
   t.equal(lines.length, 2);
   t.match(lines[0], { keyName: 'env-1', route: '/v1/chat/completions', promptTokens: 31, completionTokens: 8, outcome: 'ok' });
   t.match(lines[1], { keyName: 'env-2', streamed: true, completionTokens: 6 });
@@ -366,7 +518,11 @@ t.test('audit log: JSON Lines per day, no key text; rotation keeps GATEWAY_AUDIT
   t.same(readdirSync(dir).sort(), ['audit-2026-11-20.jsonl', 'audit-2026-11-21.jsonl', 'unrelated.txt']);
   t.equal(readFileSync(join(dir, 'audit-2026-11-20.jsonl'), 'utf8'), '{"n":1}\n{"n":2}\n{"n":3}\n');
   await log.write(['{"n":5}'], day('2026-11-23'));
-  t.same(readdirSync(dir).sort(), ['audit-2026-11-21.jsonl', 'audit-2026-11-23.jsonl', 'unrelated.txt'], 'files older than 2 days are removed when the day turns');
+  t.same(
+    readdirSync(dir).sort(),
+    ['audit-2026-11-21.jsonl', 'audit-2026-11-23.jsonl', 'unrelated.txt'],
+    'files older than 2 days are removed when the day turns',
+  );
 });
 
 t.test('GATEWAY_LOG_BODIES=true records the prompt and the completion text', async (t) => {
@@ -388,16 +544,6 @@ t.test('GATEWAY_USAGE=off: no records, streams untouched', async (t) => {
   t.notOk(existsSync(join(s.dir, `audit-${new Date().toISOString().slice(0, 10)}.jsonl`)));
 });
 
-function metricValue(text: string, name: string, labels: Record<string, string>): number | undefined {
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(`${name}{`) && line.split(' ')[0] !== name) continue;
-    const labelText = /\{(.*)\}/.exec(line)?.[1] ?? '';
-    const have = Object.fromEntries([...labelText.matchAll(/(\w+)="([^"]*)"/g)].map((m) => [m[1], m[2]]));
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return undefined;
-}
-
 t.test('/metrics: Prometheus text, for a local scraper or the admin key only', async (t) => {
   const admin = 'admin-secret-0123456789abcdef0123456789';
   const s = await setup(t, { adminKey: admin });
@@ -409,7 +555,11 @@ t.test('/metrics: Prometheus text, for a local scraper or the admin key only', a
   t.match(res.headers['content-type'], /^text\/plain; version=0\.0\.4/);
   const text = res.text;
   t.equal(metricValue(text, 'llm_gateway_requests_total', { route: '/v1/chat/completions', status: '200', key: 'env-1' }), 2);
-  t.equal(metricValue(text, 'llm_gateway_requests_total', { route: '/v1/models', status: '401', key: '' }), undefined, 'a wrong key is no request series…');
+  t.equal(
+    metricValue(text, 'llm_gateway_requests_total', { route: '/v1/models', status: '401', key: '' }),
+    undefined,
+    'a wrong key is no request series…',
+  );
   t.equal(metricValue(text, 'llm_gateway_auth_failures_total', { reason: 'invalid_key' }), 1, '… but an auth failure');
   t.equal(metricValue(text, 'llm_gateway_tokens_total', { key: 'env-1', model: 'gpt-oss-20b', kind: 'prompt' }), 62);
   t.equal(metricValue(text, 'llm_gateway_tokens_total', { key: 'env-1', model: 'gpt-oss-20b', kind: 'completion' }), 14);
@@ -425,13 +575,20 @@ t.test('/metrics: Prometheus text, for a local scraper or the admin key only', a
   t.equal(tunnel.status, 401);
   const clientKey = await request(s.gw.port, { path: '/metrics', headers: { ...AUTH_A, 'x-forwarded-for': '203.0.113.7' } });
   t.equal(clientKey.status, 401, 'a client key is not enough');
-  const withAdmin = await request(s.gw.port, { path: '/metrics', headers: { authorization: `Bearer ${admin}`, 'cf-connecting-ip': '203.0.113.7' } });
+  const withAdmin = await request(s.gw.port, {
+    path: '/metrics',
+    headers: { authorization: `Bearer ${admin}`, 'cf-connecting-ip': '203.0.113.7' },
+  });
   t.equal(withAdmin.status, 200);
 });
 
 function runCli(args: string[], cwd: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { cwd, env: { PATH: process.env.PATH ?? '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, ...args], {
+      cwd,
+      env: { PATH: process.env.PATH ?? '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -447,7 +604,11 @@ t.test('reports: llm-gateway usage (table, CSV, JSON), GET /admin/usage, keys li
   s.store.create({ name: 'alice' });
   await request(s.gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
   await request(s.gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true }) });
-  await request(s.gw.port, { path: '/v1/embeddings', headers: { authorization: `Bearer ${KEY_B}` }, body: '{"model":"embed","input":["a","b"]}' });
+  await request(s.gw.port, {
+    path: '/v1/embeddings',
+    headers: { authorization: `Bearer ${KEY_B}` },
+    body: '{"model":"embed","input":["a","b"]}',
+  });
   for (let i = 0; i < 50 && s.rows().length < 3; i++) await sleep(20);
 
   const api = await request(s.gw.port, { path: '/admin/usage?by=key&since=1d', headers: { authorization: `Bearer ${admin}` } });
@@ -473,10 +634,16 @@ t.test('reports: llm-gateway usage (table, CSV, JSON), GET /admin/usage, keys li
   t.match(table.stdout, /\ngpt-oss-20b\s+2\s+62\s+40\s+14\s+76\s+0\s+0\n/);
   t.match(table.stdout, /\nTOTAL\s+3\s+66\s+40\s+14\s+80\s+0\s+0\n$/);
   const csv = await runCli(['usage', '--db', s.dbPath, '--by', 'key', '--csv'], cwd);
-  t.equal(csv.stdout, 'key,requests,prompt_tokens,cached_tokens,completion_tokens,total_tokens,estimated,errors\nenv-1,2,62,40,14,76,0,0\nenv-2,1,4,0,0,4,0,0\n');
+  t.equal(
+    csv.stdout,
+    'key,requests,prompt_tokens,cached_tokens,completion_tokens,total_tokens,estimated,errors\nenv-1,2,62,40,14,76,0,0\nenv-2,1,4,0,0,4,0,0\n',
+  );
   const json = await runCli(['usage', '--db', s.dbPath, '--key', 'env-2', '--json'], cwd);
   const parsed = JSON.parse(json.stdout) as { data: { day: string; total_tokens: number }[] };
-  t.same(parsed.data.map((d) => [d.day, d.total_tokens]), [[new Date().toISOString().slice(0, 10), 4]]);
+  t.same(
+    parsed.data.map((d) => [d.day, d.total_tokens]),
+    [[new Date().toISOString().slice(0, 10), 4]],
+  );
   const future = await runCli(['usage', '--db', s.dbPath, '--since', '2999-01-01'], cwd);
   t.equal(future.stdout, 'No usage recorded for this selection.\n');
   const wrong = await runCli(['usage', '--db', s.dbPath, '--by', 'week'], cwd);
@@ -490,7 +657,10 @@ t.test('reports: llm-gateway usage (table, CSV, JSON), GET /admin/usage, keys li
 t.test('report periods', async (t) => {
   const now = Date.parse('2026-11-26T12:00:00Z');
   t.same(usageFilter({ since: '7d' }, now), { since: now - 7 * 86_400_000 });
-  t.same(usageFilter({ since: '2026-11-01', until: '2026-11-30' }, now), { since: Date.parse('2026-11-01T00:00:00Z'), until: Date.parse('2026-12-01T00:00:00Z') });
+  t.same(usageFilter({ since: '2026-11-01', until: '2026-11-30' }, now), {
+    since: Date.parse('2026-11-01T00:00:00Z'),
+    until: Date.parse('2026-12-01T00:00:00Z'),
+  });
   t.same(usageFilter({ key: 'alice', since: '' }, now), { key: 'alice' });
   t.throws(() => usageFilter({ since: 'last week' }, now), /since "last week" is not a time/);
   t.throws(() => usageFilter({ since: '1d', until: '2d' }, now), /until must be after since/);

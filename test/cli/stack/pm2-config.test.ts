@@ -3,43 +3,35 @@
 // template (`llm-gateway tunnel init`, never overwriting) and the consistency checks between
 // llama-server's port, LLM_UPSTREAM, the tunnel's ingress and GATEWAY_PORT.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
+import { stackFindings, startBlockers, type Finding } from '../../../src/cli/stack/findings.js';
+import { ecosystemApps, pm2App } from '../../../src/cli/stack/pm2-apps.js';
 import {
   StackConfigError,
   defaultStackConfig,
   defaultStackConfigText,
-  ecosystemApps,
-  ensureTunnelTemplate,
-  llamaListen,
   loadStackConfig,
   parseStackConfig,
-  parseTunnelFile,
   placeholdersOf,
-  pm2App,
-  stackFindings,
-  startBlockers,
-  tunnelTemplate,
-  type Finding,
 } from '../../../src/cli/stack/pm2-config.js';
-import type { Teardown } from '../../helpers.js';
+import { llamaListen } from '../../../src/cli/stack/settings.js';
+import { ensureTunnelTemplate, parseTunnelFile, tunnelTemplate } from '../../../src/cli/stack/tunnel-file.js';
+import { tempDir, type Teardown } from '../../helpers.js';
 
 const ROOT = resolve(fileURLToPath(new URL('../../..', import.meta.url)));
 const CLI = join(ROOT, 'dist', 'cli', 'main.js');
 const STAND_INS = join(ROOT, 'test', 'fixtures', 'stand-ins');
 
-function tempDir(t: Teardown, prefix = 'gw-pm2cfg-'): string {
-  const dir = mkdtempSync(join(tmpdir(), prefix));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
 /** A project folder whose config works as written: node stand-ins instead of llama-server and cloudflared. */
-function project(t: Teardown, edit: (c: Record<string, Record<string, unknown>>) => void = () => {}, dotEnv = ''): { dir: string; file: string } {
+function project(
+  t: Teardown,
+  edit: (c: Record<string, Record<string, unknown>>) => void = () => {},
+  dotEnv = '',
+): { dir: string; file: string } {
   const dir = tempDir(t);
   mkdirSync(join(dir, 'cf'));
   writeFileSync(join(dir, 'cf', 'abc.json'), '{}');
@@ -81,14 +73,17 @@ t.test('pm2-config.example.json is the documented default, and valid', async (t)
   t.same(stack.processes.llama.args, ['-m', '<path/to/model.gguf>', '--host', '127.0.0.1', '--port', '5857', '-np', '4']);
   t.equal(stack.processes.llama.command, 'llama-server');
   t.same([stack.processes.gateway.command, ...stack.processes.gateway.args], ['node', 'dist/server.js']);
-  t.same([stack.processes.tunnel.command, ...stack.processes.tunnel.args], ['cloudflared', 'tunnel', '--config', './cloudflared-config.yml', 'run', '<tunnel-name>']);
+  t.same(
+    [stack.processes.tunnel.command, ...stack.processes.tunnel.args],
+    ['cloudflared', 'tunnel', '--config', './cloudflared-config.yml', 'run', '<tunnel-name>'],
+  );
   t.equal(stack.processes.gateway.cwd, ROOT, 'cwd "." is the folder of pm2-config.json');
   t.same(placeholdersOf(stack.processes.llama), ['<path/to/model.gguf>']);
   t.same(placeholdersOf(stack.processes.tunnel), ['<tunnel-name>']);
   t.same(placeholdersOf(stack.processes.gateway), []);
   t.same(llamaListen(stack.processes.llama), { host: '127.0.0.1', port: 5857 });
   const gitignore = readFileSync(join(ROOT, '.gitignore'), 'utf8').split('\n');
-  t.ok(gitignore.includes('pm2-config.json'), 'the real pm2-config.json is the user\'s: git ignores it');
+  t.ok(gitignore.includes('pm2-config.json'), "the real pm2-config.json is the user's: git ignores it");
   t.ok(gitignore.includes('cloudflared-config.yml'));
 });
 
@@ -98,7 +93,14 @@ t.test('every wrong field is named, all at once', async (t) => {
   const problems = problemsOf({
     ...base,
     tunnle: {},
-    llama: { enabled: 'yes', command: 'llama-server -m model.gguf', args: ['-m', 5857], cwd: './nowhere', env: { PORT: 5857, 'BAD-NAME': 'x' }, restart: true },
+    llama: {
+      enabled: 'yes',
+      command: 'llama-server -m model.gguf',
+      args: ['-m', 5857],
+      cwd: './nowhere',
+      env: { PORT: 5857, 'BAD-NAME': 'x' },
+      restart: true,
+    },
     gateway: { command: '', args: 'dist/server.js' },
     tunnel: undefined,
   });
@@ -127,7 +129,10 @@ t.test('loadStackConfig: missing file, broken JSON', async (t) => {
   t.ok(missing instanceof StackConfigError && missing.missing);
   t.match(missing.message, /pm2-config\.json: not found: cp pm2-config\.example\.json pm2-config\.json, then fill in the model path/);
   writeFileSync(join(dir, 'pm2-config.json'), '{ "llama": { "command": "llama-server", } }');
-  t.throws(() => loadStackConfig(join(dir, 'pm2-config.json')), { name: 'StackConfigError', message: /pm2-config\.json: is not valid JSON: / });
+  t.throws(() => loadStackConfig(join(dir, 'pm2-config.json')), {
+    name: 'StackConfigError',
+    message: /pm2-config\.json: is not valid JSON: /,
+  });
 });
 
 t.test('PM2 app definitions', async (t) => {
@@ -137,37 +142,81 @@ t.test('PM2 app definitions', async (t) => {
   });
   const stack = loadStackConfig(file);
   const llama = pm2App(stack, 'llama', ENV);
-  t.match(llama, { name: 'llama', script: 'llama-server', interpreter: 'none', args: ['-m', '/models/tiny.gguf', '--port', '5857'], exec_mode: 'fork', autorestart: true, kill_timeout: 10_000, exp_backoff_restart_delay: 1000, cwd: stack.root });
+  t.match(llama, {
+    name: 'llama',
+    script: 'llama-server',
+    interpreter: 'none',
+    args: ['-m', '/models/tiny.gguf', '--port', '5857'],
+    exec_mode: 'fork',
+    autorestart: true,
+    kill_timeout: 10_000,
+    exp_backoff_restart_delay: 1000,
+    cwd: stack.root,
+  });
   t.notOk('wait_ready' in llama);
   const bin = join(stack.root, 'bin');
   mkdirSync(bin);
   symlinkSync(join(STAND_INS, 'llama-server.mjs'), join(bin, 'llama-server'));
-  t.equal(pm2App(stack, 'llama', { PATH: `${bin}:${ENV.PATH}` }).script, join(bin, 'llama-server'), 'a program in PATH is given to PM2 as the path found');
+  t.equal(
+    pm2App(stack, 'llama', { PATH: `${bin}:${ENV.PATH}` }).script,
+    join(bin, 'llama-server'),
+    'a program in PATH is given to PM2 as the path found',
+  );
 
   const gateway = pm2App(stack, 'gateway', ENV);
-  t.match(gateway, { name: 'gateway', interpreter: /\/node$/, node_args: ['--max-old-space-size=512'], script: join(ROOT, 'dist', 'server.js'), args: ['--flag'] });
+  t.match(gateway, {
+    name: 'gateway',
+    interpreter: /\/node$/,
+    node_args: ['--max-old-space-size=512'],
+    script: join(ROOT, 'dist', 'server.js'),
+    args: ['--flag'],
+  });
   t.equal(gateway.wait_ready, true, 'the gateway tells PM2 when it listens');
   t.equal(gateway.listen_timeout, 15_000);
   t.equal(gateway.kill_timeout, 35_000, 'longer than the default GATEWAY_SHUTDOWN_GRACE_MS (30000)');
   t.equal(pm2App(stack, 'gateway', { ...ENV, GATEWAY_SHUTDOWN_GRACE_MS: '60000' }).kill_timeout, 65_000, 'follows the setting');
 
   const tunnel = pm2App(stack, 'tunnel', ENV);
-  t.match(tunnel, { script: join(STAND_INS, 'cloudflared.mjs'), interpreter: 'none', kill_timeout: 35_000, args: ['tunnel', '--config', './cloudflared-config.yml', 'run', 'my-llm'] });
+  t.match(tunnel, {
+    script: join(STAND_INS, 'cloudflared.mjs'),
+    interpreter: 'none',
+    kill_timeout: 35_000,
+    args: ['tunnel', '--config', './cloudflared-config.yml', 'run', 'my-llm'],
+  });
 });
 
-t.test('the gateway\'s grace comes from .env in its folder, pm2-config.json\'s env over the environment', async (t) => {
+t.test("the gateway's grace comes from .env in its folder, pm2-config.json's env over the environment", async (t) => {
   const { file } = project(t, () => {}, 'GATEWAY_SHUTDOWN_GRACE_MS=45000\n');
   t.equal(pm2App(loadStackConfig(file), 'gateway', ENV).kill_timeout, 50_000, '.env');
-  t.equal(pm2App(loadStackConfig(file), 'gateway', { ...ENV, GATEWAY_SHUTDOWN_GRACE_MS: '20000' }).kill_timeout, 25_000, 'environment over .env');
-  const { file: withEnv } = project(t, (c) => (c.gateway!.env = { GATEWAY_SHUTDOWN_GRACE_MS: '10000' }), 'GATEWAY_SHUTDOWN_GRACE_MS=45000\n');
-  t.equal(pm2App(loadStackConfig(withEnv), 'gateway', { ...ENV, GATEWAY_SHUTDOWN_GRACE_MS: '20000' }).kill_timeout, 15_000, 'gateway.env over both');
+  t.equal(
+    pm2App(loadStackConfig(file), 'gateway', { ...ENV, GATEWAY_SHUTDOWN_GRACE_MS: '20000' }).kill_timeout,
+    25_000,
+    'environment over .env',
+  );
+  const { file: withEnv } = project(
+    t,
+    (c) => (c.gateway!.env = { GATEWAY_SHUTDOWN_GRACE_MS: '10000' }),
+    'GATEWAY_SHUTDOWN_GRACE_MS=45000\n',
+  );
+  t.equal(
+    pm2App(loadStackConfig(withEnv), 'gateway', { ...ENV, GATEWAY_SHUTDOWN_GRACE_MS: '20000' }).kill_timeout,
+    15_000,
+    'gateway.env over both',
+  );
 });
 
 t.test('what stops a process from starting is said before PM2 is asked', async (t) => {
   const example = parseStackConfig(defaultStackConfig(), join(tempDir(t), 'pm2-config.json'));
-  t.match(startBlockers(example, 'llama', { PATH: '' }), [/^fill in <path\/to\/model\.gguf> in pm2-config\.json \(llama\)$/, /^llama-server is not in PATH: install it, or set llama\.command in pm2-config\.json to its full path$/]);
+  t.match(startBlockers(example, 'llama', { PATH: '' }), [
+    /^fill in <path\/to\/model\.gguf> in pm2-config\.json \(llama\)$/,
+    /^llama-server is not in PATH: install it, or set llama\.command in pm2-config\.json to its full path$/,
+  ]);
   t.match(startBlockers(example, 'gateway', ENV), [/dist\/server\.js does not exist: run `npm run build`$/]);
-  t.match(startBlockers(example, 'tunnel', { PATH: '' }), [/fill in <tunnel-name>/, /cloudflared is not in PATH/, /cloudflared-config\.yml does not exist \(`llm-gateway tunnel init` writes a template\)$/]);
+  t.match(startBlockers(example, 'tunnel', { PATH: '' }), [
+    /fill in <tunnel-name>/,
+    /cloudflared is not in PATH/,
+    /cloudflared-config\.yml does not exist \(`llm-gateway tunnel init` writes a template\)$/,
+  ]);
 
   const { file } = project(t, () => {}, 'GATEWAY_PORT=eighty\n');
   const stack = loadStackConfig(file);
@@ -193,12 +242,18 @@ t.test('ecosystem.config.cjs: the same apps, from the same file', async (t) => {
   process.env.LLM_GATEWAY_PM2_CONFIG = file;
   const { apps } = load();
   const stack = loadStackConfig(file);
-  t.same(apps, [pm2App(stack, 'llama', process.env), pm2App(stack, 'gateway', process.env)], 'enabled processes only, defined as the menu defines them');
+  t.same(
+    apps,
+    [pm2App(stack, 'llama', process.env), pm2App(stack, 'gateway', process.env)],
+    'enabled processes only, defined as the menu defines them',
+  );
   t.same(ecosystemApps(file, process.env), apps);
 
   const { file: unfinished } = project(t, (c) => (c.llama!.args = ['-m', '<path/to/model.gguf>']));
   process.env.LLM_GATEWAY_PM2_CONFIG = unfinished;
-  t.throws(load, { message: /ecosystem\.config\.cjs: .*pm2-config\.json:\n {2}- llama: fill in <path\/to\/model\.gguf> in pm2-config\.json \(llama\)/ });
+  t.throws(load, {
+    message: /ecosystem\.config\.cjs: .*pm2-config\.json:\n {2}- llama: fill in <path\/to\/model\.gguf> in pm2-config\.json \(llama\)/,
+  });
 });
 
 t.test('tunnel template: written inside the project when missing, never overwritten', async (t) => {
@@ -258,41 +313,85 @@ t.test('consistency: llama-server port vs LLM_UPSTREAM, ingress vs GATEWAY_PORT'
     if (yaml !== undefined) writeFileSync(join(dir, 'cloudflared-config.yml'), yaml(dir));
     return bad(stackFindings(loadStackConfig(file), ENV));
   };
-  t.same(check(() => {}, 'LLM_UPSTREAM=http://127.0.0.1:5857\n'), [], 'everything fits: no warning');
+  t.same(
+    check(() => {}, 'LLM_UPSTREAM=http://127.0.0.1:5857\n'),
+    [],
+    'everything fits: no warning',
+  );
   const ok = stackFindings(loadStackConfig(project(t).file), ENV).map((f) => f.text);
   t.ok(ok.includes('llama-server port 5857 matches LLM_UPSTREAM'));
 
-  t.same(check(() => {}, 'LLM_UPSTREAM=http://127.0.0.1:8080\n'), [
-    'fail: port mismatch: LLM_UPSTREAM is http://127.0.0.1:8080 but llama-server is started with --port 5857 (pm2-config.json); make them the same',
-  ]);
-  t.same(check((c) => (c.llama!.args = ['-m', 'x.gguf'])), [
-    'fail: port mismatch: LLM_UPSTREAM is http://127.0.0.1:5857 but llama-server is started with --port 8080 (pm2-config.json); make them the same',
-  ], 'no --port: llama-server\'s own default, 8080');
-  t.same(check((c) => {
-    c.llama!.args = ['-m', 'x.gguf'];
-    c.llama!.env = { LLAMA_ARG_PORT: '5857' };
-  }), [], 'llama-server also reads LLAMA_ARG_PORT');
-  t.same(check((c) => (c.llama!.args = ['-m', 'x.gguf', '--host', '0.0.0.0', '--port=5857'])), [
-    'warn: llama-server listens on 0.0.0.0: anyone on your network can use it without a key; --host 127.0.0.1 keeps it behind the gateway',
-  ]);
-  t.same(check(() => {}, 'LLM_UPSTREAM=http://10.0.0.5:5857\n'), [
-    'warn: LLM_UPSTREAM is http://10.0.0.5:5857 (another machine), but pm2-config.json also starts llama-server here on port 5857',
-  ]);
+  t.same(
+    check(() => {}, 'LLM_UPSTREAM=http://127.0.0.1:8080\n'),
+    [
+      'fail: port mismatch: LLM_UPSTREAM is http://127.0.0.1:8080 but llama-server is started with --port 5857 (pm2-config.json); make them the same',
+    ],
+  );
+  t.same(
+    check((c) => (c.llama!.args = ['-m', 'x.gguf'])),
+    [
+      'fail: port mismatch: LLM_UPSTREAM is http://127.0.0.1:5857 but llama-server is started with --port 8080 (pm2-config.json); make them the same',
+    ],
+    "no --port: llama-server's own default, 8080",
+  );
+  t.same(
+    check((c) => {
+      c.llama!.args = ['-m', 'x.gguf'];
+      c.llama!.env = { LLAMA_ARG_PORT: '5857' };
+    }),
+    [],
+    'llama-server also reads LLAMA_ARG_PORT',
+  );
+  t.same(
+    check((c) => (c.llama!.args = ['-m', 'x.gguf', '--host', '0.0.0.0', '--port=5857'])),
+    [
+      'warn: llama-server listens on 0.0.0.0: anyone on your network can use it without a key; --host 127.0.0.1 keeps it behind the gateway',
+    ],
+  );
+  t.same(
+    check(() => {}, 'LLM_UPSTREAM=http://10.0.0.5:5857\n'),
+    ['warn: LLM_UPSTREAM is http://10.0.0.5:5857 (another machine), but pm2-config.json also starts llama-server here on port 5857'],
+  );
 
-  t.match(check(() => {}, 'GATEWAY_PORT=9000\n'), [
-    /^fail: no ingress rule points at the gateway \(GATEWAY_PORT 9000\); found: http:\/\/localhost:8787, http_status:404\. Use service: http:\/\/localhost:9000$/,
-  ]);
-  t.match(check(() => {}, '', (dir) => tunnelYaml(dir, 8787, '  - hostname: raw.example.com\n    service: http://localhost:5857\n')), [
-    /^fail: ingress raw\.example\.com → http:\/\/localhost:5857 goes straight to llama-server \(port 5857\), around the gateway's keys/,
-  ]);
-  t.match(check(() => {}, '', (dir) => tunnelYaml(dir, 8787).replace('  - service: http_status:404\n', '')), [
-    /^fail: the last ingress rule must match everything, e\.g\. "- service: http_status:404"/,
-  ]);
-  t.match(check((c) => (c.tunnel!.args = ['tunnel', '--config', './cloudflared-config.yml', 'run', 'other'])), [
-    /^warn: pm2-config\.json runs tunnel "other" but cloudflared-config\.yml says tunnel: my-llm/,
-  ]);
-  t.match(check(() => {}, '', (dir) => tunnelYaml(dir, 8787).replace('abc.json', 'missing.json')), [/^fail: credentials file .*missing\.json not found: `cloudflared tunnel create <name>` writes it$/]);
-  t.same(check((c) => (c.tunnel!.enabled = false), 'GATEWAY_PORT=9000\n'), [], 'a tunnel that is off is not checked');
+  t.match(
+    check(() => {}, 'GATEWAY_PORT=9000\n'),
+    [
+      /^fail: no ingress rule points at the gateway \(GATEWAY_PORT 9000\); found: http:\/\/localhost:8787, http_status:404\. Use service: http:\/\/localhost:9000$/,
+    ],
+  );
+  t.match(
+    check(
+      () => {},
+      '',
+      (dir) => tunnelYaml(dir, 8787, '  - hostname: raw.example.com\n    service: http://localhost:5857\n'),
+    ),
+    [/^fail: ingress raw\.example\.com → http:\/\/localhost:5857 goes straight to llama-server \(port 5857\), around the gateway's keys/],
+  );
+  t.match(
+    check(
+      () => {},
+      '',
+      (dir) => tunnelYaml(dir, 8787).replace('  - service: http_status:404\n', ''),
+    ),
+    [/^fail: the last ingress rule must match everything, e\.g\. "- service: http_status:404"/],
+  );
+  t.match(
+    check((c) => (c.tunnel!.args = ['tunnel', '--config', './cloudflared-config.yml', 'run', 'other'])),
+    [/^warn: pm2-config\.json runs tunnel "other" but cloudflared-config\.yml says tunnel: my-llm/],
+  );
+  t.match(
+    check(
+      () => {},
+      '',
+      (dir) => tunnelYaml(dir, 8787).replace('abc.json', 'missing.json'),
+    ),
+    [/^fail: credentials file .*missing\.json not found: `cloudflared tunnel create <name>` writes it$/],
+  );
+  t.same(
+    check((c) => (c.tunnel!.enabled = false), 'GATEWAY_PORT=9000\n'),
+    [],
+    'a tunnel that is off is not checked',
+  );
 });
 
 interface Run {
@@ -303,7 +402,11 @@ interface Run {
 
 function cli(args: string[], cwd: string, env: Record<string, string> = {}): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { cwd, env: { PATH: process.env.PATH ?? '', HOME: cwd, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI, ...args], {
+      cwd,
+      env: { PATH: process.env.PATH ?? '', HOME: cwd, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -344,7 +447,11 @@ t.test('llm-gateway tunnel init', async (t) => {
 });
 
 t.test('llm-gateway tunnel init follows pm2-config.json', async (t) => {
-  const { dir, file } = project(t, (c) => (c.tunnel!.args = ['tunnel', '--config', 'cf/tunnel.yml', 'run', 'my-llm']), 'GATEWAY_PORT=9555\n');
+  const { dir, file } = project(
+    t,
+    (c) => (c.tunnel!.args = ['tunnel', '--config', 'cf/tunnel.yml', 'run', 'my-llm']),
+    'GATEWAY_PORT=9555\n',
+  );
   const run = await cli(['tunnel', 'init'], dir);
   t.equal(run.code, 0, run.stderr);
   t.match(readFileSync(join(dir, 'cf', 'tunnel.yml'), 'utf8'), /service: http:\/\/localhost:9555\n/);

@@ -1,0 +1,202 @@
+// How the pieces of the stack fit together, as findings (ok, warn, fail) for the menu and `doctor`:
+// what stops a process from starting as configured, the cloudflared file's checks, and the
+// comparisons across pieces (llama-server's port vs LLM_UPSTREAM, the tunnel's ingress vs
+// GATEWAY_PORT).
+import { existsSync, readFileSync } from 'node:fs';
+import { basename, resolve } from 'node:path';
+import { SETTINGS } from '../../config.js';
+import { expandHome, isInside, isNodeCommand, nodeScript, resolveCommand } from './paths.js';
+import { placeholdersOf, type ProcessName, type StackConfig } from './pm2-config.js';
+import {
+  gatewayEnvironment,
+  gatewaySettings,
+  isLocalHost,
+  llamaListen,
+  llamaPortToGuard,
+  settingOr,
+  urlPort,
+  type Env,
+} from './settings.js';
+import { localServicePort, parseTunnelFile, placeholdersIn, tunnelConfigPath, tunnelRunName } from './tunnel-file.js';
+
+/**
+ * Why a process cannot be started as configured, from pm2-config.json and the settings alone:
+ * placeholders, program not found, gateway not built or misconfigured. Empty when it can.
+ */
+function processBlockers(stack: StackConfig, name: ProcessName, env: Env, opts: { settings?: boolean } = {}): string[] {
+  const spec = stack.processes[name];
+  const out: string[] = [];
+  const file = basename(stack.file);
+  const holes = placeholdersOf(spec);
+  if (holes.length > 0) out.push(`fill in ${holes.join(', ')} in ${file} (${name})`);
+  if (resolveCommand(spec.command, spec.cwd, env.PATH) === null) {
+    out.push(
+      spec.command.includes('/')
+        ? `${name}.command ${spec.command} is not an executable file`
+        : `${spec.command} is not in PATH: install it, or set ${name}.command in ${file} to its full path`,
+    );
+  } else if (isNodeCommand(spec.command)) {
+    const { script } = nodeScript(spec);
+    if (script === undefined) out.push(`${name}.args must name the script for ${spec.command} to run`);
+    else if (!existsSync(resolve(spec.cwd, script)))
+      out.push(`${resolve(spec.cwd, script)} does not exist${name === 'gateway' ? ': run `npm run build`' : ''}`);
+  }
+  if (name === 'gateway' && opts.settings !== false) {
+    const settings = gatewaySettings(gatewayEnvironment(stack, env));
+    if (settings.error !== undefined) out.push(`gateway setting: ${settings.error}`);
+  }
+  return out;
+}
+
+/** Everything that stops a process from starting, the tunnel's cloudflared file included. */
+export function startBlockers(stack: StackConfig, name: ProcessName, env: Env): string[] {
+  const out = processBlockers(stack, name, env);
+  const path = name === 'tunnel' ? tunnelConfigPath(stack) : null;
+  if (path !== null) {
+    if (!existsSync(path)) {
+      out.push(
+        `${path} does not exist (${isInside(stack.root, path) ? '`llm-gateway tunnel init` writes a template' : `\`llm-gateway tunnel init --file ${path}\` writes a template`})`,
+      );
+    } else {
+      const holes = placeholdersIn(readFileSync(path, 'utf8'));
+      if (holes.length > 0) out.push(`fill in ${holes.join(', ')} in ${path}`);
+    }
+  }
+  return out;
+}
+
+type FindingLevel = 'ok' | 'warn' | 'fail';
+
+export interface Finding {
+  readonly level: FindingLevel;
+  readonly topic: ProcessName;
+  readonly text: string;
+}
+
+const ok = (topic: ProcessName, text: string): Finding => ({ level: 'ok', topic, text });
+const warn = (topic: ProcessName, text: string): Finding => ({ level: 'warn', topic, text });
+const fail = (topic: ProcessName, text: string): Finding => ({ level: 'fail', topic, text });
+
+/** The checks on a cloudflared config file: present, filled in, ingress to the gateway, 404 last. */
+export function tunnelFindings(path: string, opts: { gatewayPort: number; llamaPort: number | null; runName: string | null }): Finding[] {
+  if (!existsSync(path)) return [fail('tunnel', `${path} does not exist (\`llm-gateway tunnel init\` writes a template)`)];
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    return [fail('tunnel', `${path} cannot be read: ${(err as Error).message}`)];
+  }
+  const holes = placeholdersIn(text);
+  if (holes.length > 0) return [fail('tunnel', `${path} still has placeholders: fill in ${holes.join(', ')}`)];
+  const file = parseTunnelFile(text);
+  const out: Finding[] = [];
+  if (file.tunnel === undefined || file.tunnel === '') out.push(fail('tunnel', `${path} names no tunnel (tunnel: <name or id>)`));
+  else if (opts.runName !== null && opts.runName !== file.tunnel) {
+    out.push(
+      warn(
+        'tunnel',
+        `pm2-config.json runs tunnel "${opts.runName}" but ${basename(path)} says tunnel: ${file.tunnel}; cloudflared uses "${opts.runName}"`,
+      ),
+    );
+  }
+  if (file.credentialsFile === undefined)
+    out.push(warn('tunnel', `${path} has no credentials-file (cloudflared then looks in ~/.cloudflared/)`));
+  else if (!existsSync(expandHome(file.credentialsFile))) {
+    out.push(fail('tunnel', `credentials file ${file.credentialsFile} not found: \`cloudflared tunnel create <name>\` writes it`));
+  } else out.push(ok('tunnel', `credentials file ${file.credentialsFile} present`));
+
+  const rules = file.ingress;
+  if (rules.length === 0)
+    return [...out, fail('tunnel', `${path} has no ingress rules; the gateway needs one: service: http://localhost:${opts.gatewayPort}`)];
+  const toGateway = rules.filter((r) => r.service !== undefined && localServicePort(r.service) === opts.gatewayPort);
+  const toLlama =
+    opts.llamaPort === null ? [] : rules.filter((r) => r.service !== undefined && localServicePort(r.service) === opts.llamaPort);
+  for (const r of toLlama) {
+    out.push(
+      fail(
+        'tunnel',
+        `ingress ${r.hostname ?? '(any host)'} → ${r.service} goes straight to llama-server (port ${opts.llamaPort}), around the gateway's keys: point it at http://localhost:${opts.gatewayPort}`,
+      ),
+    );
+  }
+  if (toGateway.length === 0) {
+    const seen = rules.map((r) => r.service ?? '?').join(', ');
+    out.push(
+      fail(
+        'tunnel',
+        `no ingress rule points at the gateway (GATEWAY_PORT ${opts.gatewayPort}); found: ${seen}. Use service: http://localhost:${opts.gatewayPort}`,
+      ),
+    );
+  } else {
+    out.push(ok('tunnel', `ingress ${toGateway.map((r) => `${r.hostname ?? '(any host)'} → ${r.service}`).join(', ')} (the gateway)`));
+  }
+  const last = rules[rules.length - 1]!;
+  if (last.hostname !== undefined || last.path !== undefined) {
+    out.push(
+      fail(
+        'tunnel',
+        `the last ingress rule must match everything, e.g. "- service: http_status:404" (cloudflared refuses the file otherwise)`,
+      ),
+    );
+  } else if (last.service !== 'http_status:404') {
+    out.push(warn('tunnel', `the last ingress rule sends every other hostname to ${last.service}; "- service: http_status:404" is safer`));
+  }
+  return out;
+}
+
+/**
+ * How the three pieces fit together: llama-server's port vs LLM_UPSTREAM, the tunnel's ingress vs
+ * GATEWAY_PORT, placeholders, programs found. `env` is the environment the stack is started from.
+ */
+export function stackFindings(stack: StackConfig, env: Env, opts: { settings?: boolean } = {}): Finding[] {
+  const out: Finding[] = [];
+  const gwEnv = gatewayEnvironment(stack, env);
+  const upstream = new URL(settingOr(gwEnv, SETTINGS.upstream));
+  const gatewayPort = settingOr(gwEnv, SETTINGS.port);
+  const { llama, gateway, tunnel } = stack.processes;
+  const file = basename(stack.file);
+
+  for (const spec of [llama, gateway, tunnel]) {
+    if (!spec.enabled) continue;
+    for (const b of processBlockers(stack, spec.name, env, opts)) out.push(fail(spec.name, b));
+  }
+
+  const listen = llamaListen(llama);
+  if (llama.enabled) {
+    if (listen.port === null) out.push(fail('llama', `llama-server's --port in ${file} is not a port number`));
+    else if (!isLocalHost(upstream.hostname)) {
+      out.push(
+        warn(
+          'llama',
+          `LLM_UPSTREAM is ${settingOr(gwEnv, SETTINGS.upstream)} (another machine), but ${file} also starts llama-server here on port ${listen.port}`,
+        ),
+      );
+    } else if (urlPort(upstream) !== listen.port) {
+      out.push(
+        fail(
+          'llama',
+          `port mismatch: LLM_UPSTREAM is ${settingOr(gwEnv, SETTINGS.upstream)} but llama-server is started with --port ${listen.port} (${file}); make them the same`,
+        ),
+      );
+    } else out.push(ok('llama', `llama-server port ${listen.port} matches LLM_UPSTREAM`));
+    if (!isLocalHost(listen.host) || listen.host === '0.0.0.0' || listen.host === '::') {
+      out.push(
+        warn(
+          'llama',
+          `llama-server listens on ${listen.host}: anyone on your network can use it without a key; --host 127.0.0.1 keeps it behind the gateway`,
+        ),
+      );
+    }
+  }
+
+  if (tunnel.enabled) {
+    const path = tunnelConfigPath(stack);
+    if (path === null)
+      out.push(warn('tunnel', `the tunnel has no --config in ${file}; cloudflared reads ~/.cloudflared/config.yml, which is not checked`));
+    else {
+      out.push(...tunnelFindings(path, { gatewayPort, llamaPort: llamaPortToGuard(llama, upstream), runName: tunnelRunName(stack) }));
+    }
+    if (!gateway.enabled) out.push(warn('tunnel', `the tunnel is on but the gateway is off in ${file}`));
+  }
+  return out;
+}

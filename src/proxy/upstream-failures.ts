@@ -1,0 +1,55 @@
+// How a failed upstream request is told to the client: a status and OpenAI-shaped error before
+// the response started (failureOf), an error event in the stream's own dialect after (a stream
+// the fair queue started early, or one that broke). Used by the Upstream (upstream.ts).
+import type { ServerResponse } from 'node:http';
+import {
+  SHUTTING_DOWN,
+  UPSTREAM_BAD_RESPONSE,
+  UPSTREAM_STATUS_IN_STREAM,
+  UPSTREAM_STREAM_BROKEN,
+  UPSTREAM_TIMEOUT,
+  UPSTREAM_UNREACHABLE,
+  upstreamErrorInStream,
+  type GatewayError,
+  type UpstreamWait,
+} from '../errors.js';
+import { sseErrorEvent, type SseDialect } from './sse-tap.js';
+import type { Exchange } from '../usage/exchange.js';
+
+/** An upstream request that failed before its answer started (undici's error) as the gateway's error. */
+export function failureOf(err: unknown, timeoutMs: number, wait: UpstreamWait): GatewayError {
+  const code = (err as { code?: string }).code;
+  if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return UPSTREAM_TIMEOUT(timeoutMs, wait);
+  if ((err as Error).name === 'HTTPParserError' || code?.startsWith('HPE_') === true) return UPSTREAM_BAD_RESPONSE; // not HTTP
+  // ECONNREFUSED, ENOTFOUND, ECONNRESET, UND_ERR_SOCKET, UND_ERR_CONNECT_TIMEOUT, …
+  return UPSTREAM_UNREACHABLE;
+}
+
+/** Ends a stream whose 200 is already sent with an error event (what else can still be said). */
+export function endEarlyStream(res: ServerResponse, dialect: SseDialect, err: GatewayError, ex: Exchange | null): void {
+  if (ex !== null) ex.broken = err.code === 'upstream_timeout' || err.code === 'queue_timeout' ? 'timeout' : 'error';
+  if (!res.destroyed) res.end(sseErrorEvent(dialect, err));
+}
+
+/**
+ * llama-server's error answer (its status and body) after the stream had started: its own error
+ * ({error: {message, type}}) passed on, else its status.
+ */
+export function inStreamFailure(status: number, text: string): GatewayError {
+  try {
+    const e = (JSON.parse(text) as { error?: { message?: unknown; type?: unknown } }).error;
+    if (typeof e?.message === 'string') return upstreamErrorInStream(e.message, typeof e.type === 'string' ? e.type : 'upstream_error');
+  } catch {
+    // not JSON
+  }
+  return UPSTREAM_STATUS_IN_STREAM(status);
+}
+
+/** What to tell the client when a stream from upstream breaks after it started. */
+export function describeBreak(idleTimeoutMs: number, shuttingDown: () => boolean) {
+  return (err: Error): GatewayError => {
+    if (shuttingDown()) return SHUTTING_DOWN;
+    if ((err as { code?: string }).code === 'UND_ERR_BODY_TIMEOUT') return UPSTREAM_TIMEOUT(idleTimeoutMs, 'stream');
+    return UPSTREAM_STREAM_BROKEN;
+  };
+}
