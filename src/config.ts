@@ -237,7 +237,7 @@ export const SETTINGS = {
   defaultTpm: setting('GATEWAY_DEFAULT_TPM', '', optionalCount),
   defaultTpd: setting('GATEWAY_DEFAULT_TPD', '', optionalCount),
   defaultConcurrency: setting('GATEWAY_DEFAULT_CONCURRENCY', '', optionalCount),
-  reserveTokens: setting('GATEWAY_RESERVE_TOKENS', '1024', count),
+  reserveTokens: setting('GATEWAY_RESERVE_TOKENS', 'auto', optionalCount),
   trustProxy: setting('GATEWAY_TRUST_PROXY', 'off', onOff),
   authFailLimit: setting('GATEWAY_AUTH_FAIL_LIMIT', '20', count),
   authBlockMs: setting('GATEWAY_AUTH_BLOCK_MS', '300000', millis),

@@ -230,10 +230,15 @@ const INVALID_JSON_CAUSES = causes('INVALID_JSON', 400, 'invalid_request_error',
   // Bad input the gateway refuses itself rather than forward (issue #12): llama-server answers it
   // with a 500 and its parser's internals.
   notUtf8: 'The request body is not valid UTF-8. JSON must be sent as UTF-8 text (RFC 8259).',
+  // Valid JSON to Node, a 500 with parser internals from llama-server (red team, issue #12).
+  loneSurrogate: 'The JSON body has a string with a lone surrogate escape (\\ud800–\\udfff without its pair); send valid Unicode.',
+  notFinite: 'The JSON body has a number too large for a double (like 1e400); send a finite number.',
 });
 export const INVALID_JSON = INVALID_JSON_CAUSES.parse;
 export const BODY_NOT_OBJECT = INVALID_JSON_CAUSES.notObject;
 export const INVALID_UTF8 = INVALID_JSON_CAUSES.notUtf8;
+export const LONE_SURROGATE = INVALID_JSON_CAUSES.loneSurrogate;
+export const NUMBER_NOT_FINITE = INVALID_JSON_CAUSES.notFinite;
 
 export const BODY_MISSING = fixed('BODY_MISSING', 400, 'invalid_request_error', 'missing_body', 'This route needs a JSON request body.');
 
@@ -257,6 +262,17 @@ export const INVALID_TYPE = worded(
   (param: string) => param,
 );
 
+/** OpenAI's own wording and code for an array over its length limit (embeddings: 2,048 inputs). */
+export const ARRAY_TOO_LONG = worded(
+  'ARRAY_TOO_LONG',
+  400,
+  'invalid_request_error',
+  'array_above_max_length',
+  (param: string, max: number, length: number) =>
+    `Invalid '${param}': array too long. Expected an array with maximum length ${max}, but got an array with length ${length} instead.`,
+  (param: string) => param,
+);
+
 /** OpenAI's own wording and code for a string over its length limit. */
 export const STRING_TOO_LONG = worded(
   'STRING_TOO_LONG',
@@ -266,6 +282,20 @@ export const STRING_TOO_LONG = worded(
   (param: string, max: number, length: number) =>
     `Invalid '${param}': string too long. Expected a string with maximum length ${max}, but got a string with length ${length} instead.`,
   (param: string) => param,
+);
+
+/**
+ * A request that runs more llama-server tasks at once (a prompt array: one per prompt; `n`: one
+ * per choice) than its key may run: it could never start, so it is refused rather than queued.
+ */
+export const TOO_MANY_TASKS = worded(
+  'TOO_MANY_TASKS',
+  400,
+  'invalid_request_error',
+  'too_many_tasks',
+  (tasks: number, max: number, _param: 'n' | 'prompt') =>
+    `This request runs ${tasks} tasks on the model server at once (one per prompt and choice); this API key may run at most ${max} at once.`,
+  (_tasks: number, _max: number, param: 'n' | 'prompt') => param,
 );
 
 function jsonTypeName(v: unknown): string {

@@ -93,8 +93,9 @@ export async function startGateway(
       cb();
     },
   });
-  // A fixed slot count: reading llama-server's /props in the background would add upstream requests.
-  const config = configWith({ apiKeys: [KEY_A, KEY_B], upstream: fake.url, maxInflight: 4, ...overrides });
+  // A fixed slot count and completion hold: reading llama-server's /props in the background would
+  // add upstream requests.
+  const config = configWith({ apiKeys: [KEY_A, KEY_B], upstream: fake.url, maxInflight: 4, reserveTokens: 1024, ...overrides });
   const app = await buildApp(config, {
     logger: { level: 'info', stream },
     ...(options.registry === undefined ? {} : { registry: options.registry }),

@@ -8,6 +8,11 @@
 // key's request. The queue cannot preempt a running request, so without a share one key could
 // hold every slot for as long as its generations run, and other keys' requests time out here.
 // Bounded (overall and per key) and with a deadline per waiting request.
+// A request weighs the llama-server tasks it runs at once (a /v1/completions prompt array runs
+// one per prompt, `n` one per choice): it counts that many slots, running and against its key's
+// share. One weighing more than its key's share is refused at once (TooManyTasks), never queued.
+// When the fairest waiter needs more slots than are free, the free ones are kept for it (nobody
+// else starts) so a heavy request is not passed over for ever by lighter ones.
 
 export class QueueFull extends Error {
   constructor(readonly scope: 'key' | 'all') {
@@ -30,8 +35,21 @@ export class QueueLeft extends Error {
   }
 }
 
+/** A request runs more llama-server tasks at once than its key may: it could never start. */
+export class TooManyTasks extends Error {
+  constructor(
+    readonly tasks: number,
+    readonly max: number,
+  ) {
+    super(`the request runs ${tasks} tasks at once; its key may run ${max}`);
+    this.name = 'TooManyTasks';
+  }
+}
+
 interface Waiter {
   readonly key: string;
+  /** slots it takes when it runs: its llama-server tasks */
+  readonly weight: number;
   readonly since: number;
   resolve(release: () => void): void;
   reject(err: Error): void;
@@ -64,6 +82,14 @@ export interface Ticket {
   readonly admitted: Promise<() => void>;
   /** the client left: leave the queue (or give the slot back) */
   readonly cancel: () => void;
+  /** it was let run (`admitted` resolved), not only queued: it may have reached llama-server */
+  readonly started: boolean;
+}
+
+/** A released slot kept busy a while longer (FairQueue.hold). */
+interface Hold {
+  timer: NodeJS.Timeout | undefined;
+  readonly release: () => void;
 }
 
 export class FairQueue {
@@ -81,6 +107,10 @@ export class FairQueue {
   readonly #waiting = new Map<string, Waiter[]>();
   #size = 0;
   #seq = 0;
+  /** #dispatch stopped with free slots kept for a waiter that needs more: no fast path meanwhile */
+  #keeping = false;
+  /** slots given back late (hold), until their timers fire or close() */
+  readonly #holds = new Set<Hold>();
 
   constructor(opts: QueueOptions) {
     this.#maxInflight = opts.maxInflight;
@@ -99,6 +129,9 @@ export class FairQueue {
   setMaxInflight(n: number): void {
     this.#maxInflight = Math.max(1, n);
     this.#keyCap = keySlotCap(this.#keySlots, this.#maxInflight);
+    // Fewer slots: a waiter weighing more than the new share could never start; refuse it now.
+    for (const list of [...this.#waiting.values()])
+      for (const w of [...list]) if (w.weight > this.#keyCap && this.#remove(w)) w.reject(new TooManyTasks(w.weight, this.#keyCap));
     this.#dispatch();
   }
 
@@ -123,14 +156,23 @@ export class FairQueue {
     return this.#waiting.get(key)?.length ?? 0;
   }
 
-  /** Asks for a slot for `key`. Throws QueueFull at once; `admitted` rejects with QueueTimeout. */
-  enter(key: string): Ticket {
-    // A slot is free and this key is under its share: run now. Others may be waiting, but only
-    // keys at their share (#dispatch leaves none else waiting while a slot is free), and this key
-    // is not one of them.
+  /** Released slots still kept busy (hold): counted in `running` until they end. */
+  get holding(): number {
+    return this.#holds.size;
+  }
+
+  /**
+   * Asks for `weight` slots (the request's llama-server tasks) for `key`. Throws QueueFull or
+   * TooManyTasks at once; `admitted` rejects with QueueTimeout (or TooManyTasks, when the slot
+   * count drops below the weight while it waits).
+   */
+  enter(key: string, weight = 1): Ticket {
+    // Slots are free and this key stays within its share: run now. Others may be waiting, but only
+    // keys at their share (#dispatch leaves none else waiting while slots are free, unless it keeps
+    // them for a heavier waiter: #keeping), and this key is not one of them.
     const mine = this.#runningByKey.get(key) ?? 0;
-    if (this.#running < this.#maxInflight && mine < this.#keyCap) {
-      const release = this.#start(key, mine);
+    if (this.#running + weight <= this.#maxInflight && mine + weight <= this.#keyCap && !this.#keeping) {
+      const release = this.#start(key, mine, weight);
       let released = false;
       return {
         immediate: true,
@@ -139,19 +181,24 @@ export class FairQueue {
           if (!released) release();
           released = true;
         },
+        started: true,
       };
     }
+    if (weight > this.#keyCap) throw new TooManyTasks(weight, this.#keyCap);
     const waiting = this.#waiting.get(key);
     if ((waiting?.length ?? 0) >= this.#maxPerKey) throw new QueueFull('key');
     if (this.#size >= this.#maxQueue) throw new QueueFull('all');
     let waiter!: Waiter;
     let release: (() => void) | undefined;
+    let started = false;
     const admitted = new Promise<() => void>((resolve, reject) => {
       waiter = {
         key,
+        weight,
         since: this.#seq++,
         resolve: (r) => {
           release = r;
+          started = true;
           resolve(r);
         },
         reject,
@@ -159,7 +206,7 @@ export class FairQueue {
       };
     });
     waiter.timer = setTimeout(() => {
-      if (this.#remove(waiter)) waiter.reject(new QueueTimeout());
+      if (this.#leave(waiter)) waiter.reject(new QueueTimeout());
     }, this.#timeoutMs); // cleared when the waiter leaves the queue in any way
     if (waiting === undefined) this.#waiting.set(key, [waiter]);
     else waiting.push(waiter);
@@ -170,8 +217,11 @@ export class FairQueue {
     return {
       immediate: false,
       admitted,
+      get started() {
+        return started;
+      },
       cancel: () => {
-        if (this.#remove(waiter)) waiter.reject(new QueueLeft());
+        if (this.#leave(waiter)) waiter.reject(new QueueLeft());
         else if (release !== undefined) {
           const r = release;
           release = undefined;
@@ -181,23 +231,51 @@ export class FairQueue {
     };
   }
 
+  /**
+   * Gives `release`'s slots back after `ms` instead of now (unref'd: never keeps the process
+   * alive; close() ends every hold). For a slot llama-server is still busy with after the gateway
+   * is done with it.
+   */
+  hold(release: () => void, ms: number): void {
+    const hold: Hold = { timer: undefined, release };
+    hold.timer = setTimeout(() => {
+      this.#holds.delete(hold);
+      release();
+    }, ms);
+    hold.timer.unref();
+    this.#holds.add(hold);
+  }
+
+  /** Shutdown: ends every hold's timer (their slots are not given back: nothing starts any more). */
+  close(): void {
+    for (const hold of this.#holds) clearTimeout(hold.timer);
+    this.#holds.clear();
+  }
+
   /** `running`: what the key runs now (its #runningByKey entry, read by the caller). */
-  #start(key: string, running: number): () => void {
-    this.#running++;
-    this.#runningByKey.set(key, running + 1);
+  #start(key: string, running: number, weight: number): () => void {
+    this.#running += weight;
+    this.#runningByKey.set(key, running + weight);
     this.#lastStart.set(key, this.#seq++);
     let done = false;
     return () => {
       if (done) return;
       done = true;
-      this.#running--;
-      const n = (this.#runningByKey.get(key) ?? 1) - 1;
+      this.#running -= weight;
+      const n = (this.#runningByKey.get(key) ?? weight) - weight;
       if (n === 0) {
         this.#runningByKey.delete(key);
         if (!this.#waiting.has(key)) this.#lastStart.delete(key);
       } else this.#runningByKey.set(key, n);
       this.#dispatch();
     };
+  }
+
+  /** #remove for a waiter leaving on its own: slots kept for it go to the others. */
+  #leave(waiter: Waiter): boolean {
+    if (!this.#remove(waiter)) return false;
+    if (this.#keeping) this.#dispatch();
+    return true;
   }
 
   #remove(waiter: Waiter): boolean {
@@ -212,23 +290,30 @@ export class FairQueue {
   }
 
   #dispatch(): void {
+    this.#keeping = false;
     while (this.#running < this.#maxInflight && this.#size > 0) {
       let best: Waiter | undefined;
       let bestRunning = Infinity;
       let bestLast = Infinity;
       for (const [key, list] of this.#waiting) {
         const running = this.#runningByKey.get(key) ?? 0;
-        if (running >= this.#keyCap) continue; // at its share: waits for one of its own to finish
+        const head = list[0]!;
+        if (running + head.weight > this.#keyCap) continue; // at its share: waits for one of its own to finish
         const last = this.#lastStart.get(key) ?? -1;
         if (running < bestRunning || (running === bestRunning && last < bestLast)) {
-          best = list[0]!;
+          best = head;
           bestRunning = running;
           bestLast = last;
         }
       }
       if (best === undefined) return; // every waiting key holds its share; the free slots wait for others
+      if (this.#running + best.weight > this.#maxInflight) {
+        // Its turn, but too few slots are free: keep them for it until enough are.
+        this.#keeping = true;
+        return;
+      }
       this.#remove(best);
-      best.resolve(this.#start(best.key, bestRunning));
+      best.resolve(this.#start(best.key, bestRunning, best.weight));
     }
   }
 }

@@ -15,6 +15,8 @@ export interface KeyLimits {
   readonly concurrency: number | null;
 }
 
+/** A completion hold until llama-server's /props says its context per slot (its default -c 4096 per slot). */
+export const DEFAULT_COMPLETION_HOLD = 4096;
 export const MINUTE_MS = 60_000;
 const DAY_MS = 86_400_000;
 
@@ -49,6 +51,12 @@ interface Hold {
 export class Limits {
   readonly #counters: CounterStore;
   readonly #defaults: KeyLimits;
+  /**
+   * Tokens held for the answer of a request that names no bound (no max_tokens, or llama-server's
+   * n_predict -1): GATEWAY_RESERVE_TOKENS, or with `auto` llama-server's context per slot, the
+   * most one generation can reach (read from /props; this until it is known).
+   */
+  completionHold = DEFAULT_COMPLETION_HOLD;
   /** the tokens each running request holds, by request id (only requests of keys with a token limit) */
   readonly #holds = new Map<string, Hold>();
 

@@ -16,6 +16,14 @@ import net from 'node:net';
 export const MAX_MODEL_LENGTH = 256;
 /** Deepest nesting of objects/arrays accepted in a JSON body (`{}` is depth 1). */
 export const MAX_JSON_DEPTH = 128;
+/**
+ * Most items in a body's `input` (embeddings, responses), `prompt` (completions) or `documents`
+ * (rerank) array: OpenAI's limit for embeddings inputs. llama-server runs one task per item and
+ * does not stop them when the client leaves: 50,000 inputs froze it for minutes (red team).
+ */
+export const MAX_ARRAY_ITEMS = 2048;
+/** The body fields whose arrays are one llama-server task per item. */
+export const TASK_ARRAYS = ['input', 'prompt', 'documents'] as const;
 /** User-agent characters kept in a usage record. */
 export const MAX_USER_AGENT_LENGTH = 300;
 /** Path characters kept in a log line or a usage record's route. */
@@ -99,4 +107,41 @@ function scanDeeperThan(raw: Buffer, max: number): boolean {
     }
   }
   return false;
+}
+
+/** A lone surrogate can only arrive as an escape (isUtf8 refuses one in raw bytes). */
+const SURROGATE_ESCAPE = /\\u[dD][89a-fA-F]/;
+/** In unicode mode a surrogate pair is one code point: only a lone surrogate matches. */
+const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
+/** A number that parses to ±Infinity has a 3-digit exponent or over 308 digits. */
+const HUGE_NUMBER = /[eE]\+?0*[1-9]\d{2}|\d{309}/;
+
+/**
+ * What in a parsed body llama-server would answer with a 500 although Node parsed it: a string
+ * with a lone surrogate, a number beyond a double. Walked only when the text could hold one (a
+ * regular expression over the text; most bodies have neither).
+ */
+export function unportableValue(text: string, json: unknown): 'lone_surrogate' | 'not_finite' | undefined {
+  const surrogates = SURROGATE_ESCAPE.test(text);
+  const huge = HUGE_NUMBER.test(text);
+  if (!surrogates && !huge) return undefined;
+  return findUnportable(json, surrogates, huge);
+}
+
+function findUnportable(v: unknown, surrogates: boolean, huge: boolean): 'lone_surrogate' | 'not_finite' | undefined {
+  if (typeof v === 'string') return surrogates && LONE_SURROGATE.test(v) ? 'lone_surrogate' : undefined;
+  if (typeof v === 'number') return huge && !Number.isFinite(v) ? 'not_finite' : undefined;
+  if (v === null || typeof v !== 'object') return undefined;
+  if (Array.isArray(v)) {
+    for (const item of v) {
+      const found = findUnportable(item, surrogates, huge);
+      if (found !== undefined) return found;
+    }
+    return undefined;
+  }
+  for (const [key, item] of Object.entries(v)) {
+    const found = findUnportable(key, surrogates, false) ?? findUnportable(item, surrogates, huge);
+    if (found !== undefined) return found;
+  }
+  return undefined;
 }

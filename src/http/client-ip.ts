@@ -3,6 +3,9 @@
 // believed only with GATEWAY_TRUST_PROXY=on and only from a loopback peer (anyone else could send
 // them to dodge the failed-auth brake or fake the audit log). A header value that is not an IP
 // address is ignored (it would otherwise become a brake key and a record field of any size).
+// X-Forwarded-For is read from the right: the proxy we trust appends the address it saw, and
+// everything left of it is whatever the client claimed (a new claim per request would dodge the
+// brake).
 import type { FastifyRequest } from 'fastify';
 import { forwardedIp } from './client-input.js';
 
@@ -22,8 +25,8 @@ export function clientIp(request: FastifyRequest, trustProxy: boolean): string {
   }
   const xff = request.headers['x-forwarded-for'];
   if (typeof xff === 'string' && xff !== '') {
-    const comma = xff.indexOf(',');
-    const ip = forwardedIp(comma < 0 ? xff : xff.slice(0, comma));
+    const comma = xff.lastIndexOf(',');
+    const ip = forwardedIp(comma < 0 ? xff : xff.slice(comma + 1).trim());
     if (ip !== undefined) return ip;
   }
   return peer;

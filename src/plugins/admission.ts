@@ -13,22 +13,36 @@
 //            A client that leaves while waiting leaves the queue and never reaches upstream.
 //            A key runs at most its share of the slots (GATEWAY_KEY_SLOTS); the rest of its
 //            requests wait, and a free slot goes to another key's request at once.
+//            A request counts as many slots as it runs llama-server tasks (taskCount); one that
+//            runs more than its key's share is refused at once (400 too_many_tasks).
+//            A client that leaves a non-streamed request llama-server is running keeps its slot
+//            ~1.5 s more (ABANDONED_SLOT_HOLD_MS): llama-server notices only by polling.
 //   light    token counting and the model list wait in a queue of their own (GATEWAY_LIGHT_SLOTS),
 //            same rules, so they never wait behind generations.
 import type { OutgoingHttpHeaders } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import { KEY_QUEUE_FULL, QUEUE_FULL, QUEUE_TIMEOUT, RATE_LIMITED } from '../errors.js';
+import { KEY_QUEUE_FULL, QUEUE_FULL, QUEUE_TIMEOUT, RATE_LIMITED, TOO_MANY_TASKS, type GatewayError } from '../errors.js';
 import type { Config } from '../config.js';
 import { MemoryCounters } from '../admission/counters.js';
-import { FairQueue, QueueFull, QueueLeft, type Ticket } from '../admission/fair-queue.js';
+import { FairQueue, QueueFull, QueueLeft, TooManyTasks, type Ticket } from '../admission/fair-queue.js';
 import { Limits } from '../admission/limits.js';
 import { reserveFor } from '../admission/token-estimate.js';
 import type { JsonBody } from '../proxy/json-body.js';
 import { sseErrorEvent } from '../proxy/sse-tap.js';
+import { countField } from '../usage/estimate.js';
+import { promptsOf } from '../usage/exchange.js';
 
 const QUEUE_FULL_RETRY_S = 5;
 const QUEUE_TIMEOUT_RETRY_S = 10;
+/**
+ * A client left a non-streamed request llama-server is running: its slot stays taken this long.
+ * llama-server notices a closed non-streamed request only by polling about once a second (a
+ * stream, at its next token write), so the slot stays busy upstream after the gateway is done;
+ * given back at once, the next request would wait in llama-server's own queue instead (measured:
+ * ~930 ms each for other keys behind a key that sent and abandoned one after another).
+ */
+const ABANDONED_SLOT_HOLD_MS = 1500;
 /** Cloudflare drops a connection silent for ~100 s; a queued stream says something every 15 s. */
 const DEFAULT_QUEUE_PING_MS = 15_000;
 
@@ -70,6 +84,7 @@ export default fp(
       tpd: config.defaultTpd,
       concurrency: config.defaultConcurrency,
     });
+    if (config.reserveTokens !== null) limits.completionHold = config.reserveTokens;
     app.decorate('limits', limits);
     // A request's usage record settles the tokens its key held for it with the real ones.
     app.usage?.onRecord((r) => {
@@ -107,12 +122,19 @@ export default fp(
 
     // GATEWAY_MAX_INFLIGHT unset: as many at once as llama-server has slots, read from its /props
     // at start and again every 30 s (so a restarted llama-server with another -np is followed).
+    // GATEWAY_RESERVE_TOKENS=auto: a request that names no max_tokens holds llama-server's context per
+    // slot (/props default_generation_settings.n_ctx), the most one generation can reach.
     let slotsTimer: NodeJS.Timeout | undefined;
-    if (config.maxInflight === null) {
+    if (config.maxInflight === null || config.reserveTokens === null) {
       const readSlots = async (): Promise<void> => {
         try {
           const answer = await app.upstream.get('/props');
-          const slots = (JSON.parse(answer.text) as { total_slots?: unknown }).total_slots;
+          const props = JSON.parse(answer.text) as { total_slots?: unknown; default_generation_settings?: { n_ctx?: unknown } };
+          const ctx = props.default_generation_settings?.n_ctx;
+          if (answer.statusCode === 200 && config.reserveTokens === null && typeof ctx === 'number' && Number.isInteger(ctx) && ctx > 0) {
+            limits.completionHold = ctx;
+          }
+          const slots = config.maxInflight === null ? props.total_slots : undefined;
           if (
             answer.statusCode === 200 &&
             typeof slots === 'number' &&
@@ -136,6 +158,7 @@ export default fp(
     app.addHook('onClose', async () => {
       clearInterval(sweep);
       clearInterval(slotsTimer);
+      queue.close(); // ends slot holds (ABANDONED_SLOT_HOLD_MS)
     });
   },
   { name: 'admission', fastify: '5.x', dependencies: ['proxy', 'usage'] },
@@ -150,11 +173,28 @@ export interface AdmitOptions {
 /** Routes that read a prompt and generate nothing: they hold only their prompt's tokens. */
 const PROMPT_ONLY = new Set(['/v1/embeddings', '/v1/rerank']);
 
+/**
+ * How many llama-server tasks a request runs at once, so how many slots it takes: one per prompt
+ * of a /v1/completions prompt array (counted as llama-server splits it: promptsOf), times `n`
+ * (chat and completions). Allocates nothing for the usual body (a string prompt, no n).
+ */
+function taskCount(url: string | undefined, json: Record<string, unknown>): number {
+  if (url !== '/v1/chat/completions' && url !== '/v1/completions') return 1;
+  const n = countField(json.n);
+  const prompts = url === '/v1/completions' && Array.isArray(json.prompt) ? promptsOf(json.prompt).length : 1;
+  return prompts * (n === undefined || n === 0 ? 1 : n);
+}
+
+/** The 400 for a request with more tasks than its key may run: names `n` when it asks for several choices. */
+function tooManyTasks(err: TooManyTasks, json: Record<string, unknown> | undefined): GatewayError {
+  return TOO_MANY_TASKS(err.tasks, err.max, (countField(json?.n) ?? 1) > 1 ? 'n' : 'prompt');
+}
+
 /** The authenticated scope's preHandler: limits, then a turn in the fair queue. */
 export const admit = fp(
   async function admitPlugin(app: FastifyInstance, opts: AdmitOptions) {
     const { limits, queue, lightQueue } = app;
-    const { queueTimeoutMs, maxQueuePerKey, reserveTokens } = opts.config;
+    const { queueTimeoutMs, maxQueuePerKey } = opts.config;
     const accounting = app.usageAccounting;
     // Usage records settle token holds (GATEWAY_USAGE=on); else a hold ends with its response.
     const settledByRecords = app.usage !== null;
@@ -182,7 +222,12 @@ export const admit = fp(
         // settles it (the admission plugin); without usage records the hold ends with the response.
         const body = request.body as JsonBody | undefined;
         if (queued === true && Limits.holdsTokens(l) && body !== undefined) {
-          limits.reserve(key.id, request.id, reserveFor(body.raw, body.json, !PROMPT_ONLY.has(route.url ?? ''), reserveTokens), now);
+          limits.reserve(
+            key.id,
+            request.id,
+            reserveFor(body.raw, body.json, !PROMPT_ONLY.has(route.url ?? ''), limits.completionHold),
+            now,
+          );
           if (!settledByRecords) res.once('close', () => limits.release(request.id));
         }
         reply.headers(limits.headers(key.id, l, now));
@@ -190,17 +235,26 @@ export const admit = fp(
 
       if (queued === undefined || queued === false) return done();
       const light = queued === 'light';
+      const json = (request.body as JsonBody | undefined)?.json;
+      const tasks = light || json === undefined ? 1 : taskCount(route.url, json);
       let ticket: Ticket;
       try {
-        ticket = (light ? lightQueue : queue).enter(key.id);
+        ticket = (light ? lightQueue : queue).enter(key.id, tasks);
       } catch (err) {
+        if (err instanceof TooManyTasks) return done(tooManyTasks(err, json));
         if (!(err instanceof QueueFull)) throw err;
         reply.header('retry-after', String(QUEUE_FULL_RETRY_S));
         return done(err.scope === 'key' ? KEY_QUEUE_FULL(maxQueuePerKey) : QUEUE_FULL);
       }
       // Leaving while waiting takes the request out of the queue; after admission, the same
-      // call gives the slot back (the response finished, or the client left mid-answer).
-      res.once('close', ticket.cancel);
+      // call gives the slot back (the response finished, or the client left mid-answer). A
+      // non-streamed one left before its answer came keeps the slot a while (ABANDONED_SLOT_HOLD_MS).
+      if (light || json?.stream === true) res.once('close', ticket.cancel);
+      else
+        res.once('close', () => {
+          if (ticket.started && !res.writableFinished && !res.headersSent) queue.hold(ticket.cancel, ABANDONED_SLOT_HOLD_MS);
+          else ticket.cancel();
+        });
       if (ticket.immediate) return done();
       waitForSlot(request, reply, ticket, key.name, light).then(() => done(), done);
     });
@@ -242,12 +296,14 @@ export const admit = fp(
           reply.hijack(); // nobody to answer
           return;
         }
-        const timeout = QUEUE_TIMEOUT(queueTimeoutMs);
+        // Timed out, or llama-server now has too few slots for this request's tasks.
+        const json = (request.body as JsonBody | undefined)?.json;
+        const timeout = err instanceof TooManyTasks ? tooManyTasks(err, json) : QUEUE_TIMEOUT(queueTimeoutMs);
         if (res.headersSent) {
           res.end(sseErrorEvent(request.routeOptions.url?.startsWith('/v1/messages') === true ? 'anthropic' : 'openai', timeout));
           return;
         }
-        reply.header('retry-after', String(QUEUE_TIMEOUT_RETRY_S));
+        if (!(err instanceof TooManyTasks)) reply.header('retry-after', String(QUEUE_TIMEOUT_RETRY_S));
         throw timeout;
       } finally {
         clearInterval(ping);

@@ -7,8 +7,19 @@
 import { isUtf8 } from 'node:buffer';
 import type { FastifyBodyParser, FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
-import { BODY_MISSING, BODY_NOT_OBJECT, BODY_TOO_DEEP, INVALID_JSON, INVALID_TYPE, INVALID_UTF8, STRING_TOO_LONG } from '../errors.js';
-import { MAX_JSON_DEPTH, MAX_MODEL_LENGTH, nestedDeeperThan } from '../http/client-input.js';
+import {
+  ARRAY_TOO_LONG,
+  BODY_MISSING,
+  BODY_NOT_OBJECT,
+  BODY_TOO_DEEP,
+  INVALID_JSON,
+  INVALID_TYPE,
+  INVALID_UTF8,
+  LONE_SURROGATE,
+  NUMBER_NOT_FINITE,
+  STRING_TOO_LONG,
+} from '../errors.js';
+import { MAX_ARRAY_ITEMS, MAX_JSON_DEPTH, MAX_MODEL_LENGTH, TASK_ARRAYS, nestedDeeperThan, unportableValue } from '../http/client-input.js';
 import type { JsonBody } from '../proxy/json-body.js';
 
 const TOO_DEEP = BODY_TOO_DEEP(MAX_JSON_DEPTH);
@@ -28,8 +39,9 @@ const parseJsonBody: FastifyBodyParser<Buffer> = (_request, raw, done) => {
     return;
   }
   let json: unknown;
+  const text = raw.toString('utf8');
   try {
-    json = JSON.parse(raw.toString('utf8'));
+    json = JSON.parse(text);
   } catch (err) {
     done(INVALID_JSON((err as Error).message));
     return;
@@ -49,6 +61,19 @@ const parseJsonBody: FastifyBodyParser<Buffer> = (_request, raw, done) => {
       done(STRING_TOO_LONG('model', MAX_MODEL_LENGTH, model.length));
       return;
     }
+  }
+  // One llama-server task per item, which it does not stop when the client leaves.
+  for (const field of TASK_ARRAYS) {
+    const items = (json as Record<string, unknown>)[field];
+    if (Array.isArray(items) && items.length > MAX_ARRAY_ITEMS) {
+      done(ARRAY_TOO_LONG(field, MAX_ARRAY_ITEMS, items.length));
+      return;
+    }
+  }
+  const unportable = unportableValue(text, json);
+  if (unportable !== undefined) {
+    done(unportable === 'lone_surrogate' ? LONE_SURROGATE : NUMBER_NOT_FINITE);
+    return;
   }
   const body: JsonBody = { raw, json: json as Record<string, unknown> };
   done(null, body);

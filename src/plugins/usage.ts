@@ -218,7 +218,7 @@ export default fp(
     }
     const upstream = app.upstream;
     const completer = new UsageCompleter({
-      call: (path, body) => upstream.post(path, body),
+      call: (path, body, signal) => upstream.post(path, body, { signal }),
       emit: (r) => recorder.record(r),
       rates: { speeds: () => upstream.rates.speeds() },
       log: app.log,

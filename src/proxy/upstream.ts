@@ -2,9 +2,13 @@
 // bytes upstream and streams the answer back.
 //   generation pool   generations (chat, completions, embeddings, …): as many connections as the
 //                     fair queue lets run at once; no fixed cap of its own (see the constructor).
-//   light pool        light calls (token counting, the model list) and the gateway's own short
-//                     calls (/props, /health, token counts): at most GATEWAY_LIGHT_SLOTS
-//                     connections, so a burst of them cannot take llama-server's HTTP threads.
+//   light pool        clients' light calls (token counting, the model list): at most
+//                     GATEWAY_LIGHT_SLOTS connections, so a burst of them cannot take llama-server's
+//                     HTTP threads.
+//   own pool          the gateway's own short calls (get/post: /health, /props, the model list,
+//                     the usage completer's token counts): OWN_SLOTS connections of its own, so
+//                     clients' slow counts (a 42 MB body takes llama-server a minute) cannot hold
+//                     them up. Each such call is bounded as a whole, from when it is queued.
 //
 // We call undici directly instead of @fastify/reply-from (DESIGN.md, "Cancellation"): reply-from
 // leaves the upstream request running when the client leaves before upstream headers arrive
@@ -23,7 +27,7 @@ import { JsonTap } from './json-tap.js';
 import { relay, type BrokenEnd, type OnBroken } from './relay.js';
 import { SseTap, sseErrorEvent, type SseDialect } from './sse-tap.js';
 import { describeBreak, endEarlyStream, failureOf, inStreamFailure } from './upstream-failures.js';
-import { Exchange, promptsOf, type RouteKind } from '../usage/exchange.js';
+import { Exchange, tasksOf, type RouteKind } from '../usage/exchange.js';
 import { GenerationRates } from '../usage/estimate.js';
 
 export interface UpstreamAnswer {
@@ -53,10 +57,23 @@ function dialectOf(kind: RouteKind): SseDialect {
 }
 
 const SHORT_CALL_TIMEOUT_MS = 10_000;
+/**
+ * connections of the gateway's own pool: the usage completer counts at most 2 at once, so one
+ * more is always there for /health and /props (GETs of one path share one call)
+ */
+const OWN_SLOTS = 3;
+
+export interface ShortCallOptions {
+  /** ends the call (and its upstream request) when it aborts */
+  signal?: AbortSignal;
+  /** the whole call, from when it is queued to its body's end (default 10 s) */
+  timeoutMs?: number;
+}
 
 export class Upstream {
   readonly #pool: Pool;
   readonly #light: Pool;
+  readonly #own: Pool;
   /** GETs in flight, by path: concurrent callers (e.g. a burst of public /health) share one. */
   readonly #gets = new Map<string, Promise<UpstreamAnswer>>();
   readonly #basePath: string;
@@ -92,14 +109,21 @@ export class Upstream {
       connectTimeout: SHORT_CALL_TIMEOUT_MS,
       pipelining: 1,
     });
-    // Light calls are not bounded by the generation queue (the gateway's own calls by no queue at
-    // all): a hard cap. Calls beyond it wait in undici's queue for a free connection.
+    // Clients' light calls are not bounded by the generation queue: a hard cap. Calls beyond it wait in undici's queue for a free connection.
     this.#light = new Pool(url.origin, {
       headersTimeout: config.headersTimeoutMs,
       bodyTimeout: config.idleTimeoutMs,
       connectTimeout: SHORT_CALL_TIMEOUT_MS,
       pipelining: 1,
       connections: config.lightSlots,
+    });
+    // The gateway's own calls: apart from clients' light calls, so they never wait behind them.
+    this.#own = new Pool(url.origin, {
+      headersTimeout: SHORT_CALL_TIMEOUT_MS,
+      bodyTimeout: SHORT_CALL_TIMEOUT_MS,
+      connectTimeout: SHORT_CALL_TIMEOUT_MS,
+      pipelining: 1,
+      connections: OWN_SLOTS,
     });
   }
 
@@ -128,10 +152,11 @@ export class Upstream {
         bytes = withIncludeUsage(body.raw, body.json);
         ex.stripUsageChunk = true;
       }
-      // A /v1/completions prompt array runs one task per prompt; non-streamed, llama-server reports
-      // one prompt's usage, so the body is kept to count every choice (rare).
-      if (kind === 'completions' && body !== undefined && Array.isArray(body.json.prompt)) {
-        ex.prompts = promptsOf(body.json.prompt).length;
+      // A /v1/completions prompt array runs one task per prompt, and `n` (chat, completions) n
+      // tasks per prompt; non-streamed, llama-server reports one task's usage, so the body is kept
+      // to count every choice (rare). Streamed, each task sends its own usage event.
+      if ((kind === 'completions' || kind === 'chat') && body !== undefined) {
+        ex.prompts = tasksOf(kind, body.json);
         ex.keepBody = ex.prompts > 1 && body.json.stream !== true;
       }
       if (watcher.logBodies) ex.text = '';
@@ -243,37 +268,53 @@ export class Upstream {
 
   /**
    * A short GET to llama-server that the gateway reads itself (health, model list, /props), on the
-   * light pool. Concurrent GETs of one path share one upstream call.
+   * gateway's own pool. Concurrent GETs of one path share one upstream call.
    */
   get(path: string): Promise<UpstreamAnswer> {
     let answer = this.#gets.get(path);
     if (answer === undefined) {
-      answer = this.#short('GET', path, undefined).finally(() => this.#gets.delete(path));
+      answer = this.#short('GET', path, undefined, {}).finally(() => this.#gets.delete(path));
       this.#gets.set(path, answer);
     }
     return answer;
   }
 
-  /** A short JSON POST to llama-server that the gateway reads itself (token counts), on the light pool. */
-  post(path: string, body: string | Buffer): Promise<UpstreamAnswer> {
-    return this.#short('POST', path, body);
+  /** A short JSON POST to llama-server that the gateway reads itself (token counts), on the gateway's own pool. */
+  post(path: string, body: string | Buffer, opts: ShortCallOptions = {}): Promise<UpstreamAnswer> {
+    return this.#short('POST', path, body, opts);
   }
 
-  async #short(method: 'GET' | 'POST', path: string, body: string | Buffer | undefined): Promise<UpstreamAnswer> {
+  async #short(method: 'GET' | 'POST', path: string, body: string | Buffer | undefined, opts: ShortCallOptions): Promise<UpstreamAnswer> {
     const headers: Record<string, string> = body === undefined ? {} : { 'content-type': 'application/json' };
     if (this.#authorization !== undefined) headers.authorization = this.#authorization;
+    const timeoutMs = opts.timeoutMs ?? SHORT_CALL_TIMEOUT_MS;
+    // undici's headersTimeout starts at dispatch, not while the call waits for a connection: one
+    // timer bounds the whole call (and a caller's signal ends it).
+    const signal = new EventEmitter();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      signal.emit('abort');
+    }, timeoutMs);
+    timer.unref();
+    const outer = opts.signal;
+    const onAbort = (): void => {
+      signal.emit('abort');
+    };
+    if (outer !== undefined) {
+      if (outer.aborted) onAbort();
+      else outer.addEventListener('abort', onAbort, { once: true });
+    }
     try {
-      const answer = await this.#light.request({
-        method,
-        path: this.#basePath + path,
-        headers,
-        body,
-        headersTimeout: SHORT_CALL_TIMEOUT_MS,
-        bodyTimeout: SHORT_CALL_TIMEOUT_MS,
-      });
+      if (outer?.aborted === true) throw new Error('aborted');
+      const answer = await this.#own.request({ method, path: this.#basePath + path, headers, body, signal });
       return { statusCode: answer.statusCode, headers: answer.headers, text: await answer.body.text() };
     } catch (err) {
+      if (timedOut && !this.#destroyed) throw UPSTREAM_TIMEOUT(timeoutMs, 'call');
       throw this.#toGatewayError(err);
+    } finally {
+      clearTimeout(timer);
+      outer?.removeEventListener('abort', onAbort);
     }
   }
 
@@ -287,10 +328,10 @@ export class Upstream {
   async destroy(): Promise<void> {
     if (this.#destroyed) return;
     this.#destroyed = true;
-    await Promise.all([this.#pool.destroy(), this.#light.destroy()]);
+    await Promise.all([this.#pool.destroy(), this.#light.destroy(), this.#own.destroy()]);
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.#pool.close(), this.#light.close()]);
+    await Promise.all([this.#pool.close(), this.#light.close(), this.#own.close()]);
   }
 }

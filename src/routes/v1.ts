@@ -6,6 +6,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { BODY_MISSING, MODEL_NOT_FOUND, UPSTREAM_BAD_RESPONSE } from '../errors.js';
 import type { RouteKind } from '../usage/exchange.js';
+import { copyResponseHeaders } from '../proxy/headers.js';
 import { LIGHT_KINDS } from '../proxy/upstream.js';
 
 /** The forwarded POST routes and the API each speaks (where its token numbers are). */
@@ -63,11 +64,19 @@ export default async function v1Routes(app: FastifyInstance): Promise<void> {
     });
   }
 
-  app.get('/v1/models', { config: { queued: 'light' } }, async (request: FastifyRequest, reply: FastifyReply) => {
+  // The model list is read with the gateway's own GET, which concurrent callers share: a burst of
+  // /v1/models costs one upstream call on one connection, so it needs no queue (in the light queue
+  // one key's 64 concurrent lists were refused 429 past its 20 waiting).
+  app.get('/v1/models', async (request: FastifyRequest, reply: FastifyReply) => {
     const allowed = request.apiKey?.models;
-    if (allowed === null || allowed === undefined) return upstream.forward(request, reply, '/v1/models', 'models');
-    // A key kept to certain models sees only those.
     const answer = await upstream.get('/v1/models');
+    if (allowed === null || allowed === undefined) {
+      reply.code(answer.statusCode);
+      for (const [name, value] of Object.entries(copyResponseHeaders(answer.headers, {})))
+        if (value !== undefined) reply.header(name, value);
+      return reply.send(answer.text);
+    }
+    // A key kept to certain models sees only those.
     if (answer.statusCode !== 200) return reply.code(answer.statusCode).header('content-type', JSON_TYPE).send(answer.text);
     const list = parseModelList(answer.text);
     const visible = (m: ModelEntry): boolean => [...allowed].some((id) => isModel(m, id));
@@ -80,7 +89,7 @@ export default async function v1Routes(app: FastifyInstance): Promise<void> {
   });
 
   // llama-server has no /v1/models/{id}; the SDK's models.retrieve() expects one.
-  app.get<{ Params: { id: string } }>('/v1/models/:id', { config: { queued: 'light' } }, async (request, reply) => {
+  app.get<{ Params: { id: string } }>('/v1/models/:id', async (request, reply) => {
     const id = request.params.id;
     const allowed = request.apiKey?.models;
     if (allowed !== null && allowed !== undefined && !allowed.has(id)) throw MODEL_NOT_FOUND(id);

@@ -112,6 +112,9 @@ export function countField(v: unknown): number | undefined {
  * n_predict is -1, "until the context is full").
  */
 export function maxOutputTokens(json: Record<string, unknown>, fallback: number): number {
+  // llama-server obeys n_predict over max_tokens, also -1 ("no limit"): a request that sends
+  // n_predict -1 with a small max_tokens is unbounded there (red team: 4,094 tokens held as 5).
+  if (json.n_predict !== undefined && json.n_predict !== null && countField(json.n_predict) === undefined) return fallback;
   return (
     countField(json.n_predict) ??
     countField(json.max_completion_tokens) ??

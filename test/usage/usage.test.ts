@@ -414,16 +414,78 @@ t.test('messages: a tool call whose arguments hold "usage" is not the usage (reg
   t.match(rows, [{ outcome: 'ok', estimated: 0, prompt_tokens: 503, cached_tokens: 3, completion_tokens: 40 }]);
 });
 
-t.test('a count that fails is written without it, marked', async (t) => {
+t.test('a count that fails is billed the body bytes / 4, marked (red team F2)', async (t) => {
   const s = await setup(t, {}, { headersDelayMs: Infinity, countFails: true });
   await leaveAfter(s, '/v1/chat/completions', chatBody(), 50);
   const rows = await closeAndRead(s);
-  t.match(rows, [{ outcome: 'client_closed', estimated: 1, prompt_tokens: null }]);
-  t.match(auditLines(s)[0], { estimate: { prompt: 'count_failed', completion: 'unknown' } });
+  t.match(rows, [{ outcome: 'client_closed', estimated: 1, prompt_tokens: Math.ceil(Buffer.byteLength(chatBody()) / 4) }]);
+  t.match(auditLines(s)[0], { estimate: { prompt: 'bytes', completion: 'unknown' } });
   t.ok(
     s.gw.logs.some((l) => String(l.msg).includes('token count from llama-server failed')),
     'logged',
   );
+});
+
+t.test("clients' slow counts do not hold up the gateway's own calls: GET /health (red team F2)", async (t) => {
+  // Two clients' counts hang in llama-server (a 42 MB body took it 50–110 s), filling the light pool.
+  const s = await setup(t, { lightSlots: 2 }, { countDelayMs: Infinity });
+  const hung = [AUTH_A, { authorization: `Bearer ${KEY_B}` }].map((headers) => {
+    const req = http.request({ host: '127.0.0.1', port: s.gw.port, method: 'POST', path: '/v1/messages/count_tokens', headers });
+    req.on('error', () => {});
+    req.end(MESSAGES_BODY(false));
+    return req;
+  });
+  t.teardown(() => hung.forEach((r) => r.destroy()));
+  await s.gw.fake.waitForRequests(2);
+  const started = performance.now();
+  const health = await request(s.gw.port, { method: 'GET', path: '/health' });
+  t.equal(health.status, 200);
+  t.ok(performance.now() - started < 1000, `GET /health answered at once: ${Math.round(performance.now() - started)} ms`);
+});
+
+t.test("llama-server's 5xx after generating: the prompt counted, the completion timed, marked (red team F6)", async (t) => {
+  const s = await setup(t, {}, { countDelayMs: 0 });
+  // One finished answer tells the gateway llama-server's speed.
+  t.equal((await request(s.gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() })).status, 200);
+  s.gw.fake.behavior.headersDelayMs = 200;
+  s.gw.fake.behavior.failWith = {
+    status: 500,
+    body: '{"error":{"code":500,"message":"Failed to parse input at pos 12: peg-native format","type":"server_error"}}',
+  };
+  const failed = await request(s.gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ max_tokens: 4000 }) });
+  t.equal(failed.status, 500);
+  // A 4xx refusal costs nothing.
+  s.gw.fake.behavior.failWith = { status: 400, body: '{"error":{"code":400,"message":"bad","type":"invalid_request_error"}}' };
+  t.equal((await request(s.gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() })).status, 400);
+  const rows = await closeAndRead(s);
+  t.equal(rows.length, 3);
+  t.match(rows[1], { status: 500, outcome: 'upstream_error', estimated: 1, prompt_tokens: 29 });
+  t.ok(rows[1]!.completion_tokens! > 0, `completion timed: ${rows[1]!.completion_tokens}`);
+  t.match(auditLines(s)[1], { estimate: { prompt: 'counted', completion: 'timed' } });
+  t.match(rows[2], { status: 400, estimated: 0, prompt_tokens: null, completion_tokens: null });
+});
+
+t.test('n > 1, non-streamed: every choice billed, the prompt once per task (red team F3)', async (t) => {
+  // llama-server's answer to n: 2 (as measured): two choices, one task's usage.
+  const body = JSON.stringify({
+    choices: [
+      { finish_reason: 'length', index: 0, message: { role: 'assistant', content: ' diverseReceivedmb tim' } },
+      { finish_reason: 'stop', index: 1, message: { role: 'assistant', content: 'ney je' } },
+    ],
+    created: 1795957678,
+    model: 'gpt-oss-20b',
+    object: 'chat.completion',
+    usage: { completion_tokens: 4, prompt_tokens: 29, total_tokens: 33, prompt_tokens_details: { cached_tokens: 0 } },
+    id: 'chatcmpl-1',
+  });
+  const s = await setup(t, {}, { failWith: { status: 200, body } });
+  const res = await request(s.gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ max_tokens: 4, n: 2 }) });
+  t.equal(res.text, body, 'the answer passes unchanged');
+  s.gw.fake.behavior.failWith = null;
+  const rows = await closeAndRead(s);
+  // The fake's tokenizer: one token per word ("ney je": 2); the choice at max_tokens: 4.
+  t.match(rows, [{ status: 200, estimated: 1, prompt_tokens: 29 * 2, completion_tokens: 4 + 2 }]);
+  t.match(auditLines(s)[0], { estimate: { prompt: 'counted', completion: 'retokenized' } });
 });
 
 t.test('shutdown waits for counts still running before the last flush', async (t) => {
