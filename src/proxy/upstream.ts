@@ -109,7 +109,8 @@ export class Upstream {
       connectTimeout: SHORT_CALL_TIMEOUT_MS,
       pipelining: 1,
     });
-    // Clients' light calls are not bounded by the generation queue: a hard cap. Calls beyond it wait in undici's queue for a free connection.
+    // Clients' light calls are not bounded by the generation queue: a hard cap. Calls beyond it
+    // wait in undici's queue for a free connection.
     this.#light = new Pool(url.origin, {
       headersTimeout: config.headersTimeoutMs,
       bodyTimeout: config.idleTimeoutMs,

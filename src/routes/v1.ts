@@ -72,8 +72,11 @@ export default async function v1Routes(app: FastifyInstance): Promise<void> {
     const answer = await upstream.get('/v1/models');
     if (allowed === null || allowed === undefined) {
       reply.code(answer.statusCode);
+      const gatewayVary = reply.getHeader('vary'); // CORS: merged with llama-server's, as the proxy does
       for (const [name, value] of Object.entries(copyResponseHeaders(answer.headers, {})))
         if (value !== undefined) reply.header(name, value);
+      const upstreamVary = answer.headers.vary;
+      if (gatewayVary !== undefined && upstreamVary !== undefined) reply.header('vary', `${String(gatewayVary)}, ${String(upstreamVary)}`);
       return reply.send(answer.text);
     }
     // A key kept to certain models sees only those.

@@ -332,8 +332,9 @@ function promptsIn(kind: RouteKind, json: Record<string, unknown>): number {
 /**
  * The choices of a non-streamed /v1/completions or chat body: a choice that stopped at max_tokens
  * (finish_reason "length" with max_tokens set) generated exactly that many; the others' text (a
- * chat message's content, reasoning and tool-call arguments) is to be counted (re-tokenizing generated text can give a few more tokens than were generated: measured
- * 19 for 15 with the tiny model's random output, so it is used only where no exact number exists).
+ * chat message's content, reasoning and tool-call arguments) is to be counted (re-tokenizing
+ * generated text can give a few more tokens than were generated: measured 19 for 15 with the tiny
+ * model's random output, so it is used only where no exact number exists).
  */
 function choicesOf(body: Buffer, maxTokens: number | undefined): { atMax: number; texts: string[] } | undefined {
   const choices = (parseJson(body.toString('utf8')) as { choices?: unknown } | undefined)?.choices;

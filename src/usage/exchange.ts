@@ -50,8 +50,9 @@ export interface UsageEstimate {
   /**
    * relayed: a stream's content events sent to the client (one per token); timed: a non-streamed
    * answer's (or a llama-server 5xx's) generation time × llama-server's recent speed, capped by
-   * max_tokens; retokenized: the choices of several tasks (a prompt array, `n` > 1): max_tokens for each that stopped there, the others' text counted with
-   * /tokenize; unknown: none of these could be had.
+   * max_tokens; retokenized: the choices of several tasks (a prompt array, `n` > 1): max_tokens
+   * for each that stopped there, the others' text counted with /tokenize; unknown: none of these
+   * could be had.
    */
   completion?: 'relayed' | 'timed' | 'retokenized' | 'unknown';
 }
@@ -103,7 +104,7 @@ export class Exchange {
   applyUsage(u: unknown): void {
     if (u === null || typeof u !== 'object') return;
     const o = u as Record<string, unknown>;
-    const sum = this.prompts > 1 && this.usageEvents > 0;
+    const sum = (this.kind === 'completions' || this.prompts > 1) && this.usageEvents > 0;
     this.usageEvents++;
     const n = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);
     if (this.kind === 'messages') {

@@ -252,7 +252,11 @@ t.test('a forwarded client address is recorded only when it is an IP address', a
   const claimed = seen.length;
   await request(gw.port, { path: '/v1/models', headers: { ...AUTH_A, 'x-forwarded-for': '198.51.100.1, 203.0.113.50' } });
   await until('record', () => seen.length > claimed, 2000);
-  t.equal(seen[claimed]!.clientIp, '203.0.113.50', 'a leftmost X-Forwarded-For entry is only a claim (red team: rotating it dodged the brake)');
+  t.equal(
+    seen[claimed]!.clientIp,
+    '203.0.113.50',
+    'a leftmost X-Forwarded-For entry is only a claim (red team: rotating it dodged the brake)',
+  );
   const junkRight = seen.length;
   await request(gw.port, { path: '/v1/models', headers: { ...AUTH_A, 'x-forwarded-for': `10.0.0.1, ${'y'.repeat(5000)}` } });
   await until('record', () => seen.length > junkRight, 2000);

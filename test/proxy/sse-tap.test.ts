@@ -224,3 +224,20 @@ t.test('usage is read from where each API puts it in an event, never from conten
   const r = run('messages', [body], false);
   t.same([r.ex.promptTokens, r.ex.completionTokens], [29, 4], 'message_start and message_delta only');
 });
+
+t.test('n: 2 on chat: one usage event per task, summed (red team F3)', async (t) => {
+  // As llama-server b10587 sends it: each task's last chunk carries that task's usage.
+  const usage = '{"completion_tokens":4,"prompt_tokens":29,"total_tokens":33,"prompt_tokens_details":{"cached_tokens":0}}';
+  const chunk = (index: number, content: string): string =>
+    `data: {"choices":[{"finish_reason":null,"index":${index},"delta":{"content":"${content}"}}],"object":"chat.completion.chunk"}\n\n`;
+  const last = (index: number): string =>
+    `data: {"choices":[{"finish_reason":"length","index":${index},"delta":{}}],"object":"chat.completion.chunk","usage":${usage}}\n\n`;
+  const body = Buffer.from(`${chunk(0, 'a')}${chunk(1, 'b')}${last(1)}${last(0)}data: [DONE]\n\n`);
+  const ex = new Exchange('chat', '/v1/chat/completions', null, 0);
+  ex.prompts = 2;
+  ex.streamed = true;
+  const tap = new SseTap(ex);
+  tap.chunk(body);
+  tap.end();
+  t.same([ex.promptTokens, ex.completionTokens, ex.usageEvents], [58, 8, 2]);
+});
