@@ -148,7 +148,7 @@ export class Upstream {
       const model = body?.json.model;
       ex = new Exchange(kind, path, typeof model === 'string' ? model : null, bytes?.length ?? 0);
       // A chat stream reports its tokens only when asked; ask, and hide the answer from a client
-      // that did not (usage-tap drops that one chunk).
+      // that did not (sse-tap.ts drops that one chunk).
       if (kind === 'chat' && body !== undefined && needsIncludeUsage(body.json)) {
         bytes = withIncludeUsage(body.raw, body.json);
         ex.stripUsageChunk = true;

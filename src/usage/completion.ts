@@ -5,7 +5,7 @@
 // reports one task's usage for all).
 // Prompt tokens are counted exactly with llama-server's own counting route for that API; completion
 // tokens are what was relayed (streams), the choices' text counted (prompt arrays), or a timed
-// estimate (usage-estimate.ts). The record is marked `estimated`, with `estimate` saying how.
+// estimate (estimate.ts). The record is marked `estimated`, with `estimate` saying how.
 //
 // All of it runs after the response is over, off the request path: jobs wait in a queue, at most
 // `concurrency` count at once (llama-server's HTTP threads are few), each bounded by `timeoutMs`
