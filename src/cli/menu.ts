@@ -1,6 +1,7 @@
 // `llm-gateway menu`: one key to start or stop llama-server, the gateway and the Cloudflare Tunnel
-// together under PM2, as pm2-config.json describes them. Plain text, no mouse: raw single keys in a terminal, one key per line from a pipe. runMenu() takes its
-// streams, so tests drive it like a person would. The keys are read in menu-keys.ts, shown in
+// together under PM2, as pm2-config.json describes them. Plain text, no mouse: raw single keys in
+// a terminal, one key per line from a pipe. runMenu() takes its streams, so tests drive it like a
+// person would. The keys are read in menu-keys.ts, shown in
 // menu-screen.ts and carried out in menu-actions.ts.
 import { Failure, commandLine, run } from './common.js';
 import { wantsColor } from './format.js';
