@@ -4,6 +4,7 @@
 // returned a moment later; one that is too small lets concurrent requests overshoot the limit.
 
 import { countField, maxOutputTokens } from '../usage/estimate.js';
+import { promptsOf } from '../usage/exchange.js';
 
 /** Roughly 4 bytes of JSON per prompt token (OpenAI's rule of thumb; JSON syntax adds more). */
 const BYTES_PER_TOKEN = 4;
@@ -14,11 +15,8 @@ const MAX_CHOICES = 16;
 
 /** How many generations one request runs: one per prompt of a /v1/completions prompt array, times `n`. */
 function answers(json: Record<string, unknown>): number {
-  let prompts = 1;
-  const prompt = json.prompt;
-  // A prompt array of strings (or of token arrays) is several prompts; an array of numbers is one
-  // prompt given as tokens.
-  if (Array.isArray(prompt) && prompt.length > 1 && typeof prompt[0] !== 'number') prompts = prompt.length;
+  // Prompts split as llama-server splits them (promptsOf: an array of token ids is one prompt).
+  const prompts = Array.isArray(json.prompt) ? promptsOf(json.prompt).length : 1;
   const n = countField(json.n);
   return prompts * Math.min(MAX_CHOICES, n === undefined || n === 0 ? 1 : n);
 }

@@ -31,7 +31,7 @@ import { reserveFor } from '../admission/token-estimate.js';
 import type { JsonBody } from '../proxy/json-body.js';
 import { sseErrorEvent } from '../proxy/sse-tap.js';
 import { countField } from '../usage/estimate.js';
-import { promptsOf } from '../usage/exchange.js';
+import { tasksOf } from '../usage/exchange.js';
 
 const QUEUE_FULL_RETRY_S = 5;
 const QUEUE_TIMEOUT_RETRY_S = 10;
@@ -179,10 +179,8 @@ const PROMPT_ONLY = new Set(['/v1/embeddings', '/v1/rerank']);
  * (chat and completions). Allocates nothing for the usual body (a string prompt, no n).
  */
 function taskCount(url: string | undefined, json: Record<string, unknown>): number {
-  if (url !== '/v1/chat/completions' && url !== '/v1/completions') return 1;
-  const n = countField(json.n);
-  const prompts = url === '/v1/completions' && Array.isArray(json.prompt) ? promptsOf(json.prompt).length : 1;
-  return prompts * (n === undefined || n === 0 ? 1 : n);
+  if (url === '/v1/completions') return tasksOf('completions', json);
+  return url === '/v1/chat/completions' ? tasksOf('chat', json) : 1;
 }
 
 /** The 400 for a request with more tasks than its key may run: names `n` when it asks for several choices. */
