@@ -94,6 +94,22 @@ function httpUrl(text: string, env: string): string {
   return url.origin + url.pathname.replace(/\/+$/, '');
 }
 
+/** One llama-server base URL, or several separated by commas (each checked as httpUrl; no duplicates). */
+function httpUrlList(text: string, env: string): readonly string[] {
+  const urls = text
+    .split(',')
+    .map((part) => part.trim())
+    .filter((part) => part !== '')
+    .map((part) => httpUrl(part, env));
+  if (urls.length === 0) throw new ConfigError(env, 'must name at least one llama-server URL such as http://127.0.0.1:5857');
+  const seen = new Set<string>();
+  for (const url of urls) {
+    if (seen.has(url)) throw new ConfigError(env, `names ${url} twice`);
+    seen.add(url);
+  }
+  return urls;
+}
+
 function optionalSecret(text: string, env: string): string {
   const value = text.trim();
   if (/\s/.test(value)) throw new ConfigError(env, 'must not contain whitespace');
@@ -211,7 +227,7 @@ function logLevel(text: string, env: string): string {
 
 export const SETTINGS = {
   apiKeys: setting('LLM_API_KEYS', '', apiKeyList),
-  upstream: setting('LLM_UPSTREAM', 'http://127.0.0.1:5857', httpUrl),
+  upstreams: setting('LLM_UPSTREAM', 'http://127.0.0.1:5857', httpUrlList),
   upstreamApiKey: setting('LLM_UPSTREAM_API_KEY', '', optionalSecret),
   port: setting('GATEWAY_PORT', '8787', port),
   host: setting('GATEWAY_HOST', '127.0.0.1', host),

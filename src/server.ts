@@ -78,7 +78,7 @@ async function main(): Promise<void> {
   const usable = registry.usable(); // disabled and expired keys are held (for their 401) but not counted
   console.log('✅ LLM Gateway starting with config:');
   console.log(`  - Port: ${config.port}`);
-  console.log(`  - Upstream: ${config.upstream}`);
+  console.log(`  - Upstream: ${config.upstreams.join(', ')}`);
   console.log(`  - Valid API keys: ${usable}`);
 
   const app = await buildApp(config, { logger: loggerOptions(config), registry });
@@ -98,10 +98,10 @@ async function main(): Promise<void> {
   app.upstream.get('/health').then(
     (answer) =>
       app.log.info(
-        { upstream: config.upstream, status: answer.statusCode },
+        { upstream: config.upstreams, status: answer.statusCode },
         answer.statusCode === 200 ? 'upstream ready' : 'upstream not ready yet',
       ),
-    () => app.log.warn({ upstream: config.upstream }, 'upstream unreachable: is llama-server running? Requests will get 502 until it is'),
+    () => app.log.warn({ upstream: config.upstreams }, 'upstream unreachable: is llama-server running? Requests will get 502 until it is'),
   );
 
   let stopping = false;

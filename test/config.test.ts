@@ -17,7 +17,7 @@ const SERVER = join(ROOT, 'dist', 'server.js');
 t.test('defaults', async (t) => {
   const c = loadConfig({ LLM_API_KEYS: `${KEY_A}, ${KEY_B}` });
   t.same(c.apiKeys, [KEY_A, KEY_B]);
-  t.equal(c.upstream, 'http://127.0.0.1:5857');
+  t.same(c.upstreams, ['http://127.0.0.1:5857']);
   t.equal(c.upstreamApiKey, '');
   t.equal(c.port, 8787);
   t.equal(c.host, '127.0.0.1');
@@ -43,7 +43,7 @@ t.test('values are parsed', async (t) => {
     LOG_LEVEL: 'WARN',
   });
   t.same(c.apiKeys, [KEY_A], 'a trailing comma is not a key');
-  t.equal(c.upstream, 'https://llm.internal:8443/prefix', 'path prefix kept, trailing slash dropped');
+  t.same(c.upstreams, ['https://llm.internal:8443/prefix'], 'path prefix kept, trailing slash dropped');
   t.equal(c.port, 9000);
   t.same(c.corsAllowOrigin, ['https://chat.example.com', 'http://localhost:5173']);
   t.equal(c.bodyLimit, 512 * 1024);

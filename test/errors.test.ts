@@ -151,7 +151,7 @@ t.test('a stream error event carries the error’s own type and code', async (t)
 async function injectable(t: Teardown): Promise<FastifyInstance> {
   const store = tempStore(t);
   const registry = new KeyRegistry([KEY_A], store);
-  const config = configWith({ apiKeys: [KEY_A], upstream: `http://127.0.0.1:${await freePort()}`, maxInflight: 4, adminKey: ADMIN });
+  const config = configWith({ apiKeys: [KEY_A], upstreams: [`http://127.0.0.1:${await freePort()}`], maxInflight: 4, adminKey: ADMIN });
   const app = await buildApp(config, { logger: false, registry });
   t.teardown(() => app.close());
   return app;

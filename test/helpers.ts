@@ -95,7 +95,7 @@ export async function startGateway(
   });
   // A fixed slot count and completion hold: reading llama-server's /props in the background would
   // add upstream requests.
-  const config = configWith({ apiKeys: [KEY_A, KEY_B], upstream: fake.url, maxInflight: 4, reserveTokens: 1024, ...overrides });
+  const config = configWith({ apiKeys: [KEY_A, KEY_B], upstreams: [fake.url], maxInflight: 4, reserveTokens: 1024, ...overrides });
   const app = await buildApp(config, {
     logger: { level: 'info', stream },
     ...(options.registry === undefined ? {} : { registry: options.registry }),

@@ -114,7 +114,7 @@ function keyChecks(config: Config, dbPath: string): Check[] {
 }
 
 async function upstreamChecks(config: Config, timeoutMs: number): Promise<Check[]> {
-  const base = config.upstream;
+  const base = config.upstreams[0]!;
   const auth = config.upstreamApiKey === '' ? undefined : `Bearer ${config.upstreamApiKey}`;
   const health = await get(`${base}/health`, timeoutMs);
   if (typeof health === 'string') {
@@ -181,7 +181,7 @@ function tunnelChecks(
       ],
     };
   }
-  const llamaPort = llamaPortToGuard(stack?.processes.llama, new URL(config.upstream));
+  const llamaPort = llamaPortToGuard(stack?.processes.llama, new URL(config.upstreams[0]!));
   const findings = tunnelFindings(path, { gatewayPort: config.port, llamaPort, runName: stack === null ? null : tunnelRunName(stack) });
   const present = existsSync(path) ? [pass(`config present: ${path}`)] : [];
   return { path, checks: [...present, ...findings.map(fromFinding)] };
@@ -267,7 +267,7 @@ export async function doctor(opts: DoctorOptions): Promise<Section[]> {
       settings.config === undefined
         ? fail(settings.error)
         : pass(
-            `valid: GATEWAY_HOST ${settings.config.host}, GATEWAY_PORT ${settings.config.port}, LLM_UPSTREAM ${settings.config.upstream}`,
+            `valid: GATEWAY_HOST ${settings.config.host}, GATEWAY_PORT ${settings.config.port}, LLM_UPSTREAM ${settings.config.upstreams.join(', ')}`,
           );
   } catch (err) {
     settingsCheck = fail((err as Error).message);
@@ -286,7 +286,7 @@ export async function doctor(opts: DoctorOptions): Promise<Section[]> {
   } else {
     const dbPath = resolve(stack?.processes.gateway.cwd ?? opts.cwd, config.db);
     sections.push({ title: 'Keys', checks: keyChecks(config, dbPath) });
-    sections.push({ title: `llama-server (${config.upstream}, called directly)`, checks: await upstreamChecks(config, timeoutMs) });
+    sections.push({ title: `llama-server (${config.upstreams.join(', ')}, called directly)`, checks: await upstreamChecks(config, timeoutMs) });
     const tunnel = tunnelChecks(stack, stackMissing, config, opts.cwd);
     sections.push({ title: 'Cloudflare Tunnel', checks: tunnel.checks });
   }

@@ -137,7 +137,8 @@ export async function healthLines(s: Screen, stack: StackConfig | null, env: Env
     return [`${s.paint('red', '✘')} ${(err as Error).message}`];
   }
   if (settings.config === undefined) return [`${s.paint('red', '✘')} gateway settings: ${settings.error}`];
-  const { upstream, host, port } = settings.config;
+  const { upstreams, host, port } = settings.config;
+  const upstream = upstreams[0]!;
   const gateway = localUrl(host, port);
   const [up, gw] = await Promise.all([probe(`${upstream}/health`), probe(`${gateway}/healthz`)]);
   const upText =

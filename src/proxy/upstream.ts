@@ -86,8 +86,8 @@ export class Upstream {
   /** llama-server's recent speed, read by the taps from its `timings` (for usage estimates) */
   readonly rates = new GenerationRates();
 
-  constructor(config: Config) {
-    const url = new URL(config.upstream);
+  constructor(config: Config, baseUrl: string = config.upstreams[0]!) {
+    const url = new URL(baseUrl);
     this.#basePath = url.pathname === '/' ? '' : url.pathname;
     this.#authorization = config.upstreamApiKey === '' ? undefined : `Bearer ${config.upstreamApiKey}`;
     this.#headersTimeout = config.headersTimeoutMs;

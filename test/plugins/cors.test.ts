@@ -215,7 +215,7 @@ t.test('an origin list', async (t) => {
 });
 
 t.test('an allowed origin also gets ACAO on a gateway 502', async (t) => {
-  const gw = await startGateway(t, { corsAllowOrigin: [ALLOWED], upstream: `http://127.0.0.1:${await freePort()}` });
+  const gw = await startGateway(t, { corsAllowOrigin: [ALLOWED], upstreams: [`http://127.0.0.1:${await freePort()}`] });
   const res = await post(gw.port, ALLOWED);
   t.equal(res.status, 502);
   t.equal((JSON.parse(res.text) as { error: { code: string } }).error.code, 'upstream_unreachable');
@@ -297,7 +297,7 @@ t.test("Vary: Origin on every answer of an origin list, merged with llama-server
   t.teardown(() => upstream.close());
   const gw = await startGateway(t, {
     corsAllowOrigin: [ALLOWED],
-    upstream: `http://127.0.0.1:${(upstream.address() as net.AddressInfo).port}`,
+    upstreams: [`http://127.0.0.1:${(upstream.address() as net.AddressInfo).port}`],
   });
   const withOrigin = await request(gw.port, { path: '/v1/models', headers: { ...AUTH_A, origin: ALLOWED } });
   t.equal(withOrigin.headers.vary, 'Origin, Accept-Encoding');

@@ -16,7 +16,7 @@ const UNREACHABLE = {
 };
 
 t.test('llama-server down → 502 upstream_error on every route', async (t) => {
-  const gw = await startGateway(t, { upstream: `http://127.0.0.1:${await freePort()}` });
+  const gw = await startGateway(t, { upstreams: [`http://127.0.0.1:${await freePort()}`] });
   for (const [path, body] of [
     ['/v1/chat/completions', chatBody()],
     ['/v1/chat/completions', chatBody({ stream: true })],
@@ -93,7 +93,7 @@ async function rawUpstream(t: { teardown(fn: () => unknown): void }, onConnectio
 
 t.test('upstream closes without answering → 502, not 500', async (t) => {
   const upstream = await rawUpstream(t, (s) => s.once('data', () => s.destroy()));
-  const gw = await startGateway(t, { upstream });
+  const gw = await startGateway(t, { upstreams: [upstream] });
   const res = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
   t.equal(res.status, 502);
   t.same(JSON.parse(res.text), UNREACHABLE);
@@ -101,7 +101,7 @@ t.test('upstream closes without answering → 502, not 500', async (t) => {
 
 t.test('upstream answers garbage → 502 upstream_bad_response', async (t) => {
   const upstream = await rawUpstream(t, (s) => s.once('data', () => s.end('this is not HTTP\r\n\r\n')));
-  const gw = await startGateway(t, { upstream });
+  const gw = await startGateway(t, { upstreams: [upstream] });
   const res = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
   t.equal(res.status, 502);
   t.equal((JSON.parse(res.text) as { error: { code: string } }).error.code, 'upstream_bad_response');
@@ -114,7 +114,7 @@ t.test('a JSON answer whose body never comes (upstream closes after its headers)
       setTimeout(() => s.destroy(), 50);
     }),
   );
-  const gw = await startGateway(t, { upstream });
+  const gw = await startGateway(t, { upstreams: [upstream] });
   const res = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
   t.equal(res.status, 502, 'nothing was sent yet: the client still gets a proper error');
   t.equal(res.headers['content-type'], 'application/json; charset=utf-8');
@@ -135,7 +135,7 @@ t.test('a non-streamed body cut short by upstream ends the client response (no h
       setTimeout(() => s.destroy(), 50);
     }),
   );
-  const gw = await startGateway(t, { upstream });
+  const gw = await startGateway(t, { upstreams: [upstream] });
   const outcome = await within(
     request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() }).then(
       (r) => `completed ${r.status} with ${r.body.length} bytes`,

@@ -235,7 +235,7 @@ t.test('llama-server down is an APIError with status 502 and the gateway’s ups
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as net.AddressInfo;
   await new Promise<void>((resolve) => server.close(() => resolve()));
-  const gw = await startGateway(t, { upstream: `http://127.0.0.1:${port}` });
+  const gw = await startGateway(t, { upstreams: [`http://127.0.0.1:${port}`] });
   const { openai } = client(gw);
   const err = await openai.chat.completions.create({ model: 'gpt-oss-20b', messages: MESSAGES }).then(
     () => undefined,

@@ -201,7 +201,7 @@ t.test('comments (:), event: lines and odd framing pass through untouched', asyn
   upstream.listen(0, '127.0.0.1');
   await once(upstream, 'listening');
   t.teardown(() => upstream.close());
-  const gw = await startGateway(t, { upstream: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}` });
+  const gw = await startGateway(t, { upstreams: [`http://127.0.0.1:${(upstream.address() as AddressInfo).port}`] });
   const res = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true }) });
   t.equal(res.text, parts.join(''));
 });

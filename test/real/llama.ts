@@ -143,7 +143,7 @@ export async function startRealGateway(
       cb();
     },
   });
-  const config = configWith({ apiKeys: [KEY_A, KEY_B], upstream: llama.url, ...overrides });
+  const config = configWith({ apiKeys: [KEY_A, KEY_B], upstreams: [llama.url], ...overrides });
   const app = await buildApp(config, { logger: { level: 'info', stream }, ...build });
   await app.listen({ port: 0, host: '127.0.0.1' });
   const port = (app.server.address() as net.AddressInfo).port;

@@ -22,7 +22,7 @@ t.test('GET /healthz: 200 {"status":"ok"}, no key, never calls upstream', async 
 });
 
 t.test('GET /healthz answers even when upstream is down or loading', async (t) => {
-  const down = await startGateway(t, { upstream: `http://127.0.0.1:${await freePort()}` });
+  const down = await startGateway(t, { upstreams: [`http://127.0.0.1:${await freePort()}`] });
   const res = await request(down.port, { path: '/healthz' });
   t.equal(res.status, 200);
   t.equal(res.text, OK);
@@ -77,7 +77,7 @@ t.test('GET /health while llama-server loads: 503 with its recorded body', async
 });
 
 t.test('GET /health, upstream down: 502 upstream_error in OpenAI shape', async (t) => {
-  const gw = await startGateway(t, { upstream: `http://127.0.0.1:${await freePort()}` });
+  const gw = await startGateway(t, { upstreams: [`http://127.0.0.1:${await freePort()}`] });
   const res = await request(gw.port, { path: '/health' });
   t.equal(res.status, 502);
   t.equal(res.headers['content-type'], JSON_TYPE);

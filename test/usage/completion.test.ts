@@ -153,7 +153,7 @@ t.test("the gateway's own calls: a pool apart from clients' light calls; timed f
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as AddressInfo).port;
-  const upstream = new Upstream(configWith({ apiKeys: [], upstream: `http://127.0.0.1:${port}` }));
+  const upstream = new Upstream(configWith({ apiKeys: [], upstreams: [`http://127.0.0.1:${port}`] }));
   t.teardown(async () => {
     await upstream.destroy();
     for (const res of hung) res.destroy();

@@ -151,7 +151,7 @@ export function tunnelFindings(path: string, opts: { gatewayPort: number; llamaP
 export function stackFindings(stack: StackConfig, env: Env, opts: { settings?: boolean } = {}): Finding[] {
   const out: Finding[] = [];
   const gwEnv = gatewayEnvironment(stack, env);
-  const upstream = new URL(settingOr(gwEnv, SETTINGS.upstream));
+  const upstream = new URL(settingOr(gwEnv, SETTINGS.upstreams)[0]!);
   const gatewayPort = settingOr(gwEnv, SETTINGS.port);
   const { llama, gateway, tunnel } = stack.processes;
   const file = basename(stack.file);
@@ -168,14 +168,14 @@ export function stackFindings(stack: StackConfig, env: Env, opts: { settings?: b
       out.push(
         warn(
           'llama',
-          `LLM_UPSTREAM is ${settingOr(gwEnv, SETTINGS.upstream)} (another machine), but ${file} also starts llama-server here on port ${listen.port}`,
+          `LLM_UPSTREAM is ${settingOr(gwEnv, SETTINGS.upstreams).join(',')} (another machine), but ${file} also starts llama-server here on port ${listen.port}`,
         ),
       );
     } else if (urlPort(upstream) !== listen.port) {
       out.push(
         fail(
           'llama',
-          `port mismatch: LLM_UPSTREAM is ${settingOr(gwEnv, SETTINGS.upstream)} but llama-server is started with --port ${listen.port} (${file}); make them the same`,
+          `port mismatch: LLM_UPSTREAM is ${settingOr(gwEnv, SETTINGS.upstreams).join(',')} but llama-server is started with --port ${listen.port} (${file}); make them the same`,
         ),
       );
     } else out.push(ok('llama', `llama-server port ${listen.port} matches LLM_UPSTREAM`));
