@@ -1,14 +1,15 @@
 // The same stack as `llm-gateway menu`, for PM2 without the menu — and for a start at boot:
 //
 //   npm run build
-//   npx pm2 start ecosystem.config.cjs     # llama-server, gateway, tunnel, as in pm2-config.json
+//   npx pm2 start ecosystem.config.cjs     # llama-server(s), gateway, tunnel, as in pm2-config.json
 //   npx pm2 save                           # remember them
 //   npx pm2 startup                        # prints the one command that starts PM2 (and them) at boot
 //
 // Everything comes from pm2-config.json next to this file (or the file named by
 // LLM_GATEWAY_PM2_CONFIG), through the code the menu uses (dist/cli/stack/pm2-apps.js and
 // pm2-config.js): the gateway gets wait_ready (it calls process.send('ready') once it listens) and
-// a kill_timeout longer than GATEWAY_SHUTDOWN_GRACE_MS; processes with "enabled": false are left out.
+// a kill_timeout longer than GATEWAY_SHUTDOWN_GRACE_MS; processes with "enabled": false are left out;
+// a "llama" list gives one app per llama-server (llama-1, llama-2 … or llama-<name>).
 'use strict';
 
 const path = require('node:path');

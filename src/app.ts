@@ -26,7 +26,9 @@ import jsonBodyPlugin from './plugins/json-body.js';
 import policyPlugin from './plugins/policy.js';
 import proxyPlugin from './plugins/proxy.js';
 import requestLogPlugin from './plugins/request-log.js';
+import routePlugin from './plugins/route.js';
 import usagePlugin, { usageRecords } from './plugins/usage.js';
+import adminConsoleRoutes from './routes/admin-console.js';
 import adminRoutes from './routes/admin.js';
 import healthRoutes from './routes/health.js';
 import metricsRoutes from './routes/metrics.js';
@@ -43,6 +45,11 @@ export interface BuildOptions {
   checkpointMs?: number;
   /** How often a stream waiting in the queue gets a keep-alive comment (ms); tests shorten it. */
   queuePingMs?: number;
+  /**
+   * Follow the llama-servers in the background: /health polls, /v1/models and /props (default
+   * true). Tests that count the upstream requests they cause turn it off.
+   */
+  discovery?: boolean;
 }
 
 // Longest time a client may take to send one whole request (headers and body), against slow-body
@@ -79,7 +86,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
 
   // What the gateway holds (closed bottom to top, see above).
   await app.register(databasePlugin, { store: registry.store, checkpointMs: options.checkpointMs }); // app.db, app.checkpointer
-  await app.register(proxyPlugin, { config }); // app.upstream
+  await app.register(proxyPlugin, { config, discovery: options.discovery }); // app.upstreams, app.upstream
   await app.register(usagePlugin, { config, flushMs: options.usageFlushMs }); // app.usage, app.usageStore
   await app.register(authPlugin, { config, registry }); // app.authGuard, app.keyRegistry
   await app.register(admissionPlugin, { config }); // app.queue, app.lightQueue, app.limits
@@ -87,22 +94,26 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
 
   // Public: no key. /metrics: the admin key or a local scraper.
   await app.register(healthRoutes);
-  await app.register(metricsRoutes, { adminKey: config.adminKey });
+  await app.register(metricsRoutes, { adminKey: config.adminKey, keySlots: config.keySlots });
 
   // Everything else needs a key: auth (onRequest, before the body is read) → JSON body → policy
-  // (model allowed for this key?) → admission (limits, fair queue) → routes; every answer in this
+  // (model allowed for this key?) → route (which servers serve that model?) → admission (limits,
+  // fair queue: a slot on one of them) → routes; every answer in this
   // scope is a usage record.
   await app.register(async function authenticated(api) {
     await api.register(checkKey);
     await api.register(jsonBodyPlugin);
     await api.register(policyPlugin);
+    await api.register(routePlugin);
     await api.register(admit, { config, pingMs: options.queuePingMs });
     await api.register(v1Routes);
     await api.register(usageRecords);
   });
 
-  // The admin API has its own key and exists only when GATEWAY_ADMIN_KEY is set.
+  // The admin API has its own key and exists only when GATEWAY_ADMIN_KEY is set; so does the
+  // console's page (/admin/: static files, no key, the page asks for it and calls the API with it).
   if (config.adminKey !== '' && registry.store !== undefined && app.usageStore !== null) {
+    await app.register(adminConsoleRoutes, {});
     await app.register(adminRoutes, {
       prefix: '/admin',
       adminKey: config.adminKey,

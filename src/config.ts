@@ -189,6 +189,13 @@ function optionalPath(text: string, env: string): string {
   return value;
 }
 
+/** The upstreams file (src/upstreams/upstreams-file.ts), or empty for none: LLM_UPSTREAM alone. */
+function upstreamsFilePath(text: string, env: string): string {
+  const value = text.trim();
+  if (value.endsWith('/')) throw new ConfigError(env, `must be a file path such as ./upstreams.json (or empty for none), got "${text}"`);
+  return value;
+}
+
 function days(text: string, env: string): number {
   const n = wholeNumber(text);
   if (!Number.isSafeInteger(n) || n < 1) throw new ConfigError(env, `must be a whole number of days (≥ 1), got "${text}"`);
@@ -229,6 +236,7 @@ export const SETTINGS = {
   apiKeys: setting('LLM_API_KEYS', '', apiKeyList),
   upstreams: setting('LLM_UPSTREAM', 'http://127.0.0.1:5857', httpUrlList),
   upstreamApiKey: setting('LLM_UPSTREAM_API_KEY', '', optionalSecret),
+  upstreamsFile: setting('GATEWAY_UPSTREAMS_FILE', '', upstreamsFilePath),
   port: setting('GATEWAY_PORT', '8787', port),
   host: setting('GATEWAY_HOST', '127.0.0.1', host),
   corsAllowOrigin: setting('CORS_ALLOW_ORIGIN', '', corsOrigins),
@@ -244,6 +252,7 @@ export const SETTINGS = {
   auditKeepDays: setting('GATEWAY_AUDIT_KEEP_DAYS', '30', days),
   logBodies: setting('GATEWAY_LOG_BODIES', 'false', onOff),
   maxInflight: setting('GATEWAY_MAX_INFLIGHT', '', optionalCount),
+  affinity: setting('GATEWAY_AFFINITY', 'on', onOff),
   maxQueue: setting('GATEWAY_MAX_QUEUE', '100', count),
   maxQueuePerKey: setting('GATEWAY_MAX_QUEUE_PER_KEY', '20', count),
   queueTimeoutMs: setting('GATEWAY_QUEUE_TIMEOUT_MS', '120000', millis),

@@ -223,6 +223,36 @@ export const MODEL_NOT_FOUND = worded(
   'model',
 );
 
+/** Listed in a routing error: the models a key may use, at most this many named. */
+const MODELS_LISTED = 20;
+function modelList(models: readonly string[]): string {
+  if (models.length === 0) return 'none';
+  const named = models.slice(0, MODELS_LISTED).map(echoed).join(', ');
+  return models.length > MODELS_LISTED ? `${named} and ${models.length - MODELS_LISTED} more` : named;
+}
+
+/** Several models are served and the body names none of them (issue 14). */
+export const MODEL_UNKNOWN = worded(
+  'MODEL_UNKNOWN',
+  404,
+  'invalid_request_error',
+  'model_not_found',
+  (id: string, available: readonly string[]) =>
+    `The model '${echoed(id)}' does not exist or is not served now. Available to this key: ${modelList(available)}.`,
+  'model',
+);
+
+/** Several models are served and the body names no model. */
+export const MODEL_REQUIRED = worded(
+  'MODEL_REQUIRED',
+  400,
+  'invalid_request_error',
+  'model_required',
+  (available: readonly string[]) =>
+    `This gateway serves several models; say which one in "model". Available to this key: ${modelList(available)}.`,
+  'model',
+);
+
 // One code, three causes: clients see "the body is not usable JSON" either way.
 const INVALID_JSON_CAUSES = causes('INVALID_JSON', 400, 'invalid_request_error', 'invalid_json', {
   parse: (detail: string) =>
@@ -283,6 +313,29 @@ export const STRING_TOO_LONG = worded(
   (param: string, max: number, length: number) =>
     `Invalid '${param}': string too long. Expected a string with maximum length ${max}, but got a string with length ${length} instead.`,
   (param: string) => param,
+);
+
+// A multipart/form-data upload (/v1/audio/transcriptions) the gateway cannot read (http/form-data.ts).
+const INVALID_FORM_CAUSES = causes('INVALID_FORM', 400, 'invalid_request_error', 'invalid_form', {
+  noBoundary: 'The Content-Type has no valid boundary; send multipart/form-data; boundary=… as your HTTP library writes it.',
+  notClosed: 'The multipart/form-data body ends before its closing boundary (--boundary--): it was cut short or uses another boundary.',
+  malformed: 'The multipart/form-data body is not well formed: each part needs CRLF line ends and a Content-Disposition with a name.',
+  twoModels: 'The form has more than one "model" field; send one.',
+  modelNotUtf8: 'The form\'s "model" field is not valid UTF-8.',
+});
+export const FORM_NO_BOUNDARY = INVALID_FORM_CAUSES.noBoundary;
+export const FORM_NOT_CLOSED = INVALID_FORM_CAUSES.notClosed;
+export const FORM_MALFORMED = INVALID_FORM_CAUSES.malformed;
+export const FORM_TWO_MODELS = INVALID_FORM_CAUSES.twoModels;
+export const FORM_MODEL_NOT_UTF8 = INVALID_FORM_CAUSES.modelNotUtf8;
+
+export const FORM_FILE_MISSING = fixed(
+  'FORM_FILE_MISSING',
+  400,
+  'invalid_request_error',
+  'missing_file',
+  'The form has no "file" part; send the audio to transcribe as the "file" field (multipart/form-data).',
+  'file',
 );
 
 /**
@@ -426,6 +479,15 @@ export const SHUTTING_DOWN = fixed(
   'server_error',
   'shutting_down',
   'The gateway is restarting; retry in a few seconds.',
+);
+
+/** Several llama-servers and none has told its models yet (the first seconds after start). */
+export const UPSTREAMS_STARTING = fixed(
+  'UPSTREAMS_STARTING',
+  503,
+  'server_error',
+  'upstreams_starting',
+  'The gateway has not yet heard from its model servers which models they serve; retry in a few seconds.',
 );
 
 export const INTERNAL = fixed('INTERNAL', 500, 'server_error', 'internal_error', 'The gateway hit an internal error.');

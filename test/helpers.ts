@@ -47,6 +47,12 @@ export interface GatewayOptions {
   usageFlushMs?: number;
   /** How often a queued stream gets a keep-alive comment (ms). */
   queuePingMs?: number;
+  /**
+   * Follow the llama-servers in the background (/health, /v1/models, /props polls). Default: off
+   * with one upstream (tests count exactly the upstream requests they cause), on with several
+   * (routing by model needs their model lists).
+   */
+  discovery?: boolean;
 }
 
 /** A fresh folder under the OS temp dir, removed at teardown. */
@@ -101,6 +107,7 @@ export async function startGateway(
     ...(options.registry === undefined ? {} : { registry: options.registry }),
     ...(options.usageFlushMs === undefined ? {} : { usageFlushMs: options.usageFlushMs }),
     ...(options.queuePingMs === undefined ? {} : { queuePingMs: options.queuePingMs }),
+    discovery: options.discovery ?? config.upstreams.length > 1,
   });
   await app.listen({ port: 0, host: '127.0.0.1' });
   const port = (app.server.address() as net.AddressInfo).port;

@@ -1,6 +1,6 @@
-// `llm-gateway doctor`: one checklist for the whole set-up — settings, keys, llama-server (called
-// directly: the gateway never exposes /props), the Cloudflare Tunnel's config and the PM2
-// processes. Exit 0 only when nothing failed. It starts nothing and writes nothing: no PM2 daemon
+// `llm-gateway doctor`: one checklist for the whole set-up — settings, keys, each llama-server
+// (called directly: the gateway never exposes /props), what the running gateway says of them, the
+// Cloudflare Tunnel's config and the PM2 processes. Exit 0 only when nothing failed. It starts nothing and writes nothing: no PM2 daemon
 // is spawned, no key database is created, .env is read without touching this process's environment.
 // Over 300 lines on purpose: one section per part of the set-up, read top to bottom as the report
 // prints; each section is a short function of its own.
@@ -10,21 +10,32 @@ import { NO_KEYS_MESSAGE, type Config } from '../config.js';
 import { KeyStore } from '../keys/key-store.js';
 import { commandLine, run } from './common.js';
 import { paint, wantsColor, type Color } from './format.js';
-import { httpGet, localUrl, type HttpAnswer } from './http-probe.js';
+import { getOrReason, jsonObject, localUrl } from './http-probe.js';
 import { Pm2, daemonRunning, defaultPm2Home, formatUptime } from './pm2.js';
 import { stackFindings, tunnelFindings, type Finding } from './stack/findings.js';
 import {
   DEFAULT_STACK_FILE,
   DEFAULT_TUNNEL_FILE,
-  PROCESS_NAMES,
   StackConfigError,
+  isLlamaApp,
   loadStackConfig,
   type StackConfig,
 } from './stack/pm2-config.js';
-import { gatewayEnvironment, gatewaySettings, llamaPortToGuard, type Env } from './stack/settings.js';
+import {
+  gatewayEnvironment,
+  gatewaySettings,
+  llamaPortsToGuard,
+  upstreamTargets,
+  type Env,
+  type UpstreamTarget,
+} from './stack/settings.js';
 import { tunnelConfigPath, tunnelRunName } from './stack/tunnel-file.js';
+import { modelsOf, modelsText, probeUpstream, propsOf, upstreamState } from './upstream-probe.js';
 
 type Mark = 'pass' | 'warn' | 'fail' | 'skip';
+
+/** The menu key that shows a process's log. */
+const LOG_KEY = { llama: 'L', gateway: '9', tunnel: 'T' } as const;
 
 interface Check {
   readonly mark: Mark;
@@ -61,24 +72,6 @@ function fromFinding(f: Finding): Check {
   return { mark: f.level === 'ok' ? 'pass' : f.level, text: f.text };
 }
 
-/** GET url; a string is the reason it could not be reached. */
-async function get(url: string, timeoutMs: number, authorization?: string): Promise<HttpAnswer | string> {
-  const answer = await httpGet(url, timeoutMs, authorization);
-  if ('status' in answer) return answer;
-  if (answer.timedOut) return `no answer within ${timeoutMs} ms`;
-  const cause = answer.error.cause;
-  return cause?.code ?? cause?.message ?? answer.error.message;
-}
-
-function json(body: string): Record<string, unknown> | undefined {
-  try {
-    const v: unknown = JSON.parse(body);
-    return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 function plural(n: number, word: string): string {
   return `${n} ${word}${n === 1 ? '' : 's'}`;
 }
@@ -113,54 +106,89 @@ function keyChecks(config: Config, dbPath: string): Check[] {
   ];
 }
 
-async function upstreamChecks(config: Config, timeoutMs: number): Promise<Check[]> {
-  const base = config.upstreams[0]!;
-  const auth = config.upstreamApiKey === '' ? undefined : `Bearer ${config.upstreamApiKey}`;
-  const health = await get(`${base}/health`, timeoutMs);
-  if (typeof health === 'string') {
+/** One llama-server, asked directly: reachable, ready or loading, its models, slots and context. */
+async function upstreamChecks(target: UpstreamTarget, timeoutMs: number): Promise<Check[]> {
+  const probe = await probeUpstream(target, timeoutMs);
+  const { url } = target;
+  const state = upstreamState(probe);
+  if (typeof probe.health === 'string') {
     return [
-      fail(`not reachable at ${base} (${health}): is llama-server running, and is LLM_UPSTREAM its address? (llm-gateway menu, key 1)`),
+      fail(
+        `not reachable at ${url} (${probe.health}): is llama-server running, and is ${target.source} its address? (llm-gateway menu, key 1)`,
+      ),
       skip('model and slots: skipped, llama-server is not reachable'),
     ];
   }
   const out: Check[] = [];
-  if (health.status === 200) out.push(pass('reachable and ready (GET /health → 200)'));
-  else if (health.status === 503)
+  if (state === 'ready') out.push(pass('reachable and ready (GET /health → 200)'));
+  else if (state === 'loading')
     out.push(fail('reachable but not ready: still loading the model (GET /health → 503); try again in a moment'));
-  else out.push(fail(`reachable but GET /health answered ${health.status}: is LLM_UPSTREAM llama-server's address?`));
+  else out.push(fail(`reachable but GET /health answered ${probe.health.status}: is ${target.source} llama-server's address?`));
 
-  const models = await get(`${base}/v1/models`, timeoutMs, auth);
-  if (typeof models === 'string') out.push(fail(`GET /v1/models failed (${models})`));
-  else if (models.status === 401)
-    out.push(fail(`llama-server wants an API key (GET /v1/models → 401): set LLM_UPSTREAM_API_KEY to its --api-key`));
-  else if (models.status !== 200) out.push(fail(`GET /v1/models answered ${models.status}`));
-  else {
-    const data = json(models.body)?.data;
-    const ids = Array.isArray(data) ? data.map((m: unknown) => idText((m as { id?: unknown }).id)) : [];
-    out.push(ids.length > 0 ? pass(`model: ${ids.join(', ')} (GET /v1/models)`) : fail('GET /v1/models lists no model'));
-  }
+  const { models: answer, props: propsAnswer } = probe;
+  const models = modelsOf(answer);
+  if (answer === undefined || typeof answer === 'string') out.push(fail(`GET /v1/models failed (${answer ?? 'not asked'})`));
+  else if (answer.status === 401)
+    out.push(fail(`llama-server wants an API key (GET /v1/models → 401): set ${keySetting(target)} to its --api-key`));
+  else if (answer.status !== 200) out.push(fail(`GET /v1/models answered ${answer.status}`));
+  else if (models === undefined || models.length === 0) out.push(fail('GET /v1/models lists no model'));
+  else out.push(pass(`${models.length === 1 ? 'model' : 'models'}: ${modelsText(models)} (GET /v1/models)`));
 
-  const props = await get(`${base}/props`, timeoutMs, auth);
-  if (typeof props === 'string') out.push(fail(`GET /props failed (${props})`));
-  else if (props.status !== 200)
-    out.push(warn(`slot count unknown: GET /props answered ${props.status} (llama-server started without its props endpoint?)`));
+  const props = propsOf(propsAnswer);
+  if (propsAnswer === undefined || typeof propsAnswer === 'string') out.push(fail(`GET /props failed (${propsAnswer ?? 'not asked'})`));
+  else if (props === undefined)
+    out.push(warn(`slot count unknown: GET /props answered ${propsAnswer.status} (llama-server started without its props endpoint?)`));
   else {
-    const p = json(props.body) ?? {};
-    const slots = p.total_slots;
-    const file = typeof p.model_path === 'string' ? `, model file ${p.model_path}` : '';
+    const file = props.modelPath === undefined ? '' : `, model file ${props.modelPath}`;
+    const ctx = props.nCtx === undefined ? '' : `, ${props.nCtx} tokens of context each`;
+    const from = props.nCtx === undefined ? '(GET /props total_slots; -np)' : '(GET /props total_slots, n_ctx; -np, -c)';
     out.push(
-      typeof slots === 'number'
-        ? pass(`${plural(slots, 'slot')}: ${slots} requests at once (GET /props total_slots; -np)${file}`)
+      props.slots !== undefined
+        ? pass(`${plural(props.slots, 'slot')}: ${plural(props.slots, 'request')} at once${ctx} ${from}${file}`)
         : warn(`GET /props has no total_slots${file}`),
     );
   }
   return out;
 }
 
+/** Where the key for a llama-server's --api-key is set. */
+function keySetting(target: UpstreamTarget): string {
+  return target.source === 'LLM_UPSTREAM' ? 'LLM_UPSTREAM_API_KEY' : `its "api_key" in ${target.source} (or LLM_UPSTREAM_API_KEY)`;
+}
+
+/** The running gateway's GET /health: its own view of each llama-server (state, slots, models). */
+async function gatewayHealthChecks(config: Config, timeoutMs: number): Promise<Check[]> {
+  const url = `${localUrl(config.host, config.port)}/health`;
+  const answer = await getOrReason(url, timeoutMs);
+  if (typeof answer === 'string') return [skip(`not running here (${answer}): its view of the llama-servers is skipped`)];
+  const body = jsonObject(answer.body);
+  const upstreams = body?.upstreams;
+  const status = typeof body?.status === 'string' ? `: ${body.status}` : '';
+  const head = answer.status === 200 ? pass(`answers GET /health → 200${status}`) : warn(`answers GET /health → ${answer.status}${status}`);
+  if (!Array.isArray(upstreams)) return [head, skip('it does not list its llama-servers (an older build? npm run build)')];
+  return [
+    head,
+    ...upstreams.map((u: unknown) => {
+      const e = (typeof u === 'object' && u !== null ? u : {}) as Record<string, unknown>;
+      const name = typeof e.name === 'string' ? e.name : '?';
+      const state = typeof e.state === 'string' ? e.state : '?';
+      const slots = typeof e.slots === 'number' ? `, ${plural(e.slots, 'slot')}` : '';
+      const names = Array.isArray(e.models)
+        ? e.models.map((m: unknown) =>
+            typeof m === 'string' ? m : typeof (m as { id?: unknown } | null)?.id === 'string' ? (m as { id: string }).id : '?',
+          )
+        : [];
+      const text = `${name}: ${state}${slots}${names.length > 0 ? `, ${names.length === 1 ? 'model' : 'models'} ${names.join(', ')}` : ''}`;
+      return state === 'ready' ? pass(text) : state === 'down' ? fail(text) : warn(text);
+    }),
+  ];
+}
+
 function tunnelChecks(
   stack: StackConfig | null,
   stackMissing: boolean,
   config: Config,
+  upstreams: readonly string[],
   cwd: string,
 ): { path: string | null; checks: Check[] } {
   if (stack !== null && !stack.processes.tunnel.enabled)
@@ -181,8 +209,8 @@ function tunnelChecks(
       ],
     };
   }
-  const llamaPort = llamaPortToGuard(stack?.processes.llama, new URL(config.upstreams[0]!));
-  const findings = tunnelFindings(path, { gatewayPort: config.port, llamaPort, runName: stack === null ? null : tunnelRunName(stack) });
+  const llamaPorts = llamaPortsToGuard(stack?.processes.llama, upstreams);
+  const findings = tunnelFindings(path, { gatewayPort: config.port, llamaPorts, runName: stack === null ? null : tunnelRunName(stack) });
   const present = existsSync(path) ? [pass(`config present: ${path}`)] : [];
   return { path, checks: [...present, ...findings.map(fromFinding)] };
 }
@@ -205,25 +233,26 @@ async function pm2Checks(stack: StackConfig, opts: DoctorOptions, config: Config
   }
   try {
     const states = await pm2.list();
-    for (const name of PROCESS_NAMES) {
-      if (!stack.processes[name].enabled) {
-        out.push(skip(`${name}: off in ${DEFAULT_STACK_FILE}`));
+    for (const spec of stack.apps) {
+      const { app } = spec;
+      if (!spec.enabled) {
+        out.push(skip(`${app}: off in ${DEFAULT_STACK_FILE}`));
         continue;
       }
-      const p = states.find((s) => s.name === name);
-      if (p === undefined) out.push(fail(`${name} is not started under PM2 (llm-gateway menu, key a)`));
+      const p = states.find((s) => s.name === app);
+      if (p === undefined) out.push(fail(`${app} is not started under PM2 (llm-gateway menu, key a)`));
       else if (p.status !== 'online')
         out.push(
           fail(
-            `${name} is ${p.status} under PM2${p.restarts > 0 ? ` (${plural(p.restarts, 'restart')})` : ''}: see its log (menu key ${name === 'gateway' ? '9' : name === 'llama' ? 'L' : 'T'}, or pm2 logs ${name})`,
+            `${app} is ${p.status} under PM2${p.restarts > 0 ? ` (${plural(p.restarts, 'restart')})` : ''}: see its log (menu key ${LOG_KEY[spec.name]}, or pm2 logs ${app})`,
           ),
         );
       else {
         const up = p.startedAt === null ? '' : `, up ${formatUptime(Date.now() - p.startedAt)}`;
-        out.push(pass(`${name} online (pid ${p.pid ?? '?'}${up}, ${plural(p.restarts, 'restart')})`));
-        if (name === 'gateway' && config !== undefined) {
+        out.push(pass(`${app} online (pid ${p.pid ?? '?'}${up}, ${plural(p.restarts, 'restart')})`));
+        if (spec.name === 'gateway' && config !== undefined) {
           const url = `${localUrl(config.host, config.port)}/healthz`;
-          const answer = await get(url, timeoutMs);
+          const answer = await getOrReason(url, timeoutMs);
           out.push(
             typeof answer !== 'string' && answer.status === 200
               ? pass(`gateway answers on ${url}`)
@@ -231,6 +260,12 @@ async function pm2Checks(stack: StackConfig, opts: DoctorOptions, config: Config
           );
         }
       }
+    }
+    // A llama-server PM2 still runs under a name the file no longer has (say "llama", after the
+    // file switched to a list): it holds its port and its memory.
+    for (const p of states) {
+      if (!isLlamaApp(p.name) || stack.apps.some((spec) => spec.app === p.name) || p.status === 'stopped') continue;
+      out.push(warn(`${p.name} is ${p.status} under PM2 but not in ${DEFAULT_STACK_FILE} any more: pm2 delete ${p.name} (or menu key 4)`));
     }
   } finally {
     if (opts.pm2 === undefined) await pm2.disconnect();
@@ -258,16 +293,18 @@ export async function doctor(opts: DoctorOptions): Promise<Section[]> {
 
   // Settings as the gateway will see them (under PM2: its cwd's .env and pm2-config.json's env).
   let config: Config | undefined;
+  let targets: UpstreamTarget[] = [];
   let settingsCheck: Check;
   try {
     const env = gatewayEnvironment(stack, opts.env, opts.cwd);
     const settings = gatewaySettings(env);
     config = settings.config;
+    if (config !== undefined) targets = upstreamTargets(env, stack?.processes.gateway.cwd ?? opts.cwd);
     settingsCheck =
       settings.config === undefined
         ? fail(settings.error)
         : pass(
-            `valid: GATEWAY_HOST ${settings.config.host}, GATEWAY_PORT ${settings.config.port}, LLM_UPSTREAM ${settings.config.upstreams.join(', ')}`,
+            `valid: GATEWAY_HOST ${settings.config.host}, GATEWAY_PORT ${settings.config.port}, ${targets[0]?.source ?? 'LLM_UPSTREAM'} ${targets.map((u) => u.url).join(', ')}`,
           );
   } catch (err) {
     settingsCheck = fail((err as Error).message);
@@ -286,8 +323,16 @@ export async function doctor(opts: DoctorOptions): Promise<Section[]> {
   } else {
     const dbPath = resolve(stack?.processes.gateway.cwd ?? opts.cwd, config.db);
     sections.push({ title: 'Keys', checks: keyChecks(config, dbPath) });
-    sections.push({ title: `llama-server (${config.upstreams.join(', ')}, called directly)`, checks: await upstreamChecks(config, timeoutMs) });
-    const tunnel = tunnelChecks(stack, stackMissing, config, opts.cwd);
+    // One section per llama-server, asked at the same time (each has its own deadline).
+    const checks = await Promise.all(targets.map((target) => upstreamChecks(target, timeoutMs)));
+    targets.forEach((target, i) => {
+      const name = target.name === undefined ? '' : ` ${target.name}`;
+      sections.push({ title: `llama-server${name} (${target.url}, called directly)`, checks: checks[i]! });
+    });
+    const gateway = `${localUrl(config.host, config.port)}/health`;
+    sections.push({ title: `Gateway (${gateway}, its view of the llama-servers)`, checks: await gatewayHealthChecks(config, timeoutMs) });
+    const upstreamUrls = targets.map((target) => target.url);
+    const tunnel = tunnelChecks(stack, stackMissing, config, upstreamUrls, opts.cwd);
     sections.push({ title: 'Cloudflare Tunnel', checks: tunnel.checks });
   }
 
@@ -333,8 +378,9 @@ export function formatDoctor(sections: readonly Section[], color: boolean): stri
 const DOCTOR_HELP = `Usage: llm-gateway doctor [--config FILE]
 
 Checks the whole set-up and prints a checklist: settings (.env and environment), keys
-(LLM_API_KEYS and the key database), llama-server (reachable, ready, its model and slot count,
-asked directly), the Cloudflare Tunnel's config (present, pointing at the gateway) and, when
+(LLM_API_KEYS and the key database), each llama-server of LLM_UPSTREAM (reachable, ready or
+loading, its models, slots and context, asked directly), the running gateway's view of them (its
+GET /health), the Cloudflare Tunnel's config (present, pointing at the gateway) and, when
 pm2-config.json exists, the PM2 processes. Starts nothing, changes nothing, never prints a key.
 
 Exit codes: 0 every check passed, 1 something failed, 2 usage.
@@ -357,9 +403,4 @@ export function doctorCommand(argv: string[]): Promise<number> {
     process.stdout.write(formatDoctor(sections, wantsColor(process.stdout, process.env)));
     return failures(sections) === 0 ? 0 : 1;
   });
-}
-
-/** A model id as llama-server lists it (a string), or '?' for anything else. */
-function idText(id: unknown): string {
-  return typeof id === 'string' || typeof id === 'number' ? String(id) : '?';
 }

@@ -28,3 +28,22 @@ export function localUrl(host: string, port: number): string {
   const h = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '[::1]' : host.includes(':') ? `[${host}]` : host;
   return `http://${h}:${port}`;
 }
+
+/** GET url; a string is the reason it could not be reached (the socket's code, or the deadline). */
+export async function getOrReason(url: string, timeoutMs: number, authorization?: string): Promise<HttpAnswer | string> {
+  const answer = await httpGet(url, timeoutMs, authorization);
+  if ('status' in answer) return answer;
+  if (answer.timedOut) return `no answer within ${timeoutMs} ms`;
+  const cause = answer.error.cause;
+  return cause?.code ?? cause?.message ?? answer.error.message;
+}
+
+/** A JSON object's fields, or undefined for anything else. */
+export function jsonObject(body: string): Record<string, unknown> | undefined {
+  try {
+    const v: unknown = JSON.parse(body);
+    return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}

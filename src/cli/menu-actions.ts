@@ -1,9 +1,10 @@
-// What the menu's keys do: start, stop and restart llama-server, the gateway and the tunnel under
-// PM2 (in order, each checked before it starts and watched for a moment after), show their logs
-// and the doctor's checklist. pm2-config.json is read again for every action, so edits apply at
-// once. The screen it writes to is menu-screen.ts; the loop that reads keys is in menu.ts.
-// Just over 300 lines: the actions share the start/stop ordering and the settle check, which
-// would otherwise be passed around between files.
+// What the menu's keys do: start, stop and restart the llama-servers, the gateway and the tunnel
+// under PM2 (in order, each checked before it starts and watched for a moment after), show their
+// logs and the doctor's checklist. A llama key acts on every llama-server of pm2-config.json.
+// pm2-config.json is read again for every action, so edits apply at once. The screen it writes to
+// is menu-screen.ts; the loop that reads keys is in menu.ts.
+// Over 300 lines: the actions share the start/stop ordering and the settle check, which would
+// otherwise be passed around between files.
 import { basename, dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { doctor, formatDoctor } from './doctor.js';
@@ -13,7 +14,15 @@ import { drawStatus, healthLines, type Screen } from './menu-screen.js';
 import type { Pm2 } from './pm2.js';
 import { stackFindings, startBlockers, type Finding } from './stack/findings.js';
 import { pm2App } from './stack/pm2-apps.js';
-import { StackConfigError, loadStackConfig, writeDefaultStackConfig, type ProcessName, type StackConfig } from './stack/pm2-config.js';
+import {
+  StackConfigError,
+  isLlamaApp,
+  loadStackConfig,
+  writeDefaultStackConfig,
+  type ProcessName,
+  type ProcessSpec,
+  type StackConfig,
+} from './stack/pm2-config.js';
 import { gatewayEnvironment, gatewaySettings, type Env } from './stack/settings.js';
 import { ensureTunnelTemplate, tunnelTemplateHelp } from './stack/tunnel-file.js';
 
@@ -187,115 +196,142 @@ export class Menu {
     await keys.next();
   }
 
-  async #start(names: readonly ProcessName[], all: boolean): Promise<void> {
+  /** The processes of some kinds, in that order (a llama key means every llama-server of the file). */
+  #specs(stack: StackConfig, kinds: readonly ProcessName[]): ProcessSpec[] {
+    return kinds.flatMap((kind) => (kind === 'llama' ? stack.processes.llama : [stack.processes[kind]]));
+  }
+
+  /**
+   * The PM2 names of a kind: those of the file (when it reads), then any other llama-server PM2
+   * runs under a llama name (left from an earlier file: "llama" before the file had a list).
+   */
+  async #appNames(kind: ProcessName): Promise<string[]> {
+    const { stack } = this.#tryStack();
+    const names = stack === null ? [kind] : this.#specs(stack, [kind]).map((spec) => spec.app);
+    if (kind === 'llama') for (const p of await this.#pm2.list()) if (isLlamaApp(p.name) && !names.includes(p.name)) names.push(p.name);
+    return names;
+  }
+
+  async #start(kinds: readonly ProcessName[], all: boolean): Promise<void> {
     const s = this.#screen;
     const stack = this.#stack();
     if (stack === null) return;
-    const started: ProcessName[] = [];
-    for (const name of names) {
-      const spec = stack.processes[name];
+    const started: ProcessSpec[] = [];
+    for (const spec of this.#specs(stack, kinds)) {
+      const { app } = spec;
       if (!spec.enabled) {
-        if (!all) s.note(`${name} is off in ${basename(stack.file)} ("enabled": false).`);
+        if (!all) s.note(`${app} is off in ${basename(stack.file)} ("enabled": false).`);
         continue;
       }
-      if (name === 'tunnel') this.#tunnelTemplate(stack);
-      const blockers = startBlockers(stack, name, this.#env);
+      if (spec.name === 'tunnel') this.#tunnelTemplate(stack);
+      const blockers = startBlockers(stack, spec, this.#env);
       if (blockers.length > 0) {
-        s.note(`${s.paint('red', '✘')} ${name} not started: ${blockers.join('; ')}`);
+        s.note(`${s.paint('red', '✘')} ${app} not started: ${blockers.join('; ')}`);
         continue;
       }
-      const current = await this.#pm2.find(name);
+      const current = await this.#pm2.find(app);
       if (current?.status === 'online') {
-        s.note(`${name} is already online (pid ${current.pid ?? '?'}).`);
+        s.note(`${app} is already online (pid ${current.pid ?? '?'}).`);
         continue;
       }
-      s.line(`Starting ${name}…`);
+      s.line(`Starting ${app}…`);
       // A fresh definition each time, so edits to pm2-config.json apply.
-      if (current !== undefined) await this.#pm2.delete(name);
+      if (current !== undefined) await this.#pm2.delete(app);
       try {
-        await this.#pm2.start(pm2App(stack, name, this.#env));
-        started.push(name);
+        await this.#pm2.start(pm2App(stack, spec, this.#env));
+        started.push(spec);
       } catch (err) {
-        s.note(`${s.paint('red', '✘')} ${name} did not start: ${(err as Error).message}`);
+        s.note(`${s.paint('red', '✘')} ${app} did not start: ${(err as Error).message}`);
       }
     }
     await this.#settle(started);
   }
 
   /** Watches what was just started for a moment and says whether it stayed up. */
-  async #settle(names: readonly ProcessName[]): Promise<void> {
-    if (names.length === 0) return;
+  async #settle(specs: readonly ProcessSpec[]): Promise<void> {
+    if (specs.length === 0) return;
     await sleep(this.#opts.settleMs);
     const states = await this.#pm2.list();
     const s = this.#screen;
-    for (const name of names) {
-      const p = states.find((x) => x.name === name);
+    for (const { app, name } of specs) {
+      const p = states.find((x) => x.name === app);
       if (p !== undefined && p.status === 'online' && p.restarts === 0) {
-        s.note(`${s.paint('green', '✔')} ${name} online (pid ${p.pid ?? '?'})`);
+        s.note(`${s.paint('green', '✔')} ${app} online (pid ${p.pid ?? '?'})`);
         continue;
       }
       const how =
         p === undefined ? 'gone' : `${p.status}${p.restarts > 0 ? `, restarted ${p.restarts} time${p.restarts === 1 ? '' : 's'}` : ''}`;
-      s.note(`${s.paint('red', '✘')} ${name} did not stay up (${how}). Its last log lines:`);
+      s.note(`${s.paint('red', '✘')} ${app} did not stay up (${how}). Its last log lines:`);
       const lines = [...(tailLines(p?.errLog ?? '', 6) ?? []), ...(tailLines(p?.outLog ?? '', 4) ?? [])];
       for (const l of lines.length > 0 ? lines : ['(nothing logged)']) s.note(`    ${this.#pretty(l)}`);
       if (p !== undefined && p.status !== 'stopped') s.note(`    PM2 keeps restarting it; ${STOP_KEY[name]} stops it.`);
     }
   }
 
-  async #stop(names: readonly ProcessName[], all: boolean): Promise<void> {
+  async #stop(kinds: readonly ProcessName[], all: boolean): Promise<void> {
     const s = this.#screen;
     let stopped = 0;
-    for (const name of names) {
-      const current = await this.#pm2.find(name);
-      if (current === undefined || current.status === 'stopped') {
-        if (!all) s.note(`${name} is not running.`);
-        continue;
+    for (const kind of kinds) {
+      let running = 0;
+      for (const app of await this.#appNames(kind)) {
+        const current = await this.#pm2.find(app);
+        if (current === undefined || current.status === 'stopped') continue;
+        s.line(`Stopping ${app}…`);
+        await this.#pm2.stop(app);
+        running++;
+        s.note(`■ ${app} stopped`);
       }
-      s.line(`Stopping ${name}…`);
-      await this.#pm2.stop(name);
-      stopped++;
-      s.note(`■ ${name} stopped`);
+      if (!all && running === 0) s.note(`${kind} is not running.`);
+      stopped += running;
     }
     if (all && stopped === 0) s.note('Nothing was running.');
   }
 
-  async #restart(name: ProcessName): Promise<void> {
+  async #restart(kind: ProcessName): Promise<void> {
     const s = this.#screen;
     const stack = this.#stack();
     if (stack === null) return;
-    if (!stack.processes[name].enabled) {
-      s.note(`${name} is off in ${basename(stack.file)} ("enabled": false).`);
-      return;
+    const restarted: ProcessSpec[] = [];
+    for (const spec of this.#specs(stack, [kind])) {
+      const { app } = spec;
+      if (!spec.enabled) {
+        s.note(`${app} is off in ${basename(stack.file)} ("enabled": false).`);
+        continue;
+      }
+      const blockers = startBlockers(stack, spec, this.#env);
+      if (blockers.length > 0) {
+        s.note(`${s.paint('red', '✘')} ${app} not restarted: ${blockers.join('; ')}`);
+        continue;
+      }
+      const current = await this.#pm2.find(app);
+      s.line(`Restarting ${app}…`);
+      if (current !== undefined) await this.#pm2.delete(app);
+      await this.#pm2.start(pm2App(stack, spec, this.#env));
+      restarted.push(spec);
     }
-    const blockers = startBlockers(stack, name, this.#env);
-    if (blockers.length > 0) {
-      s.note(`${s.paint('red', '✘')} ${name} not restarted: ${blockers.join('; ')}`);
-      return;
-    }
-    const current = await this.#pm2.find(name);
-    s.line(`Restarting ${name}…`);
-    if (current !== undefined) await this.#pm2.delete(name);
-    await this.#pm2.start(pm2App(stack, name, this.#env));
-    await this.#settle([name]);
+    await this.#settle(restarted);
   }
 
-  async #logs(name: ProcessName): Promise<void> {
+  /** The last lines of each process of a kind (every llama-server, one after the other). */
+  async #logs(kind: ProcessName): Promise<void> {
     const s = this.#screen;
-    const count = this.#opts.logLines;
-    const p = await this.#pm2.find(name);
-    const out = p?.outLog ?? join(this.#pm2.home, 'logs', `${name}-out.log`);
-    const err = p?.errLog ?? join(this.#pm2.home, 'logs', `${name}-error.log`);
+    const apps = await this.#appNames(kind);
+    const count = apps.length > 1 ? Math.max(5, Math.ceil(this.#opts.logLines / apps.length)) : this.#opts.logLines;
     s.clear();
-    const outLines = tailLines(out, count);
-    s.line(s.paint('cyan', `── ${name}: last ${count} lines of ${out}`));
-    for (const l of outLines ?? [`(no log yet: ${name} has not run under this PM2)`]) s.line(this.#pretty(l));
-    const errLines = tailLines(err, Math.ceil(count / 2));
-    if (errLines !== null && errLines.length > 0) {
-      s.line(s.paint('cyan', `── ${name}: last ${errLines.length} lines of ${err}`));
-      for (const l of errLines) s.line(this.#pretty(l));
+    for (const name of apps) {
+      const p = await this.#pm2.find(name);
+      const out = p?.outLog ?? join(this.#pm2.home, 'logs', `${name}-out.log`);
+      const err = p?.errLog ?? join(this.#pm2.home, 'logs', `${name}-error.log`);
+      const outLines = tailLines(out, count);
+      s.line(s.paint('cyan', `── ${name}: last ${count} lines of ${out}`));
+      for (const l of outLines ?? [`(no log yet: ${name} has not run under this PM2)`]) s.line(this.#pretty(l));
+      const errLines = tailLines(err, Math.ceil(count / 2));
+      if (errLines !== null && errLines.length > 0) {
+        s.line(s.paint('cyan', `── ${name}: last ${errLines.length} lines of ${err}`));
+        for (const l of errLines) s.line(this.#pretty(l));
+      }
     }
-    s.line(s.paint('dim', `── live: pm2 logs ${name}  (PM2_HOME=${this.#pm2.home})`));
+    s.line(s.paint('dim', `── live: pm2 logs ${apps.length === 1 ? apps[0]! : `'/^${kind}/'`}  (PM2_HOME=${this.#pm2.home})`));
   }
 
   async #doctor(): Promise<void> {

@@ -1,13 +1,15 @@
 // What the menu shows: the screen it writes to (cleared between redraws on a terminal, plain lines
 // from a pipe), the status page (the PM2 table, the health lines, the problems of the stack, the
-// keys), and the health lines themselves (llama-server's /health and the gateway's /healthz).
+// keys), and the health lines themselves (each llama-server's state, models and slots, and the
+// gateway's /healthz).
 import { basename } from 'node:path';
 import { paint, table, type Color } from './format.js';
 import { httpGet, localUrl } from './http-probe.js';
 import { formatBytes, formatUptime, type ProcessState } from './pm2.js';
 import type { Finding } from './stack/findings.js';
-import { PROCESS_NAMES, type StackConfig, type StackConfigError } from './stack/pm2-config.js';
-import { gatewayEnvironment, gatewaySettings, type Env } from './stack/settings.js';
+import { PROCESS_NAMES, isLlamaApp, type StackConfig, type StackConfigError } from './stack/pm2-config.js';
+import { gatewayEnvironment, gatewaySettings, upstreamTargets, type Env } from './stack/settings.js';
+import { modelsOf, modelsText, probeUpstream, propsOf, upstreamState, type UpstreamProbe } from './upstream-probe.js';
 
 const HEALTH_TIMEOUT_MS = 1500;
 
@@ -82,16 +84,23 @@ export function drawStatus(s: Screen, status: Status): void {
   const rows = [['NAME', 'STATE', 'PID', 'UPTIME', 'RESTARTS', 'MEMORY', 'CPU']];
   const now = Date.now();
   const stateColors: Color[] = [];
-  for (const name of PROCESS_NAMES) {
+  // The file's processes (every llama-server of a list), then a llama-server PM2 still runs under a
+  // name the file no longer has.
+  const listed = (stack?.apps ?? PROCESS_NAMES.map((app) => ({ app, enabled: true }))).map((p) => ({
+    app: p.app,
+    enabled: p.enabled,
+    stale: false,
+  }));
+  const left = states.filter((p) => isLlamaApp(p.name) && !listed.some((l) => l.app === p.name));
+  for (const { app: name, enabled, stale } of [...listed, ...left.map((p) => ({ app: p.name, enabled: true, stale: true }))]) {
     const p = states.find((x) => x.name === name);
-    const enabled = stack?.processes[name].enabled ?? true;
     const state = p?.status ?? (enabled ? 'not started' : 'off');
     stateColors.push(
       state === 'online' ? 'green' : state === 'errored' ? 'red' : p === undefined || state === 'stopped' ? 'dim' : 'yellow',
     );
     rows.push([
       name,
-      p !== undefined && !enabled ? `${state} (off)` : state,
+      stale ? `${state} (not in config)` : p !== undefined && !enabled ? `${state} (off)` : state,
       p?.pid === null || p === undefined ? '-' : String(p.pid),
       p?.startedAt === null || p === undefined ? '-' : formatUptime(now - p.startedAt),
       p === undefined ? '-' : String(p.restarts),
@@ -128,33 +137,49 @@ async function probe(url: string): Promise<number | string> {
   return 'status' in answer ? answer.status : (answer.error.cause?.code ?? answer.error.name);
 }
 
-/** One line each for llama-server's /health and the gateway's /healthz. */
+/** A llama-server's line: ready · its models · its slots, loading, or why it does not answer. */
+function upstreamText(s: Screen, p: UpstreamProbe): string {
+  const state = upstreamState(p);
+  if (state === 'down') return s.paint('dim', `not reachable (${typeof p.health === 'string' ? p.health : '?'})`);
+  const head =
+    state === 'ready'
+      ? s.paint('green', 'ready')
+      : state === 'loading'
+        ? s.paint('yellow', 'loading the model')
+        : s.paint('yellow', `answers ${state}`);
+  const parts = [head];
+  const models = modelsOf(p.models);
+  if (typeof p.models === 'object' && p.models.status === 401) parts.push(s.paint('yellow', 'wants an API key (LLM_UPSTREAM_API_KEY)'));
+  else if (models !== undefined && models.length > 0) parts.push(modelsText(models));
+  const slots = propsOf(p.props)?.slots;
+  if (slots !== undefined) parts.push(`${slots} slot${slots === 1 ? '' : 's'}`);
+  return parts.join(' · ');
+}
+
+/** One line per llama-server (LLM_UPSTREAM, or the upstreams file) and one for the gateway's /healthz. */
 export async function healthLines(s: Screen, stack: StackConfig | null, env: Env): Promise<string[]> {
   let settings: ReturnType<typeof gatewaySettings>;
+  let targets: ReturnType<typeof upstreamTargets>;
   try {
-    settings = gatewaySettings(gatewayEnvironment(stack, env));
+    const gwEnv = gatewayEnvironment(stack, env);
+    settings = gatewaySettings(gwEnv);
+    targets = settings.config === undefined ? [] : upstreamTargets(gwEnv, stack?.processes.gateway.cwd ?? process.cwd());
   } catch (err) {
     return [`${s.paint('red', '✘')} ${(err as Error).message}`];
   }
   if (settings.config === undefined) return [`${s.paint('red', '✘')} gateway settings: ${settings.error}`];
-  const { upstreams, host, port } = settings.config;
-  const upstream = upstreams[0]!;
+  const { host, port } = settings.config;
   const gateway = localUrl(host, port);
-  const [up, gw] = await Promise.all([probe(`${upstream}/health`), probe(`${gateway}/healthz`)]);
-  const upText =
-    up === 200
-      ? s.paint('green', 'ready')
-      : up === 503
-        ? s.paint('yellow', 'loading the model')
-        : typeof up === 'number'
-          ? s.paint('yellow', `answers ${up}`)
-          : s.paint('dim', `not reachable (${up})`);
+  const [gw, upstreams] = await Promise.all([
+    probe(`${gateway}/healthz`),
+    Promise.all(targets.map((target) => probeUpstream(target, HEALTH_TIMEOUT_MS))),
+  ]);
   const gwText =
     gw === 200
       ? s.paint('green', 'answering')
       : typeof gw === 'number'
         ? s.paint('yellow', `answers ${gw}`)
         : s.paint('dim', `not reachable (${gw})`);
-  const width = Math.max(upstream.length, gateway.length);
-  return [`llama-server  ${upstream.padEnd(width)}  ${upText}`, `gateway       ${gateway.padEnd(width)}  ${gwText}`];
+  const rows = [...upstreams.map((p) => [p.target.name ?? 'llama-server', p.target.url, upstreamText(s, p)]), ['gateway', gateway, gwText]];
+  return table(rows);
 }

@@ -25,7 +25,12 @@ import fp from 'fastify-plugin';
 import { KEY_QUEUE_FULL, QUEUE_FULL, QUEUE_TIMEOUT, RATE_LIMITED, TOO_MANY_TASKS, type GatewayError } from '../errors.js';
 import type { Config } from '../config.js';
 import { MemoryCounters } from '../admission/counters.js';
-import { FairQueue, QueueFull, QueueLeft, TooManyTasks, type Ticket } from '../admission/fair-queue.js';
+import { FairQueue, QueueFull, QueueLeft, TooManyTasks, type Ticket as LightTicket } from '../admission/fair-queue.js';
+import { Scheduler, type Ticket } from '../admission/scheduler.js';
+import type { Failover } from '../proxy/upstream.js';
+import { AffinityMap, affinityKey, preferMs } from '../upstreams/affinity.js';
+import type { UpstreamNode } from '../upstreams/upstream-set.js';
+import type { RouteKind } from '../usage/exchange.js';
 import { Limits } from '../admission/limits.js';
 import { reserveFor } from '../admission/token-estimate.js';
 import type { JsonBody } from '../proxy/json-body.js';
@@ -46,9 +51,6 @@ const ABANDONED_SLOT_HOLD_MS = 1500;
 /** Cloudflare drops a connection silent for ~100 s; a queued stream says something every 15 s. */
 const DEFAULT_QUEUE_PING_MS = 15_000;
 
-/** Until llama-server says how many slots it has (GET /props total_slots). */
-const FALLBACK_SLOTS = 4;
-const SLOTS_RECHECK_MS = 30_000;
 const COUNTER_SWEEP_MS = 60_000;
 /** Window counts are kept this long after their window (the longest window is a day). */
 const COUNTER_MAX_AGE_MS = 2 * 86_400_000;
@@ -57,8 +59,10 @@ const HOLD_MAX_AGE_MS = 3_600_000;
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** The fair queue in front of llama-server's slots. */
-    queue: FairQueue;
+    /** The fair queue in front of the llama-servers' slots: per model, over every server of it. */
+    queue: Scheduler;
+    /** Sends a request that failed before its answer started to another server (proxy/upstream.ts). */
+    failover: Failover;
     /** The light calls' queue (token counting, model list): GATEWAY_LIGHT_SLOTS at once. */
     lightQueue: FairQueue;
     /** Per-key limits and token holds. */
@@ -70,7 +74,35 @@ declare module 'fastify' {
      * 'light': a short call (token counting, model list), queued apart in the light queue.
      */
     queued?: boolean | 'light';
+    /** the API the route speaks (usage, prompt-cache affinity) */
+    kind?: RouteKind;
   }
+  interface FastifyRequest {
+    /** The llama-server this request was given (a slot there for generations); null before admission. */
+    backend: UpstreamNode | null;
+    /** Its place in the queue, kept for failover (null for requests not queued). */
+    placement: Placement | null;
+  }
+}
+
+/** A queued request's place: what it asked for, and the ticket it holds now (failover swaps it). */
+class Placement {
+  /** asked for another server once already */
+  retried = false;
+  constructor(
+    public ticket: Ticket | LightTicket,
+    readonly key: string,
+    readonly nodes: readonly UpstreamNode[],
+    readonly weight: number,
+    readonly light: boolean,
+  ) {}
+}
+
+/** The server for a light call (token counting): the first ready one of the route, else its first. */
+function lightServer(nodes: readonly UpstreamNode[]): UpstreamNode {
+  if (nodes.length === 1) return nodes[0]!;
+  for (const n of nodes) if (n.state === 'ready') return n;
+  return nodes[0]!;
 }
 
 export default fp(
@@ -97,67 +129,81 @@ export default fp(
     }, COUNTER_SWEEP_MS);
     sweep.unref();
 
-    // The fair queue holds this process's share of llama-server's slots; a key holds at most its
-    // share of them (GATEWAY_KEY_SLOTS, default all but one). Light calls (token counting, the
-    // model list) wait in a small queue of their own, never behind generations; the proxy's light
-    // pool has as many connections (GATEWAY_LIGHT_SLOTS).
-    const queue = new FairQueue({
-      maxInflight: config.maxInflight ?? FALLBACK_SLOTS,
+    // The fair queue holds this process's share of the llama-servers' slots, per model, over every
+    // server of that model (admission/scheduler.ts); a key holds at most its share of a model's slots
+    // (GATEWAY_KEY_SLOTS, default all but one). Each server's slot count is its /props total_slots
+    // (or GATEWAY_MAX_INFLIGHT, or the upstreams file), followed as it changes (upstreams/). Light
+    // calls (token counting) wait in a small queue of their own, never behind generations; each
+    // server's light pool has as many connections (GATEWAY_LIGHT_SLOTS).
+    const set = app.upstreams;
+    const queue = new Scheduler({
       maxQueue: config.maxQueue,
       maxQueuePerKey: config.maxQueuePerKey,
       timeoutMs: config.queueTimeoutMs,
       keySlots: config.keySlots,
     });
+    set.onChange(() => queue.changed());
     app.decorate('queue', queue);
-    app.decorate(
-      'lightQueue',
-      new FairQueue({
-        maxInflight: config.lightSlots,
-        maxQueue: config.maxQueue,
-        maxQueuePerKey: config.maxQueuePerKey,
-        timeoutMs: config.queueTimeoutMs,
-        keySlots: config.keySlots,
-      }),
-    );
+    app.decorateRequest('backend', null);
+    app.decorateRequest('placement', null);
+    const lightQueue = new FairQueue({
+      maxInflight: config.lightSlots,
+      maxQueue: config.maxQueue,
+      maxQueuePerKey: config.maxQueuePerKey,
+      timeoutMs: config.queueTimeoutMs,
+      keySlots: config.keySlots,
+    });
+    app.decorate('lightQueue', lightQueue);
 
-    // GATEWAY_MAX_INFLIGHT unset: as many at once as llama-server has slots, read from its /props
-    // at start and again every 30 s (so a restarted llama-server with another -np is followed).
-    // GATEWAY_RESERVE_TOKENS=auto: a request that names no max_tokens holds llama-server's context per
+    // A request that failed before its answer started goes once more: to another server of its
+    // model (connection refused or reset, 502/503), or, when llama-server said it is loading, back
+    // into the queue until a server of the model is ready (within the queue deadline). Never after
+    // the first byte of llama-server's answer reached the client (proxy/upstream.ts asks only before).
+    app.decorate('failover', async (request: FastifyRequest, cause: { loading: boolean; reason: string }) => {
+      const p = request.placement;
+      const server = request.backend;
+      if (p === null || server === null || p.retried) return null;
+      p.retried = true;
+      server.failures++;
+      if (cause.loading) set.markLoading(server);
+      else set.markDown(server, cause.reason);
+      const candidates = cause.loading ? p.nodes : p.nodes.filter((n) => n !== server);
+      if (candidates.length === 0) return null;
+      if (p.light) {
+        const next = lightServer(candidates);
+        request.backend = next;
+        return next.client;
+      }
+      let ticket: Ticket;
+      try {
+        ticket = queue.enter(p.key, (request.target ?? { model: '' }).model, candidates, p.weight, { front: true });
+      } catch {
+        return null; // the queue is full: the first failure stands
+      }
+      const old = p.ticket;
+      p.ticket = ticket;
+      old.cancel();
+      try {
+        const admission = await ticket.admitted;
+        request.backend = admission.server as UpstreamNode;
+        return request.backend.client;
+      } catch {
+        return null; // waited past the deadline, or the client left
+      }
+    });
+
+    // GATEWAY_RESERVE_TOKENS=auto: a request that names no max_tokens holds its server's context per
     // slot (/props default_generation_settings.n_ctx), the most one generation can reach.
-    let slotsTimer: NodeJS.Timeout | undefined;
-    if (config.maxInflight === null || config.reserveTokens === null) {
-      const readSlots = async (): Promise<void> => {
-        try {
-          const answer = await app.upstream.get('/props');
-          const props = JSON.parse(answer.text) as { total_slots?: unknown; default_generation_settings?: { n_ctx?: unknown } };
-          const ctx = props.default_generation_settings?.n_ctx;
-          if (answer.statusCode === 200 && config.reserveTokens === null && typeof ctx === 'number' && Number.isInteger(ctx) && ctx > 0) {
-            limits.completionHold = ctx;
-          }
-          const slots = config.maxInflight === null ? props.total_slots : undefined;
-          if (
-            answer.statusCode === 200 &&
-            typeof slots === 'number' &&
-            Number.isInteger(slots) &&
-            slots > 0 &&
-            slots !== queue.maxInflight
-          ) {
-            queue.setMaxInflight(slots);
-            app.log.info({ slots }, 'llama-server slots: requests run upstream at once');
-          }
-        } catch {
-          // unreachable or not llama-server: keep the current number, try again later
-        }
+    if (config.reserveTokens === null) {
+      const follow = (): void => {
+        let ctx = 0;
+        for (const n of set.nodes) if (n.nCtx !== null && n.nCtx > ctx) ctx = n.nCtx;
+        if (ctx > 0) limits.completionHold = ctx;
       };
-      app.addHook('onReady', async () => {
-        void readSlots();
-        slotsTimer = setInterval(() => void readSlots(), SLOTS_RECHECK_MS);
-        slotsTimer.unref();
-      });
+      set.onChange(follow);
     }
     app.addHook('onClose', async () => {
       clearInterval(sweep);
-      clearInterval(slotsTimer);
       queue.close(); // ends slot holds (ABANDONED_SLOT_HOLD_MS)
     });
   },
@@ -172,6 +218,11 @@ export interface AdmitOptions {
 
 /** Routes that read a prompt and generate nothing: they hold only their prompt's tokens. */
 const PROMPT_ONLY = new Set(['/v1/embeddings', '/v1/rerank']);
+/**
+ * An audio upload's bytes say little about its tokens (audio runs ~25 tokens a second, ~16 KB of
+ * 16-bit WAV): it holds its completion allowance and this for the audio (about 10 minutes of it).
+ */
+const UPLOAD_HOLD_TOKENS = 16_384;
 
 /**
  * How many llama-server tasks a request runs at once, so how many slots it takes: one per prompt
@@ -192,7 +243,11 @@ function tooManyTasks(err: TooManyTasks, json: Record<string, unknown> | undefin
 export const admit = fp(
   async function admitPlugin(app: FastifyInstance, opts: AdmitOptions) {
     const { limits, queue, lightQueue } = app;
+    const set = app.upstreams;
     const { queueTimeoutMs, maxQueuePerKey } = opts.config;
+    // Prompt-cache affinity (GATEWAY_AFFINITY): the next turn of a conversation goes to the server
+    // that served the last one, when its model has several servers (upstreams/affinity.ts).
+    const affinity = opts.config.affinity ? new AffinityMap() : null;
     const accounting = app.usageAccounting;
     // Usage records settle token holds (GATEWAY_USAGE=on); else a hold ends with its response.
     const settledByRecords = app.usage !== null;
@@ -220,24 +275,47 @@ export const admit = fp(
         // settles it (the admission plugin); without usage records the hold ends with the response.
         const body = request.body as JsonBody | undefined;
         if (queued === true && Limits.holdsTokens(l) && body !== undefined) {
-          limits.reserve(
-            key.id,
-            request.id,
-            reserveFor(body.raw, body.json, !PROMPT_ONLY.has(route.url ?? ''), limits.completionHold),
-            now,
-          );
+          const hold =
+            body.form === true
+              ? UPLOAD_HOLD_TOKENS + limits.completionHold
+              : reserveFor(body.raw, body.json, !PROMPT_ONLY.has(route.url ?? ''), limits.completionHold);
+          limits.reserve(key.id, request.id, hold, now);
           if (!settledByRecords) res.once('close', () => limits.release(request.id));
         }
         reply.headers(limits.headers(key.id, l, now));
       }
 
-      if (queued === undefined || queued === false) return done();
+      const target = request.target;
+      if (queued === undefined || queued === false || target === null) return done();
       const light = queued === 'light';
-      const json = (request.body as JsonBody | undefined)?.json;
+      const body = request.body as JsonBody | undefined;
+      const json = body?.json;
       const tasks = light || json === undefined ? 1 : taskCount(route.url, json);
-      let ticket: Ticket;
+      let placement: Placement;
+      let affine: string | null = null;
       try {
-        ticket = (light ? lightQueue : queue).enter(key.id, tasks);
+        if (light) {
+          placement = new Placement(lightQueue.enter(key.id, tasks), key.id, target.nodes, tasks, true);
+          request.backend = lightServer(target.nodes);
+        } else {
+          let prefer: UpstreamNode | undefined;
+          let wait = 0;
+          if (affinity !== null && target.nodes.length > 1 && json !== undefined && body !== undefined) {
+            affine = affinityKey(route.config.kind ?? 'chat', json, key.id);
+            const at = affine === null ? undefined : affinity.get(affine);
+            prefer = at === undefined ? undefined : set.nodes[at];
+            if (prefer !== undefined) wait = preferMs(body.raw.length, null);
+          }
+          const ticket =
+            prefer === undefined
+              ? queue.enter(key.id, target.model, target.nodes, tasks)
+              : queue.enter(key.id, target.model, target.nodes, tasks, { prefer, preferMs: wait });
+          placement = new Placement(ticket, key.id, target.nodes, tasks, false);
+          if (ticket.server !== undefined) {
+            request.backend = ticket.server as UpstreamNode;
+            if (affine !== null) affinity!.set(affine, request.backend.index);
+          }
+        }
       } catch (err) {
         if (err instanceof TooManyTasks) return done(tooManyTasks(err, json));
         if (!(err instanceof QueueFull)) throw err;
@@ -247,20 +325,30 @@ export const admit = fp(
       // Leaving while waiting takes the request out of the queue; after admission, the same
       // call gives the slot back (the response finished, or the client left mid-answer). A
       // non-streamed one left before its answer came keeps the slot a while (ABANDONED_SLOT_HOLD_MS).
-      if (light || json?.stream === true) res.once('close', ticket.cancel);
+      // (Through the placement: a failover swaps its ticket.)
+      request.placement = placement;
+      if (light || json?.stream === true) res.once('close', () => placement.ticket.cancel());
       else
         res.once('close', () => {
+          const ticket = placement.ticket;
           if (ticket.started && !res.writableFinished && !res.headersSent) queue.hold(ticket.cancel, ABANDONED_SLOT_HOLD_MS);
           else ticket.cancel();
         });
-      if (ticket.immediate) return done();
-      waitForSlot(request, reply, ticket, key.name, light).then(() => done(), done);
+      if (placement.ticket.immediate) return done();
+      waitForSlot(request, reply, placement.ticket, key.name, light).then(() => {
+        const server = light ? undefined : (placement.ticket as Ticket).server;
+        if (request.backend === null && server !== undefined) {
+          request.backend = server as UpstreamNode;
+          if (affine !== null) affinity!.set(affine, request.backend.index);
+        }
+        done();
+      }, done);
     });
 
     async function waitForSlot(
       request: FastifyRequest,
       reply: FastifyReply,
-      ticket: Ticket,
+      ticket: Ticket | LightTicket,
       keyName: string,
       light: boolean,
     ): Promise<void> {

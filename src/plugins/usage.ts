@@ -97,7 +97,9 @@ function buildRecord(
   };
   if (estimated) record.estimate = { completion: 'relayed' };
   if (logBodies) {
-    if (body !== undefined) record.requestBody = body.raw.subarray(0, MAX_LOGGED_BODY).toString('utf8');
+    // An upload (multipart form) is not text: only its fields are kept.
+    if (body !== undefined)
+      record.requestBody = body.form === true ? JSON.stringify(body.json) : body.raw.subarray(0, MAX_LOGGED_BODY).toString('utf8');
     if (ex?.text !== null && ex?.text !== undefined) record.responseText = ex.text;
   }
   return record;
@@ -218,13 +220,15 @@ export default fp(
     }
     const upstream = app.upstream;
     const completer = new UsageCompleter({
-      call: (path, body, signal) => upstream.post(path, body, { signal }),
+      // Counted on the server that answered (each model has its own tokenizer).
+      call: (path, body, signal, ex) => (ex.server ?? upstream).post(path, body, { signal }),
       emit: (r) => recorder.record(r),
-      rates: { speeds: () => upstream.rates.speeds() },
+      rates: { speeds: (ex) => (ex?.server ?? upstream).rates.speeds() },
       log: app.log,
     });
     app.decorate('usageAccounting', accountingFor(recorder, config.trustProxy, completer));
-    upstream.watch(watcherFor(recorder, config.trustProxy, completer));
+    const watcher = watcherFor(recorder, config.trustProxy, completer);
+    for (const node of app.upstreams.nodes) node.client.watch(watcher);
     recorder.start(app.log, opts.flushMs);
     // Once every connection is done: pending token counts finish (the upstream pools close after
     // this hook: the proxy registered earlier), then the last flush (the database's last checkpoint

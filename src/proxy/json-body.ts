@@ -8,6 +8,11 @@ import { MAX_JSON_DEPTH } from '../http/client-input.js';
 export interface JsonBody {
   readonly raw: Buffer;
   readonly json: Record<string, unknown>;
+  /**
+   * A multipart/form-data upload (/v1/audio/transcriptions): `json` holds only the form fields the
+   * gateway reads, and the bytes go upstream with the client's Content-Type (its boundary).
+   */
+  readonly form?: true;
 }
 
 /**

@@ -40,6 +40,7 @@ const CONTENT_MARKER: Partial<Record<RouteKind, Buffer>> = {
   completions: Buffer.from('"finish_reason":null'),
   messages: Buffer.from('"type":"content_block_delta"'),
   responses: Buffer.from('"type":"response.output_text.delta"'),
+  transcriptions: Buffer.from('"type":"transcript.text.delta"'),
 };
 const MAX_CARRY = 1 << 20; // a "partial event" this large is not SSE as llama-server writes it
 const MAX_TEXT = 1 << 20;

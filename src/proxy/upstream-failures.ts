@@ -25,6 +25,30 @@ export function failureOf(err: unknown, timeoutMs: number, wait: UpstreamWait): 
   return UPSTREAM_UNREACHABLE;
 }
 
+/**
+ * A request that failed this way never reached llama-server's work (nothing listened, the connection
+ * was refused, reset or could not be made in time), so it may be sent to another server.
+ * A headers timeout is not one: llama-server may have run the request for minutes.
+ */
+export function isConnectFailure(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  return (
+    code === 'ECONNREFUSED' ||
+    code === 'ECONNRESET' ||
+    code === 'EPIPE' ||
+    code === 'EHOSTUNREACH' ||
+    code === 'ENETUNREACH' ||
+    code === 'UND_ERR_SOCKET' ||
+    code === 'UND_ERR_CONNECT_TIMEOUT' ||
+    code === 'UND_ERR_CLOSED'
+  );
+}
+
+/** llama-server's 503 while it loads its model ({"error":{"message":"Loading model",…}}). */
+export function isLoadingAnswer(status: number, text: string): boolean {
+  return status === 503 && text.includes('Loading model');
+}
+
 /** Ends a stream whose 200 is already sent with an error event (what else can still be said). */
 export function endEarlyStream(res: ServerResponse, dialect: SseDialect, err: GatewayError, ex: Exchange | null): void {
   if (ex !== null) ex.broken = err.code === 'upstream_timeout' || err.code === 'queue_timeout' ? 'timeout' : 'error';

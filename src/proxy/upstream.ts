@@ -17,6 +17,7 @@
 // response's `close`, so llama-server frees its slot at once in every phase.
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
 import type { OutgoingHttpHeaders } from 'node:http';
 import { Pool, type Dispatcher } from 'undici';
 import type { Config } from '../config.js';
@@ -26,7 +27,7 @@ import { needsIncludeUsage, withIncludeUsage, type JsonBody } from './json-body.
 import { JsonTap } from './json-tap.js';
 import { relay, type BrokenEnd, type OnBroken } from './relay.js';
 import { SseTap, sseErrorEvent, type SseDialect } from './sse-tap.js';
-import { describeBreak, endEarlyStream, failureOf, inStreamFailure } from './upstream-failures.js';
+import { describeBreak, endEarlyStream, failureOf, inStreamFailure, isConnectFailure, isLoadingAnswer } from './upstream-failures.js';
 import { Exchange, tasksOf, type RouteKind } from '../usage/exchange.js';
 import { GenerationRates } from '../usage/estimate.js';
 
@@ -47,6 +48,20 @@ export interface ExchangeWatcher {
   started(exchange: Exchange): void;
   /** Its client left before the response finished. */
   clientClosed(request: FastifyRequest, exchange: Exchange): void;
+}
+
+/**
+ * A request failed before any byte of llama-server's answer reached the client (issue 14): the
+ * connection could not be made or was reset, or llama-server answered 502/503 (503 `loading`: it is
+ * loading its model). The callback may give the request another server (a slot already taken there)
+ * to try; null leaves the failure as it is. Asked at most once per request (the caller counts).
+ */
+export type Failover = (request: FastifyRequest, cause: FailoverCause) => Promise<Upstream | null>;
+export interface FailoverCause {
+  /** llama-server said it is loading its model: the same server will do once it is ready */
+  readonly loading: boolean;
+  /** for the log: the error code or status */
+  readonly reason: string;
 }
 
 /** Routes whose work is light (counting tokens, listing models): queued apart, sent on the light pool. */
@@ -77,6 +92,8 @@ export class Upstream {
   /** GETs in flight, by path: concurrent callers (e.g. a burst of public /health) share one. */
   readonly #gets = new Map<string, Promise<UpstreamAnswer>>();
   readonly #basePath: string;
+  /** scheme://host:port, for log lines */
+  readonly #origin: string;
   readonly #authorization: string | undefined;
   readonly #headersTimeout: number;
   readonly #idleTimeout: number;
@@ -85,11 +102,15 @@ export class Upstream {
   #destroyed = false;
   /** llama-server's recent speed, read by the taps from its `timings` (for usage estimates) */
   readonly rates = new GenerationRates();
+  /** Time from sending a request to llama-server's response headers, in seconds (per-upstream /metrics). */
+  onHeaders: ((seconds: number) => void) | null = null;
 
-  constructor(config: Config, baseUrl: string = config.upstreams[0]!) {
+  /** `apiKey`: this server's own key (upstreams file); LLM_UPSTREAM_API_KEY when not given, none when empty. */
+  constructor(config: Config, baseUrl: string = config.upstreams[0]!, apiKey: string = config.upstreamApiKey) {
     const url = new URL(baseUrl);
     this.#basePath = url.pathname === '/' ? '' : url.pathname;
-    this.#authorization = config.upstreamApiKey === '' ? undefined : `Bearer ${config.upstreamApiKey}`;
+    this.#origin = url.origin;
+    this.#authorization = apiKey === '' ? undefined : `Bearer ${apiKey}`;
     this.#headersTimeout = config.headersTimeoutMs;
     this.#idleTimeout = config.idleTimeoutMs;
     this.#describeBreak = describeBreak(config.idleTimeoutMs, () => this.#destroyed);
@@ -138,7 +159,13 @@ export class Upstream {
    * never reach llama-server) and replies with llama-server's status, scrubbed headers and body.
    * SSE bodies are relayed chunk by chunk; everything else is streamed as it arrives.
    */
-  async forward(request: FastifyRequest, reply: FastifyReply, path: string, kind: RouteKind): Promise<FastifyReply | undefined> {
+  async forward(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    path: string,
+    kind: RouteKind,
+    failover?: Failover,
+  ): Promise<FastifyReply | undefined> {
     const body = request.body as JsonBody | undefined;
     const dialect = dialectOf(kind);
     let bytes = body?.raw;
@@ -177,33 +204,80 @@ export class Upstream {
       if (ex !== null && watcher !== null) watcher.clientClosed(request, ex);
     });
 
+    // The server asked; another one when this one fails before its answer started (failover).
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    let up: Upstream = this;
     let answer: Dispatcher.ResponseData;
-    try {
-      answer = await (LIGHT_KINDS.has(kind) ? this.#light : this.#pool).request({
-        method: request.method,
-        path: this.#basePath + path,
-        headers: upstreamRequestHeaders(request.headers, request.ip, this.#authorization, body !== undefined),
-        body: bytes,
-        signal,
-      });
-    } catch (err) {
-      if (aborted) {
-        // Nobody is waiting any more; the abort has already closed the upstream socket.
-        request.log.info(
-          { key: request.apiKey?.name },
-          'client closed the connection before the model server answered; upstream request cancelled',
-        );
-        return undefined;
+    let failedText: string | null = null; // a 502/503 body read to decide on failover, not retried
+    for (;;) {
+      const sentAt = up.onHeaders === null ? 0 : performance.now();
+      try {
+        answer = await (LIGHT_KINDS.has(kind) ? up.#light : up.#pool).request({
+          method: request.method,
+          path: up.#basePath + path,
+          headers: upstreamRequestHeaders(request.headers, request.ip, up.#authorization, body !== undefined && body.form !== true),
+          body: bytes,
+          signal,
+        });
+      } catch (err) {
+        if (aborted) {
+          // Nobody is waiting any more; the abort has already closed the upstream socket.
+          request.log.info(
+            { key: request.apiKey?.name },
+            'client closed the connection before the model server answered; upstream request cancelled',
+          );
+          return undefined;
+        }
+        if (failover !== undefined && !up.#destroyed && isConnectFailure(err)) {
+          const code = (err as { code?: string }).code ?? 'error';
+          const next = await failover(request, { loading: false, reason: code });
+          if (aborted) return undefined;
+          if (next !== null) {
+            request.log.warn({ err: { code }, upstream: up.#origin, next: next.#origin }, 'upstream unreachable; request sent to another server');
+            up = next;
+            continue;
+          }
+        }
+        const failure = up.#toGatewayError(err, request);
+        if (res.headersSent) {
+          endEarlyStream(res, dialect, failure, ex);
+          return undefined;
+        }
+        throw failure;
       }
-      const failure = this.#toGatewayError(err, request);
-      if (res.headersSent) {
-        endEarlyStream(res, dialect, failure, ex);
-        return undefined;
+      up.onHeaders?.((performance.now() - sentAt) / 1000);
+      if (ex !== null) ex.server = up;
+      const status = answer.statusCode;
+      if ((status === 502 || status === 503) && failover !== undefined) {
+        // Its body is small (an error); read it to tell loading from failing, then decide.
+        const text = await answer.body.text().catch(() => '');
+        const next = await failover(request, { loading: isLoadingAnswer(status, text), reason: String(status) });
+        if (aborted) return undefined;
+        if (next !== null) {
+          request.log.warn({ status, upstream: up.#origin, next: next.#origin }, 'upstream answered an error before starting; request sent again');
+          up = next;
+          continue;
+        }
+        failedText = text;
       }
-      throw failure;
+      break;
     }
 
     if (ex !== null) ex.status = answer.statusCode;
+    if (failedText !== null) {
+      // The error answer whose body was read for the failover decision, passed on as it came.
+      if (res.headersSent) {
+        if (ex !== null) ex.streamed = true;
+        endEarlyStream(res, dialect, inStreamFailure(answer.statusCode, failedText), ex);
+        return undefined;
+      }
+      const type = answer.headers['content-type'];
+      if (ex !== null && watcher?.logBodies === true) ex.text = failedText;
+      return reply
+        .code(answer.statusCode)
+        .header('content-type', typeof type === 'string' ? type : 'application/json; charset=utf-8')
+        .send(failedText);
+    }
     const type = answer.headers['content-type'];
     const sse = typeof type === 'string' && type.startsWith('text/event-stream');
     if (res.headersSent) {

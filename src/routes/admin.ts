@@ -12,6 +12,7 @@ import { KeyStoreError, keyJson, type KeyChanges, type KeyLimits, type KeyStore 
 import { groupBy, usageFilter } from '../usage/period.js';
 import { usageTotal, type UsageStore } from '../usage/store.js';
 import { adminKeyCheck, type AuthGuard } from '../http/auth-guard.js';
+import adminUsageRoutes from './admin-usage.js';
 
 const nullableStrings = { type: ['array', 'null'], items: { type: 'string', minLength: 1, maxLength: 500 }, maxItems: 1000 } as const;
 const nullableLimit = { type: ['integer', 'null'], minimum: 1 } as const;
@@ -210,4 +211,7 @@ export default async function adminRoutes(
       };
     },
   );
+
+  // What the admin console reads (per-day series, single requests, live state): same key check.
+  await app.register(adminUsageRoutes, { usage });
 }

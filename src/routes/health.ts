@@ -1,23 +1,66 @@
 // Public health routes: no key needed, so they live outside the authenticated scope.
 //   GET /healthz  the gateway process is up (never calls upstream)
-//   GET /health   llama-server's readiness: 200 ready, 503 loading (its own body), 502 unreachable
+//   GET /health   the llama-servers' readiness, from what the gateway follows (upstreams/):
+//                 {"status": "ok"|"degraded"|"loading"|"down",
+//                  "upstreams": [{"name", "state", "slots", "models": [ids]}]}   (names, never URLs)
+//     200 ok        every server ready
+//     200 degraded  some server is not ready, but every model it serves has a ready server
+//     503 loading   some model has no ready server, but one of them is loading (or not probed yet)
+//     502 down      some model has no ready or loading server (nothing answers for it)
+//   A server whose models are not known yet (it never answered) counts as a model of its own.
 import type { FastifyInstance } from 'fastify';
+import type { UpstreamNode, UpstreamSet } from '../upstreams/upstream-set.js';
 
 const JSON_TYPE = 'application/json; charset=utf-8';
 const OK = '{"status":"ok"}';
 
+type Status = 'ok' | 'degraded' | 'loading' | 'down';
+const RANK: Record<Status, number> = { ok: 0, degraded: 1, loading: 2, down: 3 };
+const CODE: Record<Status, number> = { ok: 200, degraded: 200, loading: 503, down: 502 };
+
+/** How a group of servers of one model stands: ready, loading (or not probed yet), or nothing. */
+function groupStatus(nodes: readonly UpstreamNode[]): Status {
+  let waiting = false;
+  for (const n of nodes) {
+    if (n.state === 'ready') return 'degraded';
+    if (n.state === 'loading' || n.state === 'unknown') waiting = true;
+  }
+  return waiting ? 'loading' : 'down';
+}
+
+/** The gateway's overall status: the worst over every model a server that is not ready serves. */
+function healthStatus(set: UpstreamSet): Status {
+  let worst: Status = 'ok';
+  for (const node of set.nodes) {
+    if (node.state === 'ready') continue;
+    let status: Status = 'degraded';
+    if (!node.modelsKnown) status = groupStatus([node]);
+    else
+      for (const m of node.models) {
+        const s = groupStatus(set.resolve(m.id)?.nodes ?? [node]);
+        if (RANK[s] > RANK[status]) status = s;
+      }
+    if (RANK[status] > RANK[worst]) worst = status;
+  }
+  return worst;
+}
+
 export default async function healthRoutes(app: FastifyInstance): Promise<void> {
+  const set = app.upstreams;
+
   app.get('/healthz', (_request, reply) => {
     reply.header('content-type', JSON_TYPE).send(OK);
   });
 
   app.get('/health', async (_request, reply) => {
-    const answer = await app.upstream.get('/health');
-    if (answer.statusCode === 200) return reply.header('content-type', JSON_TYPE).send(OK);
-    const contentType = answer.headers['content-type'];
-    return reply
-      .code(answer.statusCode)
-      .header('content-type', typeof contentType === 'string' ? contentType : JSON_TYPE)
-      .send(answer.text);
+    // Servers not probed yet are asked now (concurrent callers share one probe each); without
+    // background discovery every server is asked.
+    await set.refresh();
+    const status = healthStatus(set);
+    const body = JSON.stringify({
+      status,
+      upstreams: set.nodes.map((n) => ({ name: n.name, state: n.state, slots: n.slots, models: n.models.map((m) => m.id) })),
+    });
+    return reply.code(CODE[status]).header('content-type', JSON_TYPE).send(body);
   });
 }

@@ -6,18 +6,21 @@
 // (AuthGuard), like every credential check.
 // Per-key labels use the key's name, never its secret.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { keySlotCap } from '../admission/fair-queue.js';
 import { MAX_MODEL_LENGTH } from '../http/client-input.js';
 import { isLoopback } from '../http/client-ip.js';
 import { CounterFamily, HistogramFamily } from '../usage/metric-family.js';
 import { adminKeyCheck } from '../http/auth-guard.js';
 import type { UsageRecord } from '../usage/exchange.js';
+import type { KeySlots } from '../admission/fair-queue.js';
 
 const FORWARDING_HEADERS = ['cf-connecting-ip', 'x-forwarded-for', 'forwarded', 'x-real-ip'];
 // A client with a key picks the "model" string; beyond this many distinct values, label "other".
 const MAX_MODEL_LABELS = 50;
 const DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600];
 const TTFT_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+const UPSTREAM_STATES = ['unknown', 'ready', 'loading', 'down'] as const;
 
 const STATUS_TEXT = new Map<number, string>();
 function statusText(status: number): string {
@@ -33,7 +36,7 @@ function isLocalScrape(request: FastifyRequest): boolean {
 }
 
 /** Reads what the auth, usage and admission plugins decorate: app.authGuard, app.usage, app.queue, app.lightQueue. */
-export default async function metricsRoutes(app: FastifyInstance, opts: { adminKey: string }): Promise<void> {
+export default async function metricsRoutes(app: FastifyInstance, opts: { adminKey: string; keySlots: KeySlots }): Promise<void> {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   // The request path's numbers: plain counters rendered at scrape time (metric-family.ts).
@@ -64,8 +67,17 @@ export default async function metricsRoutes(app: FastifyInstance, opts: { adminK
     'Requests whose client left before the answer was complete (upstream cancelled)',
     ['route'],
   );
+  // Per llama-server (issue 14): time to its response headers, observed by its Upstream.
+  const set = app.upstreams;
+  const ttfb = new HistogramFamily(
+    'llm_gateway_upstream_time_to_first_byte_seconds',
+    "Time from sending a request to a llama-server to its response headers (its slot's wait and prompt work), by upstream",
+    ['upstream'],
+    TTFT_BUCKETS,
+  );
+  for (const node of set.nodes) node.client.onHeaders = (seconds) => ttfb.observe(seconds, node.name);
   const guard = app.authGuard;
-  const families = [requests, tokens, duration, ttft, upstreamErrors, clientClosed, guard.failures];
+  const families = [requests, tokens, duration, ttft, upstreamErrors, clientClosed, ttfb, guard.failures];
   const recorder = app.usage;
   new Gauge({
     name: 'llm_gateway_requests_in_flight',
@@ -84,20 +96,72 @@ export default async function metricsRoutes(app: FastifyInstance, opts: { adminK
       this.set(queue.waiting);
     },
   });
+  const totalSlots = (): number => {
+    let n = 0;
+    for (const node of set.nodes) n += node.slots;
+    return n;
+  };
   new Gauge({
     name: 'llm_gateway_slots',
-    help: 'Requests the gateway lets run upstream at once (llama-server slots)',
+    help: 'Requests the gateway lets run upstream at once (the slots of every llama-server)',
     registers: [registry],
     collect() {
-      this.set(queue.maxInflight);
+      this.set(totalSlots());
     },
   });
   new Gauge({
     name: 'llm_gateway_key_slots',
-    help: 'Most slots one key holds at once (GATEWAY_KEY_SLOTS); its other requests wait',
+    help: "Most slots one key holds at once of a model's servers (GATEWAY_KEY_SLOTS; shown for all servers together); its other requests wait",
     registers: [registry],
     collect() {
-      this.set(queue.keySlots);
+      this.set(keySlotCap(opts.keySlots, totalSlots()));
+    },
+  });
+  new Gauge({
+    name: 'llm_gateway_upstream_state',
+    help: 'Each llama-server: 1 for its state now (unknown, ready, loading, down), 0 for the others',
+    labelNames: ['upstream', 'state'],
+    registers: [registry],
+    collect() {
+      for (const node of set.nodes) for (const state of UPSTREAM_STATES) this.set({ upstream: node.name, state }, node.state === state ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'llm_gateway_upstream_slots',
+    help: "Each llama-server's slots (its /props total_slots, GATEWAY_MAX_INFLIGHT or the upstreams file)",
+    labelNames: ['upstream'],
+    registers: [registry],
+    collect() {
+      for (const node of set.nodes) this.set({ upstream: node.name }, node.slots);
+    },
+  });
+  new Gauge({
+    name: 'llm_gateway_upstream_in_flight',
+    help: 'Requests the gateway has running on each llama-server now (its slots taken)',
+    labelNames: ['upstream'],
+    registers: [registry],
+    collect() {
+      for (const node of set.nodes) this.set({ upstream: node.name }, queue.runningOn(node));
+    },
+  });
+  new Counter({
+    name: 'llm_gateway_upstream_failures_total',
+    help: 'Requests a llama-server failed before its answer started (refused, reset, 502/503): each was sent once more where it could be',
+    labelNames: ['upstream'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const node of set.nodes) this.inc({ upstream: node.name }, node.failures);
+    },
+  });
+  new Gauge({
+    name: 'llm_gateway_model_requests_waiting',
+    help: 'Requests waiting for a slot on a server of their model, by model',
+    labelNames: ['model'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const group of queue.snapshot().groups) this.set({ model: group.group }, group.waiting);
     },
   });
   const light = app.lightQueue;

@@ -8,6 +8,7 @@ import { BODY_MISSING, MODEL_NOT_FOUND, UPSTREAM_BAD_RESPONSE } from '../errors.
 import type { RouteKind } from '../usage/exchange.js';
 import { copyResponseHeaders } from '../proxy/headers.js';
 import { LIGHT_KINDS } from '../proxy/upstream.js';
+import type { UpstreamSet } from '../upstreams/upstream-set.js';
 
 /** The forwarded POST routes and the API each speaks (where its token numbers are). */
 const POST_ROUTES: readonly (readonly [string, RouteKind])[] = [
@@ -21,6 +22,8 @@ const POST_ROUTES: readonly (readonly [string, RouteKind])[] = [
   // llama-server's token counting for the other two APIs ({"input_tokens":N}); no usage to bill.
   ['/v1/chat/completions/input_tokens', 'count_tokens'],
   ['/v1/responses/input_tokens', 'count_tokens'],
+  // OpenAI's audio upload (multipart/form-data: json-body.ts reads its "model"), forwarded as sent.
+  ['/v1/audio/transcriptions', 'transcriptions'],
 ];
 
 interface ModelEntry {
@@ -50,25 +53,60 @@ function isModel(m: ModelEntry, id: string): boolean {
   return m.id === id || (Array.isArray(m.aliases) && m.aliases.includes(id));
 }
 
+/** A key kept to certain models sees only those: data[] by id or alias, llama-server's models[] by model or name. */
+function keepAllowed<L extends ModelList & { data: readonly ModelEntry[] }>(list: L, allowed: ReadonlySet<string>): L {
+  const data = list.data.filter(
+    (m) => (typeof m.id === 'string' && allowed.has(m.id)) || (Array.isArray(m.aliases) && m.aliases.some((a) => allowed.has(a as string))),
+  );
+  if (!Array.isArray(list.models)) return { ...list, data };
+  const models = (list.models as ModelEntry[]).filter(
+    (m) => (typeof m.model === 'string' && allowed.has(m.model)) || (typeof m.name === 'string' && allowed.has(m.name)),
+  );
+  return { ...list, models, data };
+}
+
+/**
+ * The union of every server's /v1/models (upstreams/upstream-set.ts): data[] deduplicated by id, and
+ * llama-server's Ollama-style models[] (deduplicated by model) when some server sends one, in
+ * llama-server's key order, so one server's list comes out as it sent it.
+ */
+function unionList(set: UpstreamSet): ModelList & { object: 'list'; data: readonly ModelEntry[] } {
+  const ollama = set.ollamaModels();
+  return ollama.length > 0 ? { models: ollama, object: 'list', data: set.modelEntries() } : { object: 'list', data: set.modelEntries() };
+}
+
 const JSON_TYPE = 'application/json; charset=utf-8';
 
 export default async function v1Routes(app: FastifyInstance): Promise<void> {
   const upstream = app.upstream;
+  const failover = app.failover;
 
   for (const [path, kind] of POST_ROUTES) {
     // Generation routes take their turn in the fair queue; counting tokens is cheap and waits in
     // the light queue, never behind generations.
-    app.post(path, { config: { queued: LIGHT_KINDS.has(kind) ? 'light' : true } }, (request: FastifyRequest, reply: FastifyReply) => {
+    // Sent to the server admission gave it (request.backend); one that fails before its answer
+    // started may be sent once more (app.failover, plugins/admission.ts).
+    app.post(path, { config: { queued: LIGHT_KINDS.has(kind) ? 'light' : true, kind } }, (request: FastifyRequest, reply: FastifyReply) => {
       if (request.body === undefined) throw BODY_MISSING;
-      return upstream.forward(request, reply, path, kind);
+      return (request.backend?.client ?? upstream).forward(request, reply, path, kind, failover);
     });
   }
 
-  // The model list is read with the gateway's own GET, which concurrent callers share: a burst of
-  // /v1/models costs one upstream call on one connection, so it needs no queue (in the light queue
-  // one key's 64 concurrent lists were refused 429 past its 20 waiting).
+  // The model list is the union of what every server told the gateway (upstreams/), serialised
+  // once per change; it needs no upstream call and no queue. Until some server has told its models
+  // (a fresh gateway, or discovery off) the first server's list is read with the gateway's own GET,
+  // which concurrent callers share: a burst costs one upstream call (in the light queue one key's
+  // 64 concurrent lists were refused 429 past its 20 waiting).
+  const set = app.upstreams;
+  let union = { version: -1, text: '' };
   app.get('/v1/models', async (request: FastifyRequest, reply: FastifyReply) => {
     const allowed = request.apiKey?.models;
+    if (set.discovered) {
+      if (allowed !== null && allowed !== undefined)
+        return reply.header('content-type', JSON_TYPE).send(JSON.stringify(keepAllowed(unionList(set), allowed)));
+      if (union.version !== set.version) union = { version: set.version, text: JSON.stringify(unionList(set)) };
+      return reply.header('content-type', JSON_TYPE).send(union.text);
+    }
     const answer = await upstream.get('/v1/models');
     if (allowed === null || allowed === undefined) {
       reply.code(answer.statusCode);
@@ -81,14 +119,7 @@ export default async function v1Routes(app: FastifyInstance): Promise<void> {
     }
     // A key kept to certain models sees only those.
     if (answer.statusCode !== 200) return reply.code(answer.statusCode).header('content-type', JSON_TYPE).send(answer.text);
-    const list = parseModelList(answer.text);
-    const visible = (m: ModelEntry): boolean => [...allowed].some((id) => isModel(m, id));
-    list.data = list.data.filter(visible);
-    if (Array.isArray(list.models))
-      list.models = (list.models as ModelEntry[]).filter(
-        (m) => (typeof m.model === 'string' && allowed.has(m.model)) || (typeof m.name === 'string' && allowed.has(m.name)),
-      );
-    return reply.header('content-type', JSON_TYPE).send(JSON.stringify(list));
+    return reply.header('content-type', JSON_TYPE).send(JSON.stringify(keepAllowed(parseModelList(answer.text), allowed)));
   });
 
   // llama-server has no /v1/models/{id}; the SDK's models.retrieve() expects one.
@@ -96,6 +127,11 @@ export default async function v1Routes(app: FastifyInstance): Promise<void> {
     const id = request.params.id;
     const allowed = request.apiKey?.models;
     if (allowed !== null && allowed !== undefined && !allowed.has(id)) throw MODEL_NOT_FOUND(id);
+    if (set.discovered) {
+      const entry = set.entryFor(id);
+      if (entry === undefined) throw MODEL_NOT_FOUND(id);
+      return reply.header('content-type', JSON_TYPE).send(JSON.stringify(entry));
+    }
     const answer = await upstream.get('/v1/models');
     if (answer.statusCode !== 200) return reply.code(answer.statusCode).header('content-type', JSON_TYPE).send(answer.text);
     const model = parseModelList(answer.text).data.find((m) => isModel(m, id));

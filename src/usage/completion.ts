@@ -19,7 +19,13 @@ import { maxOutputTokens, timedCompletion, type Speeds } from './estimate.js';
 import { promptsOf, type Exchange, type RouteKind, type UsageEstimate, type UsageRecord } from './exchange.js';
 
 /** A POST to llama-server that the gateway reads itself (Upstream.post). */
-export type CountingCall = (path: string, body: string | Buffer, signal: AbortSignal) => Promise<{ statusCode: number; text: string }>;
+/** One token-counting call to the llama-server that answered `ex` (several servers: each has its own tokenizer). */
+export type CountingCall = (
+  path: string,
+  body: string | Buffer,
+  signal: AbortSignal,
+  ex: Exchange,
+) => Promise<{ statusCode: number; text: string }>;
 
 const DEFAULT_COUNT_CONCURRENCY = 2;
 const DEFAULT_COUNT_TIMEOUT_MS = 10_000;
@@ -115,7 +121,7 @@ export interface CompleterOptions {
   call: CountingCall;
   emit: (record: UsageRecord) => void;
   /** llama-server's recent speed (GenerationRates, on the Upstream) */
-  rates: { speeds(): Speeds };
+  rates: { speeds(ex?: Exchange): Speeds };
   log?: CompleterLog;
   concurrency?: number;
   timeoutMs?: number;
@@ -136,7 +142,7 @@ function parseJson(text: string): unknown {
 export class UsageCompleter {
   readonly #call: CountingCall;
   readonly #emit: (record: UsageRecord) => void;
-  readonly #rates: { speeds(): Speeds };
+  readonly #rates: { speeds(ex?: Exchange): Speeds };
   readonly #log: CompleterLog | undefined;
   readonly #concurrency: number;
   readonly #timeoutMs: number;
@@ -227,7 +233,7 @@ export class UsageCompleter {
     const path = COUNT_ROUTE[ex.kind]!;
     const perPrompt = ex.prompts / promptsIn(ex.kind, json);
     if (path !== '/tokenize') {
-      const answer = await this.#call(path, raw, this.#signalFor(job));
+      const answer = await this.#call(path, raw, this.#signalFor(job), ex);
       const n = (parseJson(answer.text) as { input_tokens?: unknown } | undefined)?.input_tokens;
       if (answer.statusCode !== 200 || typeof n !== 'number') throw new CountFailed(`${path} answered ${answer.statusCode}`);
       return n * perPrompt;
@@ -254,7 +260,7 @@ export class UsageCompleter {
   }
 
   async #tokens(job: Job, content: unknown, addSpecial: boolean): Promise<number> {
-    const answer = await this.#call('/tokenize', JSON.stringify({ content, add_special: addSpecial }), this.#signalFor(job));
+    const answer = await this.#call('/tokenize', JSON.stringify({ content, add_special: addSpecial }), this.#signalFor(job), job.ex);
     const tokens = (parseJson(answer.text) as { tokens?: unknown } | undefined)?.tokens;
     if (answer.statusCode !== 200 || !Array.isArray(tokens)) throw new CountFailed(`/tokenize answered ${answer.statusCode}`);
     return tokens.length;
@@ -285,7 +291,7 @@ export class UsageCompleter {
         break;
       case 'timed': {
         const max = maxOutputTokens(json, -1);
-        const tokens = timedCompletion(r.durationMs, r.promptTokens, this.#rates.speeds(), max < 0 ? undefined : max, ex.prompts);
+        const tokens = timedCompletion(r.durationMs, r.promptTokens, this.#rates.speeds(ex), max < 0 ? undefined : max, ex.prompts);
         r.completionTokens = tokens;
         estimate.completion = tokens === null ? 'unknown' : 'timed';
         break;

@@ -2,8 +2,16 @@
 // (proxy/json-tap.ts, proxy/sse-tap.ts), then turned into one UsageRecord. Token numbers are llama-server's
 // own (`usage` in its bodies and streams), never estimated when a number exists; a request that
 // ended without them is completed off the request path (completion.ts) and marked.
-/** Which API a route speaks; it decides where the token numbers are and how a stream looks. */
-export type RouteKind = 'chat' | 'completions' | 'embeddings' | 'rerank' | 'responses' | 'messages' | 'count_tokens' | 'models';
+import type { Speeds } from './estimate.js';
+
+/**
+ * Which API a route speaks; it decides where the token numbers are and how a stream looks.
+ * transcriptions: OpenAI's audio upload (multipart); llama-server runs it as a chat completion of
+ * an audio model and answers `{"text", "usage"}` (streamed: transcript.text.delta events, the usage
+ * in transcript.text.done) — input_tokens/output_tokens, or none; nothing is counted afterwards.
+ */
+export type RouteKind =
+  'chat' | 'completions' | 'embeddings' | 'rerank' | 'responses' | 'messages' | 'count_tokens' | 'models' | 'transcriptions';
 
 export type Outcome = 'ok' | 'client_closed' | 'upstream_error' | 'timeout' | 'rejected_auth' | 'rejected_limit' | 'rejected_policy';
 
@@ -58,6 +66,12 @@ export interface UsageEstimate {
 }
 
 /** The state of one proxied exchange, mutated by the taps as the answer passes. */
+/** What the usage completer needs of the server that answered an exchange (proxy/upstream.ts's Upstream). */
+export interface AnsweringServer {
+  post(path: string, body: string | Buffer, opts: { signal?: AbortSignal }): Promise<{ statusCode: number; text: string }>;
+  readonly rates: { speeds(): Speeds };
+}
+
 export class Exchange {
   readonly startedAt = performance.now();
   readonly ts = Date.now();
@@ -88,6 +102,8 @@ export class Exchange {
   recorded = false;
   /** GATEWAY_LOG_BODIES: the completion's text, gathered as it passes (capped) */
   text: string | null = null;
+  /** the llama-server that answered (several servers: its tokens are counted there), set by the proxy */
+  server: AnsweringServer | null = null;
 
   constructor(
     readonly kind: RouteKind,

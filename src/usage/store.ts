@@ -57,6 +57,46 @@ const GROUP_SQL: Record<GroupBy, string> = {
   model: "coalesce(model, '(none)')",
 };
 
+/** One cell of a per-day series: a day's requests and tokens for one key or model. */
+export interface SeriesCell {
+  /** YYYY-MM-DD, UTC */
+  day: string;
+  group: string;
+  requests: number;
+  tokens: number;
+}
+
+/** What a list of single requests is narrowed to (the admin console's drill-down). */
+export interface RequestFilter extends UsageFilter {
+  model?: string;
+  /** 'ok', 'error' (any other outcome), or an HTTP status */
+  status?: 'ok' | 'error' | number;
+  /** start after this row (the previous page's last `ts` and `id`), newest first */
+  before?: { ts: number; id: number };
+}
+
+/** One request as the console lists it: no bodies (the table holds none). */
+export interface RequestRow {
+  id: number;
+  ts: number;
+  requestId: string;
+  keyId: string | null;
+  keyName: string | null;
+  route: string;
+  model: string | null;
+  status: number;
+  outcome: string;
+  streamed: number;
+  promptTokens: number | null;
+  cachedTokens: number | null;
+  completionTokens: number | null;
+  estimated: number;
+  ttftMs: number | null;
+  durationMs: number;
+  clientIp: string | null;
+  userAgent: string | null;
+}
+
 export class UsageStore {
   readonly #db: Database.Database;
   readonly #insert: Database.Statement;
@@ -142,6 +182,50 @@ export class UsageStore {
       string,
       unknown
     >[];
+  }
+
+  /** Requests and tokens per day and key (or model), ordered by day then group: the console's chart. */
+  series(filter: UsageFilter, by: 'key' | 'model'): SeriesCell[] {
+    const { sql, params } = this.#where(filter);
+    return this.#db
+      .prepare(
+        `SELECT ${GROUP_SQL.day} AS day, ${GROUP_SQL[by]} AS "group", count(*) AS requests,
+           coalesce(sum(prompt_tokens), 0) + coalesce(sum(completion_tokens), 0) AS tokens
+         FROM usage ${sql} GROUP BY 1, 2 ORDER BY 1, 2`,
+      )
+      .all(params) as SeriesCell[];
+  }
+
+  /**
+   * Single requests, newest first, `limit` at most (the usage_ts index gives the order: ts, then
+   * row id). Page on with `before` set to the last row's ts and id.
+   */
+  requests(filter: RequestFilter, limit: number): RequestRow[] {
+    const { sql, params } = this.#where(filter);
+    const parts = sql === '' ? [] : [sql.slice('WHERE '.length)];
+    if (filter.model !== undefined) {
+      parts.push("coalesce(model, '(none)') = @model");
+      params.model = filter.model;
+    }
+    if (filter.status === 'ok') parts.push("outcome = 'ok'");
+    else if (filter.status === 'error') parts.push("outcome <> 'ok'");
+    else if (filter.status !== undefined) {
+      parts.push('status = @status');
+      params.status = filter.status;
+    }
+    if (filter.before !== undefined) {
+      parts.push('(ts < @beforeTs OR (ts = @beforeTs AND id < @beforeId))');
+      params.beforeTs = filter.before.ts;
+      params.beforeId = filter.before.id;
+    }
+    return this.#db
+      .prepare(
+        `SELECT id, ts, request_id AS requestId, key_id AS keyId, key_name AS keyName, route, model, status, outcome, streamed,
+           prompt_tokens AS promptTokens, cached_tokens AS cachedTokens, completion_tokens AS completionTokens, estimated,
+           ttft_ms AS ttftMs, duration_ms AS durationMs, client_ip AS clientIp, user_agent AS userAgent
+         FROM usage ${parts.length === 0 ? '' : `WHERE ${parts.join(' AND ')}`} ORDER BY ts DESC, id DESC LIMIT @limit`,
+      )
+      .all({ ...params, limit }) as RequestRow[];
   }
 
   /** Tokens (prompt + completion) per key id since `since`, for `keys list`. */

@@ -336,8 +336,8 @@ t.test('without GATEWAY_TRUST_PROXY, forwarding headers are not believed and loo
 });
 
 t.test('GATEWAY_MAX_INFLIGHT unset: llama-server’s /props total_slots', async (t) => {
-  const gw = await startGateway(t, { maxInflight: null });
-  await until('the slot count is read', () => gw.app.queue.maxInflight === 2);
+  const gw = await startGateway(t, { maxInflight: null }, {}, { discovery: true });
+  await until('the slot count is read', () => gw.app.upstreams.nodes[0]!.slots === 2);
   t.ok(
     gw.fake.requests.some((r) => r.url === '/props'),
     'asked llama-server (directly, never for a client)',

@@ -127,7 +127,7 @@ t.test('with usage off, a hold ends with its response', async (t) => {
 
 t.test("GATEWAY_RESERVE_TOKENS=auto: a request that names no bound holds llama-server's context per slot", async (t) => {
   // The fake's /props is the recording's: default_generation_settings.n_ctx 2048.
-  const gw = await startGateway(t, { defaultTpm: 1_000_000, reserveTokens: null, maxInflight: null });
+  const gw = await startGateway(t, { defaultTpm: 1_000_000, reserveTokens: null, maxInflight: null }, {}, { discovery: true });
   await until('the gateway read /props', () => gw.app.limits.completionHold === 2048, 5000);
   const body = JSON.stringify({
     model: 'gpt-oss-20b',

@@ -1,13 +1,17 @@
 // `llm-gateway doctor`, the real command in its own process, against the fake llama-server: the
 // whole checklist passing, and each way it fails saying what is wrong (upstream down, loading, its
-// own --api-key, bad settings, no keys, a tunnel pointing elsewhere, PM2 not running). It must
+// own --api-key, bad settings, no keys, a tunnel pointing elsewhere, PM2 not running); with two
+// llama-servers a section each, and the running gateway's own view of them (its GET /health). It must
 // start nothing, create nothing and never print a key. (With the PM2 stack up: test/menu.test.ts.)
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
+import { SETTINGS } from '../../src/config.js';
 import { KeyStore } from '../../src/keys/key-store.js';
 import { defaultStackConfig } from '../../src/cli/stack/pm2-config.js';
 import { tunnelTemplate } from '../../src/cli/stack/tunnel-file.js';
@@ -105,7 +109,10 @@ Keys
 llama-server (${fake.url}, called directly)
   ✔ reachable and ready (GET /health → 200)
   ✔ model: gpt-oss-20b (GET /v1/models)
-  ✔ 2 slots: 2 requests at once (GET /props total_slots; -np), model file tiny.gguf
+  ✔ 2 slots: 2 requests at once, 2048 tokens of context each (GET /props total_slots, n_ctx; -np, -c), model file tiny.gguf
+
+Gateway (http://127.0.0.1:${GATEWAY_PORT}/health, its view of the llama-servers)
+  – not running here (ECONNREFUSED): its view of the llama-servers is skipped
 
 Cloudflare Tunnel
   ✔ config present: ${dir}/cloudflared-config.yml
@@ -221,6 +228,142 @@ t.test('with pm2-config.json but no PM2 daemon: says so, starts none', async (t)
   const broken = await doctor(dir);
   t.equal(broken.code, 1);
   t.match(broken.out, '  ✘ pm2-config.json: llama.enabled must be true or false, got "yes"\n');
+});
+
+t.test('two llama-servers: a section each; one down fails its own section only', async (t) => {
+  const { dir, fake: chat } = await setup(t, { modelId: 'qwen-chat', aliases: ['chat', 'assistant'], slots: 4 });
+  const embed = await startFakeLlama({ modelId: 'nomic-embed', slots: 1 });
+  t.teardown(() => embed.close());
+  writeFileSync(
+    join(dir, '.env'),
+    `LLM_API_KEYS=${KEY_A}\nLLM_UPSTREAM=${chat.url},${embed.url}\nGATEWAY_PORT=${GATEWAY_PORT}\nGATEWAY_DB=./data/gateway.db\n`,
+  );
+  const section = (out: string, url: string): string => {
+    const at = out.indexOf(`llama-server (${url}, called directly)\n`);
+    return at < 0 ? '' : out.slice(at, out.indexOf('\n\n', at) + 1);
+  };
+  const run = await doctor(dir);
+  t.equal(run.code, 0, run.out);
+  t.match(run.out, `  ✔ valid: GATEWAY_HOST 127.0.0.1, GATEWAY_PORT ${GATEWAY_PORT}, LLM_UPSTREAM ${chat.url}, ${embed.url}\n`);
+  t.equal(
+    section(run.out, chat.url),
+    `llama-server (${chat.url}, called directly)
+  ✔ reachable and ready (GET /health → 200)
+  ✔ model: qwen-chat (also chat, assistant) (GET /v1/models)
+  ✔ 4 slots: 4 requests at once, 2048 tokens of context each (GET /props total_slots, n_ctx; -np, -c), model file tiny.gguf
+`,
+  );
+  t.equal(
+    section(run.out, embed.url),
+    `llama-server (${embed.url}, called directly)
+  ✔ reachable and ready (GET /health → 200)
+  ✔ model: nomic-embed (GET /v1/models)
+  ✔ 1 slot: 1 request at once, 2048 tokens of context each (GET /props total_slots, n_ctx; -np, -c), model file tiny.gguf
+`,
+  );
+  t.ok(run.out.indexOf(chat.url) < run.out.indexOf(`llama-server (${embed.url}`), "in LLM_UPSTREAM's order");
+  t.match(run.out, /\n✔ All 12 checks passed\.\n$/);
+
+  await chat.close();
+  const down = await doctor(dir);
+  t.equal(down.code, 1);
+  t.equal(
+    section(down.out, chat.url),
+    `llama-server (${chat.url}, called directly)
+  ✘ not reachable at ${chat.url} (ECONNREFUSED): is llama-server running, and is LLM_UPSTREAM its address? (llm-gateway menu, key 1)
+  – model and slots: skipped, llama-server is not reachable
+`,
+  );
+  t.match(section(down.out, embed.url), '  ✔ model: nomic-embed (GET /v1/models)\n', 'the other one still passes');
+  t.match(down.out, /\n✘ 1 of 10 checks failed\.\n$/);
+});
+
+const HAS_UPSTREAMS_FILE = Object.values(SETTINGS).some((s) => s.env === 'GATEWAY_UPSTREAMS_FILE');
+
+t.test(
+  "an upstreams file: its servers replace LLM_UPSTREAM's, by name, each with its own api_key",
+  { skip: HAS_UPSTREAMS_FILE ? false : 'GATEWAY_UPSTREAMS_FILE is not a setting (yet)' },
+  async (t) => {
+    const { dir, fake } = await setup(t, { apiKey: 'upstream-secret-0123456789' });
+    writeFileSync(
+      join(dir, '.env'),
+      `LLM_API_KEYS=${KEY_A}\nGATEWAY_UPSTREAMS_FILE=./upstreams.json\nGATEWAY_PORT=${GATEWAY_PORT}\nGATEWAY_DB=./data/gateway.db\n`,
+    );
+    writeFileSync(
+      join(dir, 'upstreams.json'),
+      JSON.stringify({ upstreams: [{ url: `${fake.url}/`, name: 'gpu-a', api_key: 'upstream-secret-0123456789' }] }),
+    );
+    const run = await doctor(dir);
+    t.equal(run.code, 0, run.out);
+    t.match(
+      run.out,
+      `\nllama-server gpu-a (${fake.url}, called directly)\n  ✔ reachable and ready (GET /health → 200)\n  ✔ model: gpt-oss-20b`,
+    );
+    t.notMatch(run.out, 'http://127.0.0.1:5857', "LLM_UPSTREAM's default is not asked");
+    t.notMatch(run.out, 'upstream-secret');
+
+    writeFileSync(join(dir, 'upstreams.json'), JSON.stringify({ upstreams: [{ url: fake.url, name: 'gpu-a' }] }));
+    const noKey = await doctor(dir);
+    t.match(
+      noKey.out,
+      '  ✘ llama-server wants an API key (GET /v1/models → 401): set its "api_key" in GATEWAY_UPSTREAMS_FILE (or LLM_UPSTREAM_API_KEY) to its --api-key\n',
+    );
+
+    rmSync(join(dir, 'upstreams.json'));
+    const missing = await doctor(dir);
+    t.equal(missing.code, 1);
+    t.match(missing.out, `Settings (.env and environment)\n  ✘ GATEWAY_UPSTREAMS_FILE ./upstreams.json: ${dir}/upstreams.json not found\n`);
+  },
+);
+
+/** A stand-in for the running gateway: GET /health answers `body` with `status`. */
+async function fakeGateway(t: Teardown, status: number, body: unknown): Promise<number> {
+  const server = http.createServer((req, res) => {
+    res.writeHead(req.url === '/health' ? status : 404, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(req.url === '/health' ? body : { error: 'not found' }));
+  });
+  await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
+  t.teardown(() => new Promise<void>((done) => server.close(() => done())));
+  return (server.address() as AddressInfo).port;
+}
+
+t.test("the running gateway's view: each upstream's state, slots and models from its GET /health", async (t) => {
+  const { dir, fake } = await setup(t);
+  const port = await fakeGateway(t, 200, {
+    status: 'degraded',
+    upstreams: [
+      { name: 'chat', state: 'ready', slots: 4, models: ['qwen-chat', 'chat'] },
+      { name: 'embed', state: 'loading', slots: 1, models: ['nomic-embed'] },
+      { name: '127.0.0.1:5859', state: 'down', slots: 4, models: [] },
+    ],
+  });
+  writeFileSync(join(dir, '.env'), `LLM_API_KEYS=${KEY_A}\nLLM_UPSTREAM=${fake.url}\nGATEWAY_PORT=${port}\nGATEWAY_DB=./data/gateway.db\n`);
+  writeFileSync(join(dir, 'cloudflared-config.yml'), tunnel(dir, port));
+  const run = await doctor(dir);
+  t.equal(run.code, 1, 'an upstream the gateway sees down is a failure');
+  t.match(
+    run.out,
+    `Gateway (http://127.0.0.1:${port}/health, its view of the llama-servers)
+  ✔ answers GET /health → 200: degraded
+  ✔ chat: ready, 4 slots, models qwen-chat, chat
+  ⚠ embed: loading, 1 slot, model nomic-embed
+  ✘ 127.0.0.1:5859: down, 4 slots
+
+`,
+  );
+
+  const old = await fakeGateway(t, 200, { status: 'ok' });
+  writeFileSync(join(dir, '.env'), `LLM_API_KEYS=${KEY_A}\nLLM_UPSTREAM=${fake.url}\nGATEWAY_PORT=${old}\nGATEWAY_DB=./data/gateway.db\n`);
+  writeFileSync(join(dir, 'cloudflared-config.yml'), tunnel(dir, old));
+  const before = await doctor(dir);
+  t.equal(before.code, 0, before.out);
+  t.match(
+    before.out,
+    `Gateway (http://127.0.0.1:${old}/health, its view of the llama-servers)
+  ✔ answers GET /health → 200: ok
+  – it does not list its llama-servers (an older build? npm run build)
+`,
+  );
 });
 
 t.test('usage', async (t) => {

@@ -94,6 +94,14 @@ async function killDaemon(home: string): Promise<void> {
   await until(`no process of ${home} in ps`, () => !psShows(home), WAIT_MS, 50);
 }
 
+async function answers(url: string): Promise<boolean> {
+  try {
+    return (await fetch(url)).status === 200;
+  } catch {
+    return false;
+  }
+}
+
 function alive(pid: number): boolean {
   const stat = spawnSync('ps', ['-o', 'stat=', '-p', String(pid)], { encoding: 'utf8' }).stdout.trim();
   return stat !== '' && !stat.startsWith('Z'); // a zombie has ended; its parent has not reaped it yet
@@ -201,7 +209,7 @@ t.test('a starts all three, 9 shows the gateway log, d runs doctor, k stops them
   t.match(
     screen,
     new RegExp(
-      `llama-server  http://127\\.0\\.0\\.1:${p.llamaPort}  ready\n  gateway       http://127\\.0\\.0\\.1:${p.gatewayPort}  answering\n`,
+      `llama-server  http://127\\.0\\.0\\.1:${p.llamaPort} +ready · tiny · 2 slots\n  gateway       http://127\\.0\\.0\\.1:${p.gatewayPort} +answering\n`,
     ),
   );
 
@@ -378,6 +386,100 @@ function spawnCli(t: Teardown, command: string, args: string[], p: Project, extr
   });
   return { child, screen, exit };
 }
+
+t.test('two llama-servers from a list: a row and an upstream line each; the llama keys act on both', async (t) => {
+  const p = await project(t);
+  const embedPort = await freePort();
+  const llamaArgs = (port: number, alias: string, slots: string): string[] => [
+    '-m',
+    `/models/${alias}.gguf`,
+    '--host',
+    '127.0.0.1',
+    '--port',
+    String(port),
+    '-np',
+    slots,
+    '-a',
+    alias,
+  ];
+  const c = JSON.parse(readFileSync(p.config, 'utf8')) as Record<string, unknown>;
+  const single = c.llama;
+  c.llama = [
+    { name: 'chat', command: 'llama-server', args: llamaArgs(p.llamaPort, 'tiny', '2') },
+    { command: 'llama-server', args: [...llamaArgs(embedPort, 'embed', '1'), '--embeddings'] },
+  ];
+  writeFileSync(p.config, JSON.stringify(c, null, 2));
+  const upstreams = `http://127.0.0.1:${p.llamaPort},http://127.0.0.1:${embedPort}`;
+  writeFileSync(
+    join(p.dir, '.env'),
+    `LLM_API_KEYS=${KEY_A}\nLLM_UPSTREAM=${upstreams}\nGATEWAY_PORT=${p.gatewayPort}\nGATEWAY_DB=./data/gateway.db\n`,
+  );
+  const menu = driveMenu(t, p);
+  const first = await menu.nextScreen(0);
+  t.same(row(first, 'llama-chat').slice(0, 2), ['llama-chat', 'not started']);
+  t.same(row(first, 'llama-2').slice(0, 2), ['llama-2', 'not started']);
+  t.notMatch(first, /[✘⚠]/, 'both ports are in LLM_UPSTREAM: no warning');
+  t.match(
+    first,
+    new RegExp(
+      `  llama-server  http://127\\.0\\.0\\.1:${p.llamaPort} +not reachable \\(ECONNREFUSED\\)\n  llama-server  http://127\\.0\\.0\\.1:${embedPort} +not reachable \\(ECONNREFUSED\\)\n  gateway  `,
+    ),
+  );
+
+  let screen = await menu.nextScreen(menu.type('1'));
+  t.match(screen, /Starting llama-chat…\nStarting llama-2…\n✔ llama-chat online \(pid \d+\)\n✔ llama-2 online \(pid \d+\)\n/);
+  t.equal(row(screen, 'llama-chat')[1], 'online');
+  t.equal(row(screen, 'llama-2')[1], 'online');
+  t.equal(row(screen, 'gateway')[1], 'not started');
+  // Online under PM2 is not yet listening: wait for both, then redraw.
+  for (const port of [p.llamaPort, embedPort])
+    await until(`the llama-server on ${port} answering`, () => answers(`http://127.0.0.1:${port}/health`), WAIT_MS, 50);
+  screen = await menu.nextScreen(menu.type('0'));
+  t.match(
+    screen,
+    new RegExp(
+      `  llama-server  http://127\\.0\\.0\\.1:${p.llamaPort} +ready · tiny · 2 slots\n  llama-server  http://127\\.0\\.0\\.1:${embedPort} +ready · embed · 1 slot\n  gateway  `,
+    ),
+    'every upstream with its state, models and slots',
+  );
+
+  screen = await menu.nextScreen(menu.type('L'));
+  t.match(
+    screen,
+    new RegExp(
+      `── llama-chat: last \\d+ lines of ${p.home}/logs/llama-chat-out\\.log\n.*listening on http://127\\.0\\.0\\.1:${p.llamaPort}`,
+    ),
+  );
+  t.match(
+    screen,
+    new RegExp(`── llama-2: last \\d+ lines of ${p.home}/logs/llama-2-out\\.log\n.*listening on http://127\\.0\\.0\\.1:${embedPort}`),
+  );
+  t.match(screen, /── live: pm2 logs '\/\^llama\/'/);
+
+  screen = await menu.nextScreen(menu.type('d'));
+  t.match(screen, /✔ llama-chat online \(pid \d+, up \d+s, 0 restarts\)\n {2}✔ llama-2 online/);
+  t.match(
+    screen,
+    new RegExp(
+      `llama-server \\(http://127\\.0\\.0\\.1:${embedPort}, called directly\\)\n  ✔ reachable and ready \\(GET /health → 200\\)\n  ✔ model: embed \\(GET /v1/models\\)\n`,
+    ),
+  );
+
+  // Back to one llama-server in the file: the two PM2 still runs are shown as such, and 4 stops them.
+  c.llama = single;
+  writeFileSync(p.config, JSON.stringify(c, null, 2));
+  screen = await menu.nextScreen(menu.type('0'));
+  t.equal(row(screen, 'llama')[1], 'not started');
+  t.equal(row(screen, 'llama-chat')[1], 'online (not in config)');
+  t.equal(row(screen, 'llama-2')[1], 'online (not in config)');
+  screen = await menu.nextScreen(menu.type('4'));
+  t.match(screen, /Stopping llama-chat…\n■ llama-chat stopped\nStopping llama-2…\n■ llama-2 stopped\n/);
+  t.same(row(screen, 'llama-chat').slice(0, 2), ['llama-chat', 'stopped (not in config)']);
+  screen = await menu.nextScreen(menu.type('4'));
+  t.match(screen, /llama is not running\./);
+  menu.type('q');
+  await menu.done;
+});
 
 t.test('the real command over a pipe: one process at a time, with the names from PATH', async (t) => {
   const p = await project(t);

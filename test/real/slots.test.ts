@@ -80,8 +80,8 @@ async function slotFreed(t: Test, gw: RealGateway, task: number, what: string): 
 if (!skipTier(t)) {
   t.test('a key’s long generations hold one of two slots; another key is served while they run', async (t) => {
     const gw = await startRealGateway(t, {}, { llamaOptions: { slots: 2 } });
-    await until('the gateway read llama-server’s slot count', () => gw.app.queue.maxInflight === 2, 10_000);
-    t.equal(gw.app.queue.keySlots, 1, '2 slots: a key holds at most 1');
+    await until('the gateway read llama-server’s slot count', () => gw.app.upstreams.nodes[0]!.slots === 2, 10_000);
+    t.equal(gw.app.queue.keySlotsOf(gw.app.upstreams.nodes), 1, '2 slots: a key holds at most 1');
 
     const a = [1, 2, 3].map(() => send(gw.port, KEY_A, '/v1/completions', LONG));
     t.teardown(() => a.forEach((s) => s.req.destroy()));
@@ -111,7 +111,7 @@ if (!skipTier(t)) {
 
   t.test('light calls are answered while both slots generate: count_tokens and the input_tokens routes', async (t) => {
     const gw = await startRealGateway(t, {}, { llamaOptions: { slots: 2 } });
-    await until('the gateway read llama-server’s slot count', () => gw.app.queue.maxInflight === 2, 10_000);
+    await until('the gateway read llama-server’s slot count', () => gw.app.upstreams.nodes[0]!.slots === 2, 10_000);
     const gens = [KEY_A, KEY_B].map((key) => send(gw.port, key, '/v1/completions', LONG));
     t.teardown(() => gens.forEach((s) => s.req.destroy()));
     await until('both slots generate', () => gens.every((s) => s.bytes() > 1000), 30_000);
@@ -144,7 +144,7 @@ if (!skipTier(t)) {
     async (t) => {
       const llama = await startLlama(t, { slots: 2 });
       const gw = await startRealGateway(t, {}, { llama });
-      await until('the gateway read llama-server’s slot count', () => gw.app.queue.maxInflight === 2, 10_000);
+      await until('the gateway read llama-server’s slot count', () => gw.app.upstreams.nodes[0]!.slots === 2, 10_000);
       // 2 slots, a key's share 1: one request with 2 tasks would take both (seen: B waited 19.5 s).
       const array = await send(gw.port, KEY_A, '/v1/completions', { ...LONG, prompt: ['x', 'x'] }).done;
       t.equal(array.status, 400);
@@ -158,7 +158,7 @@ if (!skipTier(t)) {
       t.equal(tokens.status, 200, 'a prompt of token ids is one task');
 
       const all = await startRealGateway(t, { keySlots: 'all' }, { llama });
-      await until('the gateway read llama-server’s slot count', () => all.app.queue.maxInflight === 2, 10_000);
+      await until('the gateway read llama-server’s slot count', () => all.app.upstreams.nodes[0]!.slots === 2, 10_000);
       const from = llama.log().length;
       const a = send(all.port, KEY_A, '/v1/completions', { ...LONG, prompt: ['x', 'x'] });
       t.teardown(() => a.req.destroy());
@@ -181,7 +181,7 @@ if (!skipTier(t)) {
 
   t.test('a key that abandons non-streamed requests one after another does not make other keys wait', async (t) => {
     const gw = await startRealGateway(t, {}, { llamaOptions: { slots: 2 } });
-    await until('the gateway read llama-server’s slot count', () => gw.app.queue.maxInflight === 2, 10_000);
+    await until('the gateway read llama-server’s slot count', () => gw.app.upstreams.nodes[0]!.slots === 2, 10_000);
     const from = gw.llama.log().length;
     const first = send(gw.port, KEY_A, '/v1/completions', { ...LONG, stream: false });
     await launchedTask(gw.llama, from);
@@ -207,7 +207,7 @@ if (!skipTier(t)) {
   t.test('cancellation in every phase frees the slot', async (t) => {
     const llama = await startLlama(t, { slots: 2 });
     const gw = await startRealGateway(t, {}, { llama });
-    await until('the gateway read llama-server’s slot count', () => gw.app.queue.maxInflight === 2, 10_000);
+    await until('the gateway read llama-server’s slot count', () => gw.app.upstreams.nodes[0]!.slots === 2, 10_000);
 
     t.test('while queued in the gateway, and mid-stream', async (t) => {
       const from = llama.log().length;

@@ -1,12 +1,30 @@
-// Health and the upstream key: /healthz is the gateway alone, /health is llama-server's readiness
-// (200 / its own 503 while loading / our 502 when it is down), both public; LLM_UPSTREAM_API_KEY
-// is what upstream sees as Authorization, and without it llama-server's own 401 passes through.
+// Health and the upstream key: /healthz is the gateway alone, /health is the llama-servers'
+// readiness (200 ok or degraded / 503 loading / 502 down, with each server's name, state, slots and
+// models, never a URL), both public; LLM_UPSTREAM_API_KEY is what upstream sees as Authorization,
+// and without it llama-server's own 401 passes through.
 import t from 'tap';
-import { recordings } from '../fixtures/fake-llama.js';
-import { AUTH_A, KEY_A, chatBody, freePort, recordedBody, request, startGateway, withoutUsageChunk } from '../helpers.js';
+import { recordings, startFakeLlama, type FakeBehavior, type FakeLlama } from '../fixtures/fake-llama.js';
+import {
+  AUTH_A,
+  KEY_A,
+  chatBody,
+  freePort,
+  recordedBody,
+  request,
+  startGateway,
+  until,
+  withoutUsageChunk,
+  type Gateway,
+  type Teardown,
+} from '../helpers.js';
 
 const JSON_TYPE = 'application/json; charset=utf-8';
 const OK = '{"status":"ok"}';
+
+/** The /health body of one server without discovery (tests of one upstream: models unknown, slots fixed at 4). */
+function oneServer(status: string, state: string): string {
+  return JSON.stringify({ status, upstreams: [{ name: 'upstream-1', state, slots: 4, models: [] }] });
+}
 const UPSTREAM_KEY = 'llama-upstream-secret-0123456789';
 
 t.test('GET /healthz: 200 {"status":"ok"}, no key, never calls upstream', async (t) => {
@@ -33,11 +51,29 @@ t.test('GET /healthz answers even when upstream is down or loading', async (t) =
   t.equal(loading.fake.requests.length, 0);
 });
 
-t.test('GET /health, upstream ready: 200 {"status":"ok"}, no key, one upstream GET /health', async (t) => {
+t.test('GET /health, upstream ready: 200 ok with its name, state, slots and models, no key, no URL', async (t) => {
+  const gw = await startGateway(t, { maxInflight: null }, {}, { discovery: true });
+  const res = await request(gw.port, { path: '/health' });
+  t.equal(res.status, 200);
+  t.equal(res.text, '{"status":"ok","upstreams":[{"name":"upstream-1","state":"ready","slots":2,"models":["gpt-oss-20b"]}]}');
+  t.equal(res.headers['content-type'], JSON_TYPE);
+  t.notMatch(res.text, String(gw.fake.port), 'no URL, no port');
+  t.equal(res.headers.server, undefined, 'no llama-server Server header');
+  // Answered from what the gateway follows: more /health calls cost no upstream request.
+  const probes = () => gw.fake.requests.filter((r) => r.url === '/health').length;
+  const before = probes();
+  for (let i = 0; i < 5; i++) t.equal((await request(gw.port, { path: '/health' })).status, 200);
+  t.equal(probes(), before);
+  const seen = new Set(gw.fake.requests.map((r) => r.url));
+  t.ok(seen.has('/v1/models') && seen.has('/props'), 'discovery read /v1/models and /props');
+  for (const r of gw.fake.requests) t.equal(r.headers.authorization, undefined, 'no upstream key configured, none sent');
+});
+
+t.test('GET /health without discovery: one upstream GET /health per check', async (t) => {
   const gw = await startGateway(t);
   const res = await request(gw.port, { path: '/health' });
   t.equal(res.status, 200);
-  t.equal(res.text, OK);
+  t.equal(res.text, oneServer('ok', 'ready'));
   t.equal(res.headers['content-type'], JSON_TYPE);
   t.equal(res.headers.server, undefined, 'no llama-server Server header');
   t.equal(gw.fake.requests.length, 1);
@@ -58,12 +94,11 @@ t.test('GET /health never forwards client headers upstream', async (t) => {
   t.notMatch(JSON.stringify(seen.headers), KEY_A);
 });
 
-t.test('GET /health while llama-server loads: 503 with its recorded body', async (t) => {
+t.test('GET /health while llama-server loads: 503 loading', async (t) => {
   const gw = await startGateway(t, {}, { loading: true });
   const res = await request(gw.port, { path: '/health' });
   t.equal(res.status, 503);
-  t.equal(res.text, recordedBody(recordings['loading-503']!.chunks));
-  t.strictSame(JSON.parse(res.text), { error: { message: 'Loading model', type: 'unavailable_error', code: 503 } });
+  t.equal(res.text, oneServer('loading', 'loading'));
   t.equal(res.headers['content-type'], JSON_TYPE);
   t.equal(res.headers.server, undefined);
   t.equal(gw.fake.requests.length, 1);
@@ -73,15 +108,19 @@ t.test('GET /health while llama-server loads: 503 with its recorded body', async
   gw.fake.behavior.loading = false;
   const ready = await request(gw.port, { path: '/health' });
   t.equal(ready.status, 200);
-  t.equal(ready.text, OK);
+  t.equal(ready.text, oneServer('ok', 'ready'));
 });
 
-t.test('GET /health, upstream down: 502 upstream_error in OpenAI shape', async (t) => {
+t.test('GET /health, upstream down: 502 down; a proxied route says upstream_unreachable', async (t) => {
   const gw = await startGateway(t, { upstreams: [`http://127.0.0.1:${await freePort()}`] });
   const res = await request(gw.port, { path: '/health' });
   t.equal(res.status, 502);
   t.equal(res.headers['content-type'], JSON_TYPE);
-  t.strictSame(JSON.parse(res.text), {
+  t.equal(res.text, oneServer('down', 'down'));
+  t.equal(gw.fake.requests.length, 0);
+  const chat = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
+  t.equal(chat.status, 502);
+  t.strictSame(JSON.parse(chat.text), {
     error: {
       message: 'The gateway could not reach the model server (llama-server). It may be stopped or starting up; try again shortly.',
       type: 'upstream_error',
@@ -89,18 +128,13 @@ t.test('GET /health, upstream down: 502 upstream_error in OpenAI shape', async (
       code: 'upstream_unreachable',
     },
   });
-  t.equal(gw.fake.requests.length, 0);
-  // A proxied route says the same.
-  const chat = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
-  t.equal(chat.status, 502);
-  t.equal(chat.text, res.text);
 });
 
 t.test('llama-server with --api-key and upstreamApiKey set: /health 200, upstream sees our key', async (t) => {
   const gw = await startGateway(t, { upstreamApiKey: UPSTREAM_KEY }, { apiKey: UPSTREAM_KEY });
   const res = await request(gw.port, { path: '/health' });
   t.equal(res.status, 200);
-  t.equal(res.text, OK);
+  t.equal(res.text, oneServer('ok', 'ready'));
   t.equal(gw.fake.requests[0]?.headers.authorization, `Bearer ${UPSTREAM_KEY}`);
 });
 
@@ -108,7 +142,7 @@ t.test('llama-server with --api-key, no upstreamApiKey: /health is public upstre
   const gw = await startGateway(t, {}, { apiKey: UPSTREAM_KEY });
   const res = await request(gw.port, { path: '/health' });
   t.equal(res.status, 200);
-  t.equal(res.text, OK);
+  t.equal(res.text, oneServer('ok', 'ready'));
 });
 
 t.test('upstreamApiKey: proxied requests reach upstream as Bearer <upstreamApiKey> and succeed', async (t) => {
@@ -153,4 +187,133 @@ t.test("no upstreamApiKey against llama-server's --api-key: its 401 passes throu
   t.equal(model.text, recorded);
   t.equal(gw.fake.requests.length, 2);
   for (const seen of gw.fake.requests) t.equal(seen.headers.authorization, undefined, 'the client key is not sent as a fallback');
+});
+
+// ---------------------------------------------------------------------------------------------
+// Several llama-servers: the status is the worst over the models of the servers that are not ready.
+
+async function fakes(t: Teardown, ...behaviors: Partial<FakeBehavior>[]): Promise<FakeLlama[]> {
+  const out: FakeLlama[] = [];
+  for (const b of behaviors) {
+    const f = await startFakeLlama(b);
+    t.teardown(() => f.close());
+    out.push(f);
+  }
+  return out;
+}
+
+async function gatewayOver(t: Teardown, urls: string[]): Promise<Gateway> {
+  return startGateway(t, { upstreams: urls, maxInflight: null });
+}
+
+const health = async (gw: Gateway) => {
+  const res = await request(gw.port, { path: '/health' });
+  return { status: res.status, body: JSON.parse(res.text) as unknown };
+};
+
+t.test('two servers, two models, both ready: 200 ok, each with its name, state, slots and models', async (t) => {
+  const [a, b] = await fakes(t, { modelId: 'qwen3-8b', aliases: ['chat'], slots: 2 }, { modelId: 'bge-m3', slots: 3 });
+  const gw = await gatewayOver(t, [a!.url, b!.url]);
+  t.same(await health(gw), {
+    status: 200,
+    body: {
+      status: 'ok',
+      upstreams: [
+        { name: 'upstream-1', state: 'ready', slots: 2, models: ['qwen3-8b'] },
+        { name: 'upstream-2', state: 'ready', slots: 3, models: ['bge-m3'] },
+      ],
+    },
+  });
+});
+
+t.test('one model on two servers, one of them loading: 200 degraded; both loading: 503 loading', async (t) => {
+  const [a, b] = await fakes(t, { modelId: 'qwen3-8b', slots: 2 }, { modelId: 'qwen3-8b', slots: 2 });
+  const gw = await gatewayOver(t, [a!.url, b!.url]);
+  t.equal((await health(gw)).status, 200);
+  const [na, nb] = gw.app.upstreams.nodes;
+  b!.behavior.loading = true;
+  gw.app.upstreams.markLoading(nb!); // what the proxy reports when it sees 503 loading
+  t.same(await health(gw), {
+    status: 200,
+    body: {
+      status: 'degraded',
+      upstreams: [
+        { name: 'upstream-1', state: 'ready', slots: 2, models: ['qwen3-8b'] },
+        { name: 'upstream-2', state: 'loading', slots: 2, models: ['qwen3-8b'] },
+      ],
+    },
+  });
+  a!.behavior.loading = true;
+  gw.app.upstreams.markLoading(na!);
+  const loading = await health(gw);
+  t.equal(loading.status, 503);
+  t.match(loading.body, { status: 'loading' });
+  // Loaded again: the probes (every second while loading) see it.
+  a!.behavior.loading = false;
+  b!.behavior.loading = false;
+  await until('ready again', async () => (await health(gw)).status === 200 && na!.state === 'ready' && nb!.state === 'ready');
+  t.match((await health(gw)).body, { status: 'ok' });
+});
+
+t.test('two models, the only server of one is loading: 503 loading; down: 502 down', async (t) => {
+  const [a, b] = await fakes(t, { modelId: 'qwen3-8b', slots: 2 }, { modelId: 'bge-m3', slots: 3 });
+  const gw = await gatewayOver(t, [a!.url, b!.url]);
+  t.equal((await health(gw)).status, 200);
+  const nb = gw.app.upstreams.nodes[1]!;
+  b!.behavior.loading = true;
+  gw.app.upstreams.markLoading(nb);
+  t.same(await health(gw), {
+    status: 503,
+    body: {
+      status: 'loading',
+      upstreams: [
+        { name: 'upstream-1', state: 'ready', slots: 2, models: ['qwen3-8b'] },
+        { name: 'upstream-2', state: 'loading', slots: 3, models: ['bge-m3'] },
+      ],
+    },
+  });
+  await b!.refuse();
+  gw.app.upstreams.markDown(nb, 'ECONNREFUSED'); // what the proxy reports when a connection is refused
+  t.same(await health(gw), {
+    status: 502,
+    body: {
+      status: 'down',
+      upstreams: [
+        { name: 'upstream-1', state: 'ready', slots: 2, models: ['qwen3-8b'] },
+        { name: 'upstream-2', state: 'down', slots: 3, models: ['bge-m3'] },
+      ],
+    },
+  });
+  b!.behavior.loading = false;
+  await b!.accept();
+  // Probed again after 1 s, 2 s, 4 s …: back at the next probe once it answers.
+  await until('back', async () => (await health(gw)).status === 200, 10_000, 100);
+});
+
+t.test('a server that never answered counts as a model of its own: loading from the start 503, nothing listening 502', async (t) => {
+  const [a, b] = await fakes(t, { modelId: 'qwen3-8b', slots: 2 }, { loading: true });
+  const gw = await gatewayOver(t, [a!.url, b!.url, `http://127.0.0.1:${await freePort()}`]);
+  const first = await health(gw);
+  t.same(first, {
+    status: 502,
+    body: {
+      status: 'down',
+      upstreams: [
+        { name: 'upstream-1', state: 'ready', slots: 2, models: ['qwen3-8b'] },
+        { name: 'upstream-2', state: 'loading', slots: 4, models: [] },
+        { name: 'upstream-3', state: 'down', slots: 4, models: [] },
+      ],
+    },
+  });
+  const gw2 = await gatewayOver(t, [a!.url, b!.url]);
+  t.same(await health(gw2), {
+    status: 503,
+    body: {
+      status: 'loading',
+      upstreams: [
+        { name: 'upstream-1', state: 'ready', slots: 2, models: ['qwen3-8b'] },
+        { name: 'upstream-2', state: 'loading', slots: 4, models: [] },
+      ],
+    },
+  });
 });

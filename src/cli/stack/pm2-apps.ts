@@ -1,11 +1,12 @@
 // PM2's app definitions for the stack: how each process is started (the program found in PATH, a
 // Node.js script run with IPC), how long PM2 waits for it to stop, and the gateway's wait_ready.
+// Each llama-server of the list is an app of its own (llama-1, llama-2 … or llama-<name>).
 // ecosystemApps() is what ecosystem.config.cjs hands PM2.
 import { resolve } from 'node:path';
 import { SETTINGS } from '../../config.js';
 import { startBlockers } from './findings.js';
 import { expandHome, isNodeCommand, nodeScript, resolveCommand } from './paths.js';
-import { PROCESS_NAMES, StackConfigError, loadStackConfig, type ProcessName, type StackConfig } from './pm2-config.js';
+import { StackConfigError, loadStackConfig, type ProcessSpec, type StackConfig } from './pm2-config.js';
 import { gatewayEnvironment, settingOr, type Env } from './settings.js';
 
 // How long PM2 waits after SIGINT before SIGKILL. llama-server cancels its slots and frees the
@@ -37,10 +38,10 @@ export interface Pm2AppDefinition {
   exp_backoff_restart_delay?: number;
 }
 
-/** PM2's definition of one process. `env` is the environment that settings are read from. */
-export function pm2App(stack: StackConfig, name: ProcessName, env: Env): Pm2AppDefinition {
-  const spec = stack.processes[name];
-  const common = { name, cwd: spec.cwd, env: { ...spec.env }, exec_mode: 'fork' as const, autorestart: true };
+/** PM2's definition of one process of `stack`. `env` is the environment that settings are read from. */
+export function pm2App(stack: StackConfig, spec: ProcessSpec, env: Env): Pm2AppDefinition {
+  const { name } = spec;
+  const common = { name: spec.app, cwd: spec.cwd, env: { ...spec.env }, exec_mode: 'fork' as const, autorestart: true };
   // The program as the checks found it (PATH here), so PM2 — which would search its own PATH — and a
   // boot-time `pm2 resurrect` run exactly that.
   const program =
@@ -71,8 +72,8 @@ export function pm2App(stack: StackConfig, name: ProcessName, env: Env): Pm2AppD
  */
 export function ecosystemApps(file: string, env: Env): Pm2AppDefinition[] {
   const stack = loadStackConfig(file);
-  const enabled = PROCESS_NAMES.filter((n) => stack.processes[n].enabled);
-  const problems = enabled.flatMap((n) => startBlockers(stack, n, env).map((b) => `${n}: ${b}`));
+  const enabled = stack.apps.filter((spec) => spec.enabled);
+  const problems = enabled.flatMap((spec) => startBlockers(stack, spec, env).map((b) => `${spec.app}: ${b}`));
   if (problems.length > 0) throw new StackConfigError(stack.file, problems);
-  return enabled.map((n) => pm2App(stack, n, env));
+  return enabled.map((spec) => pm2App(stack, spec, env));
 }

@@ -1,6 +1,6 @@
 // pm2-config.json, the file that describes the stack `llm-gateway menu` and `ecosystem.config.cjs`
-// run under PM2 (llama-server, the gateway, a Cloudflare Tunnel): its defaults, and the check of
-// every field, one line per problem. What is built from it lives next door: the gateway's settings
+// run under PM2 (one or several llama-servers, the gateway, a Cloudflare Tunnel): its defaults, and
+// the check of every field, one line per problem. What is built from it lives next door: the gateway's settings
 // (settings.ts), PM2's app definitions (pm2-apps.ts), the cloudflared file (tunnel-file.ts) and the
 // consistency checks (findings.ts). PM2 itself is driven elsewhere (src/cli/pm2.ts).
 import { existsSync, readFileSync } from 'node:fs';
@@ -17,9 +17,17 @@ export const DEFAULT_TUNNEL_FILE = './cloudflared-config.yml';
 export const PLACEHOLDER = /<[^<>\s][^<>]*>/g;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const FIELDS = ['enabled', 'command', 'args', 'cwd', 'env'] as const;
+const LLAMA_FIELDS = ['name', ...FIELDS] as const;
+/** A llama process's "name": what PM2 calls it after "llama-" (also its log files' names). */
+const LLAMA_NAME = /^[A-Za-z0-9][A-Za-z0-9_.]*$/;
 
 export interface ProcessSpec {
+  /** Which piece of the stack it is. */
   readonly name: ProcessName;
+  /** What PM2 calls it: llama (one llama-server), llama-1, llama-2 … or llama-<name> (a list), gateway, tunnel. */
+  readonly app: string;
+  /** Where it is in pm2-config.json, for messages: llama, llama[1], gateway, tunnel. */
+  readonly path: string;
   readonly enabled: boolean;
   readonly command: string;
   readonly args: readonly string[];
@@ -33,7 +41,16 @@ export interface StackConfig {
   readonly file: string;
   /** Its folder: the project the stack lives in. */
   readonly root: string;
-  readonly processes: Readonly<Record<ProcessName, ProcessSpec>>;
+  readonly processes: StackProcesses;
+  /** Every process, in start order: the llama-servers, the gateway, the tunnel. */
+  readonly apps: readonly ProcessSpec[];
+}
+
+export interface StackProcesses {
+  /** One (the "llama" object) or several ("llama" as a list), in the file's order. */
+  readonly llama: readonly ProcessSpec[];
+  readonly gateway: ProcessSpec;
+  readonly tunnel: ProcessSpec;
 }
 
 /** pm2-config.json is missing, not JSON, or has wrong fields: one line per problem. */
@@ -57,7 +74,8 @@ export function defaultStackConfig(): Record<string, unknown> {
       'or: cp pm2-config.example.json pm2-config.json. Put your model file where it says',
       '<path/to/model.gguf> and your tunnel where it says <tunnel-name>. Each process has "enabled"',
       '(false leaves it out), "command" (a program in PATH, or a path), "args" (one string per',
-      'argument), "cwd" (relative to this file) and "env" (extra variables). "//" keys are comments.',
+      'argument), "cwd" (relative to this file) and "env" (extra variables). Keys that start with "//"',
+      'are comments.',
     ],
     llama: {
       '//': 'Add your usual options (-c, -ngl, -a …). --port must match LLM_UPSTREAM in .env; --host 127.0.0.1 keeps it private.',
@@ -66,6 +84,26 @@ export function defaultStackConfig(): Record<string, unknown> {
       args: ['-m', '<path/to/model.gguf>', '--host', '127.0.0.1', '--port', '5857', '-np', '4'],
       cwd: '.',
       env: {},
+    },
+    '//llama as a list': {
+      '//': [
+        'Several llama-servers (a chat model and an embedding model, one per GPU …): make "llama" a list',
+        'like the one below, each process with its own --port and the fields above, and list every URL in',
+        'LLM_UPSTREAM (LLM_UPSTREAM=http://127.0.0.1:5857,http://127.0.0.1:5858). PM2 names them',
+        'llama-<name>, or llama-1, llama-2 … without "name". The menu starts, stops and shows them all.',
+      ],
+      llama: [
+        {
+          name: 'chat',
+          command: 'llama-server',
+          args: ['-m', '<path/to/model.gguf>', '--host', '127.0.0.1', '--port', '5857', '-np', '4'],
+        },
+        {
+          name: 'embed',
+          command: 'llama-server',
+          args: ['-m', '<path/to/embed.gguf>', '--embeddings', '--host', '127.0.0.1', '--port', '5858'],
+        },
+      ],
     },
     gateway: {
       '//': 'Reads .env in cwd like `npm start`; run `npm run build` after updating the code.',
@@ -107,6 +145,16 @@ export function defaultStackConfigText(): string {
   return `${formatJson(defaultStackConfig())}\n`;
 }
 
+/** llama, llama-1, llama-chat: a name the stack gives llama-servers under PM2. */
+export function isLlamaApp(name: string): boolean {
+  return /^llama(-|$)/.test(name);
+}
+
+/** "//", "//llama as a list" …: a comment, skipped by the checks. */
+function isComment(key: string): boolean {
+  return key.startsWith('//');
+}
+
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -119,38 +167,60 @@ function describeValue(v: unknown): string {
   return typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint' ? String(v) : typeof v;
 }
 
-function parseProcess(name: ProcessName, raw: unknown, root: string, problems: string[]): ProcessSpec | undefined {
+/** The program a process usually runs, for messages. */
+const USUAL_COMMAND: Readonly<Record<ProcessName, string>> = { llama: 'llama-server', gateway: 'node', tunnel: 'cloudflared' };
+
+/**
+ * One process's fields. `path` names it in messages (llama, llama[1], gateway); `app` is its PM2
+ * name. A llama process may have a "name" (it is then llama-<name> under PM2).
+ */
+function parseProcess(
+  name: ProcessName,
+  at: { path: string; app: string },
+  raw: unknown,
+  root: string,
+  problems: string[],
+): ProcessSpec | undefined {
+  const { path } = at;
+  const fields: readonly string[] = name === 'llama' ? LLAMA_FIELDS : FIELDS;
   if (!isRecord(raw)) {
-    problems.push(`${name} must be an object with "command", "args", "cwd", "env" and "enabled", got ${describeValue(raw)}`);
+    problems.push(`${path} must be an object with "command", "args", "cwd", "env" and "enabled", got ${describeValue(raw)}`);
     return undefined;
   }
   const before = problems.length;
   for (const key of Object.keys(raw)) {
-    if (key !== '//' && !(FIELDS as readonly string[]).includes(key))
-      problems.push(`${name}: unknown field "${key}" (expected ${FIELDS.join(', ')})`);
+    if (!isComment(key) && !fields.includes(key)) problems.push(`${path}: unknown field "${key}" (expected ${fields.join(', ')})`);
+  }
+  let app = at.app;
+  if (name === 'llama' && raw.name !== undefined) {
+    if (typeof raw.name !== 'string' || !LLAMA_NAME.test(raw.name))
+      problems.push(
+        `${path}.name must be a short name of letters, digits, "_" and "." such as "chat" (PM2 calls it llama-<name>), got ${describeValue(raw.name)}`,
+      );
+    else app = `llama-${raw.name}`;
   }
   const enabled = raw.enabled ?? true;
-  if (typeof enabled !== 'boolean') problems.push(`${name}.enabled must be true or false, got ${describeValue(raw.enabled)}`);
+  if (typeof enabled !== 'boolean') problems.push(`${path}.enabled must be true or false, got ${describeValue(raw.enabled)}`);
 
   const command = raw.command;
   if (typeof command !== 'string' || command.trim() === '') {
     problems.push(
-      `${name}.command must be the program to run, such as "${name === 'gateway' ? 'node' : name === 'llama' ? 'llama-server' : 'cloudflared'}", got ${command === undefined ? 'nothing' : describeValue(command)}`,
+      `${path}.command must be the program to run, such as "${USUAL_COMMAND[name]}", got ${command === undefined ? 'nothing' : describeValue(command)}`,
     );
   } else if (/\s/.test(command.trim()) && !existsSync(resolve(root, command))) {
     problems.push(
-      `${name}.command ${JSON.stringify(command)} contains spaces: put only the program in "command" and each argument as its own string in "args"`,
+      `${path}.command ${JSON.stringify(command)} contains spaces: put only the program in "command" and each argument as its own string in "args"`,
     );
   }
 
   const args = raw.args ?? [];
   if (!Array.isArray(args)) {
-    problems.push(`${name}.args must be a list of strings such as ["--port", "5857"], got ${describeValue(args)}`);
+    problems.push(`${path}.args must be a list of strings such as ["--port", "5857"], got ${describeValue(args)}`);
   } else {
     args.forEach((a: unknown, i) => {
       if (typeof a !== 'string')
         problems.push(
-          `${name}.args[${i}] must be a string, got ${describeValue(a)}${typeof a === 'number' ? ` (write "${a}" in quotes)` : ''}`,
+          `${path}.args[${i}] must be a string, got ${describeValue(a)}${typeof a === 'number' ? ` (write "${a}" in quotes)` : ''}`,
         );
     });
   }
@@ -158,28 +228,55 @@ function parseProcess(name: ProcessName, raw: unknown, root: string, problems: s
   const cwdRaw = raw.cwd ?? '.';
   let cwd = root;
   if (typeof cwdRaw !== 'string' || cwdRaw.trim() === '') {
-    problems.push(`${name}.cwd must be a folder (relative to ${basename(DEFAULT_STACK_FILE)}'s folder), got ${describeValue(cwdRaw)}`);
+    problems.push(`${path}.cwd must be a folder (relative to ${basename(DEFAULT_STACK_FILE)}'s folder), got ${describeValue(cwdRaw)}`);
   } else {
     cwd = resolve(root, expandHome(cwdRaw));
-    if (!isDirectory(cwd)) problems.push(`${name}.cwd ${JSON.stringify(cwdRaw)} is not a folder (${cwd})`);
+    if (!isDirectory(cwd)) problems.push(`${path}.cwd ${JSON.stringify(cwdRaw)} is not a folder (${cwd})`);
   }
 
   const envRaw = raw.env ?? {};
   const env: Record<string, string> = {};
   if (!isRecord(envRaw)) {
-    problems.push(`${name}.env must be an object of variables such as {"LOG_LEVEL": "info"}, got ${describeValue(envRaw)}`);
+    problems.push(`${path}.env must be an object of variables such as {"LOG_LEVEL": "info"}, got ${describeValue(envRaw)}`);
   } else {
     for (const [k, v] of Object.entries(envRaw)) {
-      if (!ENV_NAME.test(k)) problems.push(`${name}.env: ${JSON.stringify(k)} is not a valid variable name`);
+      if (!ENV_NAME.test(k)) problems.push(`${path}.env: ${JSON.stringify(k)} is not a valid variable name`);
       else if (typeof v !== 'string')
         problems.push(
-          `${name}.env.${k} must be a string, got ${describeValue(v)}${typeof v === 'number' || typeof v === 'boolean' ? ` (write "${String(v)}" in quotes)` : ''}`,
+          `${path}.env.${k} must be a string, got ${describeValue(v)}${typeof v === 'number' || typeof v === 'boolean' ? ` (write "${String(v)}" in quotes)` : ''}`,
         );
       else env[k] = v;
     }
   }
   if (problems.length > before) return undefined;
-  return { name, enabled: enabled as boolean, command: (command as string).trim(), args: args as string[], cwd, env };
+  return { name, app, path, enabled: enabled as boolean, command: (command as string).trim(), args: args as string[], cwd, env };
+}
+
+/**
+ * "llama": one process (an object, PM2's "llama") or a list of them (llama-1, llama-2 … or
+ * llama-<name>), each checked field by field; two with the same PM2 name are refused.
+ */
+function parseLlamas(raw: unknown, root: string, problems: string[]): ProcessSpec[] | undefined {
+  if (!Array.isArray(raw)) {
+    const one = parseProcess('llama', { path: 'llama', app: 'llama' }, raw, root, problems);
+    return one === undefined ? undefined : [one];
+  }
+  if (raw.length === 0) {
+    problems.push('llama is an empty list: give it one process or more (or one with "enabled": false to run no llama-server)');
+    return undefined;
+  }
+  const before = problems.length;
+  const specs = raw.map((entry: unknown, i) =>
+    parseProcess('llama', { path: `llama[${i}]`, app: `llama-${i + 1}` }, entry, root, problems),
+  );
+  const seen = new Map<string, string>();
+  for (const spec of specs) {
+    if (spec === undefined) continue;
+    const first = seen.get(spec.app);
+    if (first !== undefined) problems.push(`${spec.path}: PM2 would call it ${spec.app} like ${first}; give each a different "name"`);
+    else seen.set(spec.app, spec.path);
+  }
+  return problems.length > before ? undefined : (specs as ProcessSpec[]);
 }
 
 /** Checks every field of a parsed pm2-config.json; throws StackConfigError listing each problem. */
@@ -190,20 +287,21 @@ export function parseStackConfig(raw: unknown, file: string): StackConfig {
     throw new StackConfigError(absolute, [`must be a JSON object with "llama", "gateway" and "tunnel", got ${describeValue(raw)}`]);
   const problems: string[] = [];
   for (const key of Object.keys(raw)) {
-    if (key !== '//' && !(PROCESS_NAMES as readonly string[]).includes(key))
+    if (!isComment(key) && !(PROCESS_NAMES as readonly string[]).includes(key))
       problems.push(`unknown entry "${key}" (expected ${PROCESS_NAMES.join(', ')})`);
   }
-  const processes: Partial<Record<ProcessName, ProcessSpec>> = {};
-  for (const name of PROCESS_NAMES) {
-    if (!(name in raw)) {
-      problems.push(`"${name}" is missing (set "enabled": false in it to leave ${name} out)`);
-      continue;
-    }
-    const spec = parseProcess(name, raw[name], root, problems);
-    if (spec !== undefined) processes[name] = spec;
-  }
-  if (problems.length > 0) throw new StackConfigError(absolute, problems);
-  return { file: absolute, root, processes: processes as Record<ProcessName, ProcessSpec> };
+  const missing = (name: ProcessName): boolean => {
+    if (name in raw) return false;
+    problems.push(`"${name}" is missing (set "enabled": false in it to leave ${name} out)`);
+    return true;
+  };
+  const llama = missing('llama') ? undefined : parseLlamas(raw.llama, root, problems);
+  const [gateway, tunnel] = (['gateway', 'tunnel'] as const).map((name) =>
+    missing(name) ? undefined : parseProcess(name, { path: name, app: name }, raw[name], root, problems),
+  );
+  if (problems.length > 0 || llama === undefined || gateway === undefined || tunnel === undefined)
+    throw new StackConfigError(absolute, problems);
+  return { file: absolute, root, processes: { llama, gateway, tunnel }, apps: [...llama, gateway, tunnel] };
 }
 
 /** Reads and checks pm2-config.json. Throws StackConfigError (with `missing` set when there is no file). */

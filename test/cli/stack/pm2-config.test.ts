@@ -63,6 +63,12 @@ function problemsOf(raw: unknown, file = join(ROOT, 'pm2-config.json')): string[
   return [];
 }
 
+/** The gateway's PM2 app as built from a pm2-config.json. */
+function gatewayApp(file: string, env: Record<string, string | undefined>): ReturnType<typeof pm2App> {
+  const stack = loadStackConfig(file);
+  return pm2App(stack, stack.processes.gateway, env);
+}
+
 const bad = (fs: Finding[]): string[] => fs.filter((f) => f.level !== 'ok').map((f) => `${f.level}: ${f.text}`);
 const ENV = { PATH: process.env.PATH ?? '' };
 
@@ -70,18 +76,20 @@ t.test('pm2-config.example.json is the documented default, and valid', async (t)
   const text = readFileSync(join(ROOT, 'pm2-config.example.json'), 'utf8');
   t.equal(text, defaultStackConfigText(), 'the committed example is what the menu writes on first run');
   const stack = parseStackConfig(JSON.parse(text), join(ROOT, 'pm2-config.json'));
-  t.same(stack.processes.llama.args, ['-m', '<path/to/model.gguf>', '--host', '127.0.0.1', '--port', '5857', '-np', '4']);
-  t.equal(stack.processes.llama.command, 'llama-server');
+  t.same(stack.processes.llama[0]!.args, ['-m', '<path/to/model.gguf>', '--host', '127.0.0.1', '--port', '5857', '-np', '4']);
+  t.equal(stack.processes.llama[0]!.command, 'llama-server');
+  t.equal(stack.processes.llama.length, 1, 'one llama-server, PM2 calls it llama');
+  t.equal(stack.processes.llama[0]!.app, 'llama');
   t.same([stack.processes.gateway.command, ...stack.processes.gateway.args], ['node', 'dist/server.js']);
   t.same(
     [stack.processes.tunnel.command, ...stack.processes.tunnel.args],
     ['cloudflared', 'tunnel', '--config', './cloudflared-config.yml', 'run', '<tunnel-name>'],
   );
   t.equal(stack.processes.gateway.cwd, ROOT, 'cwd "." is the folder of pm2-config.json');
-  t.same(placeholdersOf(stack.processes.llama), ['<path/to/model.gguf>']);
+  t.same(placeholdersOf(stack.processes.llama[0]!), ['<path/to/model.gguf>']);
   t.same(placeholdersOf(stack.processes.tunnel), ['<tunnel-name>']);
   t.same(placeholdersOf(stack.processes.gateway), []);
-  t.same(llamaListen(stack.processes.llama), { host: '127.0.0.1', port: 5857 });
+  t.same(llamaListen(stack.processes.llama[0]!), { host: '127.0.0.1', port: 5857 });
   const gitignore = readFileSync(join(ROOT, '.gitignore'), 'utf8').split('\n');
   t.ok(gitignore.includes('pm2-config.json'), "the real pm2-config.json is the user's: git ignores it");
   t.ok(gitignore.includes('cloudflared-config.yml'));
@@ -106,7 +114,7 @@ t.test('every wrong field is named, all at once', async (t) => {
   });
   t.match(problems, [
     /^unknown entry "tunnle" \(expected llama, gateway, tunnel\)$/,
-    /^llama: unknown field "restart" \(expected enabled, command, args, cwd, env\)$/,
+    /^llama: unknown field "restart" \(expected name, enabled, command, args, cwd, env\)$/,
     /^llama\.enabled must be true or false, got "yes"$/,
     /^llama\.command "llama-server -m model\.gguf" contains spaces: put only the program in "command" and each argument as its own string in "args"$/,
     /^llama\.args\[1\] must be a string, got 5857 \(write "5857" in quotes\)$/,
@@ -141,7 +149,7 @@ t.test('PM2 app definitions', async (t) => {
     c.llama!.command = 'llama-server';
   });
   const stack = loadStackConfig(file);
-  const llama = pm2App(stack, 'llama', ENV);
+  const llama = pm2App(stack, stack.processes.llama[0]!, ENV);
   t.match(llama, {
     name: 'llama',
     script: 'llama-server',
@@ -158,12 +166,12 @@ t.test('PM2 app definitions', async (t) => {
   mkdirSync(bin);
   symlinkSync(join(STAND_INS, 'llama-server.mjs'), join(bin, 'llama-server'));
   t.equal(
-    pm2App(stack, 'llama', { PATH: `${bin}:${ENV.PATH}` }).script,
+    pm2App(stack, stack.processes.llama[0]!, { PATH: `${bin}:${ENV.PATH}` }).script,
     join(bin, 'llama-server'),
     'a program in PATH is given to PM2 as the path found',
   );
 
-  const gateway = pm2App(stack, 'gateway', ENV);
+  const gateway = pm2App(stack, stack.processes.gateway, ENV);
   t.match(gateway, {
     name: 'gateway',
     interpreter: /\/node$/,
@@ -174,9 +182,13 @@ t.test('PM2 app definitions', async (t) => {
   t.equal(gateway.wait_ready, true, 'the gateway tells PM2 when it listens');
   t.equal(gateway.listen_timeout, 15_000);
   t.equal(gateway.kill_timeout, 35_000, 'longer than the default GATEWAY_SHUTDOWN_GRACE_MS (30000)');
-  t.equal(pm2App(stack, 'gateway', { ...ENV, GATEWAY_SHUTDOWN_GRACE_MS: '60000' }).kill_timeout, 65_000, 'follows the setting');
+  t.equal(
+    pm2App(stack, stack.processes.gateway, { ...ENV, GATEWAY_SHUTDOWN_GRACE_MS: '60000' }).kill_timeout,
+    65_000,
+    'follows the setting',
+  );
 
-  const tunnel = pm2App(stack, 'tunnel', ENV);
+  const tunnel = pm2App(stack, stack.processes.tunnel, ENV);
   t.match(tunnel, {
     script: join(STAND_INS, 'cloudflared.mjs'),
     interpreter: 'none',
@@ -187,32 +199,24 @@ t.test('PM2 app definitions', async (t) => {
 
 t.test("the gateway's grace comes from .env in its folder, pm2-config.json's env over the environment", async (t) => {
   const { file } = project(t, () => {}, 'GATEWAY_SHUTDOWN_GRACE_MS=45000\n');
-  t.equal(pm2App(loadStackConfig(file), 'gateway', ENV).kill_timeout, 50_000, '.env');
-  t.equal(
-    pm2App(loadStackConfig(file), 'gateway', { ...ENV, GATEWAY_SHUTDOWN_GRACE_MS: '20000' }).kill_timeout,
-    25_000,
-    'environment over .env',
-  );
+  t.equal(gatewayApp(file, ENV).kill_timeout, 50_000, '.env');
+  t.equal(gatewayApp(file, { ...ENV, GATEWAY_SHUTDOWN_GRACE_MS: '20000' }).kill_timeout, 25_000, 'environment over .env');
   const { file: withEnv } = project(
     t,
     (c) => (c.gateway!.env = { GATEWAY_SHUTDOWN_GRACE_MS: '10000' }),
     'GATEWAY_SHUTDOWN_GRACE_MS=45000\n',
   );
-  t.equal(
-    pm2App(loadStackConfig(withEnv), 'gateway', { ...ENV, GATEWAY_SHUTDOWN_GRACE_MS: '20000' }).kill_timeout,
-    15_000,
-    'gateway.env over both',
-  );
+  t.equal(gatewayApp(withEnv, { ...ENV, GATEWAY_SHUTDOWN_GRACE_MS: '20000' }).kill_timeout, 15_000, 'gateway.env over both');
 });
 
 t.test('what stops a process from starting is said before PM2 is asked', async (t) => {
   const example = parseStackConfig(defaultStackConfig(), join(tempDir(t), 'pm2-config.json'));
-  t.match(startBlockers(example, 'llama', { PATH: '' }), [
+  t.match(startBlockers(example, example.processes.llama[0]!, { PATH: '' }), [
     /^fill in <path\/to\/model\.gguf> in pm2-config\.json \(llama\)$/,
     /^llama-server is not in PATH: install it, or set llama\.command in pm2-config\.json to its full path$/,
   ]);
-  t.match(startBlockers(example, 'gateway', ENV), [/dist\/server\.js does not exist: run `npm run build`$/]);
-  t.match(startBlockers(example, 'tunnel', { PATH: '' }), [
+  t.match(startBlockers(example, example.processes.gateway, ENV), [/dist\/server\.js does not exist: run `npm run build`$/]);
+  t.match(startBlockers(example, example.processes.tunnel, { PATH: '' }), [
     /fill in <tunnel-name>/,
     /cloudflared is not in PATH/,
     /cloudflared-config\.yml does not exist \(`llm-gateway tunnel init` writes a template\)$/,
@@ -220,10 +224,14 @@ t.test('what stops a process from starting is said before PM2 is asked', async (
 
   const { file } = project(t, () => {}, 'GATEWAY_PORT=eighty\n');
   const stack = loadStackConfig(file);
-  t.same(startBlockers(stack, 'llama', ENV), []);
-  t.same(startBlockers(stack, 'gateway', ENV), ['gateway setting: GATEWAY_PORT must be a port number from 1 to 65535, got "eighty"']);
+  t.same(startBlockers(stack, stack.processes.llama[0]!, ENV), []);
+  t.same(startBlockers(stack, stack.processes.gateway, ENV), [
+    'gateway setting: GATEWAY_PORT must be a port number from 1 to 65535, got "eighty"',
+  ]);
   writeFileSync(join(stack.root, 'cloudflared-config.yml'), tunnelTemplate(8787));
-  t.match(startBlockers(stack, 'tunnel', ENV), [/^fill in <tunnel-name>, <tunnel-id>, <hostname> in .*cloudflared-config\.yml$/]);
+  t.match(startBlockers(stack, stack.processes.tunnel, ENV), [
+    /^fill in <tunnel-name>, <tunnel-id>, <hostname> in .*cloudflared-config\.yml$/,
+  ]);
 });
 
 t.test('ecosystem.config.cjs: the same apps, from the same file', async (t) => {
@@ -244,7 +252,7 @@ t.test('ecosystem.config.cjs: the same apps, from the same file', async (t) => {
   const stack = loadStackConfig(file);
   t.same(
     apps,
-    [pm2App(stack, 'llama', process.env), pm2App(stack, 'gateway', process.env)],
+    [pm2App(stack, stack.processes.llama[0]!, process.env), pm2App(stack, stack.processes.gateway, process.env)],
     'enabled processes only, defined as the menu defines them',
   );
   t.same(ecosystemApps(file, process.env), apps);

@@ -1,0 +1,112 @@
+// A multipart/form-data upload (RFC 7578, RFC 2046 §5.1.1), as OpenAI's /v1/audio/transcriptions
+// takes it: the gateway reads only the few text fields it acts on (`model` for routing and key
+// policy, `stream` for the queue) and checks the form is whole; the bytes are forwarded unchanged.
+//
+// The body is scanned as bytes with Buffer.indexOf (native) for the delimiter `CRLF--boundary`;
+// only part headers (bounded) and the fields read are decoded, never the file. Strict on purpose:
+// CRLF line ends, a closing delimiter, a Content-Disposition with a name on every part — what
+// every client library writes (curl, the OpenAI SDKs, requests, browsers' FormData).
+import { isUtf8 } from 'node:buffer';
+import { MAX_MODEL_LENGTH } from './client-input.js';
+
+/** Why a form is refused (mapped to errors.ts entries by the json-body plugin). */
+export type FormProblem =
+  | 'no_boundary' // the Content-Type has no (valid) boundary parameter
+  | 'not_closed' // no closing delimiter `--boundary--`: cut short, or the wrong boundary
+  | 'malformed' // a delimiter not followed by CRLF, a part without headers or without a name
+  | 'no_file' // no part named `file`
+  | 'two_models' // more than one `model` field: the key policy and llama-server could read different ones
+  | 'model_not_utf8'
+  | 'model_too_long';
+
+export interface FormFields {
+  /** the text fields the gateway acts on, in the shape a JSON body would have them */
+  readonly json: Record<string, unknown>;
+}
+
+export type FormResult = FormFields | { readonly problem: FormProblem; readonly length?: number };
+
+/** Longest header section of one part (Content-Disposition, Content-Type): generous. */
+const MAX_PART_HEADERS = 16 * 1024;
+/** A `model` field longer than this many bytes is over MAX_MODEL_LENGTH characters (≥ 1 char per 3 UTF-8 bytes). */
+const MAX_MODEL_BYTES = MAX_MODEL_LENGTH * 3;
+
+const CR = 0x0d;
+const LF = 0x0a;
+const DASH = 0x2d;
+const HEADERS_END = Buffer.from('\r\n\r\n');
+const TRUE = Buffer.from('true');
+
+// RFC 2046: 1–70 characters of a fixed set, not ending in a space; quoted when it has any outside
+// the token set. Parameter names are case-insensitive.
+const BOUNDARY_PARAM = /;\s*boundary\s*=\s*(?:"([^"]*)"|([^;\s]*))/i;
+const BOUNDARY_CHARS = /^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$/;
+const DISPOSITION = /^content-disposition\s*:\s*form-data\s*(;.*)?$/im;
+// `name=`, not the end of `filename=`: it follows a `;`.
+const NAME_PARAM = /;\s*name\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))/i;
+
+/** The boundary of a multipart/form-data Content-Type, or undefined when it has none (or a bad one). */
+export function boundaryOf(contentType: string): string | undefined {
+  const m = BOUNDARY_PARAM.exec(contentType);
+  const boundary = m?.[1] ?? m?.[2];
+  return boundary !== undefined && BOUNDARY_CHARS.test(boundary) ? boundary : undefined;
+}
+
+/** The `name` of a part, from its header section, or undefined when it has no form-data disposition. */
+function partName(headers: string): string | undefined {
+  const params = DISPOSITION.exec(headers)?.[1];
+  if (params === undefined) return undefined;
+  const m = NAME_PARAM.exec(params);
+  if (m === null) return undefined;
+  return m[1] !== undefined ? m[1].replace(/\\(.)/g, '$1') : m[2];
+}
+
+/**
+ * Reads a multipart/form-data body: the fields the gateway acts on (`model`, `stream: true`), and
+ * whether the form is whole and has a `file` part.
+ */
+export function readForm(raw: Buffer, contentType: string): FormResult {
+  const boundary = boundaryOf(contentType);
+  if (boundary === undefined) return { problem: 'no_boundary' };
+  const delimiter = Buffer.from(`\r\n--${boundary}`);
+  // The first delimiter may open the body without its CRLF; anything before it is a preamble.
+  let at: number;
+  if (raw.length >= delimiter.length - 2 && raw.compare(delimiter, 2, delimiter.length, 0, delimiter.length - 2) === 0) {
+    at = delimiter.length - 2;
+  } else {
+    const first = raw.indexOf(delimiter);
+    if (first < 0) return { problem: 'not_closed' };
+    at = first + delimiter.length;
+  }
+  const json: Record<string, unknown> = {};
+  let file = false;
+  for (;;) {
+    // After a delimiter: `--` closes the form (an epilogue may follow); else optional transport
+    // padding (spaces, tabs) and CRLF open a part.
+    if (raw[at] === DASH && raw[at + 1] === DASH) break;
+    while (raw[at] === 0x20 || raw[at] === 0x09) at++;
+    if (at + 1 >= raw.length) return { problem: 'not_closed' };
+    if (raw[at] !== CR || raw[at + 1] !== LF) return { problem: 'malformed' };
+    at += 2;
+    const headersEnd = raw.subarray(at, at + MAX_PART_HEADERS + HEADERS_END.length).indexOf(HEADERS_END);
+    if (headersEnd < 0) return { problem: raw.indexOf(delimiter, at) < 0 ? 'not_closed' : 'malformed' };
+    const name = partName(raw.toString('latin1', at, at + headersEnd));
+    if (name === undefined) return { problem: 'malformed' };
+    const start = at + headersEnd + HEADERS_END.length;
+    const end = raw.indexOf(delimiter, start);
+    if (end < 0) return { problem: 'not_closed' };
+    if (name === 'file') file = true;
+    else if (name === 'model') {
+      if (json.model !== undefined) return { problem: 'two_models' };
+      if (end - start > MAX_MODEL_BYTES) return { problem: 'model_too_long', length: end - start };
+      if (!isUtf8(raw.subarray(start, end))) return { problem: 'model_not_utf8' };
+      const model = raw.toString('utf8', start, end);
+      if (model.length > MAX_MODEL_LENGTH) return { problem: 'model_too_long', length: model.length };
+      json.model = model;
+    } else if (name === 'stream' && end - start === TRUE.length && raw.compare(TRUE, 0, TRUE.length, start, end) === 0) {
+      json.stream = true;
+    }
+    at = end + delimiter.length;
+  }
+  return file ? { json } : { problem: 'no_file' };
+}
