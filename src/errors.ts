@@ -214,15 +214,6 @@ export const ROUTE_NOT_FOUND = worded(
     `No route ${method} ${echoed(url).split(/[?#]/)[0]!}. This gateway serves the OpenAI-compatible /v1 API.`,
 );
 
-export const MODEL_NOT_FOUND = worded(
-  'MODEL_NOT_FOUND',
-  404,
-  'invalid_request_error',
-  'model_not_found',
-  (id: string) => `The model '${echoed(id)}' does not exist`,
-  'model',
-);
-
 /** Listed in a routing error: the models a key may use, at most this many named. */
 const MODELS_LISTED = 20;
 function modelList(models: readonly string[]): string {
@@ -231,14 +222,15 @@ function modelList(models: readonly string[]): string {
   return models.length > MODELS_LISTED ? `${named} and ${models.length - MODELS_LISTED} more` : named;
 }
 
-/** Several models are served and the body names none of them (issue 14). */
-export const MODEL_UNKNOWN = worded(
-  'MODEL_UNKNOWN',
+export const MODEL_NOT_FOUND = worded(
+  'MODEL_NOT_FOUND',
   404,
   'invalid_request_error',
   'model_not_found',
-  (id: string, available: readonly string[]) =>
-    `The model '${echoed(id)}' does not exist or is not served now. Available to this key: ${modelList(available)}.`,
+  (id: string, available?: readonly string[]) =>
+    available === undefined
+      ? `The model '${echoed(id)}' does not exist`
+      : `The model '${echoed(id)}' does not exist or is not served now. Available to this key: ${modelList(available)}.`,
   'model',
 );
 
@@ -471,6 +463,16 @@ export const QUEUE_TIMEOUT = worded(
   'queue_timeout',
   (ms: number) =>
     `The model server stayed busy for ${seconds(ms)} s while this request waited (GATEWAY_QUEUE_TIMEOUT_MS); try again shortly.`,
+);
+
+/** The queue deadline passed while every server of the request's model was loading its model. */
+export const MODEL_LOADING = worded(
+  'MODEL_LOADING',
+  503,
+  'server_error',
+  'model_loading',
+  (ms: number) =>
+    `The model server was still loading its model after this request waited ${seconds(ms)} s (GATEWAY_QUEUE_TIMEOUT_MS); try again shortly.`,
 );
 
 export const SHUTTING_DOWN = fixed(

@@ -141,8 +141,9 @@ export interface LiveJson {
   upstreams: {
     name: string;
     url: string | null;
-    state: 'ready' | 'loading' | 'down';
+    state: 'unknown' | 'ready' | 'loading' | 'down';
     model: string | null;
+    models: string[];
     slots: { total: number | null; busy: number | null };
   }[];
   queue: {

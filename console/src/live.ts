@@ -8,6 +8,7 @@ import { formatNumber, formatTime, t, type Key } from './i18n.js';
 export const POLL_MS = 3000;
 
 const UP_STATES: Record<LiveJson['upstreams'][number]['state'], { label: Key; mark: string; cls: string }> = {
+  unknown: { label: 'upUnknown', mark: '?', cls: 'warn' },
   ready: { label: 'upReady', mark: '✓', cls: 'ok' },
   loading: { label: 'upLoading', mark: '⟳', cls: 'warn' },
   down: { label: 'upDown', mark: '✕', cls: 'off' },
@@ -62,7 +63,7 @@ export function livePage(main: HTMLElement): () => void {
               'dl',
               {},
               h('dt', {}, t('model')),
-              h('dd', {}, u.model ?? t('unknown')),
+              h('dd', {}, u.models.length > 0 ? u.models.join(', ') : t('unknown')),
               h('dt', {}, t('slots')),
               h('dd', {}, slotsText(u.slots)),
             ),

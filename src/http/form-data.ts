@@ -41,9 +41,11 @@ const TRUE = Buffer.from('true');
 // the token set. Parameter names are case-insensitive.
 const BOUNDARY_PARAM = /;\s*boundary\s*=\s*(?:"([^"]*)"|([^;\s]*))/i;
 const BOUNDARY_CHARS = /^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$/;
-const DISPOSITION = /^content-disposition\s*:\s*form-data\s*(;.*)?$/im;
-// `name=`, not the end of `filename=`: it follows a `;`.
-const NAME_PARAM = /;\s*name\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]+))/i;
+// One header line (no folding, no space before the colon: other readers would not see it as one).
+const DISPOSITION = /^content-disposition:[ \t]*form-data[ \t]*(;.*)?$/im;
+// One `; key=value` of its parameters (a token or a quoted string), read from lastIndex.
+const PARAM = /\s*;\s*([^\s;="]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s;="]*))\s*/y;
+const TRAILING = /^\s*;?\s*$/;
 
 /** The boundary of a multipart/form-data Content-Type, or undefined when it has none (or a bad one). */
 export function boundaryOf(contentType: string): string | undefined {
@@ -52,13 +54,31 @@ export function boundaryOf(contentType: string): string | undefined {
   return boundary !== undefined && BOUNDARY_CHARS.test(boundary) ? boundary : undefined;
 }
 
-/** The `name` of a part, from its header section, or undefined when it has no form-data disposition. */
+/**
+ * The `name` of a part, from its header section, or undefined when it has no form-data disposition
+ * or one that another reader could take for a different name. What stands behind the gateway reads
+ * the form's `model` itself (llama-swap: Go's quote-aware mime.ParseMediaType, where `name*=` wins
+ * over `name=`; llama-server's router: cpp-httplib, which splits on every ';' and '=', quotes or
+ * not): the key policy must check the part they run. So a ';' inside a quoted value, an '=' in the
+ * name, `name*=`, two names or anything not `; key=value` make the form malformed.
+ */
 function partName(headers: string): string | undefined {
   const params = DISPOSITION.exec(headers)?.[1];
   if (params === undefined) return undefined;
-  const m = NAME_PARAM.exec(params);
-  if (m === null) return undefined;
-  return m[1] !== undefined ? m[1].replace(/\\(.)/g, '$1') : m[2];
+  let name: string | undefined;
+  PARAM.lastIndex = 0;
+  for (let at = 0; at < params.length; at = PARAM.lastIndex) {
+    const m = PARAM.exec(params);
+    if (m === null) return TRAILING.test(params.slice(at)) ? name : undefined;
+    const key = m[1]!.toLowerCase();
+    const quoted = m[2];
+    if (quoted?.includes(';') === true || key.startsWith('name*')) return undefined;
+    if (key !== 'name') continue;
+    if (name !== undefined) return undefined;
+    name = quoted === undefined ? m[3]! : quoted.replace(/\\(.)/g, '$1');
+    if (name.includes('=')) return undefined;
+  }
+  return name;
 }
 
 /**

@@ -1,28 +1,32 @@
-// Admission: per-key limits, then the fair queue in front of llama-server's slots (DESIGN.md).
+// Admission: per-key limits, then the fair queue in front of the llama-servers' slots (DESIGN.md).
 // In two parts:
-//   admission (root)  the per-key counters and limits (admission/counters.ts, limits.ts), the two
-//                     fair queues (admission/fair-queue.ts) and, with GATEWAY_MAX_INFLIGHT unset,
-//                     the reading of llama-server's slot count (/props at start, then every 30 s);
-//                     built, decorated (app.queue, app.lightQueue, app.limits) and stopped here.
-//   admit             the authenticated scope's preHandler, after policy: the key is known and the
-//                     body parsed, nothing has gone upstream yet.
+//   admission (root)  the per-key counters and limits (admission/counters.ts, limits.ts), the
+//                     scheduler (admission/scheduler.ts: the fair queue per model over its servers,
+//                     following their state and slots through app.upstreams), the light queue, and
+//                     failover (app.failover); built, decorated (app.queue, app.lightQueue,
+//                     app.limits, app.failover) and stopped here.
+//   admit             the authenticated scope's preHandler, after policy and routing: the key is
+//                     known, the body parsed, its servers chosen (request.target); nothing has gone
+//                     upstream yet. It leaves the server it got in request.backend.
 //
 //   limits   requests/min, tokens/min, tokens/day, concurrent → 429 + Retry-After + x-ratelimit-*
-//   queue    at most maxInflight upstream at once; the rest wait, a free slot going to the key with
-//            the fewest running; bounded per key (429) and overall (503), with a deadline (503).
-//            A client that leaves while waiting leaves the queue and never reaches upstream.
-//            A key runs at most its share of the slots (GATEWAY_KEY_SLOTS); the rest of its
-//            requests wait, and a free slot goes to another key's request at once.
+//   queue    at most each server's slots upstream at once; the rest wait, per model, a free slot
+//            going to the key with the fewest running; bounded per key (429) and overall (503), with
+//            a deadline (503). A client that leaves while waiting leaves the queue and never reaches
+//            upstream. A key runs at most its share of its model's slots (GATEWAY_KEY_SLOTS); the
+//            rest of its requests wait, and a free slot goes to another key's request at once.
 //            A request counts as many slots as it runs llama-server tasks (taskCount); one that
 //            runs more than its key's share is refused at once (400 too_many_tasks).
 //            A client that leaves a non-streamed request llama-server is running keeps its slot
 //            ~1.5 s more (ABANDONED_SLOT_HOLD_MS): llama-server notices only by polling.
-//   light    token counting and the model list wait in a queue of their own (GATEWAY_LIGHT_SLOTS),
-//            same rules, so they never wait behind generations.
+//   affinity the next turn of a conversation prefers the server that served the last one
+//            (GATEWAY_AFFINITY; upstreams/affinity.ts), when its model has several servers.
+//   light    token counting waits in a queue of its own (GATEWAY_LIGHT_SLOTS), same rules, so it
+//            never waits behind generations.
 import type { OutgoingHttpHeaders } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import { KEY_QUEUE_FULL, QUEUE_FULL, QUEUE_TIMEOUT, RATE_LIMITED, TOO_MANY_TASKS, type GatewayError } from '../errors.js';
+import { KEY_QUEUE_FULL, MODEL_LOADING, QUEUE_FULL, QUEUE_TIMEOUT, RATE_LIMITED, TOO_MANY_TASKS, type GatewayError } from '../errors.js';
 import type { Config } from '../config.js';
 import { MemoryCounters } from '../admission/counters.js';
 import { FairQueue, QueueFull, QueueLeft, TooManyTasks, type Ticket as LightTicket } from '../admission/fair-queue.js';
@@ -248,6 +252,11 @@ export const admit = fp(
     // Prompt-cache affinity (GATEWAY_AFFINITY): the next turn of a conversation goes to the server
     // that served the last one, when its model has several servers (upstreams/affinity.ts).
     const affinity = opts.config.affinity ? new AffinityMap() : null;
+    // A server that went down or is loading (a model reload) has lost its slots' caches.
+    if (affinity !== null)
+      set.onChange((node) => {
+        if (node.state === 'down' || node.state === 'loading') affinity.forget(node.index);
+      });
     const accounting = app.usageAccounting;
     // Usage records settle token holds (GATEWAY_USAGE=on); else a hold ends with its response.
     const settledByRecords = app.usage !== null;
@@ -304,7 +313,7 @@ export const admit = fp(
             affine = affinityKey(route.config.kind ?? 'chat', json, key.id);
             const at = affine === null ? undefined : affinity.get(affine);
             prefer = at === undefined ? undefined : set.nodes[at];
-            if (prefer !== undefined) wait = preferMs(body.raw.length, null);
+            if (prefer !== undefined) wait = preferMs(body.raw.length, prefer.client.rates.speeds().prompt);
           }
           const ticket =
             prefer === undefined
@@ -384,7 +393,12 @@ export const admit = fp(
         }
         // Timed out, or llama-server now has too few slots for this request's tasks.
         const json = (request.body as JsonBody | undefined)?.json;
-        const timeout = err instanceof TooManyTasks ? tooManyTasks(err, json) : QUEUE_TIMEOUT(queueTimeoutMs);
+        const timeout =
+          err instanceof TooManyTasks
+            ? tooManyTasks(err, json)
+            : (request.target?.nodes.every((n) => n.state === 'loading') ?? false)
+              ? MODEL_LOADING(queueTimeoutMs)
+              : QUEUE_TIMEOUT(queueTimeoutMs);
         if (res.headersSent) {
           res.end(sseErrorEvent(request.routeOptions.url?.startsWith('/v1/messages') === true ? 'anthropic' : 'openai', timeout));
           return;

@@ -9,7 +9,7 @@
 //                      at all → 400 model_required with the same list
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import { MODEL_REQUIRED, MODEL_UNKNOWN, UPSTREAMS_STARTING } from '../errors.js';
+import { MODEL_NOT_FOUND, MODEL_REQUIRED, UPSTREAMS_STARTING } from '../errors.js';
 import type { JsonBody } from '../proxy/json-body.js';
 import type { Route, UpstreamSet } from '../upstreams/upstream-set.js';
 
@@ -48,7 +48,7 @@ export default fp(
       }
       if (set.modelIds().length === 0) return done(UPSTREAMS_STARTING);
       const available = modelsFor(set, request.apiKey?.models);
-      done(typeof model === 'string' ? MODEL_UNKNOWN(model, available) : MODEL_REQUIRED(available));
+      done(typeof model === 'string' ? MODEL_NOT_FOUND(model, available) : MODEL_REQUIRED(available));
     });
   },
   { name: 'route', fastify: '5.x', dependencies: ['proxy', 'json-body'] },

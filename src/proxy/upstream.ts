@@ -233,7 +233,10 @@ export class Upstream {
           const next = await failover(request, { loading: false, reason: code });
           if (aborted) return undefined;
           if (next !== null) {
-            request.log.warn({ err: { code }, upstream: up.#origin, next: next.#origin }, 'upstream unreachable; request sent to another server');
+            request.log.warn(
+              { err: { code }, upstream: up.#origin, next: next.#origin },
+              'upstream unreachable; request sent to another server',
+            );
             up = next;
             continue;
           }
@@ -251,10 +254,16 @@ export class Upstream {
       if ((status === 502 || status === 503) && failover !== undefined) {
         // Its body is small (an error); read it to tell loading from failing, then decide.
         const text = await answer.body.text().catch(() => '');
+        // The client left while the body was read: its slot is already given back, so a failover
+        // now would take one on another server that nothing would ever give back.
+        if (aborted) return undefined;
         const next = await failover(request, { loading: isLoadingAnswer(status, text), reason: String(status) });
         if (aborted) return undefined;
         if (next !== null) {
-          request.log.warn({ status, upstream: up.#origin, next: next.#origin }, 'upstream answered an error before starting; request sent again');
+          request.log.warn(
+            { status, upstream: up.#origin, next: next.#origin },
+            'upstream answered an error before starting; request sent again',
+          );
           up = next;
           continue;
         }

@@ -7,7 +7,8 @@
 import type { FastifyInstance } from 'fastify';
 import { INVALID_PERIOD } from '../errors.js';
 import type { KeyIdentity } from '../keys/key-index.js';
-import type { Upstream } from '../proxy/upstream.js';
+import type { Scheduler } from '../admission/scheduler.js';
+import type { UpstreamSet, UpstreamState } from '../upstreams/upstream-set.js';
 import type { UsageRecord } from '../usage/exchange.js';
 import { DAY_MS, usageFilter } from '../usage/period.js';
 import type { RequestFilter, UsageStore } from '../usage/store.js';
@@ -41,8 +42,6 @@ const requestsQuery = {
 const DEFAULT_PAGE = 50;
 /** The live view's window: tokens per second are the last minute's tokens / 60. */
 const WINDOW_S = 60;
-/** llama-server is asked at most once a second, however many consoles poll. */
-const UPSTREAM_CACHE_MS = 1000;
 
 interface SeriesQuery {
   key?: string;
@@ -174,45 +173,31 @@ export function queueState(
 
 interface UpstreamLive {
   name: string;
-  url: string | null;
-  state: 'ready' | 'loading' | 'down';
+  url: string;
+  state: UpstreamState;
+  /** the model ids it serves (its first one: `model`) */
   model: string | null;
-  slots: { total: number | null; busy: number | null };
+  models: string[];
+  /** busy: requests the gateway runs there now (its slots taken) */
+  slots: { total: number; busy: number };
 }
 
-/** llama-server's state from its /health, /props and /slots (each may be missing or refused). */
-async function readUpstream(name: string, url: string | null, upstream: Upstream): Promise<UpstreamLive> {
-  const out: UpstreamLive = { name, url, state: 'down', model: null, slots: { total: null, busy: null } };
-  try {
-    const health = await upstream.get('/health');
-    out.state = health.statusCode === 200 ? 'ready' : health.statusCode === 503 ? 'loading' : 'down';
-  } catch {
-    return out;
-  }
-  if (out.state !== 'ready') return out;
-  const [props, slots] = await Promise.allSettled([upstream.get('/props'), upstream.get('/slots')]);
-  if (props.status === 'fulfilled' && props.value.statusCode === 200) {
-    try {
-      const p = JSON.parse(props.value.text) as { model_alias?: unknown; model_path?: unknown; total_slots?: unknown };
-      const model = typeof p.model_alias === 'string' && p.model_alias !== '' ? p.model_alias : p.model_path;
-      if (typeof model === 'string') out.model = model;
-      if (typeof p.total_slots === 'number') out.slots.total = p.total_slots;
-    } catch {
-      // not llama-server's JSON: leave unknown
-    }
-  }
-  if (slots.status === 'fulfilled' && slots.value.statusCode === 200) {
-    try {
-      const list = JSON.parse(slots.value.text) as unknown;
-      if (Array.isArray(list)) {
-        out.slots.total ??= list.length;
-        out.slots.busy = list.filter((s) => (s as { is_processing?: unknown } | null)?.is_processing === true).length;
-      }
-    } catch {
-      // as above
-    }
-  }
-  return out;
+/**
+ * Each llama-server as the gateway follows it (upstreams/): no call to llama-server per view (its
+ * /slots, polled, would restart the 1 s checks with which it notices a client that left).
+ */
+function readUpstreams(set: UpstreamSet, queue: Scheduler): UpstreamLive[] {
+  return set.nodes.map((n) => {
+    const models = n.models.map((m) => m.id);
+    return {
+      name: n.name,
+      url: n.url,
+      state: n.state,
+      model: models[0] ?? null,
+      models,
+      slots: { total: n.slots, busy: queue.runningOn(n) },
+    };
+  });
 }
 
 function iso(ms: number | undefined): string | null {
@@ -305,23 +290,14 @@ export default async function adminUsageRoutes(app: FastifyInstance, opts: { usa
     };
   });
 
-  // The model servers: every llama-server of the set when the proxy has one (issue 14), else the one.
-  const servers = (): { name: string; url: string | null; client: Upstream }[] => {
-    const set = (app as unknown as { upstreams?: { nodes: readonly { name: string; url: string; client: Upstream }[] } }).upstreams;
-    return set === undefined
-      ? [{ name: 'llama-server', url: null, client: app.upstream }]
-      : set.nodes.map((n) => ({ name: n.name, url: n.url, client: n.client }));
-  };
-
-  // The gateway now: llama-server's state, the fair queue, tokens per second over the last minute.
-  let upstreamRead: { at: number; value: Promise<UpstreamLive[]> } | undefined;
+  // The gateway now: each llama-server's state, the fair queue, tokens per second over the last
+  // minute. Servers not probed yet (no discovery: tests) are probed first.
   app.get('/live', async () => {
+    const set = app.upstreams;
+    if (set.nodes.some((n) => n.state === 'unknown')) await set.refresh();
     const now = Date.now();
-    if (upstreamRead === undefined || now - upstreamRead.at >= UPSTREAM_CACHE_MS) {
-      upstreamRead = { at: now, value: Promise.all(servers().map((s) => readUpstream(s.name, s.url, s.client))) };
-    }
-    const upstreams = await upstreamRead.value;
-    const serverSlots = upstreams.reduce((sum, u) => sum + (u.slots.total ?? 0), 0);
+    const upstreams = readUpstreams(set, app.queue);
+    const serverSlots = upstreams.reduce((sum, u) => sum + u.slots.total, 0);
     const recent = rate.keys(now);
     const total = rate.total(now);
     const usageOn = app.usage !== null;

@@ -123,7 +123,8 @@ export default async function metricsRoutes(app: FastifyInstance, opts: { adminK
     labelNames: ['upstream', 'state'],
     registers: [registry],
     collect() {
-      for (const node of set.nodes) for (const state of UPSTREAM_STATES) this.set({ upstream: node.name, state }, node.state === state ? 1 : 0);
+      for (const node of set.nodes)
+        for (const state of UPSTREAM_STATES) this.set({ upstream: node.name, state }, node.state === state ? 1 : 0);
     },
   });
   new Gauge({

@@ -342,7 +342,7 @@ t.test('GATEWAY_MAX_INFLIGHT unset: llama-server’s /props total_slots', async 
     gw.fake.requests.some((r) => r.url === '/props'),
     'asked llama-server (directly, never for a client)',
   );
-  t.ok(gw.logs.some((l) => l.msg === 'llama-server slots: requests run upstream at once' && l.slots === 2));
+  t.ok(gw.logs.some((l) => l.msg === 'model server: models and slots' && l.slots === 2));
 });
 
 /** Reads a streamed response as it arrives: its status, and the chunks with the time each came. */

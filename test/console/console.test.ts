@@ -35,7 +35,7 @@ else
     mkdirSync(SHOTS, { recursive: true });
     const store = tempStore(t);
     const registry = new KeyRegistry([KEY_A, KEY_B], store);
-    const gw = await startGateway(t, { adminKey: ADMIN }, {}, { registry, usageFlushMs: 50 });
+    const gw = await startGateway(t, { adminKey: ADMIN }, {}, { registry, usageFlushMs: 50, discovery: true });
 
     const browser: Browser = await chromium.launch({
       executablePath: CHROMIUM,

@@ -4,7 +4,7 @@ import net from 'node:net';
 import { once } from 'node:events';
 import t from 'tap';
 import { recordings } from '../fixtures/fake-llama.js';
-import { AUTH_A, chatBody, freePort, recordedBody, request, startGateway, within } from '../helpers.js';
+import { AUTH_A, chatBody, freePort, recordedBody, request, startGateway, until, within } from '../helpers.js';
 
 const UNREACHABLE = {
   error: {
@@ -60,11 +60,15 @@ t.test("llama-server's own errors pass through with status and body", async (t) 
   t.equal(exceeded.status, 400);
   t.equal(exceeded.text, recordedBody(recordings['error-context-exceeded']!.chunks));
 
+  // llama-server loading its model: the request waits for it (issue 14), and goes on once it is ready.
   gw.fake.behavior.loading = true;
-  const loading = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream: true }) });
-  t.equal(loading.status, 503, 'loading model → 503 passed through');
-  t.equal(loading.text, recordedBody(recordings['loading-503']!.chunks));
+  const held = request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
+  await until('the request waits for the loading server', () => gw.app.queue.waiting === 1, 5000);
+  t.equal(gw.app.upstreams.nodes[0]!.state, 'loading', 'the server is marked loading');
   gw.fake.behavior.loading = false;
+  const after = await held;
+  t.equal(after.status, 200, 'answered once llama-server was ready');
+  t.equal(after.text, recordedBody(recordings['chat-nonstream']!.chunks));
 
   for (const status of [404, 500, 501]) {
     const body = JSON.stringify({ error: { code: status, message: `fake ${status}`, type: 'server_error' } });
@@ -73,6 +77,29 @@ t.test("llama-server's own errors pass through with status and body", async (t) 
     t.equal(res.status, status, `upstream ${status} passes through`);
     t.equal(res.text, body);
   }
+});
+
+t.test('llama-server still loading when the queue deadline passes: 503', async (t) => {
+  const gw = await startGateway(t, { queueTimeoutMs: 300 }, { loading: true });
+  // The first request learns it (llama-server's own 503), waits for the server, and gets that answer.
+  const first = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody() });
+  t.equal(first.status, 503, 'loading model → 503 passed through');
+  t.equal(first.text, recordedBody(recordings['loading-503']!.chunks));
+  // Later ones wait for the server the gateway knows is loading, and are never sent.
+  for (const stream of [false, true]) {
+    const res = await request(gw.port, { path: '/v1/chat/completions', headers: AUTH_A, body: chatBody({ stream }) });
+    t.equal(res.status, 503);
+    t.same(JSON.parse(res.text), {
+      error: {
+        message:
+          'The model server was still loading its model after this request waited 0 s (GATEWAY_QUEUE_TIMEOUT_MS); try again shortly.',
+        type: 'server_error',
+        param: null,
+        code: 'model_loading',
+      },
+    });
+  }
+  t.equal(gw.fake.requests.filter((r) => r.url === '/v1/chat/completions').length, 1, 'only the first reached llama-server');
 });
 
 /** A fake "llama-server" that misbehaves at the TCP/HTTP level. */

@@ -207,16 +207,25 @@ t.test('an upstream 400 is a BadRequestError with llama-server’s error', async
   t.equal(gw.fake.requests.length, 1);
 });
 
-t.test('llama-server loading is an APIError with status 503', async (t) => {
-  const gw = await startGateway(t, {}, { loading: true });
+t.test('llama-server loading past the queue deadline is an APIError with status 503', async (t) => {
+  const gw = await startGateway(t, { queueTimeoutMs: 300 }, { loading: true });
   const { openai } = client(gw);
-  for (const call of [
-    () => openai.chat.completions.create({ model: 'gpt-oss-20b', messages: MESSAGES }),
-    () => openai.chat.completions.create({ model: 'gpt-oss-20b', messages: MESSAGES, stream: true }),
-    () => openai.models.list(),
-    () => openai.models.retrieve('gpt-oss-20b'),
-  ]) {
-    const err = await call().then(
+  const LLAMA_LOADING = { message: 'Loading model', type: 'unavailable_error', code: 503 };
+  // The first generation is llama-server's own 503 (held until the deadline); the gateway then knows
+  // the server is loading, so the next waits for it and is never sent (503 model_loading).
+  const WAITED = {
+    message: 'The model server was still loading its model after this request waited 0 s (GATEWAY_QUEUE_TIMEOUT_MS); try again shortly.',
+    type: 'server_error',
+    param: null,
+    code: 'model_loading',
+  };
+  for (const [call, expected] of [
+    [() => openai.chat.completions.create({ model: 'gpt-oss-20b', messages: MESSAGES }), LLAMA_LOADING],
+    [() => openai.chat.completions.create({ model: 'gpt-oss-20b', messages: MESSAGES, stream: true }), WAITED],
+    [() => openai.models.list(), LLAMA_LOADING],
+    [() => openai.models.retrieve('gpt-oss-20b'), LLAMA_LOADING],
+  ] as const) {
+    const err = await (call as () => Promise<unknown>)().then(
       () => undefined,
       (e: unknown) => e,
     );
@@ -224,10 +233,9 @@ t.test('llama-server loading is an APIError with status 503', async (t) => {
     t.ok(err instanceof OpenAI.InternalServerError, 'the 5xx subclass');
     if (!(err instanceof OpenAI.APIError)) continue;
     t.equal(err.status, 503);
-    t.same(err.error, { message: 'Loading model', type: 'unavailable_error', code: 503 });
-    t.equal(err.message, '503 Loading model');
+    t.same(err.error, expected);
   }
-  t.equal(gw.fake.requests.length, 4, 'one attempt each (maxRetries: 0)');
+  t.equal(gw.fake.requests.filter((r) => r.url !== '/health').length, 3, 'one attempt each (maxRetries: 0), none for the waiting one');
 });
 
 t.test('llama-server down is an APIError with status 502 and the gateway’s upstream_error', async (t) => {

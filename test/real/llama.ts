@@ -46,12 +46,16 @@ export interface LlamaOptions {
   slots?: number;
   ctx?: number;
   alias?: string;
+  /** serve /v1/embeddings (`--embeddings --pooling mean`); default true */
+  embeddings?: boolean;
+  /** listen here (a server started again on its old port); default a free one */
+  port?: number;
   extraArgs?: string[];
 }
 
 /** Starts llama-server and waits until GET /health answers 200 (stopped at teardown). */
 export async function startLlama(t: Test, opts: LlamaOptions = {}): Promise<RealLlama> {
-  const port = await freePort();
+  const port = opts.port ?? (await freePort());
   const args = [
     '-m',
     LLAMA_MODEL,
@@ -64,9 +68,7 @@ export async function startLlama(t: Test, opts: LlamaOptions = {}): Promise<Real
     '-c',
     String(opts.ctx ?? 8192),
     '--metrics',
-    '--embeddings',
-    '--pooling',
-    'mean',
+    ...(opts.embeddings === false ? [] : ['--embeddings', '--pooling', 'mean']),
     '-a',
     opts.alias ?? 'gpt-oss-20b',
     ...(opts.extraArgs ?? []),

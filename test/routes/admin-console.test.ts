@@ -214,19 +214,12 @@ function seed(gw: Gateway): void {
  * How /admin/live names the model server and counts slots: one llama-server and the fair queue's
  * slot count, or (with the set of llama-servers of issue 14) the set's first node and its slots.
  */
-function liveServer(
-  gw: Gateway,
-  nodeSlots: number,
-): { server: { name: string; url: string | null }; slots: number; idleRunning: number | null } {
-  const set = (gw.app as unknown as { upstreams?: { nodes: readonly { name: string; url: string }[] } }).upstreams;
-  const node = set?.nodes[0];
-  const queueSlots = (gw.app.queue as unknown as { maxInflight?: number }).maxInflight;
-  return {
-    server: node === undefined ? { name: 'llama-server', url: null } : { name: node.name, url: node.url },
-    slots: queueSlots ?? nodeSlots,
-    // a queue that tells running requests per key (the scheduler) says 0 for an idle key; the FairQueue does not tell
-    idleRunning: 'runningFor' in gw.app.queue ? 0 : null,
-  };
+/** A gateway that follows its llama-server (discovery, slots from /props), for the live view. */
+async function liveGateway(t: Teardown, behavior = {}): Promise<Gateway> {
+  const registry = new KeyRegistry([KEY_A, KEY_B], tempStore(t));
+  const gw = await startGateway(t, { adminKey: ADMIN, maxInflight: null }, behavior, { registry, usageFlushMs: 20, discovery: true });
+  await until('the server probed', () => gw.app.upstreams.nodes[0]!.state !== 'unknown');
+  return gw;
 }
 
 async function get(gw: Gateway, url: string): Promise<{ status: number; body: unknown }> {
@@ -369,8 +362,8 @@ t.test('GET /admin/requests: single requests, newest first, filtered and paged; 
 });
 
 t.test('GET /admin/live: llama-server, the queue, tokens per second over the last minute', async (t) => {
-  const gw = await gateway(t);
-  const { server, slots, idleRunning } = liveServer(gw, 2);
+  const gw = await liveGateway(t);
+  const server = { name: 'upstream-1', url: gw.fake.url };
   const first = await get(gw, '/admin/live');
   const at = (first.body as { at: string }).at;
   t.ok(Math.abs(Date.parse(at) - Date.now()) < 60_000, 'at: now');
@@ -379,13 +372,14 @@ t.test('GET /admin/live: llama-server, the queue, tokens per second over the las
     body: {
       object: 'live',
       at,
-      upstreams: [{ ...server, state: 'ready', model: 'gpt-oss-20b', slots: { total: 2, busy: 0 } }],
-      queue: { running: 0, waiting: 0, slots, keys: [] },
+      upstreams: [{ ...server, state: 'ready', model: 'gpt-oss-20b', models: ['gpt-oss-20b'], slots: { total: 2, busy: 0 } }],
+      queue: { running: 0, waiting: 0, slots: 2, keys: [] },
       window_seconds: 60,
       tokens_per_second: 0,
       requests_last_minute: 0,
     },
   });
+  const requestsBefore = gw.fake.requests.length;
   const chat = await request(gw.port, {
     path: '/v1/chat/completions',
     headers: { 'content-type': 'application/json', ...AUTH_A },
@@ -400,26 +394,33 @@ t.test('GET /admin/live: llama-server, the queue, tokens per second over the las
     queue: {
       running: 0,
       waiting: 0,
-      slots,
-      keys: [{ id: 'env-1', name: 'env-1', running: idleRunning, waiting: 0, requests_last_minute: 1, tokens_last_minute: 39 }],
+      slots: 2,
+      keys: [{ id: 'env-1', name: 'env-1', running: 0, waiting: 0, requests_last_minute: 1, tokens_last_minute: 39 }],
     },
     tokens_per_second: 0.7,
     requests_last_minute: 1,
   });
+  t.equal(
+    gw.fake.requests.slice(requestsBefore).filter((r) => r.url !== '/health').length,
+    1,
+    'the live view itself calls no llama-server route (its /slots, polled, would delay its cancellation checks)',
+  );
 });
 
 t.test('GET /admin/live: a loading llama-server, and one that is down', async (t) => {
-  const gw = await gateway(t, ADMIN, { loading: true });
-  const { server } = liveServer(gw, 0);
+  const gw = await liveGateway(t, { loading: true });
   t.match((await get(gw, '/admin/live')).body, {
-    upstreams: [{ ...server, state: 'loading', model: null, slots: { total: null, busy: null } }],
+    upstreams: [{ name: 'upstream-1', url: gw.fake.url, state: 'loading', model: null, models: [], slots: { busy: 0 } }],
   });
   await gw.fake.close();
-  // The answer is kept for a second, so that many consoles polling ask llama-server once.
-  await until('the down state', async () => {
-    const body = (await get(gw, '/admin/live')).body as { upstreams: { state: string }[] };
-    return body.upstreams[0]?.state === 'down' ? true : undefined;
-  });
+  await until(
+    'the down state',
+    async () => {
+      const body = (await get(gw, '/admin/live')).body as { upstreams: { state: string }[] };
+      return body.upstreams[0]?.state === 'down' ? true : undefined;
+    },
+    5000,
+  );
   t.pass('down once llama-server stops answering');
 });
 
