@@ -5,6 +5,8 @@
 // (small POST and GET /v1/models) and p50/p99 at 1 connection (small POST).
 // DIR may also be `bare`, `bare-pipe` (bench/bare-proxy.mjs in that mode) or `fastify`
 // (bench/fastify-proxy.mjs), to compare with the references.
+// A build's ENV may hold UPSTREAMS=2: it then fronts two fake upstreams serving the same model
+// (LLM_UPSTREAM with both URLs; both on core 1), to compare one llama-server with two (issue 14).
 // --sse: also short streams at 64 connections under wrk (CPU per streamed request).
 // --streams: instead of wrk, the 100-stream burst of run.mjs (100 × --chunks chunks, 2 ms apart, on warm
 // keep-alive connections), per build: TTFB p50/p99, chunk lag p50/p99 and server CPU per 1,000 chunks.
@@ -76,6 +78,11 @@ const auth = { Authorization: `Bearer ${key}` };
 try {
   const up = startProcess('fake-upstream', process.execPath, [join(BENCH, 'fake-upstream.mjs')], { cpu: 1 });
   const { port: upPort } = await firstJsonLine(up);
+  let upPort2 = null;
+  if (builds.some((b) => b.env.UPSTREAMS === '2')) {
+    const up2 = startProcess('fake-upstream-2', process.execPath, [join(BENCH, 'fake-upstream.mjs')], { cpu: 1 });
+    upPort2 = (await firstJsonLine(up2)).port;
+  }
   for (const b of builds) {
     if (b.dir.endsWith('/bare') || b.dir.endsWith('/bare-pipe') || b.dir.endsWith('/fastify')) {
       const mode = b.dir.endsWith('/bare-pipe') ? 'pipe' : 'pipeline';
@@ -89,7 +96,10 @@ try {
       continue;
     }
     const port = await freePort();
-    const env = { ...gatewayEnv({ key, upstream: `http://127.0.0.1:${upPort}`, port, logLevel: b.level, home: tmp }), ...b.env };
+    const { UPSTREAMS: upstreams, ...extra } = b.env;
+    const upstream =
+      upstreams === '2' ? `http://127.0.0.1:${upPort},http://127.0.0.1:${upPort2}` : `http://127.0.0.1:${upPort}`;
+    const env = { ...gatewayEnv({ key, upstream, port, logLevel: b.level, home: tmp }), ...extra };
     b.proc = startProcess(b.name, process.execPath, [join(b.dir, 'server.js')], { cpu: 0, env, cwd: tmp, stdout: 'ignore' });
     b.url = `http://127.0.0.1:${port}`;
     await waitHttp(`${b.url}/v1/models`, { headers: auth, proc: b.proc });

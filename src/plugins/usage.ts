@@ -19,7 +19,7 @@ import { clientIp } from '../http/client-ip.js';
 import type { JsonBody } from '../proxy/json-body.js';
 import type { ExchangeWatcher } from '../proxy/upstream.js';
 import { AuditLog } from '../usage/audit-log.js';
-import type { Exchange, Outcome, UsageRecord } from '../usage/exchange.js';
+import type { AnsweringServer, Exchange, Outcome, UsageRecord } from '../usage/exchange.js';
 import { UsageCompleter, needOf } from '../usage/completion.js';
 import { UsageRecorder } from '../usage/recorder.js';
 import { UsageStore } from '../usage/store.js';
@@ -219,9 +219,18 @@ export default fp(
       return;
     }
     const upstream = app.upstream;
+    const set = app.upstreams;
+    // Counted on the server that answered (each model has its own tokenizer), or, when that one has
+    // gone down since (a crash cut its stream), on a ready server of the same model.
+    const counter = (ex: Exchange): AnsweringServer => {
+      const server = ex.server ?? upstream;
+      if (set.nodes.length === 1) return server;
+      const node = set.nodes.find((n) => n.client === server);
+      if (node === undefined || node.state !== 'down' || ex.model === null) return server;
+      return set.resolve(ex.model)?.nodes.find((n) => n.state === 'ready')?.client ?? server;
+    };
     const completer = new UsageCompleter({
-      // Counted on the server that answered (each model has its own tokenizer).
-      call: (path, body, signal, ex) => (ex.server ?? upstream).post(path, body, { signal }),
+      call: (path, body, signal, ex) => counter(ex).post(path, body, { signal }),
       emit: (r) => recorder.record(r),
       rates: { speeds: (ex) => (ex?.server ?? upstream).rates.speeds() },
       log: app.log,

@@ -256,7 +256,8 @@ t.test(
       const res = await request(gw.port, { path, headers: bearer(KEY_B), ...(body === undefined ? {} : { body }) });
       const ms = performance.now() - started;
       t.equal(res.status, 200, `${path} answered`);
-      t.ok(ms < 500, `${path} in ${Math.round(ms)} ms, while every generation slot is busy`);
+      t.ok(gw.app.queue.running === 2 && gw.app.queue.waiting === 2, `${path}: answered while every generation slot stayed busy`);
+      t.comment(`${path} in ${Math.round(ms)} ms`);
     }
     t.same(
       gw.fake.requests.slice(-5).map((r) => `${r.method} ${r.url}`),
