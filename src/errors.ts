@@ -296,6 +296,16 @@ export const ARRAY_TOO_LONG = worded(
   (param: string) => param,
 );
 
+/** A GBNF grammar nested deeper than llama-server can parse without crashing. */
+export const GRAMMAR_TOO_DEEP = worded(
+  'GRAMMAR_TOO_DEEP',
+  400,
+  'invalid_request_error',
+  'grammar_too_deep',
+  (max: number) => `Invalid 'grammar': its parentheses nest deeper than ${max} levels.`,
+  'grammar',
+);
+
 /** OpenAI's own wording and code for a string over its length limit. */
 export const STRING_TOO_LONG = worded(
   'STRING_TOO_LONG',

@@ -24,6 +24,26 @@ export const MAX_JSON_DEPTH = 128;
 export const MAX_ARRAY_ITEMS = 2048;
 /** The body fields whose arrays are one llama-server task per item. */
 export const TASK_ARRAYS = ['input', 'prompt', 'documents'] as const;
+/**
+ * Deepest nesting of parentheses accepted in a body's `grammar` (GBNF). llama-server b10587 parses
+ * it recursively and dies (SIGSEGV, stack overflow) at ~20,000 levels (red team, issue 14): one
+ * request would kill the server, and, being a reset before any answer, the next server of the model
+ * too through failover. Real grammars nest a few levels.
+ */
+export const MAX_GRAMMAR_DEPTH = 1000;
+
+/** The deepest nesting of `(` … `)` in a grammar string, stopping as soon as it exceeds `max`. */
+export function grammarDeeperThan(grammar: string, max: number): boolean {
+  let depth = 0;
+  for (let i = 0; i < grammar.length; i++) {
+    const c = grammar.charCodeAt(i);
+    if (c === 0x28 /* ( */) {
+      if (++depth > max) return true;
+    } else if (c === 0x29 /* ) */ && depth > 0) depth--;
+  }
+  return false;
+}
+
 /** User-agent characters kept in a usage record. */
 export const MAX_USER_AGENT_LENGTH = 300;
 /** Path characters kept in a log line or a usage record's route. */

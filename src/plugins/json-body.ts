@@ -15,6 +15,7 @@ import type { FastifyBodyParser, FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
 import {
   ARRAY_TOO_LONG,
+  GRAMMAR_TOO_DEEP,
   BODY_MISSING,
   BODY_NOT_OBJECT,
   BODY_TOO_DEEP,
@@ -33,7 +34,16 @@ import {
   type GatewayError,
 } from '../errors.js';
 import { readForm, type FormProblem } from '../http/form-data.js';
-import { MAX_ARRAY_ITEMS, MAX_JSON_DEPTH, MAX_MODEL_LENGTH, TASK_ARRAYS, nestedDeeperThan, unportableValue } from '../http/client-input.js';
+import {
+  MAX_ARRAY_ITEMS,
+  MAX_GRAMMAR_DEPTH,
+  MAX_JSON_DEPTH,
+  MAX_MODEL_LENGTH,
+  TASK_ARRAYS,
+  grammarDeeperThan,
+  nestedDeeperThan,
+  unportableValue,
+} from '../http/client-input.js';
 import type { JsonBody } from '../proxy/json-body.js';
 
 const TOO_DEEP = BODY_TOO_DEEP(MAX_JSON_DEPTH);
@@ -83,6 +93,11 @@ const parseJsonBody: FastifyBodyParser<Buffer> = (_request, raw, done) => {
       done(ARRAY_TOO_LONG(field, MAX_ARRAY_ITEMS, items.length));
       return;
     }
+  }
+  const grammar = (json as Record<string, unknown>).grammar;
+  if (typeof grammar === 'string' && grammarDeeperThan(grammar, MAX_GRAMMAR_DEPTH)) {
+    done(GRAMMAR_TOO_DEEP(MAX_GRAMMAR_DEPTH));
+    return;
   }
   const unportable = unportableValue(text, json);
   if (unportable !== undefined) {

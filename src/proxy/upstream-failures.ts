@@ -2,6 +2,7 @@
 // the response started (failureOf), an error event in the stream's own dialect after (a stream
 // the fair queue started early, or one that broke). Used by the Upstream (upstream.ts).
 import type { ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 import {
   SHUTTING_DOWN,
   UPSTREAM_BAD_RESPONSE,
@@ -42,6 +43,42 @@ export function isConnectFailure(err: unknown): boolean {
     code === 'UND_ERR_CONNECT_TIMEOUT' ||
     code === 'UND_ERR_CLOSED'
   );
+}
+
+const ERROR_BODY_MAX_BYTES = 64 * 1024;
+const ERROR_BODY_MAX_MS = 5000;
+
+/**
+ * A 502/503 body read to decide on failover: at most 64 KiB within 5 s (llama-server's are ~100
+ * bytes). Beyond either, the body is dropped and '' stands for it: the answer is not "loading".
+ */
+export async function readErrorBody(body: Readable): Promise<string> {
+  const chunks: Buffer[] = [];
+  let bytes = 0;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const read = (async (): Promise<boolean> => {
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        bytes += chunk.length;
+        if (bytes > ERROR_BODY_MAX_BYTES) return false;
+        chunks.push(chunk);
+      }
+      return true;
+    })();
+    read.catch(() => undefined); // destroyed below when late: its end is of no interest
+    const late = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), ERROR_BODY_MAX_MS);
+      timer.unref();
+    });
+    const whole = await Promise.race([read, late]).catch(() => false);
+    if (!whole) {
+      body.destroy();
+      return '';
+    }
+    return Buffer.concat(chunks).toString('utf8');
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** llama-server's 503 while it loads its model ({"error":{"message":"Loading model",…}}). */

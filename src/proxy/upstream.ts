@@ -27,7 +27,15 @@ import { needsIncludeUsage, withIncludeUsage, type JsonBody } from './json-body.
 import { JsonTap } from './json-tap.js';
 import { relay, type BrokenEnd, type OnBroken } from './relay.js';
 import { SseTap, sseErrorEvent, type SseDialect } from './sse-tap.js';
-import { describeBreak, endEarlyStream, failureOf, inStreamFailure, isConnectFailure, isLoadingAnswer } from './upstream-failures.js';
+import {
+  describeBreak,
+  endEarlyStream,
+  failureOf,
+  inStreamFailure,
+  isConnectFailure,
+  isLoadingAnswer,
+  readErrorBody,
+} from './upstream-failures.js';
 import { Exchange, tasksOf, type RouteKind } from '../usage/exchange.js';
 import { GenerationRates } from '../usage/estimate.js';
 
@@ -252,8 +260,8 @@ export class Upstream {
       if (ex !== null) ex.server = up;
       const status = answer.statusCode;
       if ((status === 502 || status === 503) && failover !== undefined) {
-        // Its body is small (an error); read it to tell loading from failing, then decide.
-        const text = await answer.body.text().catch(() => '');
+        // Its body is small (an error); read it (bounded) to tell loading from failing, then decide.
+        const text = await readErrorBody(answer.body);
         // The client left while the body was read: its slot is already given back, so a failover
         // now would take one on another server that nothing would ever give back.
         if (aborted) return undefined;

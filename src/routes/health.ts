@@ -2,7 +2,8 @@
 //   GET /healthz  the gateway process is up (never calls upstream)
 //   GET /health   the llama-servers' readiness, from what the gateway follows (upstreams/):
 //                 {"status": "ok"|"degraded"|"loading"|"down",
-//                  "upstreams": [{"name", "state", "slots", "models": [ids]}]}   (names, never URLs)
+//                  "upstreams": [{"name", "state", "slots"}]}   (names, never URLs or model ids: a
+//                  llama-server started without -a reports its model file's path as its id)
 //     200 ok        every server ready
 //     200 degraded  some server is not ready, but every model it serves has a ready server
 //     503 loading   some model has no ready server, but one of them is loading (or not probed yet)
@@ -59,7 +60,7 @@ export default async function healthRoutes(app: FastifyInstance): Promise<void> 
     const status = healthStatus(set);
     const body = JSON.stringify({
       status,
-      upstreams: set.nodes.map((n) => ({ name: n.name, state: n.state, slots: n.slots, models: n.models.map((m) => m.id) })),
+      upstreams: set.nodes.map((n) => ({ name: n.name, state: n.state, slots: n.slots })),
     });
     return reply.code(CODE[status]).header('content-type', JSON_TYPE).send(body);
   });
