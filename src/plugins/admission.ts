@@ -166,11 +166,13 @@ export default fp(
     app.decorate('failover', async (request: FastifyRequest, cause: { loading: boolean; reason: string }) => {
       const p = request.placement;
       const server = request.backend;
-      if (p === null || server === null || p.retried) return null;
-      p.retried = true;
+      if (p === null || server === null) return null;
+      // What the server did is told whether or not the request may go once more.
       server.failures++;
       if (cause.loading) set.markLoading(server);
       else set.markDown(server, cause.reason);
+      if (p.retried) return null;
+      p.retried = true;
       const candidates = cause.loading ? p.nodes : p.nodes.filter((n) => n !== server);
       if (candidates.length === 0) return null;
       if (p.light) {

@@ -147,7 +147,7 @@ export default async function metricsRoutes(app: FastifyInstance, opts: { adminK
   });
   new Counter({
     name: 'llm_gateway_upstream_failures_total',
-    help: 'Requests a llama-server failed before its answer started (refused, reset, 502/503): each was sent once more where it could be',
+    help: 'Requests a llama-server failed before its answer started (refused, reset, 502/503); a request is sent once more where it can be',
     labelNames: ['upstream'],
     registers: [registry],
     collect() {
