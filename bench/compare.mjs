@@ -97,8 +97,7 @@ try {
     }
     const port = await freePort();
     const { UPSTREAMS: upstreams, ...extra } = b.env;
-    const upstream =
-      upstreams === '2' ? `http://127.0.0.1:${upPort},http://127.0.0.1:${upPort2}` : `http://127.0.0.1:${upPort}`;
+    const upstream = upstreams === '2' ? `http://127.0.0.1:${upPort},http://127.0.0.1:${upPort2}` : `http://127.0.0.1:${upPort}`;
     const env = { ...gatewayEnv({ key, upstream, port, logLevel: b.level, home: tmp }), ...extra };
     b.proc = startProcess(b.name, process.execPath, [join(b.dir, 'server.js')], { cpu: 0, env, cwd: tmp, stdout: 'ignore' });
     b.url = `http://127.0.0.1:${port}`;
