@@ -18,7 +18,7 @@ function cssVar(name: string): string {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 }
 
-export function colorOf(i: number): string {
+function colorOf(i: number): string {
   return PALETTE[i % PALETTE.length]!;
 }
 

@@ -18,7 +18,7 @@ export function h<K extends keyof HTMLElementTagNameMap>(tag: K, props: Props = 
   return el;
 }
 
-export function append(el: Node, ...children: Child[]): void {
+function append(el: Node, ...children: Child[]): void {
   for (const c of children) {
     if (c === null || c === undefined || c === false) continue;
     el.appendChild(typeof c === 'string' || typeof c === 'number' ? document.createTextNode(String(c)) : c);
@@ -74,7 +74,7 @@ export function download(name: string, text: string, type = 'text/csv;charset=ut
 }
 
 /** One CSV field; a value a spreadsheet would run as a formula (=, +, -, @) is prefixed with '. */
-export function csvField(v: string | number | boolean | null): string {
+function csvField(v: string | number | boolean | null): string {
   let s = v === null ? '' : String(v);
   if (typeof v === 'string' && /^[=+\-@\t\r]/.test(s)) s = `'${s}`;
   return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;

@@ -5,7 +5,7 @@ import { api, type LiveJson } from './api.js';
 import { h, replace, table } from './dom.js';
 import { formatNumber, formatTime, t, type Key } from './i18n.js';
 
-export const POLL_MS = 3000;
+const POLL_MS = 3000;
 
 const UP_STATES: Record<LiveJson['upstreams'][number]['state'], { label: Key; mark: string; cls: string }> = {
   unknown: { label: 'upUnknown', mark: '?', cls: 'warn' },

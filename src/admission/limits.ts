@@ -16,7 +16,7 @@ export interface KeyLimits {
 }
 
 /** A completion hold until llama-server's /props says its context per slot (its default -c 4096 per slot). */
-export const DEFAULT_COMPLETION_HOLD = 4096;
+const DEFAULT_COMPLETION_HOLD = 4096;
 export const MINUTE_MS = 60_000;
 const DAY_MS = 86_400_000;
 

@@ -19,7 +19,7 @@ export type FormProblem =
   | 'model_not_utf8'
   | 'model_too_long';
 
-export interface FormFields {
+interface FormFields {
   /** the text fields the gateway acts on, in the shape a JSON body would have them */
   readonly json: Record<string, unknown>;
 }

@@ -24,7 +24,7 @@ declare module 'fastify' {
   }
 }
 
-export interface ProxyOptions {
+interface ProxyOptions {
   config: Config;
   /** Follow the servers in the background: /health polls, /v1/models and /props (default true). */
   discovery?: boolean | undefined;

@@ -21,7 +21,7 @@ declare module 'fastify' {
 }
 
 /** The model names a key may use now: every name served, or those of its list that are served. */
-export function modelsFor(set: UpstreamSet, allowed: ReadonlySet<string> | null | undefined): string[] {
+function modelsFor(set: UpstreamSet, allowed: ReadonlySet<string> | null | undefined): string[] {
   const served = set.modelIds();
   return allowed === null || allowed === undefined ? [...served] : served.filter((id) => allowed.has(id));
 }

@@ -65,7 +65,7 @@ export interface ExchangeWatcher {
  * to try; null leaves the failure as it is. Asked at most once per request (the caller counts).
  */
 export type Failover = (request: FastifyRequest, cause: FailoverCause) => Promise<Upstream | null>;
-export interface FailoverCause {
+interface FailoverCause {
   /** llama-server said it is loading its model: the same server will do once it is ready */
   readonly loading: boolean;
   /** for the log: the error code or status */

@@ -30,7 +30,7 @@ const CONTENT_PARTS = 16;
 /** At most this many messages open a conversation (leading system/developer ones, then the first user one). */
 const OPENING_MESSAGES = 4;
 /** Prompt processing speed assumed when a server's is not known (tokens per second); slow, so waits are generous. */
-export const DEFAULT_PROMPT_TOKENS_PER_SECOND = 500;
+const DEFAULT_PROMPT_TOKENS_PER_SECOND = 500;
 /** The longest a request waits for its own server's slot instead of taking another free one. */
 export const AFFINITY_MAX_WAIT_MS = 2000;
 /** Characters per token, the usual rough rule for English text and code. */

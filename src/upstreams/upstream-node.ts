@@ -58,7 +58,7 @@ export const DEFAULT_PROBE_TIMINGS: ProbeTimings = {
 };
 
 /** Slots of a server until its /props says (and when it never does). */
-export const FALLBACK_SLOTS = 4;
+const FALLBACK_SLOTS = 4;
 
 /** The next wait before probing a down server again: min, then doubled, capped at max. */
 export function nextDownDelay(previous: number | null, t: Pick<ProbeTimings, 'downMinMs' | 'downMaxMs'> = DEFAULT_PROBE_TIMINGS): number {

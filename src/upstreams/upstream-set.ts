@@ -8,12 +8,9 @@ import type { UpstreamSpec } from './upstreams-file.js';
 
 export {
   DEFAULT_PROBE_TIMINGS,
-  FALLBACK_SLOTS,
   UpstreamNode,
   nextDownDelay,
   type ProbeTimings,
-  type ServedModel,
-  type UpstreamLog,
   type UpstreamState,
 } from './upstream-node.js';
 

@@ -43,7 +43,7 @@ const GENERATION_KINDS: ReadonlySet<RouteKind> = new Set<RouteKind>(['chat', 'co
 const UNAVAILABLE = 503;
 
 /** Tokens of `bytes` of text, leaning high (about 4 bytes a token for English; fewer for code, CJK). */
-export function bytesEstimate(bytes: number): number {
+function bytesEstimate(bytes: number): number {
   return Math.ceil(bytes / 4);
 }
 

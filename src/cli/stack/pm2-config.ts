@@ -46,7 +46,7 @@ export interface StackConfig {
   readonly apps: readonly ProcessSpec[];
 }
 
-export interface StackProcesses {
+interface StackProcesses {
   /** One (the "llama" object) or several ("llama" as a list), in the file's order. */
   readonly llama: readonly ProcessSpec[];
   readonly gateway: ProcessSpec;
