@@ -6,13 +6,7 @@ import type { Config } from '../config.js';
 import { DEFAULT_PROBE_TIMINGS, UpstreamNode, type NodeContext, type ProbeTimings, type UpstreamLog } from './upstream-node.js';
 import type { UpstreamSpec } from './upstreams-file.js';
 
-export {
-  DEFAULT_PROBE_TIMINGS,
-  UpstreamNode,
-  nextDownDelay,
-  type ProbeTimings,
-  type UpstreamState,
-} from './upstream-node.js';
+export { DEFAULT_PROBE_TIMINGS, UpstreamNode, nextDownDelay, type ProbeTimings, type UpstreamState } from './upstream-node.js';
 
 type Json = Record<string, unknown>;
 
