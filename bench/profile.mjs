@@ -5,7 +5,7 @@
 // per function, grouped by where the code lives: ours (dist/), fastify, undici, pino, node.
 //
 // --dist DIR profiles another build of the gateway (e.g. an experimental patch of dist/ in /tmp);
-// --sse profiles short streams (2 chunks each) instead of the small POST; --connections N sets wrk's -c;
+// --sse profiles short streams (2 chunks each) instead of the small POST; --get, GET /v1/models; --connections N sets wrk's -c;
 // --keep FILE keeps the .cpuprofile (open it in Chrome DevTools or speedscope).
 import { mkdtempSync, readdirSync, readFileSync, rmSync, copyFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -174,6 +174,7 @@ export async function profileGateway({
   keep,
   connections = 64,
   sse = false,
+  get = false,
 } = {}) {
   setPinning(process.env.BENCH_PIN !== '0' && spawnSync('sh', ['-c', 'command -v taskset']).status === 0);
   const tmp = mkdtempSync(join(tmpdir(), 'llm-gateway-prof-'));
@@ -191,14 +192,17 @@ export async function profileGateway({
     );
     const url = `http://127.0.0.1:${port}`;
     await waitHttp(`${url}/v1/models`, { headers: { authorization: `Bearer ${key}` }, proc: gw });
-    const script = wrkScript(tmp, 'chat', {
-      method: 'POST',
-      body: sse ? SHORT_STREAM_BODY : SMALL_BODY,
-      headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
-    });
-    const warm = await runWrk({ url: `${url}/v1/chat/completions`, script, connections, seconds: 2, cpu: 1 }); // warm-up (profiled too)
+    const script = get
+      ? wrkScript(tmp, 'models', { method: 'GET', headers: { Authorization: `Bearer ${key}` } })
+      : wrkScript(tmp, 'chat', {
+          method: 'POST',
+          body: sse ? SHORT_STREAM_BODY : SMALL_BODY,
+          headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+        });
+    const target = `${url}${get ? '/v1/models' : '/v1/chat/completions'}`;
+    const warm = await runWrk({ url: target, script, connections, seconds: 2, cpu: 1 }); // warm-up (profiled too)
     const cpu0 = treeCpuSeconds(gw.pid);
-    const r = await runWrk({ url: `${url}/v1/chat/completions`, script, connections, seconds, cpu: 1 });
+    const r = await runWrk({ url: target, script, connections, seconds, cpu: 1 });
     if (r.errors > 0 || warm.errors > 0)
       throw new Error(
         `the gateway answered ${r.errors + warm.errors} requests with errors (non-2xx or socket errors): the profile would show the error path`,
@@ -237,6 +241,7 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const seconds = Number(args.find((a) => /^\d+$/.test(a)) ?? 10);
   const connections = Number(opt('--connections') ?? 64);
   const sse = args.includes('--sse');
+  const get = args.includes('--get');
   const res = await profileGateway({
     seconds,
     dist: opt('--dist') ?? join(ROOT, 'dist'),
@@ -244,9 +249,10 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     keep: opt('--keep'),
     connections,
     sse,
+    get,
   });
   console.log(
-    `gateway under wrk -c${connections} POST /v1/chat/completions${sse ? ' (short streams)' : ''} for ${seconds} s: ${Math.round(res.rps)} req/s, ${res.cpuPerReqUs.toFixed(1)} µs CPU per request (while profiled)\n`,
+    `gateway under wrk -c${connections} ${get ? 'GET /v1/models' : `POST /v1/chat/completions${sse ? ' (short streams)' : ''}`} for ${seconds} s: ${Math.round(res.rps)} req/s, ${res.cpuPerReqUs.toFixed(1)} µs CPU per request (while profiled)\n`,
   );
   console.log(formatAnalysis(res.analysis, { requests: res.profiledRequests }));
 }
