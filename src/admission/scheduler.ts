@@ -173,6 +173,19 @@ export class Scheduler {
   readonly #onServer: (number | undefined)[] = [];
   /** by SlotServer.index: the waiter its free slots are kept for, until the next dispatch */
   readonly #keptFor: (Seat | undefined)[] = [];
+  /**
+   * Servers several models (groups) use (llama-server's router mode, llama-swap): the first group
+   * seen on each, and whether another has come since. On such a server a key also holds at most
+   * its share of that server's slots, whatever the model: the per-model share alone would let it
+   * hold its share of every model there, i.e. every slot.
+   */
+  readonly #firstGroupOn: (Group | undefined)[] = [];
+  readonly #shared: boolean[] = [];
+  /**
+   * slots each key holds on each server (kept for every server: one may turn shared while a key
+   * already runs there; a Map get and set per start and end)
+   */
+  readonly #keyOnServer: (Map<string, number> | undefined)[] = [];
   #keeping = 0;
   readonly #holds = new Set<Hold>();
 
@@ -253,6 +266,11 @@ export class Scheduler {
   enter(key: string, group: string, candidates: readonly SlotServer[], weight = 1, opts?: EnterOptions): Ticket {
     if (candidates.length === 0) throw new RangeError('Scheduler.enter: no candidate server');
     const g = this.#groups.get(group) ?? this.#addGroup(group);
+    for (const c of candidates) {
+      const first = this.#firstGroupOn[c.index];
+      if (first === undefined) this.#firstGroupOn[c.index] = g;
+      else if (first !== g && this.#shared[c.index] !== true) this.#shared[c.index] = true;
+    }
     let prefer = opts?.prefer;
     if (prefer !== undefined && !candidates.includes(prefer)) prefer = undefined;
     const preferring = prefer !== undefined && (opts?.preferMs ?? 0) > 0;
@@ -262,7 +280,7 @@ export class Scheduler {
     const mine = g.runningByKey.get(key) ?? 0;
     const allDown = everyDown(candidates);
     if ((g.size === 0 || !g.waiting.has(key)) && mine + weight <= this.#shareOf(candidates, allDown)) {
-      const server = this.#place(candidates, allDown, weight, prefer, preferring, undefined);
+      const server = this.#place(candidates, allDown, weight, prefer, preferring, undefined, key);
       if (server !== undefined) {
         const seat = new Seat(this, key, g, candidates, weight, true);
         this.#start(seat, mine, server);
@@ -369,6 +387,13 @@ export class Scheduler {
     return Math.min(keySlotCap(this.#keySlots, total), biggest);
   }
 
+  /** On a server several models share, the key stays within its share of that server's slots. */
+  #withinServerShare(s: SlotServer, key: string, weight: number, allDown: boolean): boolean {
+    if (this.#shared[s.index] !== true) return true;
+    const mine = this.#keyOnServer[s.index]?.get(key) ?? 0;
+    return mine + weight <= keySlotCap(this.#keySlots, usable(s, allDown));
+  }
+
   /** `self` may use slots kept for it; anyone may use a server nothing is kept on. */
   #open(s: SlotServer, self: Seat | undefined): boolean {
     const kept = this.#keptFor[s.index];
@@ -383,17 +408,23 @@ export class Scheduler {
     prefer: SlotServer | undefined,
     preferring: boolean,
     self: Seat | undefined,
+    key: string,
   ): SlotServer | undefined {
     if (prefer !== undefined) {
       const cap = usable(prefer, allDown);
-      if (cap - (this.#onServer[prefer.index] ?? 0) >= weight && this.#open(prefer, self)) return prefer;
+      if (
+        cap - (this.#onServer[prefer.index] ?? 0) >= weight &&
+        this.#open(prefer, self) &&
+        this.#withinServerShare(prefer, key, weight, allDown)
+      )
+        return prefer;
       if (preferring && cap >= weight) return undefined; // it waits for that one (until preferMs)
     }
     let best: SlotServer | undefined;
     let bestLoad = Infinity;
     for (const s of candidates) {
       const running = this.#onServer[s.index] ?? 0;
-      if (usable(s, allDown) - running < weight || !this.#open(s, self)) continue;
+      if (usable(s, allDown) - running < weight || !this.#open(s, self) || !this.#withinServerShare(s, key, weight, allDown)) continue;
       const size = s.slots * s.weight;
       const load = size > 0 ? running / size : Infinity;
       if (best === undefined || load < bestLoad) {
@@ -414,7 +445,7 @@ export class Scheduler {
     let bestFree = 0;
     for (const s of seat.candidates) {
       const cap = usable(s, allDown);
-      if (cap < seat.weight || !this.#open(s, seat)) continue; // it could never fit there now
+      if (cap < seat.weight || !this.#open(s, seat) || !this.#withinServerShare(s, seat.key, seat.weight, allDown)) continue; // it could never fit there now
       const free = cap - (this.#onServer[s.index] ?? 0);
       if (free > bestFree || (free === bestFree && free > 0 && s.index === seat.keptOn)) {
         best = s;
@@ -442,6 +473,8 @@ export class Scheduler {
     this.#servers[i] = server;
     g.runningByKey.set(seat.key, mine + w);
     g.lastStart.set(seat.key, this.#seq++);
+    const byKey = (this.#keyOnServer[i] ??= new Map());
+    byKey.set(seat.key, (byKey.get(seat.key) ?? 0) + w);
     seat.server = server;
     seat.started = true;
   }
@@ -455,6 +488,10 @@ export class Scheduler {
     this.#running -= w;
     g.running -= w;
     this.#onServer[i] = (this.#onServer[i] ?? w) - w;
+    const byKey = this.#keyOnServer[i]!;
+    const left = (byKey.get(seat.key) ?? w) - w;
+    if (left <= 0) byKey.delete(seat.key);
+    else byKey.set(seat.key, left);
     const n = (g.runningByKey.get(seat.key) ?? w) - w;
     if (n <= 0) {
       g.runningByKey.delete(seat.key);
@@ -534,7 +571,7 @@ export class Scheduler {
           if (running > headRunning || (running === headRunning && last >= headLast)) continue; // not fairer
           const allDown = everyDown(seat.candidates);
           if (running + seat.weight > this.#shareOf(seat.candidates, allDown)) continue; // at its share
-          let server = this.#place(seat.candidates, allDown, seat.weight, seat.prefer, seat.preferring, seat);
+          let server = this.#place(seat.candidates, allDown, seat.weight, seat.prefer, seat.preferring, seat, key);
           const fits = server !== undefined;
           if (!fits) server = this.#keepTarget(seat);
           if (server === undefined) continue; // nothing it could take or be kept now

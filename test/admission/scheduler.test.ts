@@ -656,3 +656,45 @@ t.test('a random mix drains: never over a server’s slots or a key’s share, n
     'nothing left behind',
   );
 });
+
+t.test(
+  'a server two models share (router mode, llama-swap): a key holds at most its share of that server, across the models',
+  async (t) => {
+    const q = scheduler(t, { keySlots: 'auto' });
+    const s = server(0, 4);
+    // One model alone: the key takes its share of the model's slots (3 of 4).
+    const a = [q.enter('x', 'model-a', [s]), q.enter('x', 'model-a', [s]), q.enter('x', 'model-a', [s])];
+    t.ok(
+      a.every((x) => x.immediate),
+      'three of model-a run at once',
+    );
+    // The same server serves model-b too: x already holds 3 of its 4 slots, so its model-b request waits…
+    const b = q.enter('x', 'model-b', [s]);
+    t.notOk(b.immediate, "x's model-b request waits: x holds its share of the server");
+    // …and the last slot is there for another key at once.
+    const other = q.enter('y', 'model-b', [s]);
+    t.ok(other.immediate, "y's request takes the last slot at once");
+    other.cancel();
+    t.equal(q.runningOn(s), 3, 'the free slot stays free for others: x is still at its share');
+    a[0]!.cancel();
+    const admitted = await within(b.admitted, 2000, 'x’s model-b request starts once one of its own ends');
+    t.equal(admitted.server, s);
+    t.equal(q.runningOn(s), 3);
+    for (const x of [...a, b]) x.cancel();
+    t.equal(q.runningOn(s), 0, 'every slot given back');
+  },
+);
+
+t.test('servers that serve one model each: the per-model share alone applies (a key may fill one server)', async (t) => {
+  const q = scheduler(t, { keySlots: 'auto' });
+  const s1 = server(0, 2);
+  const s2 = server(1, 2);
+  const seats = [0, 1, 2].map(() => q.enter('x', 'm', [s1, s2]));
+  t.ok(
+    seats.every((x) => x.immediate),
+    'three of four slots over the two servers',
+  );
+  const e = q.enter('e', 'embed', [server(2, 1)]);
+  t.ok(e.immediate, 'another model on its own server is not affected');
+  for (const x of [...seats, e]) x.cancel();
+});
