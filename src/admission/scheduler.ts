@@ -445,7 +445,8 @@ export class Scheduler {
     let bestFree = 0;
     for (const s of seat.candidates) {
       const cap = usable(s, allDown);
-      if (cap < seat.weight || !this.#open(s, seat) || !this.#withinServerShare(s, seat.key, seat.weight, allDown)) continue; // it could never fit there now
+      // it could never fit there now
+      if (cap < seat.weight || !this.#open(s, seat) || !this.#withinServerShare(s, seat.key, seat.weight, allDown)) continue;
       const free = cap - (this.#onServer[s.index] ?? 0);
       if (free > bestFree || (free === bestFree && free > 0 && s.index === seat.keptOn)) {
         best = s;
