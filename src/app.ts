@@ -89,7 +89,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   await app.register(proxyPlugin, { config, discovery: options.discovery }); // app.upstreams, app.upstream
   await app.register(usagePlugin, { config, flushMs: options.usageFlushMs }); // app.usage, app.usageStore
   await app.register(authPlugin, { config, registry }); // app.authGuard, app.keyRegistry
-  await app.register(admissionPlugin, { config }); // app.queue, app.lightQueue, app.limits
+  await app.register(admissionPlugin, { config, pingMs: options.queuePingMs }); // app.queue, app.lightQueue, app.limits, app.failover
   await app.register(requestLogPlugin);
 
   // Public: no key. /metrics: the admin key or a local scraper.

@@ -102,6 +102,29 @@ class Placement {
   ) {}
 }
 
+/**
+ * A stream that waits (for a slot, or for a loading server after failover) starts early: 200 and
+ * SSE headers, then a comment line every pingMs, so proxies (Cloudflare: ~100 s) keep the
+ * connection. The proxy then continues it (it sees res.headersSent).
+ */
+function startPings(reply: FastifyReply, pingMs: number): NodeJS.Timeout {
+  const res = reply.raw;
+  return setInterval(() => {
+    if (res.destroyed) return;
+    if (!res.headersSent) {
+      // From here on the response is written by hand.
+      const headers: OutgoingHttpHeaders = {
+        'content-type': 'text/event-stream',
+        'cache-control': 'no-cache',
+        'x-accel-buffering': 'no',
+      };
+      for (const [name, value] of Object.entries(reply.getHeaders())) if (value !== undefined) headers[name] = value;
+      res.writeHead(200, headers);
+    }
+    res.write(':\n\n');
+  }, pingMs);
+}
+
 /** The server for a light call (token counting): the first ready one of the route, else its first. */
 function lightServer(nodes: readonly UpstreamNode[]): UpstreamNode {
   if (nodes.length === 1) return nodes[0]!;
@@ -110,8 +133,9 @@ function lightServer(nodes: readonly UpstreamNode[]): UpstreamNode {
 }
 
 export default fp(
-  async function admissionPlugin(app: FastifyInstance, opts: { config: Config }) {
+  async function admissionPlugin(app: FastifyInstance, opts: { config: Config; pingMs?: number | undefined }) {
     const { config } = opts;
+    const pingMs = opts.pingMs ?? DEFAULT_QUEUE_PING_MS;
     // Per-key limits count in a CounterStore (in memory for one process).
     const counters = new MemoryCounters();
     const limits = new Limits(counters, {
@@ -163,7 +187,7 @@ export default fp(
     // model (connection refused or reset, 502/503), or, when llama-server said it is loading, back
     // into the queue until a server of the model is ready (within the queue deadline). Never after
     // the first byte of llama-server's answer reached the client (proxy/upstream.ts asks only before).
-    app.decorate('failover', async (request: FastifyRequest, cause: { loading: boolean; reason: string }) => {
+    app.decorate('failover', async (request: FastifyRequest, reply: FastifyReply, cause: { loading: boolean; reason: string }) => {
       const p = request.placement;
       const server = request.backend;
       if (p === null || server === null) return null;
@@ -189,12 +213,17 @@ export default fp(
       const old = p.ticket;
       p.ticket = ticket;
       old.cancel();
+      // A stream that now waits (a loading server: possibly minutes) is kept alive like one queued.
+      const ping =
+        !ticket.immediate && (request.body as JsonBody | undefined)?.json.stream === true ? startPings(reply, pingMs) : undefined;
       try {
         const admission = await ticket.admitted;
         request.backend = admission.server as UpstreamNode;
         return request.backend.client;
       } catch {
         return null; // waited past the deadline, or the client left
+      } finally {
+        clearInterval(ping);
       }
     });
 
@@ -368,22 +397,7 @@ export const admit = fp(
       // pingMs, so proxies (Cloudflare: ~100 s) keep the connection. The proxy then continues it.
       // (Light calls answer JSON even when their body says stream: true.)
       const streamed = !light && (request.body as JsonBody | undefined)?.json.stream === true;
-      const ping = streamed
-        ? setInterval(() => {
-            if (res.destroyed) return;
-            if (!res.headersSent) {
-              // From here on the response is written by hand (the proxy sees res.headersSent).
-              const headers: OutgoingHttpHeaders = {
-                'content-type': 'text/event-stream',
-                'cache-control': 'no-cache',
-                'x-accel-buffering': 'no',
-              };
-              for (const [name, value] of Object.entries(reply.getHeaders())) if (value !== undefined) headers[name] = value;
-              res.writeHead(200, headers);
-            }
-            res.write(':\n\n');
-          }, pingMs)
-        : undefined;
+      const ping = streamed ? startPings(reply, pingMs) : undefined;
       try {
         await ticket.admitted;
       } catch (err) {

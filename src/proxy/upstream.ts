@@ -64,7 +64,7 @@ export interface ExchangeWatcher {
  * loading its model). The callback may give the request another server (a slot already taken there)
  * to try; null leaves the failure as it is. Asked at most once per request (the caller counts).
  */
-export type Failover = (request: FastifyRequest, cause: FailoverCause) => Promise<Upstream | null>;
+export type Failover = (request: FastifyRequest, reply: FastifyReply, cause: FailoverCause) => Promise<Upstream | null>;
 interface FailoverCause {
   /** llama-server said it is loading its model: the same server will do once it is ready */
   readonly loading: boolean;
@@ -238,7 +238,7 @@ export class Upstream {
         }
         if (failover !== undefined && !up.#destroyed && isConnectFailure(err)) {
           const code = (err as { code?: string }).code ?? 'error';
-          const next = await failover(request, { loading: false, reason: code });
+          const next = await failover(request, reply, { loading: false, reason: code });
           if (aborted) return undefined;
           if (next !== null) {
             request.log.warn(
@@ -265,7 +265,7 @@ export class Upstream {
         // The client left while the body was read: its slot is already given back, so a failover
         // now would take one on another server that nothing would ever give back.
         if (aborted) return undefined;
-        const next = await failover(request, { loading: isLoadingAnswer(status, text), reason: String(status) });
+        const next = await failover(request, reply, { loading: isLoadingAnswer(status, text), reason: String(status) });
         if (aborted) return undefined;
         if (next !== null) {
           request.log.warn(

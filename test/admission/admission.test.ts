@@ -421,3 +421,20 @@ t.test('a started stream whose upstream then fails gets the failure as an error 
   );
   t.equal((await running).status, 200);
 });
+
+t.test('a stream that meets a loading llama-server waits for it kept alive with comments, then continues', async (t) => {
+  const gw = await startGateway(t, {}, { loading: true }, { queuePingMs: 100 });
+  const waiting = await openStream(gw.port, KEY_A, chatBody({ stream: true }));
+  t.equal(waiting.status, 200, 'headers arrive while it waits for the server to load');
+  await until('two keep-alive comments', () => waiting.chunks.join('').startsWith(':\n\n:\n\n'));
+  t.equal(gw.app.upstreams.nodes[0]!.state, 'loading');
+  gw.fake.behavior.loading = false;
+  const text = await within(waiting.done, 10_000, 'the stream ends');
+  const pings = /^(:\n\n)+/.exec(text)?.[0] ?? '';
+  t.match(
+    text.slice(pings.length),
+    /^data: \{"choices":\[\{"finish_reason":null,"index":0,"delta":\{"role":"assistant"/,
+    'then llama-server’s stream',
+  );
+  t.match(text, /data: \[DONE\]\n\n$/);
+});
