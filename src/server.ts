@@ -4,6 +4,7 @@ import type { FastifyServerOptions } from 'fastify';
 import { buildApp } from './app.js';
 import { ConfigError, NO_KEYS_MESSAGE, loadConfig, type Config } from './config.js';
 import { KeyRegistry } from './keys/key-registry.js';
+import { upstreamSpecs } from './upstreams/upstreams-file.js';
 import { BatchedLog } from './storage/batched-log.js';
 import { KeyStore, KeyStoreError } from './keys/key-store.js';
 import { serializeRequest } from './plugins/request-log.js';
@@ -26,7 +27,9 @@ function readSettings(): Config {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') fail(`could not read ${ENV_FILE}: ${(err as Error).message}`);
   }
   try {
-    return loadConfig(process.env);
+    const config = loadConfig(process.env);
+    upstreamSpecs(config); // GATEWAY_UPSTREAMS_FILE checked now: one clear line before anything starts
+    return config;
   } catch (err) {
     if (err instanceof ConfigError) fail(err.message);
     throw err;
@@ -78,7 +81,10 @@ async function main(): Promise<void> {
   const usable = registry.usable(); // disabled and expired keys are held (for their 401) but not counted
   console.log('✅ LLM Gateway starting with config:');
   console.log(`  - Port: ${config.port}`);
-  console.log(`  - Upstream: ${config.upstreams.join(', ')}`);
+  const upstreams = upstreamSpecs(config).map((spec) => spec.url);
+  console.log(
+    `  - Upstream${upstreams.length === 1 ? '' : 's'}: ${upstreams.join(', ')}${config.upstreamsFile === '' ? '' : ` (${config.upstreamsFile})`}`,
+  );
   console.log(`  - Valid API keys: ${usable}`);
 
   const app = await buildApp(config, { logger: loggerOptions(config), registry });
@@ -94,21 +100,13 @@ async function main(): Promise<void> {
   console.log(`🚀 LLM API Gateway listening on http://${displayHost(config.host)}:${config.port}`);
   process.send?.('ready'); // pm2 wait_ready
 
-  // Say once at start whether llama-server answers; requests will say it again if not.
-  app.upstream.get('/health').then(
-    (answer) =>
-      app.log.info(
-        { upstream: config.upstreams, status: answer.statusCode },
-        answer.statusCode === 200 ? 'upstream ready' : 'upstream not ready yet',
-      ),
-    () => app.log.warn({ upstream: config.upstreams }, 'upstream unreachable: is llama-server running? Requests will get 502 until it is'),
-  );
+  // Each llama-server's state is logged by the upstream set as it learns it (and at every change).
 
   let stopping = false;
   const abortInFlight = (): void => {
     // Streams get a final error event and non-streamed requests a 503; then every connection
     // that is still open is closed.
-    app.upstream.destroy().catch(() => {});
+    app.upstreams.destroy().catch(() => {});
     setTimeout(() => app.server.closeAllConnections(), CUT_FLUSH_MS).unref();
   };
   const stop = (signal: NodeJS.Signals): void => {

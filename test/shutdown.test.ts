@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { startFakeLlama, type FakeBehavior, type FakeLlama } from './fixtures/fake-llama.js';
-import { AUTH_A, KEY_A, chatBody, freePort, within } from './helpers.js';
+import { AUTH_A, KEY_A, chatBody, freePort, until, within } from './helpers.js';
 
 const SERVER = join(fileURLToPath(new URL('..', import.meta.url)), 'dist', 'server.js');
 
@@ -30,7 +30,14 @@ async function startProcess(
   const port = await freePort();
   const child = spawn(process.execPath, [SERVER], {
     cwd: fileURLToPath(new URL('.', import.meta.url)),
-    env: { PATH: process.env.PATH ?? '', LLM_API_KEYS: KEY_A, LLM_UPSTREAM: fake.url, GATEWAY_PORT: String(port), ...env },
+    env: {
+      PATH: process.env.PATH ?? '',
+      LLM_API_KEYS: KEY_A,
+      GATEWAY_PORT: String(port),
+      ...env,
+      // SECOND_UPSTREAM (tests only): a second llama-server after this one, for the same model
+      LLM_UPSTREAM: env.SECOND_UPSTREAM === undefined ? fake.url : `${fake.url},${env.SECOND_UPSTREAM}`,
+    },
     stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
   });
   let out = '';
@@ -111,6 +118,37 @@ t.test('past the grace period the rest is cut, upstream cancelled, exit 0', asyn
     'the stream ends with the shutdown error (type and code as its 503)',
   );
   t.match(run.output(), /shutdown grace period over/);
+});
+
+t.test('past the grace period the streams on every llama-server are cut the same way', async (t) => {
+  const second = await startFakeLlama({ chunkDelayMs: 200, extraContentChunks: 1000 });
+  t.teardown(() => second.close());
+  const run = await startProcess(
+    t,
+    { GATEWAY_SHUTDOWN_GRACE_MS: '300', LLM_UPSTREAM: '', SECOND_UPSTREAM: second.url },
+    { chunkDelayMs: 200, extraContentChunks: 1000 },
+  );
+  await until('both servers ready in the gateway', async () => {
+    const res = await fetch(`http://127.0.0.1:${run.port}/health`);
+    return ((await res.json()) as { status?: string }).status === 'ok';
+  });
+  const bodies = ['', ''];
+  for (const i of [0, 1]) {
+    const res = await openStream(run.port);
+    res.setEncoding('utf8');
+    res.on('data', (c: string) => (bodies[i] += c));
+    res.on('error', () => {});
+    await once(res, 'data');
+  }
+  t.equal(
+    [run.fake, second].map((f) => f.requests.filter((r) => r.url === '/v1/chat/completions').length).join(' '),
+    '1 1',
+    'one stream on each server',
+  );
+  run.child.kill('SIGTERM');
+  t.equal(await within(run.exit, 5000, 'the process exits soon after the grace period'), 0, 'exit code 0');
+  for (const body of bodies)
+    t.match(body, /"code":"shutting_down"\}\}\n\n$/, 'each stream ends with the shutdown error, whichever server it was on');
 });
 
 t.test('an idle keep-alive client does not hold shutdown open', async (t) => {

@@ -242,20 +242,30 @@ if (!skipTier(t)) {
   t.test("ordinary requests on every API: the record has llama-server's own numbers", async (t) => {
     const gw = await startRealGateway(t, {}, { usageFlushMs: 50 });
     const records = watch(gw);
+    // temperature 0: the tiny model's random weights sometimes sample text its output parser answers
+    // with a 500 (the shared llama-server README); greedy output is the same every run.
     const cases: [string, unknown, (u: Record<string, number>) => [number, number | null]][] = [
       [
         '/v1/chat/completions',
-        { model: 'gpt-oss-20b', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 4 },
+        { model: 'gpt-oss-20b', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 4, temperature: 0 },
         (u) => [u.prompt_tokens!, u.completion_tokens!],
       ],
-      ['/v1/completions', { model: 'gpt-oss-20b', prompt: 'x', max_tokens: 4 }, (u) => [u.prompt_tokens!, u.completion_tokens!]],
+      [
+        '/v1/completions',
+        { model: 'gpt-oss-20b', prompt: 'x', max_tokens: 4, temperature: 0 },
+        (u) => [u.prompt_tokens!, u.completion_tokens!],
+      ],
       ['/v1/embeddings', { model: 'gpt-oss-20b', input: ['hello world', 'abc def'] }, (u) => [u.prompt_tokens!, null]],
       [
         '/v1/messages',
-        { model: 'gpt-oss-20b', max_tokens: 4, messages: [{ role: 'user', content: 'Hi' }] },
+        { model: 'gpt-oss-20b', max_tokens: 4, temperature: 0, messages: [{ role: 'user', content: 'Hi' }] },
         (u) => [u.input_tokens! + (u.cache_read_input_tokens ?? 0), u.output_tokens!],
       ],
-      ['/v1/responses', { model: 'gpt-oss-20b', input: 'Hi', max_output_tokens: 4 }, (u) => [u.input_tokens!, u.output_tokens!]],
+      [
+        '/v1/responses',
+        { model: 'gpt-oss-20b', input: 'Hi', max_output_tokens: 4, temperature: 0 },
+        (u) => [u.input_tokens!, u.output_tokens!],
+      ],
     ];
     for (const [i, [path, body, numbers]] of cases.entries()) {
       const res = await post(gw, path, body);
