@@ -4,8 +4,11 @@
 // watches the live view and the usage chart change, drills into that day's requests, disables the
 // key and sees the API refuse it, switches to Chinese and signs out. A note made of HTML renders
 // as text: no dialog opens, no element is made from it, no CSP violation is even attempted.
-// Screenshots of each page, light and dark, go to docs/screenshots/ (README shows them).
-import { existsSync, mkdirSync } from 'node:fs';
+// Screenshots of each page, light and dark, are taken every run; with UPDATE_SCREENSHOTS=1 they go
+// to docs/screenshots/ (README shows them), else to a temporary folder (a test run leaves the
+// working tree as it was).
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
@@ -18,7 +21,10 @@ const CHROMIUM = '/usr/bin/chromium';
 
 const ADMIN = 'adm-console-0123456789abcdefghijklmnop';
 const XSS_NOTE = `<script>alert(1)</script><img src=x onerror="alert(2)"> for the "team" & co`;
-const SHOTS = fileURLToPath(new URL('../../docs/screenshots/', import.meta.url));
+const SHOTS =
+  process.env.UPDATE_SCREENSHOTS === '1'
+    ? fileURLToPath(new URL('../../docs/screenshots/', import.meta.url))
+    : mkdtempSync(join(tmpdir(), 'console-shots-'));
 
 async function shoot(page: Page, name: string): Promise<void> {
   for (const scheme of ['light', 'dark'] as const) {
@@ -33,6 +39,7 @@ else
   t.test('the admin console, end to end in Chromium', async (t) => {
     ensureConsoleBuilt();
     mkdirSync(SHOTS, { recursive: true });
+    if (process.env.UPDATE_SCREENSHOTS !== '1') t.teardown(() => rmSync(SHOTS, { recursive: true, force: true }));
     const store = tempStore(t);
     const registry = new KeyRegistry([KEY_A, KEY_B], store);
     const gw = await startGateway(t, { adminKey: ADMIN }, {}, { registry, usageFlushMs: 50, discovery: true });
