@@ -93,7 +93,7 @@ if (!skipTier(t)) {
     const b = await fetch(`${gw.url}/v1/chat/completions`, {
       method: 'POST',
       headers: { authorization: `Bearer ${KEY_B}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'gpt-oss-20b', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 8 }),
+      body: JSON.stringify({ model: 'gpt-oss-20b', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 8, temperature: 0 }),
     });
     t.equal(b.status, 200);
     const answer = (await b.json()) as { usage: { completion_tokens: number } };
@@ -149,7 +149,7 @@ if (!skipTier(t)) {
       const array = await send(gw.port, KEY_A, '/v1/completions', { ...LONG, prompt: ['x', 'x'] }).done;
       t.equal(array.status, 400);
       t.match(JSON.parse(array.text), { error: { code: 'too_many_tasks', param: 'prompt', type: 'invalid_request_error' } });
-      const chat = { model: 'gpt-oss-20b', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 8 };
+      const chat = { model: 'gpt-oss-20b', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 8, temperature: 0 };
       const n = await send(gw.port, KEY_A, '/v1/chat/completions', { ...chat, n: 2 }).done;
       t.equal(n.status, 400);
       t.match(JSON.parse(n.text), { error: { code: 'too_many_tasks', param: 'n' } });
@@ -197,6 +197,7 @@ if (!skipTier(t)) {
       model: 'gpt-oss-20b',
       messages: [{ role: 'user', content: 'Hi' }],
       max_tokens: 2,
+      temperature: 0,
     }).done;
     const ms = performance.now() - started;
     t.equal(b.status, 200);

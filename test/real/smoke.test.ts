@@ -12,7 +12,7 @@ if (!skipTier(t)) {
     const res = await fetch(`${gw.url}/v1/chat/completions`, {
       method: 'POST',
       headers: { ...AUTH_A, 'content-type': 'application/json' },
-      body: JSON.stringify({ model: 'gpt-oss-20b', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 4 }),
+      body: JSON.stringify({ model: 'gpt-oss-20b', messages: [{ role: 'user', content: 'Hello' }], max_tokens: 4, temperature: 0 }),
     });
     t.equal(res.status, 200);
     const body = (await res.json()) as { usage: { prompt_tokens: number; completion_tokens: number } };

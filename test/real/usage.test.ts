@@ -284,6 +284,7 @@ if (!skipTier(t)) {
       model: 'gpt-oss-20b',
       messages: [{ role: 'user', content: 'Hello' }],
       max_tokens: 4,
+      temperature: 0,
       stream: true,
     });
     t.notMatch(streamed.text, '"usage"');
