@@ -22,8 +22,9 @@
 //     the other servers go on serving.
 // Servers are read live (their slots and state change at run time); changed() must be called when
 // they do, to dispatch again and refuse waiters that can never fit any more.
-// Over 300 lines on purpose: one class, because the fast path, dispatch, placement and the readings
-// all work on the same counters and keep one invariant (see #dispatch) that a split would spread.
+// Over 400 lines on purpose: one class, because the fast path, dispatch, placement and the readings
+// all work on the same counters and keep one invariant (see #dispatch) that a split would spread;
+// what sits around it (a request's Placement, failover) lives in placement.ts.
 import { QueueFull, QueueLeft, QueueTimeout, TooManyTasks, keySlotCap, type KeySlots } from './fair-queue.js';
 
 /** The same states as UpstreamState (upstreams/upstream-set.ts), named here so that admission does not import upstreams. */

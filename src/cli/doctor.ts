@@ -2,8 +2,9 @@
 // (called directly: the gateway never exposes /props), what the running gateway says of them, the
 // Cloudflare Tunnel's config and the PM2 processes. Exit 0 only when nothing failed. It starts nothing and writes nothing: no PM2 daemon
 // is spawned, no key database is created, .env is read without touching this process's environment.
-// Over 300 lines on purpose: one section per part of the set-up, read top to bottom as the report
-// prints; each section is a short function of its own.
+// Over 400 lines on purpose: one section per part of the set-up, read top to bottom as the report
+// prints; each section is a short function of its own (the probing of llama-servers is apart, in
+// upstream-probe.ts).
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { NO_KEYS_MESSAGE, type Config } from '../config.js';

@@ -23,13 +23,13 @@
 //            (GATEWAY_AFFINITY; upstreams/affinity.ts), when its model has several servers.
 //   light    token counting waits in a queue of its own (GATEWAY_LIGHT_SLOTS), same rules, so it
 //            never waits behind generations.
-import type { OutgoingHttpHeaders } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { KEY_QUEUE_FULL, MODEL_LOADING, QUEUE_FULL, QUEUE_TIMEOUT, RATE_LIMITED, TOO_MANY_TASKS, type GatewayError } from '../errors.js';
 import type { Config } from '../config.js';
 import { MemoryCounters } from '../admission/counters.js';
 import { FairQueue, QueueFull, QueueLeft, TooManyTasks, type Ticket as LightTicket } from '../admission/fair-queue.js';
+import { Placement, failoverFor, lightServer, startPings } from '../admission/placement.js';
 import { Scheduler, type Ticket } from '../admission/scheduler.js';
 import type { Failover } from '../proxy/upstream.js';
 import { AffinityMap, affinityKey, preferMs } from '../upstreams/affinity.js';
@@ -89,49 +89,6 @@ declare module 'fastify' {
   }
 }
 
-/** A queued request's place: what it asked for, and the ticket it holds now (failover swaps it). */
-class Placement {
-  /** asked for another server once already */
-  retried = false;
-  constructor(
-    public ticket: Ticket | LightTicket,
-    readonly key: string,
-    readonly nodes: readonly UpstreamNode[],
-    readonly weight: number,
-    readonly light: boolean,
-  ) {}
-}
-
-/**
- * A stream that waits (for a slot, or for a loading server after failover) starts early: 200 and
- * SSE headers, then a comment line every pingMs, so proxies (Cloudflare: ~100 s) keep the
- * connection. The proxy then continues it (it sees res.headersSent).
- */
-function startPings(reply: FastifyReply, pingMs: number): NodeJS.Timeout {
-  const res = reply.raw;
-  return setInterval(() => {
-    if (res.destroyed) return;
-    if (!res.headersSent) {
-      // From here on the response is written by hand.
-      const headers: OutgoingHttpHeaders = {
-        'content-type': 'text/event-stream',
-        'cache-control': 'no-cache',
-        'x-accel-buffering': 'no',
-      };
-      for (const [name, value] of Object.entries(reply.getHeaders())) if (value !== undefined) headers[name] = value;
-      res.writeHead(200, headers);
-    }
-    res.write(':\n\n');
-  }, pingMs);
-}
-
-/** The server for a light call (token counting): the first ready one of the route, else its first. */
-function lightServer(nodes: readonly UpstreamNode[]): UpstreamNode {
-  if (nodes.length === 1) return nodes[0]!;
-  for (const n of nodes) if (n.state === 'ready') return n;
-  return nodes[0]!;
-}
-
 export default fp(
   async function admissionPlugin(app: FastifyInstance, opts: { config: Config; pingMs?: number | undefined }) {
     const { config } = opts;
@@ -183,49 +140,8 @@ export default fp(
     });
     app.decorate('lightQueue', lightQueue);
 
-    // A request that failed before its answer started goes once more: to another server of its
-    // model (connection refused or reset, 502/503), or, when llama-server said it is loading, back
-    // into the queue until a server of the model is ready (within the queue deadline). Never after
-    // the first byte of llama-server's answer reached the client (proxy/upstream.ts asks only before).
-    app.decorate('failover', async (request: FastifyRequest, reply: FastifyReply, cause: { loading: boolean; reason: string }) => {
-      const p = request.placement;
-      const server = request.backend;
-      if (p === null || server === null) return null;
-      // What the server did is told whether or not the request may go once more.
-      server.failures++;
-      if (cause.loading) set.markLoading(server);
-      else set.markDown(server, cause.reason);
-      if (p.retried) return null;
-      p.retried = true;
-      const candidates = cause.loading ? p.nodes : p.nodes.filter((n) => n !== server);
-      if (candidates.length === 0) return null;
-      if (p.light) {
-        const next = lightServer(candidates);
-        request.backend = next;
-        return next.client;
-      }
-      let ticket: Ticket;
-      try {
-        ticket = queue.enter(p.key, (request.target ?? { model: '' }).model, candidates, p.weight, { front: true });
-      } catch {
-        return null; // the queue is full: the first failure stands
-      }
-      const old = p.ticket;
-      p.ticket = ticket;
-      old.cancel();
-      // A stream that now waits (a loading server: possibly minutes) is kept alive like one queued.
-      const ping =
-        !ticket.immediate && (request.body as JsonBody | undefined)?.json.stream === true ? startPings(reply, pingMs) : undefined;
-      try {
-        const admission = await ticket.admitted;
-        request.backend = admission.server as UpstreamNode;
-        return request.backend.client;
-      } catch {
-        return null; // waited past the deadline, or the client left
-      } finally {
-        clearInterval(ping);
-      }
-    });
+    // A request that failed before its answer started goes once more (admission/placement.ts).
+    app.decorate('failover', failoverFor(set, queue, pingMs));
 
     // GATEWAY_RESERVE_TOKENS=auto: a request that names no max_tokens holds its server's context per
     // slot (/props default_generation_settings.n_ctx), the most one generation can reach.
@@ -335,7 +251,7 @@ export const admit = fp(
       let affine: string | null = null;
       try {
         if (light) {
-          placement = new Placement(lightQueue.enter(key.id, tasks), key.id, target.nodes, tasks, true);
+          placement = new Placement(lightQueue.enter(key.id, tasks), key.id, target, tasks, true);
           request.backend = lightServer(target.nodes);
         } else {
           let prefer: UpstreamNode | undefined;
@@ -350,7 +266,7 @@ export const admit = fp(
             prefer === undefined
               ? queue.enter(key.id, target.model, target.nodes, tasks)
               : queue.enter(key.id, target.model, target.nodes, tasks, { prefer, preferMs: wait });
-          placement = new Placement(ticket, key.id, target.nodes, tasks, false);
+          placement = new Placement(ticket, key.id, target, tasks, false);
           if (ticket.server !== undefined) {
             request.backend = ticket.server as UpstreamNode;
             if (affine !== null) affinity!.set(affine, request.backend.index);

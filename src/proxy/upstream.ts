@@ -10,6 +10,10 @@
 //                     clients' slow counts (a 42 MB body takes llama-server a minute) cannot hold
 //                     them up. Each such call is bounded as a whole, from when it is queued.
 //
+// Over 400 lines on purpose: one class owns one server's three pools, its key and its destroyed
+// flag, and forward() reads top to bottom as a request goes (send, fail over before the first byte,
+// relay); how failures are worded and bodies read lives in upstream-failures.ts, the taps apart.
+//
 // We call undici directly instead of @fastify/reply-from (DESIGN.md, "Cancellation"): reply-from
 // leaves the upstream request running when the client leaves before upstream headers arrive
 // (llama-server still processing the prompt or waiting for a slot) and for `stream:false` (the

@@ -171,7 +171,7 @@ export class UpstreamNode {
     this.name = spec.name ?? defaultName(index);
     this.url = spec.url;
     this.weight = spec.weight ?? 1;
-    this.client = spec.apiKey === undefined ? new Upstream(config, spec.url) : new Upstream(config, spec.url, spec.apiKey);
+    this.client = new Upstream(config, spec.url, spec.apiKey);
     this.#ctx = ctx;
     this.#pinnedSlots = spec.slots ?? config.maxInflight ?? null;
     this.#pinnedModels = spec.models !== undefined;
