@@ -85,7 +85,7 @@ export default async function v1Routes(app: FastifyInstance): Promise<void> {
     // Generation routes take their turn in the fair queue; counting tokens is cheap and waits in
     // the light queue, never behind generations.
     // Sent to the server admission gave it (request.backend); one that fails before its answer
-    // started may be sent once more (app.failover, plugins/admission.ts).
+    // started may be sent once more (app.failover, admission/placement.ts).
     app.post(path, { config: { queued: LIGHT_KINDS.has(kind) ? 'light' : true, kind } }, (request: FastifyRequest, reply: FastifyReply) => {
       if (request.body === undefined) throw BODY_MISSING;
       return (request.backend?.client ?? upstream).forward(request, reply, path, kind, failover);
