@@ -14,12 +14,12 @@ const JSON_CT = { 'content-type': 'application/json' };
 const REACHED = /processing task|got exception|parse_error/;
 
 function chat(extra = ''): string {
-  return `{"model":"gpt-oss-20b","max_tokens":4,"messages":[{"role":"user","content":"hi"}]${extra}}`;
+  return `{"model":"gpt-oss-20b","max_tokens":4,"temperature":0,"messages":[{"role":"user","content":"hi"}]${extra}}`;
 }
 
 function withBytes(bytes: number[]): Buffer {
   return Buffer.concat([
-    Buffer.from('{"model":"gpt-oss-20b","max_tokens":4,"messages":[{"role":"user","content":"hi '),
+    Buffer.from('{"model":"gpt-oss-20b","max_tokens":4,"temperature":0,"messages":[{"role":"user","content":"hi '),
     Buffer.from(bytes),
     Buffer.from('"}]}'),
   ]);
@@ -134,7 +134,7 @@ t.test('bad bodies get the gateway 4xx, never a llama-server 500; llama-server s
   // Found by the red team: valid to Node, a 500 with parser internals from llama-server.
   await refused(t, gw, 'a lone surrogate escape', chat().replace('"hi"', '"\\ud800"'), 400, 'invalid_json');
   await refused(t, gw, 'a lone low surrogate in a key', chat(`,"\\udfff":1`), 400, 'invalid_json');
-  await refused(t, gw, 'a number beyond a double', chat(',"temperature":1e400'), 400, 'invalid_json');
+  await refused(t, gw, 'a number beyond a double', chat(',"top_p":1e400'), 400, 'invalid_json');
   await refused(
     t,
     gw,
