@@ -3,6 +3,8 @@
 // keys change, so a lookup never sees half an update and never touches the database.
 import { createHash, hash, timingSafeEqual } from 'node:crypto';
 import type { KeyLimits } from '../admission/limits.js';
+import type { KeyBudgets } from './key-budgets.js';
+import type { KeyPolicy } from './key-policy.js';
 
 export interface KeyIdentity {
   /** Stable, non-secret id used in records: env-1, env-2, … for LLM_API_KEYS; key_… for stored keys. */
@@ -18,6 +20,10 @@ export interface KeyIdentity {
   /** null: every origin */
   readonly origins: ReadonlySet<string> | null;
   readonly limits: KeyLimits | null;
+  /** the key's own request policy (null: the gateway-wide defaults) */
+  readonly policy: KeyPolicy | null;
+  /** the key's token budgets over calendar periods (null: none) */
+  readonly budgets: KeyBudgets | null;
 }
 
 export interface IndexEntry {
@@ -45,7 +51,7 @@ export function digestKey(key: string): Buffer {
 
 export function envIdentity(position: number): KeyIdentity {
   const id = `env-${position}`;
-  return { id, name: id, fromDb: false, enabled: true, expiresAt: null, models: null, origins: null, limits: null };
+  return { id, name: id, fromDb: false, enabled: true, expiresAt: null, models: null, origins: null, limits: null, policy: null, budgets: null };
 }
 
 interface Slot {

@@ -3,6 +3,8 @@
 // SQL) is key-store.ts.
 import { randomBytes } from 'node:crypto';
 import type { KeyLimits } from '../admission/limits.js';
+import type { KeyBudgets } from './key-budgets.js';
+import type { KeyPolicy } from './key-policy.js';
 
 export const LIMIT_NAMES = ['rpm', 'tpm', 'tpd', 'concurrency'] as const;
 
@@ -21,6 +23,10 @@ export interface KeyRecord {
   /** null: every origin */
   readonly origins: readonly string[] | null;
   readonly limits: KeyLimits;
+  /** what a request may ask for (null: the gateway-wide defaults): key-policy.ts */
+  readonly policy: KeyPolicy | null;
+  /** token budgets over calendar periods (null: none): key-budgets.ts */
+  readonly budgets: KeyBudgets | null;
 }
 
 /** A record with its digest, for the in-memory auth index. */
@@ -36,6 +42,10 @@ export interface KeyInput {
   models?: readonly string[] | null;
   origins?: readonly string[] | null;
   limits?: Partial<KeyLimits>;
+  /** create: the policy; update: merged field by field (a null field removes it; null clears all) */
+  policy?: KeyPolicy | null;
+  /** create: the budgets; update: merged field by field (a null field removes it; null clears all) */
+  budgets?: KeyBudgets | null;
 }
 
 export type KeyChanges = Partial<KeyInput>;
@@ -91,6 +101,8 @@ export function keyJson(k: KeyRecord): Record<string, unknown> {
     models: k.models,
     origins: k.origins,
     limits: k.limits,
+    policy: k.policy,
+    budgets: k.budgets,
   };
 }
 

@@ -20,6 +20,8 @@ function entryOf(k: StoredKey): IndexEntry {
       models: k.models === null ? null : new Set(k.models),
       origins: k.origins === null ? null : new Set(k.origins),
       limits: k.limits,
+      policy: k.policy,
+      budgets: k.budgets,
     },
   };
 }

@@ -4,7 +4,9 @@
 // is opened and tuned by storage/db.ts and handed in (or opened by KeyStore.open).
 import type Database from 'better-sqlite3';
 import { DatabaseUnusable, openDatabase, type DatabaseUse } from '../storage/db.js';
+import { mergeBudgets, validBudgets } from './key-budgets.js';
 import { digestKey } from './key-index.js';
+import { mergePolicy, validPolicy } from './key-policy.js';
 import {
   DISPLAY_PREFIX_LENGTH,
   KeyStoreError,
@@ -20,9 +22,13 @@ import {
   type KeyRecord,
   type StoredKey,
 } from './key-record.js';
+import type { KeyBudgets } from './key-budgets.js';
+import type { KeyPolicy } from './key-policy.js';
 
 // The store's face for the CLI and the admin API: the record's types and its errors come with it.
 export { KeyStoreError, LIMIT_NAMES, keyJson, type KeyChanges, type KeyRecord } from './key-record.js';
+export type { KeyBudgets } from './key-budgets.js';
+export type { KeyPolicy } from './key-policy.js';
 export type { KeyLimits } from '../admission/limits.js';
 
 interface Row {
@@ -41,6 +47,8 @@ interface Row {
   tpm: number | null;
   tpd: number | null;
   concurrency: number | null;
+  policy: string | null;
+  budgets: string | null;
 }
 
 function fromRow(r: Row): StoredKey {
@@ -56,6 +64,8 @@ function fromRow(r: Row): StoredKey {
     models: r.models === null ? null : (JSON.parse(r.models) as string[]),
     origins: r.origins === null ? null : (JSON.parse(r.origins) as string[]),
     limits: { rpm: r.rpm, tpm: r.tpm, tpd: r.tpd, concurrency: r.concurrency },
+    policy: r.policy === null ? null : (JSON.parse(r.policy) as KeyPolicy),
+    budgets: r.budgets === null ? null : (JSON.parse(r.budgets) as KeyBudgets),
     digest: r.digest,
   };
 }
@@ -122,8 +132,8 @@ export class KeyStore {
     try {
       this.#db
         .prepare(
-          `INSERT INTO keys (id, name, note, digest, prefix, enabled, created_at, expires_at, models, origins, rpm, tpm, tpd, concurrency)
-           VALUES (@id, @name, @note, @digest, @prefix, @enabled, @created_at, @expires_at, @models, @origins, @rpm, @tpm, @tpd, @concurrency)`,
+          `INSERT INTO keys (id, name, note, digest, prefix, enabled, created_at, expires_at, models, origins, rpm, tpm, tpd, concurrency, policy, budgets)
+           VALUES (@id, @name, @note, @digest, @prefix, @enabled, @created_at, @expires_at, @models, @origins, @rpm, @tpm, @tpd, @concurrency, @policy, @budgets)`,
         )
         .run({
           id,
@@ -140,6 +150,8 @@ export class KeyStore {
           tpm: validLimit('tpm', limits.tpm) ?? null,
           tpd: validLimit('tpd', limits.tpd) ?? null,
           concurrency: validLimit('concurrency', limits.concurrency) ?? null,
+          policy: jsonOrNull(validPolicy(input.policy)),
+          budgets: jsonOrNull(validBudgets(input.budgets)),
         });
     } catch (err) {
       throw uniqueNameError(err, name);
@@ -170,6 +182,8 @@ export class KeyStore {
       const v = changes.limits?.[limit];
       if (v !== undefined) set(limit, validLimit(limit, v));
     }
+    if (changes.policy !== undefined) set('policy', jsonOrNull(mergePolicy(current.policy, changes.policy)));
+    if (changes.budgets !== undefined) set('budgets', jsonOrNull(mergeBudgets(current.budgets, changes.budgets)));
     if (sets.length > 0) {
       try {
         this.#db.prepare(`UPDATE keys SET ${sets.join(', ')} WHERE id = @id`).run(values);
@@ -220,6 +234,10 @@ export class KeyStore {
   #readDataVersion(): number {
     return this.#db.pragma('data_version', { simple: true }) as number;
   }
+}
+
+function jsonOrNull(doc: object | null): string | null {
+  return doc === null ? null : JSON.stringify(doc);
 }
 
 function openDatabaseForKeys(path: string, use: DatabaseUse): Database.Database {

@@ -69,6 +69,11 @@ export const MIGRATIONS: readonly string[] = [
    );
    CREATE INDEX usage_ts ON usage (ts);
    CREATE INDEX usage_key_ts ON usage (key_id, ts)`,
+  // 4: per-key request policy and budgets (JSON documents), the end user and cost of each request
+  `ALTER TABLE keys ADD COLUMN policy TEXT;
+   ALTER TABLE keys ADD COLUMN budgets TEXT;
+   ALTER TABLE usage ADD COLUMN end_user TEXT;
+   ALTER TABLE usage ADD COLUMN cost REAL`,
 ];
 
 /** Who holds the connection: the gateway's long-lived one, or a command that does one thing and exits. */

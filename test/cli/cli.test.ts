@@ -255,6 +255,8 @@ t.test('keys create with every option: exit 0, the key printed once (192 bits), 
     models: ['gpt-oss-20b'],
     origins: ['https://chat.example.com'],
     limits: { rpm: 60, tpm: 1000, tpd: 100000, concurrency: 2 },
+    policy: null,
+    budgets: null,
   });
 
   // The file holds a digest and a display prefix, never the key.
@@ -293,6 +295,8 @@ t.test('keys create --json: the record plus "key", the key once', async (t) => {
     models: null,
     origins: null,
     limits: { rpm: null, tpm: null, tpd: null, concurrency: null },
+    policy: null,
+    budgets: null,
     key: out.key,
   });
   t.equal(r.stdout.split(out.key).length - 1, 1, 'the key is printed exactly once');
