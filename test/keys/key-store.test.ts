@@ -55,6 +55,8 @@ t.test('a key: sk- + 192 random bits, shown once, only its digest and a prefix s
       models: null,
       origins: null,
       limits: { rpm: null, tpm: null, tpd: null, concurrency: null },
+      policy: null,
+      budgets: null,
     },
   );
   t.notOk('digest' in record, 'the public record has no digest');

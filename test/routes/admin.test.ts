@@ -243,6 +243,8 @@ t.test('create: 201 with the full record and the secret once; list and get never
     models: ['gpt-oss-20b', 'qwen3'],
     origins: ['https://chat.example.com'],
     limits: { rpm: 60, tpm: 10_000, tpd: 200_000, concurrency: 2 },
+    policy: null,
+    budgets: null,
     key: created.key,
   });
   t.same(Object.keys(created), [
@@ -257,6 +259,8 @@ t.test('create: 201 with the full record and the secret once; list and get never
     'models',
     'origins',
     'limits',
+    'policy',
+    'budgets',
     'key',
   ]);
   const createdAt = Date.parse(created.created_at);
@@ -281,6 +285,8 @@ t.test('create: 201 with the full record and the secret once; list and get never
     models: null,
     origins: null,
     limits: NO_LIMITS,
+    policy: null,
+    budgets: null,
   });
   t.not(plain.key, created.key);
   t.not(plain.id, created.id);
