@@ -88,12 +88,46 @@ export interface KeyJson {
   models: string[] | null;
   origins: string[] | null;
   limits: Limits;
+  /** issue #15; absent from a gateway before it */
+  policy?: KeyPolicy | null;
+  budgets?: KeyBudgets | null;
+  /** the budgets' use now (the gateway's memory, else the usage table); only for a key with budgets */
+  budget_state?: BudgetState | null;
+}
+
+export type ParamRule = 'allow' | 'remove' | 'refuse';
+export type MediaRule = 'refuse' | 'fetch' | 'allow';
+export type BudgetPeriod = 'day' | 'week' | 'month';
+
+export interface KeyPolicy {
+  max_tokens?: number | null;
+  params?: Record<string, ParamRule> | null;
+  remote_media?: MediaRule | null;
+  max_prompt_bytes?: number | null;
+  max_prompt_tokens?: number | null;
+}
+
+export type PeriodBudgets = Partial<Record<BudgetPeriod, number | null>>;
+
+export interface KeyBudgets extends PeriodBudgets {
+  mode?: 'hard' | 'soft' | null;
+  per_user?: PeriodBudgets | null;
+}
+
+export interface BudgetState {
+  tz: string;
+  mode: 'hard' | 'soft';
+  periods: { period: BudgetPeriod; limit: number; used: number; held: number; remaining: number; resets_at: string }[];
 }
 
 export interface UsageReportRow {
   key?: string;
   model?: string;
   day?: string;
+  /** by=user: the end user, null for requests without one */
+  user?: string | null;
+  /** with prices set (GATEWAY_PRICES): the rows' summed cost; null when no row had a price */
+  cost?: number | null;
   requests: number;
   prompt_tokens: number;
   completion_tokens: number;
@@ -103,7 +137,9 @@ export interface UsageReportRow {
 
 export interface UsageReport {
   data: UsageReportRow[];
-  total: { requests: number; prompt_tokens: number; completion_tokens: number; total_tokens: number };
+  total: { requests: number; prompt_tokens: number; completion_tokens: number; total_tokens: number; cost?: number | null };
+  /** the price currency (GATEWAY_PRICE_CURRENCY), when the report carries costs */
+  currency?: string;
 }
 
 export interface UsageSeries {
@@ -128,6 +164,8 @@ export interface RequestJson {
   total_tokens: number;
   estimated: boolean;
   duration_ms: number;
+  end_user?: string | null;
+  cost?: number | null;
 }
 
 export interface RequestsPage {

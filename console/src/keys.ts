@@ -1,236 +1,15 @@
-// Keys: the stored keys as a table with search; create (the key shown once), edit every field,
-// disable/enable, rotate and revoke (both confirmed). Validation is the admin API's: its message is
-// shown next to the form, and the field it names is marked.
-import { ApiError, api, type KeyJson, type Limits, type UsageReport } from './api.js';
+// Keys: the stored keys as a table with search (each key's limits, budget state and policy in
+// words); create (the key shown once), edit every field (key-form.ts), disable/enable, rotate and
+// revoke (both confirmed).
+import { api, type KeyJson, type Limits, type UsageReport } from './api.js';
+import { confirmDialog, showSecret } from './dialogs.js';
 import { h, notice, replace, table } from './dom.js';
 import { formatNumber, formatTime, t, type Key } from './i18n.js';
-
-const LIMIT_FIELDS: readonly { name: keyof Limits; label: Key }[] = [
-  { name: 'rpm', label: 'rpm' },
-  { name: 'tpm', label: 'tpm' },
-  { name: 'tpd', label: 'tpd' },
-  { name: 'concurrency', label: 'concurrency' },
-];
+import { LIMIT_FIELDS, keyForm } from './key-form.js';
+import { budgetCell, policyCell } from './key-rules.js';
 
 function todayUtc(): string {
   return new Date().toISOString().slice(0, 10);
-}
-
-/** A modal dialog (focus kept inside, Esc closes); removed from the page when it closes. */
-function modal(labelledBy: string, ...children: (Node | null)[]): HTMLDialogElement {
-  const dialog = h('dialog', { 'aria-labelledby': labelledBy }, ...children);
-  dialog.addEventListener('close', () => dialog.remove());
-  document.body.appendChild(dialog);
-  dialog.showModal();
-  return dialog;
-}
-
-/** Asks before doing something that cannot be undone; resolves true on confirmation. */
-function confirmDialog(title: string, text: string, action: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    let ok = false;
-    const cancel = h('button', { type: 'button', onclick: () => dialog.close() }, t('cancel'));
-    const dialog = modal(
-      'confirm-title',
-      h('h2', { id: 'confirm-title' }, title),
-      h('p', {}, text),
-      h(
-        'div',
-        { class: 'buttons' },
-        cancel,
-        h(
-          'button',
-          {
-            type: 'button',
-            class: 'danger',
-            'data-confirm': 'yes',
-            onclick: () => {
-              ok = true;
-              dialog.close();
-            },
-          },
-          action,
-        ),
-      ),
-    );
-    dialog.addEventListener('close', () => resolve(ok));
-    cancel.focus();
-  });
-}
-
-/** The new key's secret, shown once, with a copy button. */
-function showSecret(name: string, secret: string): Promise<void> {
-  return new Promise((resolve) => {
-    const field = h('input', {
-      id: 'new-key',
-      type: 'text',
-      readonly: true,
-      value: secret,
-      spellcheck: 'false',
-      'aria-describedby': 'new-key-once',
-    });
-    const status = h('span', { class: 'copy-status', role: 'status' });
-    const dialog = modal(
-      'secret-title',
-      h('h2', { id: 'secret-title' }, t('keyShownTitle', { name })),
-      h('p', { id: 'new-key-once', class: 'warning' }, '⚠ ', t('keyShownOnce')),
-      h(
-        'div',
-        { class: 'secret' },
-        field,
-        h(
-          'button',
-          {
-            type: 'button',
-            id: 'copy-key',
-            onclick: () => {
-              field.select();
-              navigator.clipboard.writeText(secret).then(
-                () => (status.textContent = t('copied')),
-                () => (status.textContent = t('copyFailed')),
-              );
-            },
-          },
-          t('copy'),
-        ),
-        status,
-      ),
-      h('div', { class: 'buttons' }, h('button', { type: 'button', class: 'primary', onclick: () => dialog.close() }, t('done'))),
-    );
-    dialog.addEventListener('close', () => resolve());
-    field.select();
-  });
-}
-
-function lines(text: string): string[] | null {
-  const list = text
-    .split(/[\n,]/)
-    .map((s) => s.trim())
-    .filter((s) => s !== '');
-  return list.length === 0 ? null : list;
-}
-
-/** The create / edit form; resolves with the saved key (and its secret when created), or null. */
-function keyForm(existing: KeyJson | null): Promise<{ record: KeyJson; key?: string } | null> {
-  return new Promise((resolve) => {
-    let result: { record: KeyJson; key?: string } | null = null;
-    const id = (name: string): string => `f-${name}`;
-    const input = (name: string, value: string, extra: Record<string, string | boolean> = {}): HTMLInputElement =>
-      h('input', { id: id(name), name, value, ...extra });
-    const name = input('name', existing?.name ?? '', { required: true, maxlength: '64', autocomplete: 'off' });
-    const note = h(
-      'textarea',
-      { id: id('note'), name: 'note', rows: 2, maxlength: 2000, 'aria-describedby': 'h-note' },
-      existing?.note ?? '',
-    );
-    const enabled = input('enabled', '', { type: 'checkbox', checked: existing?.enabled ?? true });
-    const expiresShown = existing?.expires_at ?? '';
-    const expires = input('expires', expiresShown, { 'aria-describedby': 'h-expires', placeholder: '30d', autocomplete: 'off' });
-    const models = h(
-      'textarea',
-      { id: id('models'), name: 'models', rows: 2, 'aria-describedby': 'h-models' },
-      (existing?.models ?? []).join('\n'),
-    );
-    const origins = h(
-      'textarea',
-      { id: id('origins'), name: 'origins', rows: 2, 'aria-describedby': 'h-origins' },
-      (existing?.origins ?? []).join('\n'),
-    );
-    const limits = LIMIT_FIELDS.map((f) => ({
-      ...f,
-      el: input(f.name, existing?.limits[f.name] == null ? '' : String(existing.limits[f.name]), {
-        type: 'number',
-        min: '1',
-        step: '1',
-        inputmode: 'numeric',
-      }),
-    }));
-    const error = h('p', { class: 'error', role: 'alert', id: 'form-error' });
-    const fieldRow = (label: Key, el: HTMLElement, help?: Key): HTMLElement =>
-      h(
-        'div',
-        { class: 'field' },
-        h('label', { for: el.id }, t(label)),
-        el,
-        help === undefined ? null : h('p', { class: 'help', id: `h-${el.id.slice(2)}` }, t(help)),
-      );
-
-    const form = h(
-      'form',
-      {
-        novalidate: true,
-        onsubmit: (e: Event) => {
-          e.preventDefault();
-          for (const el of form.querySelectorAll('[aria-invalid]')) el.removeAttribute('aria-invalid');
-          const body: Record<string, unknown> = {};
-          if (existing === null || name.value !== existing.name) body.name = name.value.trim();
-          if (existing === null ? note.value !== '' : note.value !== existing.note) body.note = note.value;
-          if (existing === null ? !enabled.checked : enabled.checked !== existing.enabled) body.enabled = enabled.checked;
-          if (expires.value.trim() !== expiresShown) body.expires = expires.value.trim() === '' ? null : expires.value.trim();
-          const m = lines(models.value);
-          if (JSON.stringify(m) !== JSON.stringify(existing?.models ?? null)) body.models = m;
-          const o = lines(origins.value);
-          if (JSON.stringify(o) !== JSON.stringify(existing?.origins ?? null)) body.origins = o;
-          const l: Partial<Limits> = {};
-          for (const f of limits) {
-            const v = f.el.value.trim() === '' ? null : Number(f.el.value);
-            if (v !== (existing?.limits[f.name] ?? null)) l[f.name] = v;
-          }
-          if (Object.keys(l).length > 0) body.limits = l;
-          if (existing !== null && Object.keys(body).length === 0) {
-            dialog.close();
-            return;
-          }
-          const call =
-            existing === null
-              ? api<KeyJson & { key?: string }>('POST', 'keys', body)
-              : api<KeyJson & { key?: string }>('PATCH', `keys/${encodeURIComponent(existing.id)}`, body);
-          call.then(
-            (record) => {
-              result = record.key === undefined ? { record } : { record, key: record.key };
-              dialog.close();
-            },
-            (err: unknown) => {
-              error.textContent = err instanceof Error ? err.message : String(err);
-              // The field at fault: the error's `param`, or the path in a schema message ("body/limits/rpm must be …").
-              const path = err instanceof ApiError ? (err.param ?? /^body\/([\w/]+)/.exec(err.message)?.[1] ?? null) : null;
-              const param = path?.split(/[./]/).at(-1);
-              const field = param === undefined ? null : form.querySelector<HTMLElement>(`[name="${CSS.escape(param)}"]`);
-              if (field !== null) {
-                field.setAttribute('aria-invalid', 'true');
-                field.focus();
-              }
-            },
-          );
-        },
-      },
-      h('h2', { id: 'form-title' }, existing === null ? t('createTitle') : t('editTitle', { name: existing.name })),
-      fieldRow('name', name),
-      fieldRow('note', note, 'noteHelp'),
-      h('div', { class: 'field check' }, enabled, h('label', { for: enabled.id }, t('enabledField'))),
-      fieldRow('expires', expires, 'expiresHelp'),
-      fieldRow('models', models, 'modelsHelp'),
-      fieldRow('origins', origins, 'originsHelp'),
-      h(
-        'fieldset',
-        { 'aria-describedby': 'h-limits' },
-        h('legend', {}, t('limits')),
-        h('p', { class: 'help', id: 'h-limits' }, t('limitsHelp')),
-        h('div', { class: 'limits' }, ...limits.map((f) => h('div', { class: 'field' }, h('label', { for: f.el.id }, t(f.label)), f.el))),
-      ),
-      error,
-      h(
-        'div',
-        { class: 'buttons' },
-        h('button', { type: 'button', onclick: () => dialog.close() }, t('cancel')),
-        h('button', { type: 'submit', class: 'primary' }, existing === null ? t('create') : t('save')),
-      ),
-    );
-    const dialog = modal('form-title', form);
-    dialog.classList.add('wide');
-    dialog.addEventListener('close', () => resolve(result));
-    name.focus();
-  });
 }
 
 function stateOf(k: KeyJson, now: number): { label: Key; cls: string; mark: string } {
@@ -354,6 +133,8 @@ export function keysPage(main: HTMLElement): () => void {
         formatTime(k.last_used_at),
         formatNumber(today.get(k.name) ?? 0),
         limitsText(k.limits),
+        budgetCell(k),
+        policyCell(k.policy),
         k.models === null ? t('allModels') : k.models.join(', '),
         k.origins === null ? t('anyOrigin') : k.origins.join(', '),
         h('span', { class: 'note' }, k.note),
@@ -379,6 +160,8 @@ export function keysPage(main: HTMLElement): () => void {
           t('lastUsed'),
           t('tokensToday'),
           t('limits'),
+          t('budget'),
+          t('policy'),
           t('models'),
           t('origins'),
           t('note'),

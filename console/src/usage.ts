@@ -1,10 +1,12 @@
 // Usage: tokens per day stacked by key or model over a chosen range (UTC days), the same range per
-// day, per key and per model as tables, a day's requests (from a bar or a day's button) with
+// day, per key, per model and (when the gateway records them) per end user as tables, with a cost
+// column when prices are set; a day's requests (requests.ts, from a bar or a day's button) with
 // filters, and CSV exports of what is shown.
-import { api, type RequestJson, type RequestsPage, type UsageReport, type UsageReportRow, type UsageSeries } from './api.js';
+import { ApiError, api, type UsageReport, type UsageReportRow, type UsageSeries } from './api.js';
 import { stackedBars } from './chart.js';
 import { csv, download, h, replace, table } from './dom.js';
-import { formatNumber, formatTime, t, type Key } from './i18n.js';
+import { formatCost, formatNumber, t, type Key } from './i18n.js';
+import { costHeading, showDay as showRequests, type Shown } from './requests.js';
 
 const DAY_MS = 86_400_000;
 const RANGES: readonly { days: number; label: Key }[] = [
@@ -41,12 +43,16 @@ const state: { range: Range; preset: number | null; by: 'key' | 'model' } = { ra
 export function usagePage(main: HTMLElement): () => void {
   let alive = true;
   let removeChart: () => void = () => {};
-  let shown: { days: string[]; series: UsageSeries | null; keys: string[]; models: string[] } = {
+  let shown: Shown & { days: string[]; series: UsageSeries | null } = {
     days: [],
     series: null,
     keys: [],
     models: [],
+    users: [],
+    currency: null,
   };
+  /** The per-user table's key filter ('' = every key). */
+  let userKey = '';
   const error = h('p', { class: 'error', role: 'alert' });
   const chartBox = h('div', { class: 'chart', id: 'usage-chart' });
   const chartTitle = h('h2', { id: 'chart-title' });
@@ -142,45 +148,105 @@ export function usagePage(main: HTMLElement): () => void {
     download(`usage-by-${s.by}-${state.range.since}-${state.range.until}.csv`, csv(rows));
   }
 
-  function reportTable(caption: string, first: Key, report: UsageReport, field: 'key' | 'model'): HTMLElement {
-    const row = (
-      name: string,
-      r: Pick<UsageReportRow, 'requests' | 'prompt_tokens' | 'completion_tokens' | 'total_tokens'>,
-      errors: number | string,
-    ) => [
-      name,
+  /** A report as a table: its group column(s), tokens, errors, and the cost when prices are set. */
+  function reportTable(
+    caption: string,
+    report: UsageReport,
+    groups: readonly { label: Key; of: (r: UsageReportRow) => string }[],
+  ): HTMLElement {
+    const costs = typeof report.total.cost === 'number' || report.data.some((r) => typeof r.cost === 'number');
+    const cost = (c: number | null | undefined): string[] => (costs ? [typeof c === 'number' ? formatCost(c) : '—'] : []);
+    const numbers = (r: Pick<UsageReportRow, 'requests' | 'prompt_tokens' | 'completion_tokens' | 'total_tokens'>): string[] => [
       formatNumber(r.requests),
       formatNumber(r.prompt_tokens),
       formatNumber(r.completion_tokens),
       formatNumber(r.total_tokens),
-      typeof errors === 'number' ? formatNumber(errors) : errors,
     ];
-    return h(
-      'section',
-      {},
-      h('h2', {}, caption),
-      table(
-        caption,
-        [t(first), t('requests'), t('promptTokens'), t('completionTokens'), t('tokens'), t('errors')],
-        [...report.data.map((r) => row(r[field] ?? '', r, r.errors)), row(t('total'), report.total, '')],
-        'numbers',
-      ),
+    return table(
+      caption,
+      [
+        ...groups.map((g) => t(g.label)),
+        t('requests'),
+        t('promptTokens'),
+        t('completionTokens'),
+        t('tokens'),
+        t('errors'),
+        ...(costs ? [costHeading(report.currency ?? null)] : []),
+      ],
+      [
+        ...report.data.map((r) => [...groups.map((g) => g.of(r)), ...numbers(r), formatNumber(r.errors), ...cost(r.cost)]),
+        [t('total'), ...groups.slice(1).map(() => ''), ...numbers(report.total), '', ...cost(report.total.cost)],
+      ],
+      'numbers',
     );
+  }
+
+  const section = (caption: string, ...children: HTMLElement[]): HTMLElement =>
+    h('section', { 'data-report': caption }, h('h2', {}, caption), ...children);
+
+  /** The per-user report, or null from a gateway that does not group by end user (before #15). */
+  async function byUser(q: string): Promise<UsageReport | null> {
+    const key = userKey === '' ? '' : `&key=${encodeURIComponent(userKey)}`;
+    return api<UsageReport>('GET', `usage?${q}&by=user${key}`).catch((err: unknown) => {
+      if (err instanceof ApiError && err.status === 400) return null;
+      throw err;
+    });
+  }
+
+  /** The per-user section: a key filter above the table (one key is often one app with many people). */
+  function userSection(q: string, report: UsageReport): HTMLElement {
+    const box = h('div', {});
+    const draw = (r: UsageReport): void =>
+      replace(
+        box,
+        r.data.length === 0
+          ? h('p', { class: 'empty' }, t('noUsage'))
+          : reportTable(t('perUser'), r, [
+              { label: 'endUser', of: (x) => (x.user === null || x.user === undefined || x.user === '' ? t('noEndUser') : x.user) },
+              { label: 'key', of: (x) => x.key ?? '—' },
+            ]),
+      );
+    const keySelect = h(
+      'select',
+      {
+        id: 'user-key',
+        onchange: () => {
+          userKey = keySelect.value;
+          byUser(q).then(
+            (r) => r !== null && alive && draw(r),
+            (err: unknown) => (error.textContent = err instanceof Error ? err.message : String(err)),
+          );
+        },
+      },
+      h('option', { value: '' }, t('allKeys')),
+      ...shown.keys.map((k) => h('option', { value: k, selected: k === userKey }, k)),
+    );
+    draw(report);
+    return section(t('perUser'), h('div', { class: 'field inline' }, h('label', { for: 'user-key' }, t('key')), keySelect), box);
   }
 
   async function load(): Promise<void> {
     const q = `since=${state.range.since}&until=${state.range.until}`;
     replace(chartTitle, t('tokensPerDay', { group: t(state.by === 'key' ? 'byKey' : 'byModel') }));
     try {
-      const [series, byKey, byModel] = await Promise.all([
+      const [series, byKey, byModel, users] = await Promise.all([
         api<UsageSeries>('GET', `usage/series?${q}&by=${state.by}`),
         api<UsageReport>('GET', `usage?${q}&by=key`),
         api<UsageReport>('GET', `usage?${q}&by=model`),
+        byUser(q),
       ]);
       if (!alive) return;
       error.textContent = '';
       const days = daysOf(state.range);
-      shown = { days, series, keys: byKey.data.map((r) => r.key ?? ''), models: byModel.data.map((r) => r.model ?? '') };
+      const named = (users?.data ?? []).flatMap((r) => (r.user === null || r.user === undefined || r.user === '' ? [] : [r.user]));
+      shown = {
+        days,
+        series,
+        keys: byKey.data.map((r) => r.key ?? ''),
+        models: byModel.data.map((r) => r.model ?? ''),
+        users: [...new Set(named)].sort(),
+        currency: byKey.currency ?? null,
+      };
       const at = new Map(series.days.map((d, i) => [d, i]));
       const pick = (values: number[]): number[] => days.map((d) => values[at.get(d) ?? -1] ?? 0);
       removeChart();
@@ -199,7 +265,7 @@ export function usagePage(main: HTMLElement): () => void {
           days,
           series.data.map((g) => ({ label: g[series.by], values: pick(g.tokens) })),
           formatNumber,
-          (i) => void showDay(days[i]!),
+          (i) => void showRequests(drill, error, days[i]!, shown),
         );
       }
       const dayRows = days
@@ -210,7 +276,11 @@ export function usagePage(main: HTMLElement): () => void {
           x.d,
           formatNumber(x.r),
           formatNumber(x.k),
-          h('button', { type: 'button', 'data-day': x.d, onclick: () => void showDay(x.d) }, t('showRequests', { day: x.d })),
+          h(
+            'button',
+            { type: 'button', 'data-day': x.d, onclick: () => void showRequests(drill, error, x.d, shown) },
+            t('showRequests', { day: x.d }),
+          ),
         ]);
       replace(
         tables,
@@ -222,155 +292,14 @@ export function usagePage(main: HTMLElement): () => void {
             ? h('p', { class: 'empty' }, t('noUsage'))
             : table(t('perDay'), [t('day'), t('requests'), t('tokens'), t('actions')], dayRows, 'numbers'),
         ),
-        reportTable(t('perKey'), 'key', byKey, 'key'),
-        reportTable(t('perModel'), 'model', byModel, 'model'),
+        section(t('perKey'), reportTable(t('perKey'), byKey, [{ label: 'key', of: (r) => r.key ?? '' }])),
+        section(t('perModel'), reportTable(t('perModel'), byModel, [{ label: 'model', of: (r) => r.model ?? '' }])),
+        // Only with end users recorded: a gateway with GATEWAY_END_USER=off has nothing to split.
+        users === null || shown.users.length === 0 ? null : userSection(q, users),
       );
     } catch (err) {
       if (alive) error.textContent = err instanceof Error ? err.message : String(err);
     }
-  }
-
-  /** A day's requests, newest first, with filters; "load more" pages on. */
-  async function showDay(day: string): Promise<void> {
-    const filters = { key: '', model: '', status: '' };
-    const select = (name: 'key' | 'model' | 'status', label: Key, options: { value: string; label: string }[]): HTMLElement => {
-      const el = h(
-        'select',
-        {
-          id: `f-${name}`,
-          onchange: () => {
-            filters[name] = el.value;
-            void list(true);
-          },
-        },
-        h('option', { value: '' }, t('any')),
-        ...options.map((o) => h('option', { value: o.value }, o.label)),
-      );
-      return h('div', { class: 'field inline' }, h('label', { for: el.id }, t(label)), el);
-    };
-    const keyOptions = shown.keys.map((k) => ({ value: k, label: k }));
-    const modelOptions = shown.models.map((m) => ({ value: m, label: m }));
-    const rowsBox = h('div', {});
-    const more = h('button', { type: 'button', id: 'load-more', hidden: true, onclick: () => void list(false) }, t('loadMore'));
-    const heading = h('h2', { id: 'drill-title', tabindex: -1 }, t('requestsOf', { day }));
-    let rows: RequestJson[] = [];
-    let next: string | null = null;
-    replace(
-      drill,
-      heading,
-      h('p', { class: 'muted' }, t('bodiesNote')),
-      h(
-        'div',
-        { class: 'toolbar' },
-        keyOptions.length > 0 ? select('key', 'key', keyOptions) : null,
-        modelOptions.length > 0 ? select('model', 'model', modelOptions) : null,
-        select('status', 'status', [
-          { value: 'ok', label: t('statusOk') },
-          { value: 'error', label: t('statusError') },
-        ]),
-        h(
-          'button',
-          {
-            type: 'button',
-            id: 'export-requests',
-            onclick: () =>
-              download(
-                `requests-${day}.csv`,
-                csv([
-                  [
-                    'time',
-                    'request_id',
-                    'key',
-                    'model',
-                    'route',
-                    'status',
-                    'outcome',
-                    'prompt_tokens',
-                    'completion_tokens',
-                    'total_tokens',
-                    'estimated',
-                    'duration_ms',
-                  ],
-                  ...rows.map((r) => [
-                    r.ts,
-                    r.request_id,
-                    r.key_name,
-                    r.model,
-                    r.route,
-                    r.status,
-                    r.outcome,
-                    r.prompt_tokens,
-                    r.completion_tokens,
-                    r.total_tokens,
-                    r.estimated,
-                    r.duration_ms,
-                  ]),
-                ]),
-              ),
-          },
-          '⤓ ',
-          t('exportCsv'),
-        ),
-      ),
-      rowsBox,
-      more,
-    );
-    heading.focus();
-
-    async function list(fresh: boolean): Promise<void> {
-      if (fresh) {
-        rows = [];
-        next = null;
-      }
-      const params = new URLSearchParams({ day, limit: '50' });
-      for (const [k, v] of Object.entries(filters)) if (v !== '') params.set(k, v);
-      if (next !== null) params.set('after', next);
-      try {
-        const page = await api<RequestsPage>('GET', `requests?${params.toString()}`);
-        rows = rows.concat(page.data);
-        next = page.next;
-        more.hidden = !page.has_more;
-        replace(
-          rowsBox,
-          rows.length === 0
-            ? h('p', { class: 'empty' }, t('noRequests'))
-            : table(
-                t('requestsOf', { day }),
-                [
-                  t('time'),
-                  t('key'),
-                  t('model'),
-                  t('route'),
-                  t('status'),
-                  t('outcome'),
-                  t('promptTokens'),
-                  t('completionTokens'),
-                  t('duration'),
-                ],
-                rows.map((r) => [
-                  formatTime(r.ts, true),
-                  r.key_name ?? '—',
-                  r.model ?? '—',
-                  r.route,
-                  String(r.status),
-                  h(
-                    'span',
-                    { class: `badge ${r.outcome === 'ok' ? 'ok' : 'off'}` },
-                    h('span', { 'aria-hidden': 'true' }, r.outcome === 'ok' ? '✓ ' : '✕ '),
-                    r.outcome,
-                  ),
-                  r.prompt_tokens === null ? '—' : formatNumber(r.prompt_tokens),
-                  r.completion_tokens === null ? '—' : `${formatNumber(r.completion_tokens)}${r.estimated ? ' ≈' : ''}`,
-                  `${formatNumber(r.duration_ms)} ms`,
-                ]),
-                'requests',
-              ),
-        );
-      } catch (err) {
-        error.textContent = err instanceof Error ? err.message : String(err);
-      }
-    }
-    await list(true);
   }
 
   void load();
