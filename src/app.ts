@@ -9,18 +9,23 @@
 //   auth         the brake sweep stops; the key registry writes its last-used times
 //   usage        the completer finishes pending token counts (upstream pools still open), then
 //                the recorder's last flush (usage table, audit log)
+//   alerts       pending webhook deliveries get a last try (at most 2 s)
 //   proxy        the upstream pools end
 //   database     the WAL checkpointer's last checkpoint, after every write above
 // and server.ts closes the database connection after app.close().
 import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import type { Config } from './config.js';
+import type { WebhookTuning } from './alerts/webhook.js';
 import { fromFastifyError, sendError } from './errors.js';
 import { clientErrorHandler } from './http/malformed-http.js';
 import { KeyRegistry } from './keys/key-registry.js';
+import type { MediaFetchTesting } from './policy/media-fetch.js';
 import admissionPlugin, { admit } from './plugins/admission.js';
+import alertsPlugin from './plugins/alerts.js';
 import authPlugin, { checkKey } from './plugins/auth.js';
 import corsPlugin from './plugins/cors.js';
 import databasePlugin from './plugins/database.js';
+import endUserPlugin from './plugins/end-user.js';
 import errorsPlugin from './plugins/errors.js';
 import jsonBodyPlugin from './plugins/json-body.js';
 import policyPlugin from './plugins/policy.js';
@@ -50,6 +55,10 @@ export interface BuildOptions {
    * true). Tests that count the upstream requests they cause turn it off.
    */
   discovery?: boolean;
+  /** The alerts webhook's retry timings and limits (alerts/webhook.ts); tests shorten them. */
+  webhook?: Partial<WebhookTuning>;
+  /** For tests only: remote media fetches treat the test's server as public (policy/media-fetch.ts). */
+  mediaFetch?: MediaFetchTesting;
 }
 
 // Longest time a client may take to send one whole request (headers and body), against slow-body
@@ -87,6 +96,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   // What the gateway holds (closed bottom to top, see above).
   await app.register(databasePlugin, { store: registry.store, checkpointMs: options.checkpointMs }); // app.db, app.checkpointer
   await app.register(proxyPlugin, { config, discovery: options.discovery }); // app.upstreams, app.upstream
+  await app.register(alertsPlugin, { config, registry, tuning: options.webhook }); // app.alerts (closes after usage: see plugins/alerts.ts)
   await app.register(usagePlugin, { config, flushMs: options.usageFlushMs }); // app.usage, app.usageStore
   await app.register(authPlugin, { config, registry }); // app.authGuard, app.keyRegistry
   await app.register(admissionPlugin, { config, pingMs: options.queuePingMs }); // app.queue, app.lightQueue, app.limits, app.failover
@@ -103,7 +113,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   await app.register(async function authenticated(api) {
     await api.register(checkKey);
     await api.register(jsonBodyPlugin);
-    await api.register(policyPlugin);
+    await api.register(endUserPlugin, { config }); // request.endUser: who inside the key (accounting only)
+    await api.register(policyPlugin, { config, mediaFetch: options.mediaFetch }); // models, request policy (may rewrite the body)
     await api.register(routePlugin);
     await api.register(admit, { config, pingMs: options.queuePingMs });
     await api.register(v1Routes);
@@ -121,6 +132,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       registry,
       store: registry.store,
       usage: app.usageStore,
+      currency: config.priceCurrency,
     });
   }
 

@@ -4,6 +4,11 @@
 import { readFileSync } from 'node:fs';
 import { parseEnv } from 'node:util';
 import { KEY_CHARACTERS_REASON, isPrintableAscii } from './keys/key-index.js';
+import { canonicalZone } from './usage/calendar.js';
+import type { MediaRule, ParamRule } from './keys/key-policy.js';
+import { parseParamList } from './policy/params.js';
+import { DEFAULT_END_USER, parseEndUserSources, type EndUserSource } from './usage/end-user.js';
+import { parsePrices, type PriceList } from './usage/prices.js';
 
 export class ConfigError extends Error {
   constructor(
@@ -216,6 +221,32 @@ function count(text: string, env: string): number {
   return n;
 }
 
+/** Where a request's end user is read (usage/end-user.ts). */
+function endUserSources(text: string, env: string): readonly EndUserSource[] {
+  try {
+    return parseEndUserSources(text);
+  } catch (err) {
+    throw new ConfigError(env, (err as Error).message);
+  }
+}
+
+/** Prices per model (usage/prices.ts); empty = none. */
+function prices(text: string, env: string): PriceList {
+  try {
+    return parsePrices(text);
+  } catch (err) {
+    throw new ConfigError(env, (err as Error).message);
+  }
+}
+
+/** A currency label for reports (USD, EUR, credits…): letters only, nothing is converted. */
+function currency(text: string, env: string): string {
+  const value = text.trim();
+  if (!/^[A-Za-z]{1,16}$/.test(value))
+    throw new ConfigError(env, `must be a currency label such as USD or EUR (letters only), got "${text}"`);
+  return value;
+}
+
 /** A key's share of the slots: auto (all but one), all, or a number (see fair-queue.ts). */
 function keySlots(text: string, env: string): 'auto' | 'all' | number {
   const value = text.trim().toLowerCase();
@@ -224,6 +255,132 @@ function keySlots(text: string, env: string): 'auto' | 'all' | number {
   if (!Number.isSafeInteger(n) || n < 1)
     throw new ConfigError(env, `must be auto (all slots but one), all, or a whole number ≥ 1, got "${text}"`);
   return n;
+}
+
+/** The alerts webhook (alerts/webhook.ts), or empty for none. A query is kept (some receivers take a token there). */
+function webhookUrl(text: string, env: string): string {
+  const value = text.trim();
+  if (value === '') return '';
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    // Not echoed: a webhook URL often carries a token.
+    throw new ConfigError(env, 'must be an http(s) URL such as https://hooks.example.com/llm-gateway (or empty for off)');
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    throw new ConfigError(env, `must be an http(s) URL, got protocol "${url.protocol}"`);
+  if (url.username || url.password) throw new ConfigError(env, 'must not contain credentials: receivers check the signature instead');
+  if (url.hash) throw new ConfigError(env, 'must not contain a fragment');
+  return url.href;
+}
+
+const MIN_WEBHOOK_SECRET_LENGTH = 32;
+
+/** The webhook's signing secret: empty, or ≥ 32 printable characters. Never echoed. */
+function webhookSecret(text: string, env: string): string {
+  const value = text.trim();
+  if (value === '') return '';
+  if (value.length < MIN_WEBHOOK_SECRET_LENGTH)
+    throw new ConfigError(
+      env,
+      `is ${value.length} characters long; it needs at least ${MIN_WEBHOOK_SECRET_LENGTH} (e.g. openssl rand -hex 32)`,
+    );
+  if (/\s/.test(value) || !isPrintableAscii(value)) throw new ConfigError(env, 'must be printable ASCII without whitespace');
+  return value;
+}
+
+/** Overrides of the request policy's parameter table (policy/params.ts): `id_slot=allow,n_probs=remove`. */
+function paramPolicy(text: string, env: string): Readonly<Record<string, ParamRule>> {
+  try {
+    return parseParamList(text);
+  } catch (err) {
+    throw new ConfigError(env, `must be a comma list of NAME=allow|remove|refuse: ${(err as Error).message}`);
+  }
+}
+
+function mediaRule(text: string, env: string): MediaRule {
+  const value = text.trim().toLowerCase();
+  if (value !== 'refuse' && value !== 'fetch' && value !== 'allow')
+    throw new ConfigError(env, `must be refuse, fetch or allow, got "${text}"`);
+  return value;
+}
+
+function optionalByteSize(text: string, env: string): number | null {
+  const value = text.trim().toLowerCase();
+  return value === '' || value === 'none' ? null : byteSize(text, env);
+}
+
+/** The audit upload's S3 endpoint (usage/audit-upload.ts), or empty for off. */
+function s3Endpoint(text: string, env: string): string {
+  const value = text.trim();
+  if (value === '') return '';
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new ConfigError(env, `must be an http(s) URL such as https://<account>.r2.cloudflarestorage.com, got "${value}"`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    throw new ConfigError(env, `must be an http(s) URL, got protocol "${url.protocol}"`);
+  if (url.username || url.password)
+    throw new ConfigError(env, 'must not contain credentials: use GATEWAY_AUDIT_S3_ACCESS_KEY_ID and _SECRET_ACCESS_KEY');
+  if (url.search || url.hash) throw new ConfigError(env, 'must not contain a query or fragment');
+  return url.origin + url.pathname.replace(/\/+$/, '');
+}
+
+/** An S3 bucket name (3–63 lower-case letters, digits, dots, hyphens), or empty. */
+function s3Bucket(text: string, env: string): string {
+  const value = text.trim();
+  if (value !== '' && !/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(value))
+    throw new ConfigError(env, `must be a bucket name (3-63 lower-case letters, digits, dots, hyphens), got "${value}"`);
+  return value;
+}
+
+/** Where in the bucket the files go: a folder ending in "/" (added when missing), or empty for the top. */
+function s3Prefix(text: string, env: string): string {
+  const value = text.trim();
+  if (!/^[A-Za-z0-9._\-/]*$/.test(value) || value.startsWith('/') || value.includes('//'))
+    throw new ConfigError(env, `must be a folder such as llm-gateway/ (letters, digits, . _ - /; no leading /), got "${value}"`);
+  return value === '' || value.endsWith('/') ? value : `${value}/`;
+}
+
+function s3Region(text: string, env: string): string {
+  const value = text.trim();
+  if (!/^[a-z0-9-]{1,32}$/.test(value)) throw new ConfigError(env, `must be a region such as auto (R2) or eu-west-1, got "${value}"`);
+  return value;
+}
+
+/** All or none of the audit upload's settings, and only with an audit log to upload. */
+function checkAuditS3(config: Config): void {
+  const needed = ['auditS3Endpoint', 'auditS3Bucket', 'auditS3AccessKeyId', 'auditS3SecretAccessKey'] as const;
+  const missing = needed.filter((k) => config[k] === '');
+  if (missing.length === needed.length) return;
+  if (missing.length > 0)
+    throw new ConfigError(
+      SETTINGS[missing[0]!].env,
+      `is needed too: the audit upload needs ${needed.map((k) => SETTINGS[k].env).join(', ')} (missing: ${missing.map((k) => SETTINGS[k].env).join(', ')})`,
+    );
+  if (config.auditLog === '')
+    throw new ConfigError(SETTINGS.auditLog.env, 'must be set when GATEWAY_AUDIT_S3_* are: its daily files are what is uploaded');
+}
+
+/** An IANA time zone Intl knows (Europe/Paris, America/New_York, UTC), as its canonical name. */
+function timeZone(text: string, env: string): string {
+  try {
+    return canonicalZone(text.trim());
+  } catch {
+    throw new ConfigError(env, `must be an IANA time zone such as UTC, Europe/Paris or America/New_York, got "${text}"`);
+  }
+}
+
+/** Percentages of a budget at which to warn, e.g. 80,100 (ascending, duplicates dropped). */
+function percentList(text: string, env: string): readonly number[] {
+  const parts = text.split(',').map((p) => p.trim().replace(/%$/, ''));
+  const values = parts.map((p) => wholeNumber(p));
+  if (values.some((n) => !Number.isSafeInteger(n) || n < 1 || n > 1000))
+    throw new ConfigError(env, `must be a comma list of percentages from 1 to 1000 such as 80,100, got "${text}"`);
+  return [...new Set(values)].sort((a, b) => a - b);
 }
 
 function logLevel(text: string, env: string): string {
@@ -251,6 +408,9 @@ export const SETTINGS = {
   auditLog: setting('GATEWAY_AUDIT_LOG', '', optionalPath),
   auditKeepDays: setting('GATEWAY_AUDIT_KEEP_DAYS', '30', days),
   logBodies: setting('GATEWAY_LOG_BODIES', 'false', onOff),
+  endUser: setting('GATEWAY_END_USER', DEFAULT_END_USER, endUserSources),
+  prices: setting('GATEWAY_PRICES', '', prices),
+  priceCurrency: setting('GATEWAY_PRICE_CURRENCY', 'USD', currency),
   maxInflight: setting('GATEWAY_MAX_INFLIGHT', '', optionalCount),
   affinity: setting('GATEWAY_AFFINITY', 'on', onOff),
   maxQueue: setting('GATEWAY_MAX_QUEUE', '100', count),
@@ -262,10 +422,30 @@ export const SETTINGS = {
   defaultTpm: setting('GATEWAY_DEFAULT_TPM', '', optionalCount),
   defaultTpd: setting('GATEWAY_DEFAULT_TPD', '', optionalCount),
   defaultConcurrency: setting('GATEWAY_DEFAULT_CONCURRENCY', '', optionalCount),
+  maxTokens: setting('GATEWAY_MAX_TOKENS', '', optionalCount),
+  paramPolicy: setting('GATEWAY_PARAM_POLICY', '', paramPolicy),
+  remoteMedia: setting('GATEWAY_REMOTE_MEDIA', 'refuse', mediaRule),
+  maxPromptBytes: setting('GATEWAY_MAX_PROMPT_BYTES', '', optionalByteSize),
+  maxPromptTokens: setting('GATEWAY_MAX_PROMPT_TOKENS', '', optionalCount),
   reserveTokens: setting('GATEWAY_RESERVE_TOKENS', 'auto', optionalCount),
+  budgetTz: setting('GATEWAY_BUDGET_TZ', 'UTC', timeZone),
+  budgetWarnAt: setting('GATEWAY_BUDGET_WARN_AT', '80,100', percentList),
   trustProxy: setting('GATEWAY_TRUST_PROXY', 'off', onOff),
   authFailLimit: setting('GATEWAY_AUTH_FAIL_LIMIT', '20', count),
   authBlockMs: setting('GATEWAY_AUTH_BLOCK_MS', '300000', millis),
+  // Each finished day's audit file, shipped to S3-compatible storage (usage/audit-upload.ts).
+  auditS3Endpoint: setting('GATEWAY_AUDIT_S3_ENDPOINT', '', s3Endpoint),
+  auditS3Bucket: setting('GATEWAY_AUDIT_S3_BUCKET', '', s3Bucket),
+  auditS3Prefix: setting('GATEWAY_AUDIT_S3_PREFIX', 'llm-gateway/', s3Prefix),
+  auditS3Region: setting('GATEWAY_AUDIT_S3_REGION', 'auto', s3Region),
+  auditS3AccessKeyId: setting('GATEWAY_AUDIT_S3_ACCESS_KEY_ID', '', optionalSecret),
+  auditS3SecretAccessKey: setting('GATEWAY_AUDIT_S3_SECRET_ACCESS_KEY', '', optionalSecret),
+  // Remote media the gateway fetches itself (GATEWAY_REMOTE_MEDIA=fetch; policy/media-fetch.ts).
+  mediaMaxBytes: setting('GATEWAY_MEDIA_MAX_BYTES', '10mb', byteSize),
+  mediaMaxCount: setting('GATEWAY_MEDIA_MAX_COUNT', '4', count),
+  mediaTimeoutMs: setting('GATEWAY_MEDIA_TIMEOUT_MS', '10000', millis),
+  webhookUrl: setting('GATEWAY_WEBHOOK_URL', '', webhookUrl),
+  webhookSecret: setting('GATEWAY_WEBHOOK_SECRET', '', webhookSecret),
 } as const;
 
 export type Config = { readonly [K in keyof typeof SETTINGS]: ReturnType<(typeof SETTINGS)[K]['parse']> };
@@ -284,6 +464,9 @@ export function loadConfig(env: Env = process.env): Config {
   if (config.adminKey !== '' && config.apiKeys.includes(config.adminKey)) {
     throw new ConfigError(SETTINGS.adminKey.env, 'must not be one of the client keys in LLM_API_KEYS');
   }
+  if (config.webhookUrl !== '' && config.webhookSecret === '')
+    throw new ConfigError(SETTINGS.webhookSecret.env, `is needed when ${SETTINGS.webhookUrl.env} is set: every alert is signed with it`);
+  checkAuditS3(config);
   return config;
 }
 

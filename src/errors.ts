@@ -18,7 +18,14 @@
 import type { FastifyReply } from 'fastify';
 import { MAX_ECHOED_LENGTH, MAX_ERROR_DETAIL_LENGTH } from './http/client-input.js';
 
-export type ErrorType = 'invalid_request_error' | 'invalid_api_key' | 'rate_limit_exceeded' | 'server_error' | 'upstream_error';
+export type ErrorType =
+  | 'invalid_request_error'
+  | 'invalid_api_key'
+  | 'rate_limit_exceeded'
+  // OpenAI's type for a spent quota (a 429 that waiting a minute does not cure): budgets.
+  | 'insufficient_quota'
+  | 'server_error'
+  | 'upstream_error';
 
 export class GatewayError extends Error {
   /** The serialized response body, computed once. */
@@ -163,6 +170,19 @@ export const ORIGIN_NOT_ALLOWED = fixed(
   'This API key may not be used from this website (Origin).',
 );
 
+/** A llama-server parameter the request policy refuses (policy/params.ts: the table and why). */
+export const PARAM_NOT_ALLOWED = worded(
+  'PARAM_NOT_ALLOWED',
+  403,
+  'invalid_request_error',
+  'param_not_allowed',
+  (name: string, above?: number) =>
+    above === undefined
+      ? `This API key may not use the parameter '${echoed(name)}' (parameter policy: GATEWAY_PARAM_POLICY or the key's policy); remove it from the request.`
+      : `This API key may not set '${echoed(name)}' above ${above} (parameter policy: GATEWAY_PARAM_POLICY or the key's policy).`,
+  (name: string, _above?: number) => name,
+);
+
 // ── 429: how much, how often ─────────────────────────────────────────────────────────────────────
 
 /** The per-key limits, as admission names them. */
@@ -186,6 +206,21 @@ const RATE_LIMITS: Record<RateLimitName, (max: number, retryAfter: number) => Ga
 
 /** The key is at one of its limits (the code names which: requests_per_minute, …). */
 export const RATE_LIMITED = (limit: RateLimitName, max: number, retryAfter: number): GatewayError => RATE_LIMITS[limit](max, retryAfter);
+
+/**
+ * A hard token budget over a calendar period is spent (admission/budgets.ts): the key's, or its end
+ * user's under it. Retry-After says when the period resets.
+ */
+export const BUDGET_EXCEEDED = worded(
+  'BUDGET_EXCEEDED',
+  429,
+  'insufficient_quota',
+  'budget_exceeded',
+  (who: string, limit: number, period: string, tz: string, used: number, held: number, resets: string) =>
+    `${who} token budget is spent: ${limit} tokens per ${period} (${tz}); ${used} used` +
+    (held > 0 ? `, ${held} held by requests still running` : '') +
+    `. It resets at ${resets}.`,
+);
 
 export const KEY_QUEUE_FULL = worded(
   'KEY_QUEUE_FULL',
@@ -353,6 +388,49 @@ export const TOO_MANY_TASKS = worded(
     `This request runs ${tasks} tasks on the model server at once (one per prompt and choice); this API key may run at most ${max} at once.`,
   (_tasks: number, _max: number, param: 'n' | 'prompt') => param,
 );
+
+// Media URLs in a message (policy/media.ts): llama-server would download them from inside the
+// operator's network, so the key's remote_media rule refuses them or the gateway fetches them itself
+// (policy/media-fetch.ts). The reason never quotes the remote answer, only what the gateway saw.
+export const REMOTE_MEDIA_REFUSED = worded(
+  'REMOTE_MEDIA_REFUSED',
+  400,
+  'invalid_request_error',
+  'remote_media_refused',
+  (path: string) =>
+    `'${echoed(path)}' is a URL the model server would download; this API key may not send media by URL (remote media rule: refuse). Send the file inline instead: a data: URL (data:image/png;base64,…) or base64 data.`,
+  (path: string) => path,
+);
+
+export const MEDIA_FETCH_FAILED = worded(
+  'MEDIA_FETCH_FAILED',
+  400,
+  'invalid_request_error',
+  'media_fetch_failed',
+  (path: string, host: string, reason: string) =>
+    `The gateway could not fetch the media at '${echoed(path)}' (host ${echoed(host)}): ${reason}. Send the file inline as a data: URL instead.`,
+  (path: string) => path,
+);
+
+export const MEDIA_TOO_MANY = worded(
+  'MEDIA_TOO_MANY',
+  400,
+  'invalid_request_error',
+  'too_many_media_urls',
+  (found: number, max: number) =>
+    `This request has ${found} media URLs; the gateway fetches at most ${max} per request (GATEWAY_MEDIA_MAX_COUNT). Send the files inline as data: URLs instead.`,
+);
+
+// The request policy's limit on prompt size (policy/request-policy.ts), apart from the body limit
+// (413): per key, and in tokens as llama-server counts them.
+const PROMPT_TOO_LARGE_CAUSES = causes('PROMPT_TOO_LARGE', 400, 'invalid_request_error', 'prompt_too_large', {
+  bytes: (size: number, max: number) =>
+    `The request is ${size} bytes; this API key may send prompts of at most ${max} bytes (max_prompt_bytes: the key's policy or GATEWAY_MAX_PROMPT_BYTES).`,
+  tokens: (tokens: number, max: number) =>
+    `The prompt is ${tokens} tokens; this API key may send prompts of at most ${max} tokens (max_prompt_tokens: the key's policy or GATEWAY_MAX_PROMPT_TOKENS).`,
+});
+export const PROMPT_TOO_MANY_BYTES = PROMPT_TOO_LARGE_CAUSES.bytes;
+export const PROMPT_TOO_MANY_TOKENS = PROMPT_TOO_LARGE_CAUSES.tokens;
 
 function jsonTypeName(v: unknown): string {
   if (v === null) return 'null';

@@ -11,7 +11,14 @@ import { KeyRegistry } from '../src/keys/key-registry.js';
 import { sseErrorEvent } from '../src/proxy/sse-tap.js';
 import { AUTH_A, KEY_A, freePort, tempStore, type Teardown } from './helpers.js';
 
-const TYPES = new Set(['invalid_request_error', 'invalid_api_key', 'rate_limit_exceeded', 'server_error', 'upstream_error']);
+const TYPES = new Set([
+  'invalid_request_error',
+  'invalid_api_key',
+  'rate_limit_exceeded',
+  'insufficient_quota',
+  'server_error',
+  'upstream_error',
+]);
 const ADMIN = 'adm-0123456789abcdefghijklmnopqrstuvwxyz';
 const JSON_TYPE = 'application/json; charset=utf-8';
 

@@ -9,6 +9,8 @@ import { join } from 'node:path';
 import net from 'node:net';
 import { Writable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
+import type { WebhookTuning } from '../src/alerts/webhook.js';
+import type { MediaFetchTesting } from '../src/policy/media-fetch.js';
 import { buildApp } from '../src/app.js';
 import { configWith, type Config } from '../src/config.js';
 import { type KeyRegistry } from '../src/keys/key-registry.js';
@@ -53,6 +55,10 @@ export interface GatewayOptions {
    * (routing by model needs their model lists).
    */
   discovery?: boolean;
+  /** The alerts webhook's retry timings and limits (tests shorten them). */
+  webhook?: Partial<WebhookTuning>;
+  /** Remote media fetches: the test's https server taken as public, its CA, its names (policy/media-fetch.ts). */
+  mediaFetch?: MediaFetchTesting;
 }
 
 /** A fresh folder under the OS temp dir, removed at teardown. */
@@ -107,6 +113,8 @@ export async function startGateway(
     ...(options.registry === undefined ? {} : { registry: options.registry }),
     ...(options.usageFlushMs === undefined ? {} : { usageFlushMs: options.usageFlushMs }),
     ...(options.queuePingMs === undefined ? {} : { queuePingMs: options.queuePingMs }),
+    ...(options.webhook === undefined ? {} : { webhook: options.webhook }),
+    ...(options.mediaFetch === undefined ? {} : { mediaFetch: options.mediaFetch }),
     discovery: options.discovery ?? config.upstreams.length > 1,
   });
   await app.listen({ port: 0, host: '127.0.0.1' });
@@ -250,6 +258,8 @@ export function usageRecord(i: number): UsageRecord {
     clientIp: '127.0.0.1',
     userAgent: null,
     outcome: 'ok',
+    endUser: null,
+    cost: null,
   };
 }
 

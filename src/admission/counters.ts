@@ -1,5 +1,6 @@
 // The counting store behind per-key limits: fixed windows (a minute aligned to the clock, a UTC
-// day, …) and gauges. A small interface, so a store shared by several gateway processes (Redis) can
+// day, …), gauges, and named counters that live until a given time (a budget's calendar period,
+// admission/budgets.ts: its name carries the period's start, its expiry is the period's end). A small interface, so a store shared by several gateway processes (Redis) can
 // replace the in-memory one without touching the plugins. (The failed-auth brake keeps its own,
 // bounded memory: auth-brake.ts.)
 
@@ -18,6 +19,20 @@ export interface CounterStore {
   /** Adds `delta` to gauge `name` (concurrent requests) and returns the new value. */
   adjust(name: string, delta: number): number;
   gauge(name: string): number;
+  /** Adds `amount` to counter `name`, which lives until `expiresAt`; returns the new value. */
+  addUntil(name: string, amount: number, expiresAt: number): number;
+  /**
+   * Sets counter `name` to `value` until `expiresAt` unless it exists (Redis: SET NX PX); returns
+   * its value either way. How a budget's count starts from the usage table.
+   */
+  init(name: string, value: number, expiresAt: number): number;
+  /** Counter `name`'s value; undefined when it was never set or expired before `now`. */
+  value(name: string, now: number): number | undefined;
+}
+
+interface Named {
+  value: number;
+  expiresAt: number;
 }
 
 interface Window {
@@ -28,6 +43,7 @@ interface Window {
 export class MemoryCounters implements CounterStore {
   readonly #windows = new Map<string, Window>();
   readonly #gauges = new Map<string, number>();
+  readonly #named = new Map<string, Named>();
 
   add(name: string, windowMs: number, amount: number, now: number): WindowCount {
     const start = Math.floor(now / windowMs) * windowMs;
@@ -57,8 +73,31 @@ export class MemoryCounters implements CounterStore {
     return this.#gauges.get(name) ?? 0;
   }
 
-  /** Forgets windows that started before `now - keepMs` (call from a timer). */
+  addUntil(name: string, amount: number, expiresAt: number): number {
+    const c = this.#named.get(name);
+    if (c === undefined) {
+      this.#named.set(name, { value: amount, expiresAt });
+      return amount;
+    }
+    c.value += amount;
+    return c.value;
+  }
+
+  init(name: string, value: number, expiresAt: number): number {
+    const c = this.#named.get(name);
+    if (c !== undefined) return c.value;
+    this.#named.set(name, { value, expiresAt });
+    return value;
+  }
+
+  value(name: string, now: number): number | undefined {
+    const c = this.#named.get(name);
+    return c === undefined || c.expiresAt <= now ? undefined : c.value;
+  }
+
+  /** Forgets windows that started before `now - keepMs`, and named counters past their expiry (call from a timer). */
   sweep(now: number, keepMs: number): void {
     for (const [name, w] of this.#windows) if (w.start + keepMs < now) this.#windows.delete(name);
+    for (const [name, c] of this.#named) if (c.expiresAt + keepMs < now) this.#named.delete(name);
   }
 }

@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { NO_KEYS_MESSAGE, type Config } from '../config.js';
 import { KeyStore } from '../keys/key-store.js';
+import { auditUploadChecks } from './audit.js';
 import { commandLine, run } from './common.js';
 import { paint, wantsColor, type Color } from './format.js';
 import { getOrReason, jsonObject, localUrl } from './http-probe.js';
@@ -324,6 +325,8 @@ export async function doctor(opts: DoctorOptions): Promise<Section[]> {
   } else {
     const dbPath = resolve(stack?.processes.gateway.cwd ?? opts.cwd, config.db);
     sections.push({ title: 'Keys', checks: keyChecks(config, dbPath) });
+    const auditChecks = await auditUploadChecks(config, stack?.processes.gateway.cwd ?? opts.cwd, timeoutMs);
+    if (auditChecks.length > 0) sections.push({ title: 'Audit to object storage', checks: auditChecks });
     // One section per llama-server, asked at the same time (each has its own deadline).
     const checks = await Promise.all(targets.map((target) => upstreamChecks(target, timeoutMs)));
     targets.forEach((target, i) => {
@@ -381,8 +384,9 @@ const DOCTOR_HELP = `Usage: llm-gateway doctor [--config FILE]
 Checks the whole set-up and prints a checklist: settings (.env and environment), keys
 (LLM_API_KEYS and the key database), each llama-server of LLM_UPSTREAM (reachable, ready or
 loading, its models, slots and context, asked directly), the running gateway's view of them (its
-GET /health), the Cloudflare Tunnel's config (present, pointing at the gateway) and, when
-pm2-config.json exists, the PM2 processes. Starts nothing, changes nothing, never prints a key.
+GET /health), the audit upload to object storage when GATEWAY_AUDIT_S3_* are set (storage
+reachable with the credentials, finished days waiting), the Cloudflare Tunnel's config (present,
+pointing at the gateway) and, when pm2-config.json exists, the PM2 processes. Starts nothing, changes nothing, never prints a key.
 
 Exit codes: 0 every check passed, 1 something failed, 2 usage.
 

@@ -3,8 +3,11 @@
 import type { ParseArgsConfig } from 'node:util';
 import { wholeNumber } from '../config.js';
 import { parseExpiry } from '../keys/expiry.js';
+import { POLICY_FLAGS, POLICY_FLAG_NAMES, describePolicy, policyFromFlags } from '../keys/key-policy.js';
 import { KeyStore, LIMIT_NAMES, keyJson, type KeyChanges, type KeyLimits, type KeyRecord } from '../keys/key-store.js';
 import { UsageStore } from '../usage/store.js';
+import { BUDGET_FLAGS, BUDGET_FLAG_NAMES, budgetsFromFlags } from '../keys/key-budgets.js';
+import { budgetColumn, budgetLines, budgetStates } from './key-budgets-view.js';
 import { UsageError, commandLine, dbPath, run } from './common.js';
 import { table } from './format.js';
 
@@ -34,6 +37,21 @@ NAME is a key's name or id. Options for create and set:
   --tpm N                tokens per minute         feature; set: "none" removes one)
   --tpd N                tokens per day
   --concurrency N        requests at the same time
+  --max-tokens N         cap on generated tokens (max_tokens, n_predict, …); set: "none" = the
+                         gateway's default (GATEWAY_MAX_TOKENS)
+  --param NAME=RULE      a llama-server parameter: allow, remove or refuse (several, or a comma
+                         list: --param id_slot=allow,n_probs=remove); set: NAME=default
+  --remote-media RULE    http(s) media URLs in messages: refuse, fetch (the gateway fetches them)
+                         or allow; set: "default" = GATEWAY_REMOTE_MEDIA
+  --max-prompt-bytes N   request size limit for this key (64kb, 1mb…); set: "none" = default
+  --max-prompt-tokens N  prompt limit in tokens (llama-server counts them); set: "none" = default
+  --budget-day N         token budget per calendar day / week / month, in GATEWAY_BUDGET_TZ
+  --budget-week N          (prompt + completion tokens; set: "none" removes one)
+  --budget-month N
+  --budget-mode MODE     hard (refused once spent; the default) or soft (only alerts)
+  --user-budget-day N    the same budgets for each end user under the key
+  --user-budget-week N
+  --user-budget-month N
   --db PATH              key database file (default: GATEWAY_DB or ./data/gateway.db)
   --json                 machine-readable output
   -h, --help             show help
@@ -52,19 +70,47 @@ const OPTIONS = {
   tpm: { type: 'string' },
   tpd: { type: 'string' },
   concurrency: { type: 'string' },
+  ...BUDGET_FLAGS,
+  ...POLICY_FLAGS,
 } as const satisfies ParseArgsConfig['options'];
 
 type Values = NonNullable<ReturnType<typeof commandLine<typeof OPTIONS>>>['values'];
 
 const ACTION_OPTIONS: Record<string, readonly (keyof typeof OPTIONS)[]> = {
-  create: ['name', 'note', 'expires', 'models', 'origins', 'rpm', 'tpm', 'tpd', 'concurrency', 'json'],
+  create: [
+    'name',
+    'note',
+    'expires',
+    'models',
+    'origins',
+    'rpm',
+    'tpm',
+    'tpd',
+    'concurrency',
+    ...BUDGET_FLAG_NAMES,
+    ...POLICY_FLAG_NAMES,
+    'json',
+  ],
   list: ['json'],
   show: ['json'],
   disable: ['json'],
   enable: ['json'],
   rotate: ['json'],
   revoke: ['json'],
-  set: ['name', 'note', 'expires', 'models', 'origins', 'rpm', 'tpm', 'tpd', 'concurrency', 'json'],
+  set: [
+    'name',
+    'note',
+    'expires',
+    'models',
+    'origins',
+    'rpm',
+    'tpm',
+    'tpd',
+    'concurrency',
+    ...BUDGET_FLAG_NAMES,
+    ...POLICY_FLAG_NAMES,
+    'json',
+  ],
 };
 
 function list(text: string, option: string, allowAll: boolean): string[] | null {
@@ -107,6 +153,18 @@ function changesFrom(values: Values, forSet: boolean): KeyChanges {
     if (v !== undefined) limits[name] = limit(v, name, forSet);
   }
   if (Object.keys(limits).length > 0) changes.limits = limits;
+  try {
+    const policy = policyFromFlags(values);
+    if (policy !== undefined) changes.policy = policy;
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  try {
+    const budgets = budgetsFromFlags(values);
+    if (budgets !== undefined) changes.budgets = budgets;
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
   return changes;
 }
 
@@ -132,6 +190,7 @@ function describe(k: KeyRecord): string {
     `models:     ${k.models === null ? 'all' : k.models.join(', ')}`,
     `origins:    ${k.origins === null ? 'all' : k.origins.join(', ')}`,
     `limits:     ${limits}`,
+    `policy:     ${describePolicy(k.policy)}`,
     `note:       ${k.note}`,
   ].join('\n');
 }
@@ -176,7 +235,8 @@ function keys(action: string | undefined, positionals: string[], values: Values)
         const all = store.list();
         // Tokens today (UTC), as llama-server reported them, from the usage table.
         const today = new UsageStore(store.db).tokensByKey(Date.parse(`${new Date().toISOString().slice(0, 10)}T00:00:00Z`));
-        const rows = [['NAME', 'ID', 'PREFIX', 'ENABLED', 'EXPIRES', 'LAST USED', 'TOKENS TODAY', 'NOTE']];
+        const budgets = budgetStates(store.db, all);
+        const rows = [['NAME', 'ID', 'PREFIX', 'ENABLED', 'EXPIRES', 'LAST USED', 'TOKENS TODAY', 'BUDGET', 'NOTE']];
         for (const k of all)
           rows.push([
             k.name,
@@ -186,16 +246,25 @@ function keys(action: string | undefined, positionals: string[], values: Values)
             when(k.expiresAt, 'never'),
             when(k.lastUsedAt, 'never'),
             (today.get(k.id) ?? 0).toLocaleString('en-US'),
+            budgetColumn(budgets.get(k.id)),
             k.note,
           ]);
         const text =
           all.length === 0 ? `No keys in ${store.path}. Create one: llm-gateway keys create --name alice` : table(rows).join('\n');
-        print(values, { object: 'list', data: all.map((k) => ({ ...keyJson(k), tokens_today: today.get(k.id) ?? 0 })) }, text);
+        print(
+          values,
+          {
+            object: 'list',
+            data: all.map((k) => ({ ...keyJson(k), tokens_today: today.get(k.id) ?? 0, budget_state: budgets.get(k.id) ?? null })),
+          },
+          text,
+        );
         return;
       }
       case 'show': {
         const k = store.get(target!);
-        print(values, keyJson(k), describe(k));
+        const budget = budgetStates(store.db, [k]).get(k.id);
+        print(values, { ...keyJson(k), budget_state: budget ?? null }, describe(k) + budgetLines(budget));
         return;
       }
       case 'disable':
@@ -217,7 +286,7 @@ function keys(action: string | undefined, positionals: string[], values: Values)
       case 'set': {
         if (Object.keys(changes).length === 0) throw new UsageError('"keys set" needs at least one field to change (see --help)');
         const k = store.update(target!, changes);
-        print(values, keyJson(k), `✅ Key "${k.name}" updated.\n${describe(k)}`);
+        print(values, keyJson(k), `✅ Key "${k.name}" updated.\n${describe(k)}${budgetLines(budgetStates(store.db, [k]).get(k.id))}`);
         return;
       }
       default:

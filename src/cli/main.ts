@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // `llm-gateway`: the command line. Each command lives in its own module and parses its own
 // arguments. Exit codes: 0 ok, 1 failure, 2 usage.
+import { auditCommand } from './audit.js';
 import { doctorCommand } from './doctor.js';
 import { keysCommand } from './keys.js';
 import { menuCommand } from './menu.js';
@@ -13,6 +14,7 @@ const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promi
   doctor: { summary: 'check settings, keys, llama-server, tunnel and PM2 processes', run: doctorCommand },
   tunnel: { summary: 'write the Cloudflare Tunnel config template (tunnel init)', run: tunnelCommand },
   usage: { summary: 'token usage per day, key or model (table, CSV, JSON)', run: usageCommand },
+  audit: { summary: 'upload finished audit files to object storage now (audit upload)', run: auditCommand },
 };
 
 function help(): string {

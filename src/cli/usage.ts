@@ -1,32 +1,40 @@
 // `llm-gateway usage …`: who used how many tokens, from the usage table in GATEWAY_DB. A readable
-// table with totals by default; --csv for billing spreadsheets; --json for scripts.
+// table with totals by default; --csv for billing spreadsheets; --json for scripts. A COST column
+// appears when some request of the selection has a stored cost (GATEWAY_PRICES was set when it
+// ran): the sum of those, never recomputed with today's prices.
 import type { ParseArgsConfig } from 'node:util';
+import { SETTINGS, readSetting } from '../config.js';
 import { openDatabase } from '../storage/db.js';
 import { groupBy, usageFilter } from '../usage/period.js';
+import { roundCost } from '../usage/prices.js';
 import { UsageStore, usageTotal, type UsageRow } from '../usage/store.js';
 import { UsageError, commandLine, dbPath, run } from './common.js';
 import { columnWidths, table } from './format.js';
 
 const HELP = `Usage: llm-gateway usage [options]
 
-Token usage per day, key or model, as llama-server reported it (GATEWAY_DB; .env is read).
+Token usage per day, key, model or end user, as llama-server reported it (GATEWAY_DB; .env is
+read), and its cost when GATEWAY_PRICES was set.
 
 Options:
   --key NAME       only this key (name or id)
+  --user ID        only this end user ("(none)": requests that named none)
   --since WHEN     from: 7d, 24h, 90m, a date YYYY-MM-DD (UTC) or an ISO time (default: all)
   --until WHEN     to: a date (through that day, UTC), an ISO time, or 7d (7 days ago)
-  --by day|key|model   group rows (default: day)
+  --by day|key|model|user   group rows (default: day); user: per end user inside each key
   --csv            CSV with a header row (for billing)
   --json           JSON
   --db PATH        database file (default: GATEWAY_DB or ./data/gateway.db)
   -h, --help       show help
 
 "est." counts requests whose client left mid-stream: their completion tokens are the chunks
-delivered, not llama-server's count.
+delivered, not llama-server's count. An end user is the client's word (GATEWAY_END_USER), for
+accounting only.
 `;
 
 const OPTIONS = {
   key: { type: 'string' },
+  user: { type: 'string' },
   since: { type: 'string' },
   until: { type: 'string' },
   by: { type: 'string' },
@@ -46,6 +54,23 @@ function csvCell(v: string | number): string {
   return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 
+/** GATEWAY_PRICE_CURRENCY (.env read by dbPath), for the cost column's name. */
+function priceCurrency(): string {
+  try {
+    return readSetting(SETTINGS.priceCurrency, process.env);
+  } catch {
+    return SETTINGS.priceCurrency.fallback;
+  }
+}
+
+function csvCost(cost: number | null): string {
+  return cost === null ? '' : String(roundCost(cost));
+}
+
+function tableCost(cost: number | null): string {
+  return cost === null ? '-' : cost.toLocaleString('en-US', { minimumFractionDigits: 2, maximumFractionDigits: 6 });
+}
+
 export function usageCommand(argv: string[]): Promise<number> {
   return run('llm-gateway usage --help', () => {
     const args = commandLine(argv, OPTIONS, HELP);
@@ -55,7 +80,7 @@ export function usageCommand(argv: string[]): Promise<number> {
     let filter;
     let by;
     try {
-      filter = usageFilter({ key: values.key, since: values.since, until: values.until });
+      filter = usageFilter({ key: values.key, user: values.user, since: values.since, until: values.until });
       by = groupBy(values.by);
     } catch (err) {
       throw new UsageError((err as Error).message);
@@ -68,10 +93,16 @@ export function usageCommand(argv: string[]): Promise<number> {
       db.close();
     }
     const total = usageTotal(rows);
+    const priced = total.cost !== null;
+    const currency = priced ? priceCurrency() : '';
+    // by user: the key is a column of its own, before the end user.
+    const byUser = by === 'user';
     if (values.json === true) {
       const shape = (r: UsageRow): Record<string, unknown> => ({
+        ...(byUser ? { key: r.key } : {}),
         [by]: r.group,
         ...Object.fromEntries(COLUMNS.map((c, i) => [c, cells(r)[i]])),
+        ...(priced ? { cost: roundCost(r.cost) } : {}),
       });
       console.log(
         JSON.stringify(
@@ -79,8 +110,9 @@ export function usageCommand(argv: string[]): Promise<number> {
             by,
             since: filter.since ?? null,
             until: filter.until ?? null,
+            ...(priced ? { currency } : {}),
             data: rows.map(shape),
-            total: { ...shape(total), [by]: undefined },
+            total: { ...shape(total), key: undefined, [by]: undefined },
           },
           null,
           2,
@@ -89,8 +121,11 @@ export function usageCommand(argv: string[]): Promise<number> {
       return 0;
     }
     if (values.csv === true) {
-      const lines = [[by, ...COLUMNS].join(',')];
-      for (const r of rows) lines.push([csvCell(r.group), ...cells(r)].join(','));
+      const lines = [[...(byUser ? ['key'] : []), by, ...COLUMNS, ...(priced ? [`cost_${currency.toLowerCase()}`] : [])].join(',')];
+      for (const r of rows)
+        lines.push(
+          [...(byUser ? [csvCell(r.key ?? '')] : []), csvCell(r.group), ...cells(r), ...(priced ? [csvCost(r.cost)] : [])].join(','),
+        );
       process.stdout.write(`${lines.join('\n')}\n`);
       return 0;
     }
@@ -98,10 +133,27 @@ export function usageCommand(argv: string[]): Promise<number> {
       console.log('No usage recorded for this selection.');
       return 0;
     }
-    const header = [by.toUpperCase(), 'REQUESTS', 'PROMPT', 'CACHED', 'COMPLETION', 'TOTAL', 'EST.', 'ERRORS'];
-    const body = [...rows, total].map((r) => [r.group, ...cells(r).map((n) => n.toLocaleString('en-US'))]);
+    const header = [
+      ...(byUser ? ['KEY'] : []),
+      by.toUpperCase(),
+      'REQUESTS',
+      'PROMPT',
+      'CACHED',
+      'COMPLETION',
+      'TOTAL',
+      'EST.',
+      'ERRORS',
+      ...(priced ? [`COST (${currency})`] : []),
+    ];
+    const body = [...rows, total].map((r) => [
+      ...(byUser ? [r === total ? '' : (r.key ?? '')] : []),
+      r.group,
+      ...cells(r).map((n) => n.toLocaleString('en-US')),
+      ...(priced ? [tableCost(r.cost)] : []),
+    ]);
     const all = [header, ...body];
-    const lines = table(all, { right: (c) => c > 0 });
+    const first = byUser ? 1 : 0;
+    const lines = table(all, { right: (c) => c > first });
     const rule = columnWidths(all)
       .map((w) => '-'.repeat(w))
       .join('  ');

@@ -40,6 +40,8 @@ export class KeyRegistry {
   /** Names of stored keys left out of the index because they could never match (see reload). */
   #unusable: string[] = [];
   #timer: NodeJS.Timeout | undefined;
+  /** Called after every reload (alerts/key-watch.ts compares the keys before and after). */
+  #reloaded: (() => void)[] = [];
 
   constructor(envKeys: readonly string[], store?: KeyStore) {
     this.#env = KeyIndex.envEntries(envKeys);
@@ -56,6 +58,15 @@ export class KeyRegistry {
     const usable = stored.filter((k) => isPrintableAscii(k.prefix));
     this.#unusable = usable.length === stored.length ? [] : stored.filter((k) => !isPrintableAscii(k.prefix)).map((k) => k.name);
     this.index.replace([...this.#env, ...usable.map(entryOf)]);
+    for (const listener of this.#reloaded) listener();
+  }
+
+  /** Calls `listener` after each reload (the admin API's own writes and changes seen by the poll); returns its removal. */
+  onReload(listener: () => void): () => void {
+    this.#reloaded.push(listener);
+    return () => {
+      this.#reloaded = this.#reloaded.filter((l) => l !== listener);
+    };
   }
 
   #warnUnusable(log?: RegistryLog): void {

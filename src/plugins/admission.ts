@@ -10,6 +10,8 @@
 //                     upstream yet. It leaves the server it got in request.backend.
 //
 //   limits   requests/min, tokens/min, tokens/day, concurrent → 429 + Retry-After + x-ratelimit-*
+//   budgets  tokens per calendar day/week/month, per key and per end user under it (admission/
+//            budgets.ts) → 429 insufficient_quota + Retry-After to the reset + x-budget-*
 //   queue    at most each server's slots upstream at once; the rest wait, per model, a free slot
 //            going to the key with the fewest running; bounded per key (429) and overall (503), with
 //            a deadline (503). A client that leaves while waiting leaves the queue and never reaches
@@ -36,6 +38,10 @@ import { AffinityMap, affinityKey, preferMs } from '../upstreams/affinity.js';
 import type { UpstreamNode } from '../upstreams/upstream-set.js';
 import type { RouteKind } from '../usage/exchange.js';
 import { Limits } from '../admission/limits.js';
+import { Budgets, budgetError, seederFor } from '../admission/budgets.js';
+import { NO_ALERTS } from '../alerts/events.js';
+import { hasBudgets } from '../keys/key-budgets.js';
+import { Calendar } from '../usage/calendar.js';
 import { reserveFor } from '../admission/token-estimate.js';
 import type { JsonBody } from '../proxy/json-body.js';
 import { sseErrorEvent } from '../proxy/sse-tap.js';
@@ -71,6 +77,8 @@ declare module 'fastify' {
     lightQueue: FairQueue;
     /** Per-key limits and token holds. */
     limits: Limits;
+    /** Token budgets over calendar periods, per key and end user (admission/budgets.ts). */
+    budgets: Budgets;
   }
   interface FastifyContextConfig {
     /**
@@ -103,14 +111,27 @@ export default fp(
     });
     if (config.reserveTokens !== null) limits.completionHold = config.reserveTokens;
     app.decorate('limits', limits);
+    // Budgets count in the same store, from the usage table and the records not yet written to it.
+    const budgets = new Budgets({
+      counters,
+      calendar: new Calendar(config.budgetTz),
+      warnAt: config.budgetWarnAt,
+      seed: seederFor(app.usageStore, app.usage),
+      alerts: () => (app.hasDecorator('alerts') ? app.alerts : NO_ALERTS),
+    });
+    app.decorate('budgets', budgets);
     // A request's usage record settles the tokens its key held for it with the real ones.
     app.usage?.onRecord((r) => {
-      if (r.keyId !== null) limits.settle(r.keyId, r.requestId, (r.promptTokens ?? 0) + (r.completionTokens ?? 0), Date.now());
+      if (r.keyId === null) return;
+      const tokens = (r.promptTokens ?? 0) + (r.completionTokens ?? 0);
+      limits.settle(r.keyId, r.requestId, tokens, Date.now());
+      budgets.settle(r.requestId, r.keyId, r.endUser ?? null, r.ts, tokens);
     });
     const sweep = setInterval(() => {
       const now = Date.now();
       counters.sweep(now, COUNTER_MAX_AGE_MS);
       limits.sweep(now, HOLD_MAX_AGE_MS);
+      budgets.sweep(now, HOLD_MAX_AGE_MS);
     }, COUNTER_SWEEP_MS);
     sweep.unref();
 
@@ -190,10 +211,16 @@ function tooManyTasks(err: TooManyTasks, json: Record<string, unknown> | undefin
   return TOO_MANY_TASKS(err.tasks, err.max, (countField(json?.n) ?? 1) > 1 ? 'n' : 'prompt');
 }
 
-/** The authenticated scope's preHandler: limits, then a turn in the fair queue. */
+/** The authenticated scope's preHandler: limits, budgets, then a turn in the fair queue. */
 export const admit = fp(
   async function admitPlugin(app: FastifyInstance, opts: AdmitOptions) {
-    const { limits, queue, lightQueue } = app;
+    const { limits, budgets, queue, lightQueue } = app;
+    let warnedNoUsage = false;
+    /** What a request may cost, held against its key's token limits and budgets (token-estimate.ts). */
+    const holdFor = (body: JsonBody, url: string | undefined): number =>
+      body.form === true
+        ? UPLOAD_HOLD_TOKENS + limits.completionHold
+        : reserveFor(body.raw, body.json, !PROMPT_ONLY.has(url ?? ''), limits.completionHold);
     const set = app.upstreams;
     const { queueTimeoutMs, maxQueuePerKey } = opts.config;
     // Prompt-cache affinity (GATEWAY_AFFINITY): the next turn of a conversation goes to the server
@@ -231,14 +258,29 @@ export const admit = fp(
         // settles it (the admission plugin); without usage records the hold ends with the response.
         const body = request.body as JsonBody | undefined;
         if (queued === true && Limits.holdsTokens(l) && body !== undefined) {
-          const hold =
-            body.form === true
-              ? UPLOAD_HOLD_TOKENS + limits.completionHold
-              : reserveFor(body.raw, body.json, !PROMPT_ONLY.has(route.url ?? ''), limits.completionHold);
+          const hold = holdFor(body, route.url);
           limits.reserve(key.id, request.id, hold, now);
           if (!settledByRecords) res.once('close', () => limits.release(request.id));
         }
         reply.headers(limits.headers(key.id, l, now));
+      }
+      // Token budgets over calendar periods (the key's, its end user's): only work that runs on a
+      // llama-server is refused and held; every answer to the key says what is left.
+      if (key.budgets !== null && hasBudgets(key.budgets)) {
+        const body = request.body as JsonBody | undefined;
+        const work = queued === true;
+        const tokens = work && body !== undefined ? holdFor(body, route.url) : 0;
+        const check = budgets.admit(key, request.endUser ?? null, request.id, tokens, Date.now(), work);
+        reply.headers(check.headers);
+        if (check.refusal !== undefined) {
+          reply.header('retry-after', String(check.refusal.retryAfter));
+          return done(budgetError(check.refusal));
+        }
+        if (tokens > 0 && !settledByRecords) {
+          if (!warnedNoUsage) request.log.warn('GATEWAY_USAGE is off: token budgets hold requests but count nothing');
+          warnedNoUsage = true;
+          res.once('close', () => budgets.release(request.id));
+        }
       }
 
       const target = request.target;

@@ -19,6 +19,7 @@ import { clientIp } from '../http/client-ip.js';
 import type { JsonBody } from '../proxy/json-body.js';
 import type { ExchangeWatcher } from '../proxy/upstream.js';
 import { AuditLog } from '../usage/audit-log.js';
+import { AuditUploader, s3TargetOf } from '../usage/audit-upload.js';
 import type { AnsweringServer, Exchange, Outcome, UsageRecord } from '../usage/exchange.js';
 import { UsageCompleter, needOf } from '../usage/completion.js';
 import { UsageRecorder } from '../usage/recorder.js';
@@ -32,6 +33,8 @@ declare module 'fastify' {
     usageStore: UsageStore | null;
     /** How a request becomes a usage record (null with GATEWAY_USAGE=off). */
     usageAccounting: UsageAccounting | null;
+    /** Finished audit files to object storage (null without GATEWAY_AUDIT_S3_*). */
+    auditUpload: AuditUploader | null;
   }
 }
 
@@ -94,6 +97,10 @@ function buildRecord(
     clientIp: clientIp(request, trustProxy) || null,
     userAgent: typeof ua === 'string' ? ua.slice(0, MAX_USER_AGENT_LENGTH) : null,
     outcome: outcomeOf(status, ex, clientClosed),
+    // Set by the end-user plugin (not decorated outside the authenticated scope: undefined there).
+    endUser: request.endUser ?? null,
+    // The recorder prices the record once its numbers are final (a completed one's are counted later).
+    cost: null,
   };
   if (estimated) record.estimate = { completion: 'relayed' };
   if (logBodies) {
@@ -200,17 +207,27 @@ export default fp(
     const { config } = opts;
     const store = app.db === null ? null : new UsageStore(app.db);
     app.decorate('usageStore', store);
+    // With object storage set, a file leaves the disk only once uploaded: no pruning by age (keepDays 0).
+    const s3 = s3TargetOf(config);
+    const audit =
+      config.usage && config.auditLog !== ''
+        ? new AuditLog(config.auditLog, s3 === null ? config.auditKeepDays : 0, (err) =>
+            app.log.error({ err: { message: err.message } }, 'audit log write failed'),
+          )
+        : null;
+    const uploader =
+      s3 === null ? null : new AuditUploader({ auditLog: config.auditLog, target: s3, log: app.log, drain: async () => audit?.drain() });
+    app.decorate('auditUpload', uploader);
+    if (uploader !== null) {
+      app.addHook('onReady', async () => uploader.start());
+      app.addHook('onClose', async () => uploader.close());
+    }
     const recorder = config.usage
       ? new UsageRecorder({
           ...(store === null ? {} : { store }),
-          ...(config.auditLog === ''
-            ? {}
-            : {
-                audit: new AuditLog(config.auditLog, config.auditKeepDays, (err) =>
-                  app.log.error({ err: { message: err.message } }, 'audit log write failed'),
-                ),
-              }),
+          ...(audit === null ? {} : { audit }),
           logBodies: config.logBodies,
+          prices: config.prices,
         })
       : null;
     app.decorate('usage', recorder);

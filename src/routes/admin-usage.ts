@@ -11,6 +11,7 @@ import type { Scheduler } from '../admission/scheduler.js';
 import type { UpstreamSet, UpstreamState } from '../upstreams/upstream-set.js';
 import type { UsageRecord } from '../usage/exchange.js';
 import { DAY_MS, usageFilter } from '../usage/period.js';
+import { roundCost } from '../usage/prices.js';
 import type { RequestFilter, UsageStore } from '../usage/store.js';
 
 const DAY_PATTERN = '^\\d{4}-\\d{2}-\\d{2}$';
@@ -29,6 +30,7 @@ const requestsQuery = {
   additionalProperties: false,
   properties: {
     key: { type: 'string', maxLength: 100 },
+    user: { type: 'string', maxLength: 200 },
     model: { type: 'string', maxLength: 256 },
     status: { type: 'string', pattern: '^(ok|error|[1-5]\\d\\d)$' },
     day: { type: 'string', pattern: DAY_PATTERN },
@@ -52,6 +54,7 @@ interface SeriesQuery {
 
 interface RequestsQuery {
   key?: string;
+  user?: string;
   model?: string;
   status?: string;
   day?: string;
@@ -234,7 +237,7 @@ export default async function adminUsageRoutes(app: FastifyInstance, opts: { usa
     return { object: 'usage_series', by, since: iso(filter.since), until: iso(filter.until), days, data };
   });
 
-  // Single requests, newest first: ?key=&model=&status=ok|error|429&day=YYYY-MM-DD&limit=50&after=<next>.
+  // Single requests, newest first: ?key=&user=&model=&status=ok|error|429&day=YYYY-MM-DD&limit=50&after=<next>.
   app.get<{ Querystring: RequestsQuery }>('/requests', { schema: { querystring: requestsQuery } }, async (request) => {
     const q = request.query;
     let filter: RequestFilter;
@@ -282,6 +285,8 @@ export default async function adminUsageRoutes(app: FastifyInstance, opts: { usa
         duration_ms: Math.round(r.durationMs),
         client_ip: r.clientIp,
         user_agent: r.userAgent,
+        end_user: r.endUser,
+        cost: roundCost(r.cost),
       })),
       has_more: more,
       next: more && last !== undefined ? `${last.ts}.${last.id}` : null,

@@ -7,15 +7,36 @@
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { INVALID_JSON, INVALID_KEY_FIELD, INVALID_PERIOD, KEY_DB_UNUSABLE, KEY_NAME_TAKEN, KEY_NOT_FOUND } from '../errors.js';
 import { parseExpiry } from '../keys/expiry.js';
+import type { KeyPolicy } from '../keys/key-policy.js';
 import type { KeyRegistry } from '../keys/key-registry.js';
-import { KeyStoreError, keyJson, type KeyChanges, type KeyLimits, type KeyStore } from '../keys/key-store.js';
+import { KeyStoreError, keyJson, type KeyChanges, type KeyLimits, type KeyRecord, type KeyStore } from '../keys/key-store.js';
+import { hasBudgets, type KeyBudgets } from '../keys/key-budgets.js';
 import { groupBy, usageFilter } from '../usage/period.js';
+import { roundCost } from '../usage/prices.js';
 import { usageTotal, type UsageStore } from '../usage/store.js';
 import { adminKeyCheck, type AuthGuard } from '../http/auth-guard.js';
 import adminUsageRoutes from './admin-usage.js';
 
 const nullableStrings = { type: ['array', 'null'], items: { type: 'string', minLength: 1, maxLength: 500 }, maxItems: 1000 } as const;
 const nullableLimit = { type: ['integer', 'null'], minimum: 1 } as const;
+// A key's request policy (keys/key-policy.ts checks it again and names the field at fault); null
+// clears it, a null field removes that field (the key follows the GATEWAY_* default again).
+const policySchema = {
+  type: ['object', 'null'],
+  additionalProperties: false,
+  properties: {
+    max_tokens: nullableLimit,
+    max_prompt_bytes: nullableLimit,
+    max_prompt_tokens: nullableLimit,
+    remote_media: { type: ['string', 'null'], enum: ['refuse', 'fetch', 'allow', null] },
+    params: {
+      type: ['object', 'null'],
+      maxProperties: 200,
+      propertyNames: { pattern: '^[A-Za-z_][A-Za-z0-9_.-]{0,63}$' },
+      additionalProperties: { type: ['string', 'null'], enum: ['allow', 'remove', 'refuse', null] },
+    },
+  },
+} as const;
 const fields = {
   name: { type: 'string', minLength: 1, maxLength: 64 },
   note: { type: 'string', maxLength: 2000 },
@@ -23,10 +44,27 @@ const fields = {
   expires: { type: ['string', 'null'], maxLength: 64 },
   models: nullableStrings,
   origins: nullableStrings,
+  policy: policySchema,
   limits: {
     type: 'object',
     additionalProperties: false,
     properties: { rpm: nullableLimit, tpm: nullableLimit, tpd: nullableLimit, concurrency: nullableLimit },
+  },
+  // Token budgets (keys/key-budgets.ts): PATCH merges field by field, null removes one (or all).
+  budgets: {
+    type: ['object', 'null'],
+    additionalProperties: false,
+    properties: {
+      day: nullableLimit,
+      week: nullableLimit,
+      month: nullableLimit,
+      mode: { type: ['string', 'null'], enum: ['hard', 'soft', null] },
+      per_user: {
+        type: ['object', 'null'],
+        additionalProperties: false,
+        properties: { day: nullableLimit, week: nullableLimit, month: nullableLimit },
+      },
+    },
   },
 } as const;
 const createSchema = { type: 'object', additionalProperties: false, required: ['name'], properties: fields } as const;
@@ -40,7 +78,9 @@ interface KeyBody {
   expires?: string | null;
   models?: string[] | null;
   origins?: string[] | null;
+  policy?: KeyPolicy | null;
   limits?: Partial<KeyLimits>;
+  budgets?: KeyBudgets | null;
 }
 
 /** The key store's refusal as the admin API answers it; a database it cannot use is logged, not told. */
@@ -66,7 +106,9 @@ function changesFrom(body: KeyBody): KeyChanges {
   if (body.enabled !== undefined) changes.enabled = body.enabled;
   if (body.models !== undefined) changes.models = body.models;
   if (body.origins !== undefined) changes.origins = body.origins;
+  if (body.policy !== undefined) changes.policy = body.policy;
   if (body.limits !== undefined) changes.limits = body.limits;
+  if (body.budgets !== undefined) changes.budgets = body.budgets;
   if (body.expires !== undefined) {
     try {
       changes.expiresAt = body.expires === null ? null : parseExpiry(body.expires);
@@ -82,15 +124,16 @@ const usageQuery = {
   additionalProperties: false,
   properties: {
     key: { type: 'string', maxLength: 100 },
+    user: { type: 'string', maxLength: 200 },
     since: { type: 'string', maxLength: 64 },
     until: { type: 'string', maxLength: 64 },
-    by: { type: 'string', enum: ['day', 'key', 'model'] },
+    by: { type: 'string', enum: ['day', 'key', 'model', 'user'] },
   },
 } as const;
 
 export default async function adminRoutes(
   app: FastifyInstance,
-  opts: { adminKey: string; guard: AuthGuard; registry: KeyRegistry; store: KeyStore; usage: UsageStore },
+  opts: { adminKey: string; guard: AuthGuard; registry: KeyRegistry; store: KeyStore; usage: UsageStore; currency?: string },
 ): Promise<void> {
   const isAdmin = adminKeyCheck(opts.adminKey);
   const { guard, registry, store, usage } = opts;
@@ -134,7 +177,13 @@ export default async function adminRoutes(
     }
   };
 
-  app.get('/keys', async () => ({ object: 'list', data: read(() => store.list()).map(keyJson) }));
+  // A key with budgets carries its budget state: the gateway's own counts (held tokens included).
+  const withBudget = (k: KeyRecord): Record<string, unknown> => ({
+    ...keyJson(k),
+    budget_state: hasBudgets(k.budgets) && app.hasDecorator('budgets') ? app.budgets.state(k.id, k.budgets, Date.now()) : null,
+  });
+
+  app.get('/keys', async () => ({ object: 'list', data: read(() => store.list()).map(withBudget) }));
 
   app.post<{ Body: KeyBody }>('/keys', { schema: { body: createSchema } }, async (request, reply) => {
     const changes = changesFrom(request.body);
@@ -144,7 +193,7 @@ export default async function adminRoutes(
   });
 
   app.get<{ Params: { id: string } }>('/keys/:id', { schema: { params: idParams } }, async (request) =>
-    keyJson(read(() => store.get(request.params.id))),
+    withBudget(read(() => store.get(request.params.id))),
   );
 
   app.patch<{ Params: { id: string }; Body: KeyBody }>(
@@ -170,8 +219,9 @@ export default async function adminRoutes(
     return { ...keyJson(record), key };
   });
 
-  // Usage report: totals per day, key or model, with the CLI's filters (?key=&since=7d&until=&by=).
-  app.get<{ Querystring: { key?: string; since?: string; until?: string; by?: string } }>(
+  // Usage report: totals per day, key, model or end user, with the CLI's filters
+  // (?key=&user=&since=7d&until=&by=). by=user rows name the key too; cost: stored costs summed.
+  app.get<{ Querystring: { key?: string; user?: string; since?: string; until?: string; by?: string } }>(
     '/usage',
     { schema: { querystring: usageQuery } },
     async (request) => {
@@ -191,13 +241,16 @@ export default async function adminRoutes(
         cached_tokens: t.cachedTokens,
         completion_tokens: t.completionTokens,
         total_tokens: t.totalTokens,
+        cost: roundCost(t.cost),
       };
       return {
         object: 'usage_report',
         by,
+        currency: opts.currency ?? 'USD',
         since: filter.since === undefined ? null : new Date(filter.since).toISOString(),
         until: filter.until === undefined ? null : new Date(filter.until).toISOString(),
         data: rows.map((r) => ({
+          ...(by === 'user' ? { key: r.key } : {}),
           [by]: r.group,
           requests: r.requests,
           prompt_tokens: r.promptTokens,
@@ -206,6 +259,7 @@ export default async function adminRoutes(
           total_tokens: r.totalTokens,
           estimated: r.estimated,
           errors: r.errors,
+          cost: roundCost(r.cost),
         })),
         total,
       };

@@ -191,6 +191,53 @@ export default async function metricsRoutes(app: FastifyInstance, opts: { adminK
     },
   });
 
+  // Alerts (plugins/alerts.ts): only with a webhook set.
+  const webhook = app.hasDecorator('webhook') ? app.webhook : null;
+  if (webhook !== null) {
+    new Counter({
+      name: 'llm_gateway_webhook_deliveries_total',
+      help: 'Alerts sent to GATEWAY_WEBHOOK_URL: delivered (2xx), failed (every try refused), dropped (queue full or shutdown)',
+      labelNames: ['result'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const [result, n] of Object.entries(webhook.counts)) this.inc({ result }, n);
+      },
+    });
+    new Gauge({
+      name: 'llm_gateway_webhook_pending',
+      help: 'Alerts waiting for delivery or a retry',
+      registers: [registry],
+      collect() {
+        this.set(webhook.pending);
+      },
+    });
+  }
+
+  // Audit files to object storage (usage/audit-upload.ts): only with GATEWAY_AUDIT_S3_* set.
+  const uploader = app.hasDecorator('auditUpload') ? app.auditUpload : null;
+  if (uploader !== null) {
+    new Counter({
+      name: 'llm_gateway_audit_uploads_total',
+      help: 'Audit files sent to object storage: uploaded (stored, checked, local copy deleted) or failed (kept, retried)',
+      labelNames: ['result'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc({ result: 'uploaded' }, uploader.totals.uploaded);
+        this.inc({ result: 'failed' }, uploader.totals.failed);
+      },
+    });
+    new Gauge({
+      name: 'llm_gateway_audit_files_pending',
+      help: "Finished days' audit files still on disk, waiting for their upload",
+      registers: [registry],
+      collect() {
+        this.set(uploader.pending);
+      },
+    });
+  }
+
   const models = new Set<string>();
   const modelLabel = (model: string | null): string => {
     if (model === null) return '';

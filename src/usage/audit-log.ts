@@ -1,6 +1,7 @@
 // The append-only audit log: JSON Lines, one record per request, in one file per day (UTC):
 // GATEWAY_AUDIT_LOG=./data/audit.jsonl writes ./data/audit-2026-11-26.jsonl, … Files older than
-// GATEWAY_AUDIT_KEEP_DAYS are deleted when the day turns (and at start). Writes are batched and
+// GATEWAY_AUDIT_KEEP_DAYS are deleted when the day turns (and at start) — unless they go to object
+// storage (usage/audit-upload.ts), which deletes each once it is stored. Writes are batched and
 // asynchronous; nothing here runs on the request path.
 import { appendFile, mkdir, readdir, unlink } from 'node:fs/promises';
 import { basename, dirname, extname, join } from 'node:path';
@@ -51,8 +52,9 @@ export class AuditLog {
     return this.#chain;
   }
 
-  /** Deletes this log's files older than the kept days. */
+  /** Deletes this log's files older than the kept days (keepDays 0: never; the S3 upload deletes them once stored). */
   async prune(now = Date.now()): Promise<string[]> {
+    if (this.#keepDays === 0) return [];
     const cutoff = new Date(now - this.#keepDays * DAY_MS).toISOString().slice(0, 10);
     const pattern = new RegExp(
       `^${this.#stem.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}-(\\d{4}-\\d{2}-\\d{2})${this.#ext.replace('.', '\\.')}$`,

@@ -42,6 +42,10 @@ export interface UsageRecord {
   clientIp: string | null;
   userAgent: string | null;
   outcome: Outcome;
+  /** who inside the key, as the client said (GATEWAY_END_USER; usage/end-user.ts): accounting only */
+  endUser: string | null;
+  /** in GATEWAY_PRICE_CURRENCY, set when the record is final (usage/prices.ts); null: no price for the model */
+  cost: number | null;
   /** only with GATEWAY_LOG_BODIES=true */
   requestBody?: string;
   responseText?: string;

@@ -30,10 +30,12 @@ function parseMoment(text: string, what: string, endOfDay: boolean, now: number)
   throw new Error(`${what} "${text}" is not a time: use 7d, 24h, 90m, a date YYYY-MM-DD or an ISO time`);
 }
 
-const GROUPS: readonly GroupBy[] = ['day', 'key', 'model'];
+const GROUPS: readonly GroupBy[] = ['day', 'key', 'model', 'user'];
 
 export interface PeriodInput {
   key?: string | undefined;
+  /** an end user (usage/end-user.ts), or `(none)` */
+  user?: string | undefined;
   since?: string | undefined;
   until?: string | undefined;
 }
@@ -42,6 +44,7 @@ export interface PeriodInput {
 export function usageFilter(input: PeriodInput, now = Date.now()): UsageFilter {
   const filter: UsageFilter = {};
   if (input.key !== undefined && input.key !== '') filter.key = input.key;
+  if (input.user !== undefined && input.user !== '') filter.user = input.user;
   if (input.since !== undefined && input.since !== '') filter.since = parseMoment(input.since, 'since', false, now);
   if (input.until !== undefined && input.until !== '') filter.until = parseMoment(input.until, 'until', true, now);
   if (filter.since !== undefined && filter.until !== undefined && filter.until <= filter.since)

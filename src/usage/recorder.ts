@@ -3,6 +3,7 @@
 // everything, and a crash loses at most the last second. Listeners (metrics) see each record at once.
 import type { AuditLog } from './audit-log.js';
 import type { UsageRecord } from './exchange.js';
+import { costOf, hasPrices, type PriceList } from './prices.js';
 import type { UsageStore } from './store.js';
 
 const DEFAULT_FLUSH_MS = 1000;
@@ -31,6 +32,8 @@ export class UsageRecorder {
   readonly #store: UsageStore | undefined;
   readonly #audit: AuditLog | undefined;
   readonly #listeners: ((r: UsageRecord) => void)[] = [];
+  /** GATEWAY_PRICES, or null when none is set (nothing to compute per record) */
+  readonly #prices: PriceList | null;
   #pending: UsageRecord[] = [];
   #timer: NodeJS.Timeout | undefined;
   #log: RecorderLog | undefined;
@@ -42,8 +45,9 @@ export class UsageRecorder {
   /** refusals stored this minute, per key (known keys only: as many entries as keys) */
   readonly #refusals = new Map<string, { minute: number; n: number }>();
 
-  constructor(opts: { store?: UsageStore; audit?: AuditLog; logBodies?: boolean }) {
+  constructor(opts: { store?: UsageStore; audit?: AuditLog; logBodies?: boolean; prices?: PriceList }) {
     this.#store = opts.store;
+    this.#prices = opts.prices !== undefined && hasPrices(opts.prices) ? opts.prices : null;
     this.#audit = opts.audit;
     this.logBodies = opts.logBodies === true;
   }
@@ -52,7 +56,22 @@ export class UsageRecorder {
     this.#listeners.push(listener);
   }
 
+  /**
+   * Tokens of the records not yet written for key `keyId` (and end user `user`) since `since`: a
+   * budget that starts its count from the usage table adds them (admission/budgets.ts), so a
+   * record is neither missed nor counted twice.
+   */
+  pendingTokens(keyId: string, since: number, user: string | null = null): number {
+    let tokens = 0;
+    for (const r of this.#pending)
+      if (r.keyId === keyId && r.ts >= since && (user === null || r.endUser === user))
+        tokens += (r.promptTokens ?? 0) + (r.completionTokens ?? 0);
+    return tokens;
+  }
+
   record(r: UsageRecord): void {
+    // Every record passes here once, with its final numbers (completed ones too): priced here.
+    if (this.#prices !== null) r.cost = costOf(this.#prices, r);
     for (const l of this.#listeners) l(r);
     if (this.#store === undefined && this.#audit === undefined) return;
     if ((r.outcome === 'rejected_limit' || r.outcome === 'rejected_policy') && !this.#storesRefusal(r.keyId, r.ts)) return;

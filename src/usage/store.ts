@@ -3,11 +3,17 @@
 import type Database from 'better-sqlite3';
 import type { UsageRecord } from './exchange.js';
 
-export type GroupBy = 'day' | 'key' | 'model';
+/** user: per end user inside each key (usage/end-user.ts): rows carry the key too. */
+export type GroupBy = 'day' | 'key' | 'model' | 'user';
+
+/** How reports name the requests that named no end user. */
+export const NO_USER = '(none)';
 
 export interface UsageFilter {
   /** key name or id */
   key?: string;
+  /** end user (exact; `(none)` for requests that named none) */
+  user?: string;
   /** ms since epoch, inclusive */
   since?: number;
   /** ms since epoch, exclusive */
@@ -15,8 +21,10 @@ export interface UsageFilter {
 }
 
 export interface UsageRow {
-  /** the group: a day (YYYY-MM-DD, UTC), a key name, or a model */
+  /** the group: a day (YYYY-MM-DD, UTC), a key name, a model, or an end user (`(none)`) */
   group: string;
+  /** by user: the key the end user is under (the same id under two keys is two people) */
+  key?: string;
   requests: number;
   promptTokens: number;
   cachedTokens: number;
@@ -25,6 +33,8 @@ export interface UsageRow {
   /** requests whose completion tokens are an estimate (client left mid-stream) */
   estimated: number;
   errors: number;
+  /** sum of the stored costs; null when no request of the group has one (no prices set) */
+  cost: number | null;
 }
 
 /** The rows of a report added up, as its TOTAL row (the CLI's last line, the admin API's `total`). */
@@ -38,8 +48,10 @@ export function usageTotal(rows: readonly UsageRow[]): UsageRow {
     totalTokens: 0,
     estimated: 0,
     errors: 0,
+    cost: null,
   };
   for (const r of rows) {
+    if (r.cost !== null) total.cost = (total.cost ?? 0) + r.cost;
     total.requests += r.requests;
     total.promptTokens += r.promptTokens;
     total.cachedTokens += r.cachedTokens;
@@ -55,6 +67,7 @@ const GROUP_SQL: Record<GroupBy, string> = {
   day: "strftime('%Y-%m-%d', ts / 1000, 'unixepoch')",
   key: "coalesce(key_name, '(no key)')",
   model: "coalesce(model, '(none)')",
+  user: `coalesce(end_user, '${NO_USER}')`,
 };
 
 /** One cell of a per-day series: a day's requests and tokens for one key or model. */
@@ -95,6 +108,8 @@ export interface RequestRow {
   durationMs: number;
   clientIp: string | null;
   userAgent: string | null;
+  endUser: string | null;
+  cost: number | null;
 }
 
 export class UsageStore {
@@ -108,8 +123,8 @@ export class UsageStore {
     // Positional parameters: binding by name costs a lookup per column per row.
     this.#insert = db.prepare(
       `INSERT INTO usage (ts, request_id, key_id, key_name, route, model, status, streamed, prompt_tokens, cached_tokens,
-         completion_tokens, estimated, ttft_ms, duration_ms, bytes_in, bytes_out, client_ip, user_agent, outcome)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+         completion_tokens, estimated, ttft_ms, duration_ms, bytes_in, bytes_out, client_ip, user_agent, outcome, end_user, cost)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     );
     this.#insertMany = db.transaction((records: readonly UsageRecord[]) => {
       for (const r of records) {
@@ -133,6 +148,8 @@ export class UsageStore {
           r.clientIp,
           r.userAgent,
           r.outcome,
+          r.endUser ?? null,
+          r.cost ?? null,
         );
       }
     });
@@ -149,6 +166,13 @@ export class UsageStore {
       parts.push('(key_name = @key OR key_id = @key)');
       params.key = filter.key;
     }
+    if (filter.user !== undefined) {
+      if (filter.user === NO_USER) parts.push('end_user IS NULL');
+      else {
+        parts.push('end_user = @user');
+        params.user = filter.user;
+      }
+    }
     if (filter.since !== undefined) {
       parts.push('ts >= @since');
       params.since = filter.since;
@@ -160,16 +184,18 @@ export class UsageStore {
     return { sql: parts.length === 0 ? '' : `WHERE ${parts.join(' AND ')}`, params };
   }
 
-  /** Totals per group, ordered by group. */
+  /** Totals per group, ordered by group (by user: by key, then end user). */
   report(filter: UsageFilter, by: GroupBy): UsageRow[] {
     const { sql, params } = this.#where(filter);
+    // An end user is someone inside one key: the same id under two keys (two apps) is two rows.
+    const [keyColumn, groups] = by === 'user' ? [`${GROUP_SQL.key} AS key, `, '1, 2'] : ['', '1'];
     const rows = this.#db
       .prepare(
-        `SELECT ${GROUP_SQL[by]} AS "group", count(*) AS requests,
+        `SELECT ${keyColumn}${GROUP_SQL[by]} AS "group", count(*) AS requests,
            coalesce(sum(prompt_tokens), 0) AS promptTokens, coalesce(sum(cached_tokens), 0) AS cachedTokens,
            coalesce(sum(completion_tokens), 0) AS completionTokens, sum(estimated) AS estimated,
-           sum(CASE WHEN outcome = 'ok' THEN 0 ELSE 1 END) AS errors
-         FROM usage ${sql} GROUP BY 1 ORDER BY 1`,
+           sum(CASE WHEN outcome = 'ok' THEN 0 ELSE 1 END) AS errors, sum(cost) AS cost
+         FROM usage ${sql} GROUP BY ${groups} ORDER BY ${groups}`,
       )
       .all(params) as Omit<UsageRow, 'totalTokens'>[];
     return rows.map((r) => ({ ...r, totalTokens: r.promptTokens + r.completionTokens }));
@@ -222,7 +248,8 @@ export class UsageStore {
       .prepare(
         `SELECT id, ts, request_id AS requestId, key_id AS keyId, key_name AS keyName, route, model, status, outcome, streamed,
            prompt_tokens AS promptTokens, cached_tokens AS cachedTokens, completion_tokens AS completionTokens, estimated,
-           ttft_ms AS ttftMs, duration_ms AS durationMs, client_ip AS clientIp, user_agent AS userAgent
+           ttft_ms AS ttftMs, duration_ms AS durationMs, client_ip AS clientIp, user_agent AS userAgent,
+           end_user AS endUser, cost
          FROM usage ${parts.length === 0 ? '' : `WHERE ${parts.join(' AND ')}`} ORDER BY ts DESC, id DESC LIMIT @limit`,
       )
       .all({ ...params, limit }) as RequestRow[];
@@ -236,5 +263,19 @@ export class UsageStore {
       )
       .all(since) as { keyId: string; tokens: number }[];
     return new Map(rows.map((r) => [r.keyId, r.tokens]));
+  }
+
+  /**
+   * Tokens (prompt + completion) of one key since `since` (ms), and of one end user under it when
+   * `user` is given: where a budget's count starts (admission/budgets.ts), and `keys show`. Index
+   * usage_key_ts; asked once per key and period, so the statement is not kept.
+   */
+  tokensSince(keyId: string, since: number, user: string | null = null): number {
+    const sql =
+      'SELECT coalesce(sum(prompt_tokens), 0) + coalesce(sum(completion_tokens), 0) AS tokens FROM usage WHERE key_id = ? AND ts >= ?';
+    const row = (
+      user === null ? this.#db.prepare(sql).get(keyId, since) : this.#db.prepare(`${sql} AND end_user = ?`).get(keyId, since, user)
+    ) as { tokens: number };
+    return row.tokens;
   }
 }

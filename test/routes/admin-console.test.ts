@@ -322,6 +322,8 @@ t.test('GET /admin/requests: single requests, newest first, filtered and paged; 
     duration_ms: 1,
     client_ip: '127.0.0.1',
     user_agent: null,
+    end_user: null,
+    cost: null,
   });
   t.same(Object.keys(all.body as object), ['object', 'data', 'has_more', 'next', 'bodies_in_audit_log']);
   t.match(all.body, { object: 'list', has_more: false, next: null, bodies_in_audit_log: false });

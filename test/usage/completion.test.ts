@@ -32,6 +32,8 @@ function record(): UsageRecord {
     clientIp: null,
     userAgent: null,
     outcome: 'client_closed',
+    endUser: null,
+    cost: null,
   };
 }
 

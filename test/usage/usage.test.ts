@@ -678,10 +678,30 @@ t.test('reports: llm-gateway usage (table, CSV, JSON), GET /admin/usage, keys li
   const report = JSON.parse(api.text) as { by: string; data: Record<string, unknown>[]; total: Record<string, number> };
   t.equal(report.by, 'key');
   t.same(report.data, [
-    { key: 'env-1', requests: 2, prompt_tokens: 62, cached_tokens: 40, completion_tokens: 14, total_tokens: 76, estimated: 0, errors: 0 },
-    { key: 'env-2', requests: 1, prompt_tokens: 4, cached_tokens: 0, completion_tokens: 0, total_tokens: 4, estimated: 0, errors: 0 },
+    {
+      key: 'env-1',
+      requests: 2,
+      prompt_tokens: 62,
+      cached_tokens: 40,
+      completion_tokens: 14,
+      total_tokens: 76,
+      estimated: 0,
+      errors: 0,
+      cost: null,
+    },
+    {
+      key: 'env-2',
+      requests: 1,
+      prompt_tokens: 4,
+      cached_tokens: 0,
+      completion_tokens: 0,
+      total_tokens: 4,
+      estimated: 0,
+      errors: 0,
+      cost: null,
+    },
   ]);
-  t.same(report.total, { requests: 3, prompt_tokens: 66, cached_tokens: 40, completion_tokens: 14, total_tokens: 80 });
+  t.same(report.total, { requests: 3, prompt_tokens: 66, cached_tokens: 40, completion_tokens: 14, total_tokens: 80, cost: null });
   const bad = await request(s.gw.port, { path: '/admin/usage?since=yesterday', headers: { authorization: `Bearer ${admin}` } });
   t.equal(bad.status, 400);
   t.equal((JSON.parse(bad.text) as { error: { code: string } }).error.code, 'invalid_period');
@@ -710,7 +730,7 @@ t.test('reports: llm-gateway usage (table, CSV, JSON), GET /admin/usage, keys li
   t.equal(future.stdout, 'No usage recorded for this selection.\n');
   const wrong = await runCli(['usage', '--db', s.dbPath, '--by', 'week'], cwd);
   t.equal(wrong.code, 2);
-  t.match(wrong.stderr, /by must be one of day, key, model, got "week"/);
+  t.match(wrong.stderr, /by must be one of day, key, model, user, got "week"/);
 
   const list = await runCli(['keys', 'list', '--db', s.dbPath, '--json'], cwd);
   t.match(JSON.parse(list.stdout), { data: [{ name: 'alice', tokens_today: 0 }] });
