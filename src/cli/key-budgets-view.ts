@@ -35,6 +35,11 @@ export function budgetStates(db: Database.Database, keys: readonly KeyRecord[], 
   return out;
 }
 
+/** `budget_state` for --json, for a key with budgets (nothing without, as in the admin API). */
+export function budgetJson(state: BudgetState | undefined): { budget_state?: BudgetState } {
+  return state === undefined ? {} : { budget_state: state };
+}
+
 const n = (v: number): string => v.toLocaleString('en-US');
 
 /** `keys show`'s budget lines: one per period (used of limit, percent, reset in the zone), and per user. */

@@ -7,7 +7,7 @@ import { POLICY_FLAGS, POLICY_FLAG_NAMES, describePolicy, policyFromFlags } from
 import { KeyStore, LIMIT_NAMES, keyJson, type KeyChanges, type KeyLimits, type KeyRecord } from '../keys/key-store.js';
 import { UsageStore } from '../usage/store.js';
 import { BUDGET_FLAGS, BUDGET_FLAG_NAMES, budgetsFromFlags } from '../keys/key-budgets.js';
-import { budgetColumn, budgetLines, budgetStates } from './key-budgets-view.js';
+import { budgetColumn, budgetJson, budgetLines, budgetStates } from './key-budgets-view.js';
 import { UsageError, commandLine, dbPath, run } from './common.js';
 import { table } from './format.js';
 
@@ -255,7 +255,7 @@ function keys(action: string | undefined, positionals: string[], values: Values)
           values,
           {
             object: 'list',
-            data: all.map((k) => ({ ...keyJson(k), tokens_today: today.get(k.id) ?? 0, budget_state: budgets.get(k.id) ?? null })),
+            data: all.map((k) => ({ ...keyJson(k), tokens_today: today.get(k.id) ?? 0, ...budgetJson(budgets.get(k.id)) })),
           },
           text,
         );
@@ -264,7 +264,7 @@ function keys(action: string | undefined, positionals: string[], values: Values)
       case 'show': {
         const k = store.get(target!);
         const budget = budgetStates(store.db, [k]).get(k.id);
-        print(values, { ...keyJson(k), budget_state: budget ?? null }, describe(k) + budgetLines(budget));
+        print(values, { ...keyJson(k), ...budgetJson(budget) }, describe(k) + budgetLines(budget));
         return;
       }
       case 'disable':

@@ -21,7 +21,6 @@ import {
   QUEUE_FULL,
   QUEUE_TIMEOUT,
   REMOTE_MEDIA_REFUSED,
-  type GatewayError,
 } from '../errors.js';
 import type { JsonBody } from '../proxy/json-body.js';
 import type { Upstream } from '../proxy/upstream.js';

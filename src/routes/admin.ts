@@ -177,11 +177,12 @@ export default async function adminRoutes(
     }
   };
 
-  // A key with budgets carries its budget state: the gateway's own counts (held tokens included).
-  const withBudget = (k: KeyRecord): Record<string, unknown> => ({
-    ...keyJson(k),
-    budget_state: hasBudgets(k.budgets) && app.hasDecorator('budgets') ? app.budgets.state(k.id, k.budgets, Date.now()) : null,
-  });
+  // A key with budgets carries its budget state (none without): the gateway's own counts, held
+  // tokens included.
+  const withBudget = (k: KeyRecord): Record<string, unknown> =>
+    hasBudgets(k.budgets) && app.hasDecorator('budgets')
+      ? { ...keyJson(k), budget_state: app.budgets.state(k.id, k.budgets, Date.now()) }
+      : keyJson(k);
 
   app.get('/keys', async () => ({ object: 'list', data: read(() => store.list()).map(withBudget) }));
 

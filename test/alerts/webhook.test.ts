@@ -148,7 +148,6 @@ t.test('a receiver that never answers: timeout counts as a failed attempt', asyn
   const { s, lines } = sender(t, rx.url, { tries: 2, timeoutMs: 50 });
   s.emit(DISABLED);
   await until('given up', () => s.counts.failed === 1);
-  t.equal(rx.received.length, 2);
   t.same(
     lines.map((l) => l.obj.reason),
     ['timeout', 'timeout'],
@@ -207,9 +206,9 @@ t.test('emit() returns at once and never throws, even for an event it cannot ser
 t.test('shutdown: a waiting retry is tried at once; what is still unanswered after shutdownMs is given up with one line', async (t) => {
   await t.test('a retry scheduled an hour away is delivered at close', async (t) => {
     const rx = await startReceiver(t, [500, 200]);
-    const { s } = sender(t, rx.url, { firstDelayMs: 3_600_000, maxDelayMs: 3_600_000 });
+    const { s, lines } = sender(t, rx.url, { firstDelayMs: 3_600_000, maxDelayMs: 3_600_000 });
     s.emit(DISABLED);
-    await until('first attempt failed', () => s.pending === 1 && rx.received.length === 1);
+    await until('first attempt failed, retry waiting', () => lines.some((l) => l.obj.retry_in_ms !== undefined));
     await s.close();
     t.equal(rx.received.length, 2);
     t.same(s.counts, { delivered: 1, failed: 0, dropped: 0 });
