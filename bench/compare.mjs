@@ -13,7 +13,7 @@
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -53,13 +53,16 @@ const CHUNKS = Number(opt('--chunks', '500'));
 const SSE = args.includes('--sse') ? (args.splice(args.indexOf('--sse'), 1), true) : false;
 // NAME=DIR or NAME=DIR:LEVEL (LOG_LEVEL for that build; default --log, itself default info).
 const builds = args.map((a) => {
-  const [name, spec] = a.split('=');
-  const [dir, level, extra] = spec.split(':');
+  // Split at the first `=` and `:` only: the ENV part holds `=` (and values may hold `:`).
+  const name = a.slice(0, a.indexOf('='));
+  const spec = a.slice(a.indexOf('=') + 1);
+  const [dir, level, ...rest] = spec.split(':');
   const env = Object.fromEntries(
-    (extra ?? '')
+    rest
+      .join(':')
       .split(',')
       .filter(Boolean)
-      .map((kv) => kv.split('=')),
+      .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
   );
   return { name, dir: resolve(dir), level: level || LOG, env };
 });
@@ -98,8 +101,12 @@ try {
     const port = await freePort();
     const { UPSTREAMS: upstreams, ...extra } = b.env;
     const upstream = upstreams === '2' ? `http://127.0.0.1:${upPort},http://127.0.0.1:${upPort2}` : `http://127.0.0.1:${upPort}`;
-    const env = { ...gatewayEnv({ key, upstream, port, logLevel: b.level, home: tmp }), ...extra };
-    b.proc = startProcess(b.name, process.execPath, [join(b.dir, 'server.js')], { cpu: 0, env, cwd: tmp, stdout: 'ignore' });
+    // Each build in a directory of its own: two builds writing one database (or audit file) would
+    // wait on each other's locks.
+    const home = join(tmp, b.name);
+    mkdirSync(home, { recursive: true });
+    const env = { ...gatewayEnv({ key, upstream, port, logLevel: b.level, home }), ...extra };
+    b.proc = startProcess(b.name, process.execPath, [join(b.dir, 'server.js')], { cpu: 0, env, cwd: home, stdout: 'ignore' });
     b.url = `http://127.0.0.1:${port}`;
     await waitHttp(`${b.url}/v1/models`, { headers: auth, proc: b.proc });
   }

@@ -6,7 +6,8 @@
 //
 // --dist DIR profiles another build of the gateway (e.g. an experimental patch of dist/ in /tmp);
 // --sse profiles short streams (2 chunks each) instead of the small POST; --get, GET /v1/models; --connections N sets wrk's -c;
-// --keep FILE keeps the .cpuprofile (open it in Chrome DevTools or speedscope).
+// --keep FILE keeps the .cpuprofile (open it in Chrome DevTools or speedscope);
+// --env K=V,K=V adds settings to the gateway's environment (e.g. GATEWAY_AUDIT_LOG=./audit.jsonl, GATEWAY_USAGE=off).
 import { mkdtempSync, readdirSync, readFileSync, rmSync, copyFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -175,6 +176,7 @@ export async function profileGateway({
   connections = 64,
   sse = false,
   get = false,
+  extraEnv = {},
 } = {}) {
   setPinning(process.env.BENCH_PIN !== '0' && spawnSync('sh', ['-c', 'command -v taskset']).status === 0);
   const tmp = mkdtempSync(join(tmpdir(), 'llm-gateway-prof-'));
@@ -183,7 +185,7 @@ export async function profileGateway({
     const up = startProcess('fake-upstream', process.execPath, [join(BENCH, 'fake-upstream.mjs')], { cpu: 1 });
     const { port: upPort } = await firstJsonLine(up);
     const port = await freePort();
-    const env = gatewayEnv({ key, upstream: `http://127.0.0.1:${upPort}`, port, logLevel, home: tmp });
+    const env = { ...gatewayEnv({ key, upstream: `http://127.0.0.1:${upPort}`, port, logLevel, home: tmp }), ...extraEnv };
     const gw = startProcess(
       'gateway-prof',
       process.execPath,
@@ -250,6 +252,12 @@ if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
     connections,
     sse,
     get,
+    extraEnv: Object.fromEntries(
+      (opt('--env') ?? '')
+        .split(',')
+        .filter(Boolean)
+        .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+    ),
   });
   console.log(
     `gateway under wrk -c${connections} ${get ? 'GET /v1/models' : `POST /v1/chat/completions${sse ? ' (short streams)' : ''}`} for ${seconds} s: ${Math.round(res.rps)} req/s, ${res.cpuPerReqUs.toFixed(1)} µs CPU per request (while profiled)\n`,

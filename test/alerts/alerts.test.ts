@@ -190,3 +190,25 @@ t.test('a receiver that hangs never holds up a request; shutdown gives up after 
     ['webhook: 2 alert(s) not delivered before shutdown, given up'],
   );
 });
+
+t.test('budget alerts from the budgets code reach the receiver (a soft day budget crossed by one request)', async (t) => {
+  const rx = await startReceiver(t);
+  const { store } = keyDb(t);
+  const created = store.create({ name: 'dora', budgets: { day: 10, mode: 'soft' } });
+  const gw = await alertGateway(t, rx, store);
+  const res = await request(gw.port, {
+    path: '/v1/chat/completions',
+    headers: { 'content-type': 'application/json', ...bearer(created.key) },
+    body: chatBody(),
+  });
+  t.equal(res.status, 200, 'soft: answered');
+  await until('warnings delivered', () => rx.received.length >= 1 && gw.app.webhook!.pending === 0);
+  const got = events(t, rx) as { type: string; key: unknown; period: string; mode: string }[];
+  console.error('DEBUG', JSON.stringify(got));
+  t.ok(got.length >= 1);
+  for (const e of got) {
+    t.equal(e.type, 'budget.warning');
+    t.same(e.key, { id: created.record.id, name: 'dora' });
+    t.same([e.period, e.mode], ['day', 'soft']);
+  }
+});
