@@ -74,7 +74,7 @@ if (!skipTier(t)) {
     const gw = await startRealGateway(t, {});
     const before = gw.llama.log().length;
     const a = await post(gw, '/v1/completions', { model: 'gpt-oss-20b', prompt: 'x', max_tokens: 2, temperature: 0, id_slot: 0 });
-    t.equal(a.status, 400, 'id_slot is refused by default');
+    t.equal(a.status, 403, 'id_slot is refused by default (a key permission, like a model not allowed)');
     t.match(JSON.parse(a.text), { error: { param: 'id_slot' } });
     t.notMatch(gw.llama.log().slice(before), /processing task/, 'llama-server ran nothing');
   });
