@@ -1,8 +1,9 @@
 // The counting store behind per-key limits: fixed windows (a minute aligned to the clock, a UTC
 // day, …), gauges, and named counters that live until a given time (a budget's calendar period,
-// admission/budgets.ts: its name carries the period's start, its expiry is the period's end). A small interface, so a store shared by several gateway processes (Redis) can
-// replace the in-memory one without touching the plugins. (The failed-auth brake keeps its own,
-// bounded memory: auth-brake.ts.)
+// admission/budgets.ts: its name carries the period's start, its expiry is the period's end). A
+// small interface, so a store shared by several gateway processes (Redis) can replace the
+// in-memory one without touching the plugins. (The failed-auth brake keeps its own, bounded
+// memory: auth-brake.ts.)
 
 export interface WindowCount {
   /** the count in the current window */

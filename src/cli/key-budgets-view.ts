@@ -42,7 +42,10 @@ export function budgetJson(state: BudgetState | undefined): { budget_state?: Bud
 
 const n = (v: number): string => v.toLocaleString('en-US');
 
-/** `keys show`'s budget lines (none for a key without budgets): one per period (used of limit, percent, reset in the zone), and per user. */
+/**
+ * `keys show`'s budget lines (none for a key without budgets): one per period (used of limit,
+ * percent, reset in the zone), and per user.
+ */
 export function budgetLines(state: BudgetState | undefined): string {
   if (state === undefined) return ''; // no budgets: nothing to say (as before budgets existed)
   const cal = new Calendar(state.tz);

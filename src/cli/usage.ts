@@ -49,8 +49,14 @@ function cells(r: UsageRow): number[] {
   return [r.requests, r.promptTokens, r.cachedTokens, r.completionTokens, r.totalTokens, r.estimated, r.errors];
 }
 
+/**
+ * A CSV cell. A text cell starting with = + - @ (or a tab / CR) is a formula to a spreadsheet, and
+ * end users are the client's word: `=HYPERLINK(…)` must stay text, so such a cell gets a leading
+ * ' (OWASP's advice; the spreadsheet shows the value, the quote only marks it as text).
+ */
 function csvCell(v: string | number): string {
-  const s = String(v);
+  let s = String(v);
+  if (typeof v === 'string' && /^[=+\-@\t\r]/.test(s)) s = `'${s}`;
   return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 

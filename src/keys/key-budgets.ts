@@ -66,7 +66,7 @@ export function validBudgets(budgets: unknown): KeyBudgets | null {
     validPeriods(perUser as Record<string, unknown>, 'budgets.per_user.', user);
     if (Object.keys(user).length > 0) out.per_user = user;
   }
-  return Object.keys(out).length === 0 ? null : (out as KeyBudgets);
+  return Object.keys(out).length === 0 ? null : out;
 }
 
 /**
@@ -140,5 +140,5 @@ export function budgetsFromFlags(flags: Partial<Record<keyof typeof BUDGET_FLAGS
     out.mode = m;
   }
   if (Object.keys(user).length > 0) out.per_user = user;
-  return Object.keys(out).length === 0 ? undefined : (out as KeyBudgets);
+  return Object.keys(out).length === 0 ? undefined : out;
 }

@@ -51,7 +51,18 @@ export function digestKey(key: string): Buffer {
 
 export function envIdentity(position: number): KeyIdentity {
   const id = `env-${position}`;
-  return { id, name: id, fromDb: false, enabled: true, expiresAt: null, models: null, origins: null, limits: null, policy: null, budgets: null };
+  return {
+    id,
+    name: id,
+    fromDb: false,
+    enabled: true,
+    expiresAt: null,
+    models: null,
+    origins: null,
+    limits: null,
+    policy: null,
+    budgets: null,
+  };
 }
 
 interface Slot {

@@ -14,14 +14,7 @@ import fp from 'fastify-plugin';
 import { QueueFull, QueueTimeout } from '../admission/fair-queue.js';
 import { lightServer } from '../admission/placement.js';
 import type { Config } from '../config.js';
-import {
-  KEY_QUEUE_FULL,
-  MODEL_NOT_ALLOWED,
-  PROMPT_TOO_MANY_TOKENS,
-  QUEUE_FULL,
-  QUEUE_TIMEOUT,
-  REMOTE_MEDIA_REFUSED,
-} from '../errors.js';
+import { KEY_QUEUE_FULL, MODEL_NOT_ALLOWED, PROMPT_TOO_MANY_TOKENS, QUEUE_FULL, QUEUE_TIMEOUT, REMOTE_MEDIA_REFUSED } from '../errors.js';
 import type { JsonBody } from '../proxy/json-body.js';
 import type { Upstream } from '../proxy/upstream.js';
 import { findRemoteMedia } from '../policy/media.js';
@@ -79,6 +72,13 @@ export default fp(
       }
     }
 
+    /** A client gone while its rules waited: recorded as client_closed (499), the request ends here. */
+    function clientLeft(request: FastifyRequest, reply: FastifyReply): void {
+      request.log.info('client left while its media was fetched; never sent upstream');
+      app.usageAccounting?.leftQueue(request);
+      reply.hijack();
+    }
+
     /** The rules that may wait: remote media fetched by the gateway, prompt tokens counted. */
     async function slowRules(
       request: FastifyRequest,
@@ -93,9 +93,13 @@ export default fp(
         const onClose = (): void => abort.abort();
         reply.raw.once('close', onClose);
         try {
-          const json = await inlineRemoteMedia(body.json, found, { ...fetchOptions, signal: abort.signal });
+          const json = await inlineRemoteMedia(body.json, found, { ...fetchOptions, bodyBytes: body.raw.length, signal: abort.signal });
           body = { raw: Buffer.from(JSON.stringify(json)), json };
           request.body = body;
+        } catch (err) {
+          // The client left mid-fetch: nobody to answer (not a 500), nothing sent upstream.
+          if (abort.signal.aborted) return clientLeft(request, reply);
+          throw err;
         } finally {
           reply.raw.off('close', onClose);
         }

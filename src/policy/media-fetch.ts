@@ -9,7 +9,9 @@
 //     address connected to (an IP literal is checked before connecting, as no lookup happens); one
 //     connection per hop (agent: false), never a pooled socket to an address checked for another;
 //   - limits: GATEWAY_MEDIA_MAX_BYTES per file (Content-Length, then counted while reading),
-//     GATEWAY_MEDIA_MAX_COUNT URLs per request, GATEWAY_MEDIA_TIMEOUT_MS per URL (hops and body);
+//     GATEWAY_MEDIA_MAX_COUNT URLs per request, GATEWAY_MEDIA_TIMEOUT_MS per URL (hops and body),
+//     and all the files of a request together no more than the body, inlined, may grow to within
+//     GATEWAY_BODY_LIMIT (a client may not send more; the gateway does not build more for it);
 //   - the Content-Type must match the part (image/*, audio/*, video/*), without Content-Encoding.
 // A refusal is MEDIA_FETCH_FAILED: the URL's place, its host and what the gateway saw (a status, a
 // size), never the remote answer's body nor the address a name resolved to (that would map the
@@ -45,6 +47,10 @@ export interface MediaFetchTesting {
 
 export interface MediaFetchOptions extends MediaFetchTesting {
   readonly maxBytes: number;
+  /** GATEWAY_BODY_LIMIT: the body with its files inlined stays within it */
+  readonly bodyLimit?: number;
+  /** the client's body, in bytes (what the files are added to) */
+  readonly bodyBytes?: number;
   readonly maxCount: number;
   readonly timeoutMs: number;
   /** the client's request: when it goes, the fetches stop */
@@ -53,7 +59,13 @@ export interface MediaFetchOptions extends MediaFetchTesting {
 
 /** The settings' limits (computed once, when the policy plugin registers). */
 export function mediaFetchOptions(config: Config, testing: MediaFetchTesting = {}): MediaFetchOptions {
-  return { maxBytes: config.mediaMaxBytes, maxCount: config.mediaMaxCount, timeoutMs: config.mediaTimeoutMs, ...testing };
+  return {
+    maxBytes: config.mediaMaxBytes,
+    maxCount: config.mediaMaxCount,
+    timeoutMs: config.mediaTimeoutMs,
+    bodyLimit: config.bodyLimit,
+    ...testing,
+  };
 }
 
 // ── Which addresses are public ───────────────────────────────────────────────────────────────────
@@ -195,15 +207,29 @@ function get(url: URL, media: MediaKind, opts: MediaFetchOptions, signal: AbortS
   });
 }
 
-/** Reads the body, refusing as soon as it passes the limit. */
-async function readCapped(res: IncomingMessage, maxBytes: number): Promise<Buffer> {
+/**
+ * What the files of one request may still add to its body (file bytes, before base64), shared by
+ * its fetches: GATEWAY_BODY_LIMIT less the client's body, less base64's third, less each file's
+ * few bytes of prefix.
+ */
+interface Room {
+  left: number;
+  readonly limit: number;
+}
+
+const tooBigInlined = (room: Room): Refusal =>
+  new Refusal(`inlined, the request would be larger than ${room.limit} bytes (GATEWAY_BODY_LIMIT)`);
+
+/** Reads the body, refusing as soon as it passes the limit (its own, or the request's room). */
+async function readCapped(res: IncomingMessage, maxBytes: number, room: Room): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of res as AsyncIterable<Buffer>) {
     size += chunk.length;
-    if (size > maxBytes) {
+    room.left -= chunk.length;
+    if (size > maxBytes || room.left < 0) {
       res.destroy();
-      throw new Refusal(`it is larger than ${maxBytes} bytes (GATEWAY_MEDIA_MAX_BYTES)`);
+      throw size > maxBytes ? new Refusal(`it is larger than ${maxBytes} bytes (GATEWAY_MEDIA_MAX_BYTES)`) : tooBigInlined(room);
     }
     chunks.push(chunk);
   }
@@ -224,7 +250,7 @@ function mediaType(res: IncomingMessage, media: MediaKind, maxBytes: number): st
   return mime;
 }
 
-async function fetchOne(first: string, media: MediaKind, opts: MediaFetchOptions, signal: AbortSignal): Promise<Fetched> {
+async function fetchOne(first: string, media: MediaKind, opts: MediaFetchOptions, signal: AbortSignal, room: Room): Promise<Fetched> {
   let url: URL;
   try {
     url = new URL(first);
@@ -255,11 +281,12 @@ async function fetchOne(first: string, media: MediaKind, opts: MediaFetchOptions
     let mime: string;
     try {
       mime = mediaType(res, media, opts.maxBytes);
+      if (Number(res.headers['content-length']) > room.left) throw tooBigInlined(room);
     } catch (err) {
       res.destroy();
       throw err;
     }
-    return { mime, body: await readCapped(res, opts.maxBytes) };
+    return { mime, body: await readCapped(res, opts.maxBytes, room) };
   }
 }
 
@@ -275,11 +302,11 @@ function reasonOf(err: unknown, timedOut: boolean, timeoutMs: number): string {
 }
 
 /** One URL fetched within its time limit, or a MEDIA_FETCH_FAILED naming its place and host. */
-async function fetchGuarded(item: RemoteMedia, opts: MediaFetchOptions, all: AbortSignal): Promise<Fetched> {
+async function fetchGuarded(item: RemoteMedia, opts: MediaFetchOptions, all: AbortSignal, room: Room): Promise<Fetched> {
   const own = new AbortController();
   const timer = setTimeout(() => own.abort(), opts.timeoutMs);
   try {
-    return await fetchOne(item.url, item.media, opts, AbortSignal.any([all, own.signal]));
+    return await fetchOne(item.url, item.media, opts, AbortSignal.any([all, own.signal]), room);
   } catch (err) {
     if (err instanceof GatewayError) throw err;
     if (all.aborted && !own.signal.aborted) throw all.reason; // another URL failed, or the client left
@@ -351,11 +378,14 @@ export async function inlineRemoteMedia(
   const onClientGone = (): void => all.abort(opts.signal?.reason);
   opts.signal?.addEventListener('abort', onClientGone, { once: true });
   if (opts.signal?.aborted === true) all.abort(opts.signal.reason);
+  const limit = opts.bodyLimit ?? Infinity;
+  // A file is written into the body as base64 (4 bytes per 3) once per place it is named at.
+  const room: Room = { left: Math.floor(((limit - (opts.bodyBytes ?? 0)) * 3) / 4) - 64 * found.length, limit };
   const fetches = new Map<string, Promise<Fetched>>();
   for (const item of found) {
     const id = `${item.media} ${item.url}`;
     if (!fetches.has(id)) {
-      const p = fetchGuarded(item, opts, all.signal);
+      const p = fetchGuarded(item, opts, all.signal, room);
       p.catch((err: unknown) => all.abort(err));
       fetches.set(id, p);
     }

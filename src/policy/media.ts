@@ -164,3 +164,44 @@ export function findRemoteMedia(kind: RouteKind, json: Record<string, unknown>):
   }
   return found ?? NONE;
 }
+
+// ── Media of any kind (for the prompt-token limit) ───────────────────────────────────────────────
+
+/** Content part types that carry a file, not text, in the chat, Responses and Anthropic shapes. */
+const MEDIA_PARTS: ReadonlySet<unknown> = new Set([
+  'image_url',
+  'input_audio',
+  'input_video',
+  'input_image',
+  'input_file',
+  'file',
+  'image',
+  'document',
+]);
+
+function partsHaveMedia(items: unknown): boolean {
+  if (!Array.isArray(items)) return false;
+  for (const item of items) {
+    const content = (item as { content?: unknown } | null)?.content;
+    if (!Array.isArray(content)) continue; // a string: the usual chat
+    for (const part of content) if (isObject(part) && MEDIA_PARTS.has(part.type)) return true;
+  }
+  return false;
+}
+
+/**
+ * True when a chat-like body carries a file (an image, audio, video, a document), inline or by
+ * URL: its tokens are not bounded by its bytes (a small PNG may be a thousand image tokens), so
+ * the prompt-token limit has it counted whatever its size. No allocation.
+ */
+export function hasMediaParts(kind: RouteKind, json: Record<string, unknown>): boolean {
+  switch (kind) {
+    case 'chat':
+    case 'messages':
+      return partsHaveMedia(json.messages);
+    case 'responses':
+      return partsHaveMedia(json.input);
+    default:
+      return false;
+  }
+}

@@ -46,6 +46,11 @@ export const DEFAULT_PARAMS: Readonly<Record<string, ParamEntry>> = {
     above: MAX_PROBS,
     why: 'becomes n_probs in llama-server (same cost); OpenAI itself allows at most 20',
   },
+  logprobs: {
+    rule: 'refuse',
+    above: MAX_PROBS,
+    why: "a number becomes n_probs in llama-server when n_probs is absent (chat too): the same cost; true/false and OpenAI's own range are ordinary use",
+  },
   ignore_eos: {
     rule: 'allow',
     why: 'keeps generating past the end of the answer; bounded by the max_tokens cap (set GATEWAY_MAX_TOKENS) and the context',

@@ -15,6 +15,7 @@ import { PARAM_NOT_ALLOWED, PROMPT_TOO_MANY_BYTES, type GatewayError } from '../
 import type { KeyPolicy, MediaRule } from '../keys/key-policy.js';
 import type { JsonBody } from '../proxy/json-body.js';
 import type { RouteKind } from '../usage/exchange.js';
+import { hasMediaParts } from './media.js';
 import { breaks, paramChecks, type ParamCheck } from './params.js';
 
 export interface EffectivePolicy {
@@ -232,10 +233,12 @@ export type PromptCount = { readonly path: string; readonly body: string | Buffe
 /**
  * True when the prompt may exceed `max` tokens and has to be counted. Text has at least one byte
  * per token, so a body of fewer bytes than the limit cannot hold more tokens (the chat template's
- * few tokens are more than paid for by the body's JSON syntax).
+ * few tokens are more than paid for by the body's JSON syntax). Media is not text: a body with an
+ * image, audio or a document part is counted whatever its size (hasMediaParts).
  */
 export function mayExceed(p: EffectivePolicy, kind: RouteKind, body: JsonBody): boolean {
-  return p.maxPromptTokens !== null && body.raw.length > p.maxPromptTokens && body.form !== true && kind !== 'count_tokens';
+  if (p.maxPromptTokens === null || body.form === true || kind === 'count_tokens') return false;
+  return body.raw.length > p.maxPromptTokens || hasMediaParts(kind, body.json);
 }
 
 /** Texts and token ids of a /v1/completions prompt, embeddings input or rerank query + documents. */

@@ -2,6 +2,7 @@
 // and the audit log: nothing touches the disk on the request path, a graceful shutdown flushes
 // everything, and a crash loses at most the last second. Listeners (metrics) see each record at once.
 import type { AuditLog } from './audit-log.js';
+import { auditLine } from './audit-line.js';
 import type { UsageRecord } from './exchange.js';
 import { costOf, hasPrices, type PriceList } from './prices.js';
 import type { UsageStore } from './store.js';
@@ -137,7 +138,7 @@ export class UsageRecorder {
         'usage records could not be written to the database',
       );
     }
-    return this.#audit?.write(batch.map((r) => JSON.stringify({ time: new Date(r.ts).toISOString(), ...r }))) ?? Promise.resolve();
+    return this.#audit?.write(batch.map(auditLine)) ?? Promise.resolve();
   }
 
   async close(): Promise<void> {

@@ -214,7 +214,7 @@ t.test('the admin API: budgets set and merged by PATCH, budget_state beside the 
     });
   const patched = await admin('PATCH', `/admin/keys/${r.keyId}`, { budgets: { day: 500, mode: 'soft', per_user: { day: 50 } } });
   t.equal(patched.status, 200);
-  t.same(JSON.parse(patched.text).budgets, { month: 1000, day: 500, mode: 'soft', per_user: { day: 50 } });
+  t.same((JSON.parse(patched.text) as { budgets: unknown }).budgets, { month: 1000, day: 500, mode: 'soft', per_user: { day: 50 } });
   t.equal((await chat(r)).status, 200);
   await settled(r, USED);
   const got = JSON.parse((await admin('GET', `/admin/keys/${r.keyId}`)).text) as Record<string, unknown>;
@@ -249,7 +249,7 @@ t.test('the admin API: budgets set and merged by PATCH, budget_state beside the 
   const unknown = await admin('PATCH', `/admin/keys/${r.keyId}`, { budgets: { year: 5 } });
   t.equal(unknown.status, 400);
   const cleared = await admin('PATCH', `/admin/keys/${r.keyId}`, { budgets: null });
-  t.equal(JSON.parse(cleared.text).budgets, null);
+  t.equal((JSON.parse(cleared.text) as { budgets: unknown }).budgets, null);
   const after = JSON.parse((await admin('GET', `/admin/keys/${r.keyId}`)).text) as Record<string, unknown>;
   t.notOk('budget_state' in after, 'no budgets: no budget_state');
 

@@ -149,13 +149,13 @@ t.test('loopback, private, link-local and metadata addresses are refused: as lit
   );
   // Other spellings of loopback: the URL parser's normal form is what is checked.
   const strict = optionsFor(server, { treatAsPublic: [] });
-  for (const [url, host] of [
+  for (const [url, host] of <[string, string][]>[
     ['https://2130706433/', '127.0.0.1'],
     ['https://0x7f.1/', '127.0.0.1'],
     ['https://0177.0.0.1/', '127.0.0.1'],
     ['https://localhost/', 'localhost'],
   ])
-    t.same(await refusal(t, inline('chat', chat(url!), strict)), failed(host!, NOT_PUBLIC), url);
+    t.same(await refusal(t, inline('chat', chat(url), strict)), failed(host, NOT_PUBLIC), url);
   await refused(`https://[::ffff:127.0.0.1]:${port}/cat.png`, `[::ffff:7f00:1]:${port}`);
   await refused(`https://[::1]:${port}/cat.png`, `[::1]:${port}`);
   await refused('https://169.254.169.254/latest/meta-data/', '169.254.169.254');

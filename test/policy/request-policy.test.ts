@@ -129,7 +129,7 @@ test('the parameter table: refuse, remove, bounds, overrides', async (t) => {
   );
   t.same(
     paramChecks().map((c) => c.name),
-    ['id_slot', 'lora', 'n_cmpl', 'n_probs', 'top_logprobs'],
+    ['id_slot', 'lora', 'n_cmpl', 'n_probs', 'top_logprobs', 'logprobs'],
     'what ordinary keys are checked for',
   );
 });
