@@ -319,7 +319,8 @@ function s3Endpoint(text: string, env: string): string {
   try {
     url = new URL(value);
   } catch {
-    throw new ConfigError(env, `must be an http(s) URL such as https://<account>.r2.cloudflarestorage.com, got "${value}"`);
+    // Not echoed: a value that fails to parse may hold pasted credentials.
+    throw new ConfigError(env, 'must be an http(s) URL such as https://<account>.r2.cloudflarestorage.com');
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:')
     throw new ConfigError(env, `must be an http(s) URL, got protocol "${url.protocol}"`);

@@ -16,6 +16,11 @@
 // records that arrive before the seed are left to it (no counter yet: not added), so none is missed
 // or counted twice. Warning levels the seed already passed are taken as sent: a restart does not
 // repeat a month's alerts.
+//
+// End user ids are the client's to choose: a made-up id must cost neither a query nor memory. The
+// users under a key start from ONE grouped query per key and period (kept until it ends; records
+// for a user without a counter are added there), and a user's counter is made only when a request
+// of theirs settles real tokens: refusals and model lists with a new id each leave nothing behind.
 import type { Alerts } from '../alerts/events.js';
 import { BUDGET_PERIODS, type BudgetMode, type BudgetPeriod, type KeyBudgets, type PeriodBudgets } from '../keys/key-budgets.js';
 import { localIso, type Calendar } from '../usage/calendar.js';
@@ -27,10 +32,23 @@ import type { CounterStore } from './counters.js';
 /** Tokens a key (or one end user under it) used since `since`: the usage table and records not yet written. */
 export type Seeder = (keyId: string, since: number, user: string | null) => number;
 
+/** Every end user's tokens under a key since `since` (users with none may be left out). */
+export type UserSeeder = (keyId: string, since: number) => Map<string, number>;
+
 /** The gateway's seeder: the usage table plus the recorder's unwritten records (null: no usage table). */
 export function seederFor(store: UsageStore | null, recorder: UsageRecorder | null): Seeder | null {
   if (store === null) return null;
   return (keyId, since, user) => store.tokensSince(keyId, since, user) + (recorder?.pendingTokens(keyId, since, user) ?? 0);
+}
+
+/** The gateway's per-user seeder: one grouped query per key and period, plus the unwritten records. */
+export function userSeederFor(store: UsageStore | null, recorder: UsageRecorder | null): UserSeeder | null {
+  if (store === null) return null;
+  return (keyId, since) => {
+    const users = store.tokensByUserSince(keyId, since);
+    if (recorder !== null) for (const [u, n] of recorder.pendingByUser(keyId, since)) users.set(u, (users.get(u) ?? 0) + n);
+    return users;
+  };
 }
 
 /** The 429 for a spent hard budget: whose (the key's, or its end user's), the period, and its reset. */
@@ -53,6 +71,8 @@ interface Line {
   readonly end: number;
   /** the counter's name: key, period, the period's start, and the user */
   readonly name: string;
+  /** where a user's count starts when their counter is made (null: the key's own, counting already) */
+  readonly seeds: UserSeeds | null;
   used: number;
   held: number;
 }
@@ -96,6 +116,14 @@ export interface BudgetState {
   readonly per_user: PeriodBudgets | null;
 }
 
+/** Users under a key in one period without a counter yet: their tokens so far (complete: absent = 0). */
+interface UserSeeds {
+  readonly start: number;
+  readonly end: number;
+  readonly complete: boolean;
+  readonly users: Map<string, number>;
+}
+
 interface Hold {
   readonly keyId: string;
   readonly keyName: string;
@@ -112,6 +140,8 @@ export interface BudgetOptions {
   readonly warnAt: readonly number[];
   /** null: no usage table (nothing to start from) */
   readonly seed: Seeder | null;
+  /** every user of a key at once (else each user is asked from `seed`) */
+  readonly seedUsers?: UserSeeder | null | undefined;
   /** read at each event: the alerts plugin may decorate after admission is built */
   readonly alerts: () => Alerts;
 }
@@ -121,6 +151,9 @@ export class Budgets {
   readonly #counters: CounterStore;
   readonly #warnAt: readonly number[];
   readonly #seed: Seeder | null;
+  readonly #seedUsers: UserSeeder | null;
+  /** per key, period and its start: the users not counting yet (see the header) */
+  readonly #userSeeds = new Map<string, UserSeeds>();
   readonly #alerts: () => Alerts;
   readonly #holds = new Map<string, Hold>();
   /** keys with budgets seen by admission, by id: a record without a hold (a light call) still counts */
@@ -131,6 +164,7 @@ export class Budgets {
     this.#counters = opts.counters;
     this.#warnAt = opts.warnAt;
     this.#seed = opts.seed;
+    this.#seedUsers = opts.seedUsers ?? null;
     this.#alerts = opts.alerts;
   }
 
@@ -172,7 +206,12 @@ export class Budgets {
     }
     const key = this.#keys.get(keyId);
     if (tokens <= 0 || key === undefined || key.budgets === null) return;
-    for (const l of this.#lines(key.id, key.budgets, user, ts, false)) this.#add(key.id, key.name, key.budgets.mode ?? 'hard', l, tokens);
+    for (const l of this.#lines(key.id, key.budgets, user, ts, false)) {
+      // A user without a counter yet: theirs when it is made (a seed that did not know them knew the rest).
+      if (l.seeds !== null && this.#counters.value(l.name, ts) === undefined) {
+        if (l.seeds.complete || l.seeds.users.has(l.user!)) l.seeds.users.set(l.user!, (l.seeds.users.get(l.user!) ?? 0) + tokens);
+      } else this.#add(key.id, key.name, key.budgets.mode ?? 'hard', l, tokens);
+    }
   }
 
   /** Gives a request's hold back without counting anything (no usage to settle with). */
@@ -184,6 +223,7 @@ export class Budgets {
   /** Forgets holds older than `maxAgeMs` (a request whose record never came: a safety net). */
   sweep(now: number, maxAgeMs: number): void {
     for (const [id, hold] of this.#holds) if (hold.at + maxAgeMs < now) this.#release(id, hold);
+    for (const [name, seeds] of this.#userSeeds) if (seeds.end + maxAgeMs < now) this.#userSeeds.delete(name);
   }
 
   /** The key's own budgets now: used (seeded when needed), held, remaining, reset per period. */
@@ -203,8 +243,9 @@ export class Budgets {
   }
 
   /**
-   * The budgets that apply at `now` with their counts. `seed` false: only those whose counter runs
-   * (a record that comes before its counter is the seed's to count).
+   * The budgets that apply at `now` with their counts. `seed` false: only the key's whose counter
+   * runs (a record that comes before its counter is the seed's to count), and every user's (whose
+   * records before their counter go to the period's user seeds).
    */
   #lines(keyId: string, b: KeyBudgets, user: string | null, now: number, seed = true): Line[] {
     const out: Line[] = [];
@@ -213,14 +254,20 @@ export class Budgets {
         const limit = limits[period];
         if (typeof limit !== 'number') continue;
         const { start, end } = this.calendar.bounds(period, now);
-        const name = `budget:${keyId}:${period}:${start}${who === null ? '' : `:user:${who}`}`;
+        const base = `budget:${keyId}:${period}:${start}`;
+        const name = who === null ? base : `${base}:user:${who}`;
         let used = this.#counters.value(name, now);
-        if (used === undefined) {
+        let seeds: UserSeeds | null = null;
+        if (who !== null) {
+          // An end user: counted from the period's user seeds until a request of theirs settles.
+          seeds = this.#userSeedsOf(base, keyId, start, end);
+          if (used === undefined) used = this.#userSeed(seeds, keyId, who);
+        } else if (used === undefined) {
           if (!seed) continue;
           used = this.#counters.init(name, this.#seed === null ? 0 : this.#seed(keyId, start, who), end);
           this.#markPassed(name, used, limit, b.mode ?? 'hard', end);
         }
-        out.push({ user: who, period, limit, end, name, used, held: this.#counters.gauge(`held:${name}`) });
+        out.push({ user: who, period, limit, end, name, seeds, used, held: this.#counters.gauge(`held:${name}`) });
       }
     };
     add(b, null);
@@ -228,8 +275,36 @@ export class Budgets {
     return out;
   }
 
+  /** The users under a key in one period not counting yet (one grouped seed per key and period). */
+  #userSeedsOf(base: string, keyId: string, start: number, end: number): UserSeeds {
+    let seeds = this.#userSeeds.get(base);
+    if (seeds === undefined) {
+      seeds =
+        this.#seedUsers === null
+          ? { start, end, complete: this.#seed === null, users: new Map() }
+          : { start, end, complete: true, users: this.#seedUsers(keyId, start) };
+      this.#userSeeds.set(base, seeds);
+    }
+    return seeds;
+  }
+
+  /** A user's tokens in a period before their counter (without a UserSeeder: asked once from the Seeder). */
+  #userSeed(seeds: UserSeeds, keyId: string, user: string): number {
+    const known = seeds.users.get(user);
+    if (known !== undefined || seeds.complete) return known ?? 0;
+    const used = this.#seed!(keyId, seeds.start, user);
+    seeds.users.set(user, used);
+    return used;
+  }
+
   /** Counts `tokens` on a budget's counter and sends the alerts a level crossed calls for. */
   #add(keyId: string, keyName: string, mode: BudgetMode, l: Line, tokens: number): void {
+    if (l.seeds !== null && this.#counters.value(l.name, l.end - 1) === undefined) {
+      // A user's first settled tokens this period: their counter starts from the seed, which forgets them.
+      const start = this.#userSeed(l.seeds, keyId, l.user!);
+      l.seeds.users.delete(l.user!);
+      this.#markPassed(l.name, this.#counters.init(l.name, start, l.end), l.limit, mode, l.end);
+    }
     const used = this.#counters.addUntil(l.name, tokens, l.end);
     const before = used - tokens;
     const alerts = this.#alerts();

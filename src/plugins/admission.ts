@@ -38,7 +38,7 @@ import { AffinityMap, affinityKey, preferMs } from '../upstreams/affinity.js';
 import type { UpstreamNode } from '../upstreams/upstream-set.js';
 import type { RouteKind } from '../usage/exchange.js';
 import { Limits } from '../admission/limits.js';
-import { Budgets, budgetError, seederFor } from '../admission/budgets.js';
+import { Budgets, budgetError, seederFor, userSeederFor } from '../admission/budgets.js';
 import { NO_ALERTS } from '../alerts/events.js';
 import { hasBudgets } from '../keys/key-budgets.js';
 import { Calendar } from '../usage/calendar.js';
@@ -117,6 +117,7 @@ export default fp(
       calendar: new Calendar(config.budgetTz),
       warnAt: config.budgetWarnAt,
       seed: seederFor(app.usageStore, app.usage),
+      seedUsers: userSeederFor(app.usageStore, app.usage),
       alerts: () => (app.hasDecorator('alerts') ? app.alerts : NO_ALERTS),
     });
     app.decorate('budgets', budgets);

@@ -47,9 +47,8 @@ export interface MediaFetchTesting {
 
 export interface MediaFetchOptions extends MediaFetchTesting {
   readonly maxBytes: number;
-  /** GATEWAY_BODY_LIMIT: the body with its files inlined stays within it */
+  /** GATEWAY_BODY_LIMIT, and the client's body size: the body with its files inlined stays within the limit */
   readonly bodyLimit?: number;
-  /** the client's body, in bytes (what the files are added to) */
   readonly bodyBytes?: number;
   readonly maxCount: number;
   readonly timeoutMs: number;
@@ -207,11 +206,7 @@ function get(url: URL, media: MediaKind, opts: MediaFetchOptions, signal: AbortS
   });
 }
 
-/**
- * What the files of one request may still add to its body (file bytes, before base64), shared by
- * its fetches: GATEWAY_BODY_LIMIT less the client's body, less base64's third, less each file's
- * few bytes of prefix.
- */
+/** What a request's files may still add to its body (bytes before base64), shared by its fetches. */
 interface Room {
   left: number;
   readonly limit: number;

@@ -5,7 +5,7 @@
 // keys are written in their fixed order, strings that need no escaping are written as they are,
 // and the ISO time's first 20 characters are reused within one second.
 //
-// Exactness: every field of UsageRecord is named in FIELDS (a field added to the type and not
+// Exactness: every field of UsageRecord is named in Written (a field added to the type and not
 // here fails to compile); a record that carries one of the optional fields (estimate, bodies:
 // their order depends on who added them) takes the generic way, so the line is always what
 // JSON.stringify would have written (test/usage/audit-line.test.ts compares them).
@@ -13,36 +13,36 @@ import type { UsageRecord } from './exchange.js';
 
 type Optional = 'estimate' | 'requestBody' | 'responseText';
 type Fixed = Exclude<keyof UsageRecord, Optional>;
-/** The fixed fields in the order buildRecord (plugins/usage.ts) creates them. */
-const FIELDS = [
-  'ts',
-  'requestId',
-  'keyId',
-  'keyName',
-  'route',
-  'model',
-  'status',
-  'streamed',
-  'promptTokens',
-  'cachedTokens',
-  'completionTokens',
-  'estimated',
-  'ttftMs',
-  'durationMs',
-  'bytesIn',
-  'bytesOut',
-  'clientIp',
-  'userAgent',
-  'outcome',
-  'endUser',
-  'cost',
-] as const satisfies readonly Fixed[];
-// A field of the type missing from FIELDS (and so from the line) fails to compile here.
-type Missing = Exclude<Fixed, (typeof FIELDS)[number]>;
+/** The fixed fields, as auditLine writes them (in the order buildRecord in plugins/usage.ts creates them). */
+type Written =
+  | 'ts'
+  | 'requestId'
+  | 'keyId'
+  | 'keyName'
+  | 'route'
+  | 'model'
+  | 'status'
+  | 'streamed'
+  | 'promptTokens'
+  | 'cachedTokens'
+  | 'completionTokens'
+  | 'estimated'
+  | 'ttftMs'
+  | 'durationMs'
+  | 'bytesIn'
+  | 'bytesOut'
+  | 'clientIp'
+  | 'userAgent'
+  | 'outcome'
+  | 'endUser'
+  | 'cost';
+// A field added to UsageRecord and not written by auditLine fails to compile here.
+type Missing = Exclude<Fixed, Written>;
 const complete: [Missing] extends [never] ? true : Missing = true;
 void complete;
 
 /** A string JSON.stringify writes as it is, between quotes: no quote, backslash, control character or surrogate. */
+// eslint-disable-next-line no-control-regex -- control characters are exactly what JSON must escape
 const PLAIN = /^[^"\\\u0000-\u001f\ud800-\udfff]*$/;
 
 /** Set by the writers below when a value is not of its field's type (a record built by hand): the generic way then. */

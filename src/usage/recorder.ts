@@ -70,6 +70,15 @@ export class UsageRecorder {
     return tokens;
   }
 
+  /** pendingTokens for every end user under key `keyId` at once (per-user budgets' seed). */
+  pendingByUser(keyId: string, since: number): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const r of this.#pending)
+      if (r.keyId === keyId && r.ts >= since && r.endUser !== null)
+        out.set(r.endUser, (out.get(r.endUser) ?? 0) + (r.promptTokens ?? 0) + (r.completionTokens ?? 0));
+    return out;
+  }
+
   record(r: UsageRecord): void {
     // Every record passes here once, with its final numbers (completed ones too): priced here.
     if (this.#prices !== null) r.cost = costOf(this.#prices, r);

@@ -301,4 +301,19 @@ export class UsageStore {
     ) as { tokens: number };
     return row.tokens;
   }
+
+  /**
+   * Tokens of each end user under one key since `since` (users with none left out): where the
+   * per-user budgets of a key start, in one pass over the key's rows (index usage_key_ts) per
+   * period instead of one per user (admission/budgets.ts).
+   */
+  tokensByUserSince(keyId: string, since: number): Map<string, number> {
+    const rows = this.#db
+      .prepare(
+        `SELECT end_user AS user, coalesce(sum(prompt_tokens), 0) + coalesce(sum(completion_tokens), 0) AS tokens FROM usage
+         WHERE key_id = ? AND ts >= ? AND end_user IS NOT NULL GROUP BY end_user HAVING tokens > 0`,
+      )
+      .all(keyId, since) as { user: string; tokens: number }[];
+    return new Map(rows.map((r) => [r.user, r.tokens]));
+  }
 }

@@ -170,6 +170,8 @@ function describeLines(k: KeyJson): string {
     `models:     ${k.models === null ? 'all' : k.models.join(', ')}`,
     `origins:    ${k.origins === null ? 'all' : k.origins.join(', ')}`,
     `limits:     ${limits}`,
+    // These tests' keys have no policy of their own (test/policy/key-policy.test.ts covers the line).
+    `policy:     defaults`,
     `note:       ${k.note}`,
   ].join('\n');
 }

