@@ -13,9 +13,14 @@ import type { BudgetPeriod } from '../keys/key-budgets.js';
 /** Far enough on either side of a wall time to see the offsets before and after any transition. */
 const OFFSET_PROBE_MS = 36 * 3_600_000;
 
-/** The zone's canonical name (Intl's), or throws RangeError for a name Intl does not know. */
+/**
+ * The zone's name as Intl spells it (`utc` → UTC), or throws RangeError for a name Intl does not
+ * know. A link keeps the operator's name: ICU resolves Asia/Kolkata to Asia/Calcutta and
+ * Europe/Kyiv to Europe/Kiev, names people should not read back in their 429s and `keys show`.
+ */
 export function canonicalZone(tz: string): string {
-  return new Intl.DateTimeFormat('en-US', { timeZone: tz }).resolvedOptions().timeZone;
+  const resolved = new Intl.DateTimeFormat('en-US', { timeZone: tz }).resolvedOptions().timeZone;
+  return resolved.toLowerCase() === tz.toLowerCase() ? resolved : tz;
 }
 
 /** A local calendar date: year, month 1-12, day 1-31 (may overflow: Date.UTC normalises). */
