@@ -109,7 +109,7 @@ export interface KeyPolicy {
 
 export type PeriodBudgets = Partial<Record<BudgetPeriod, number | null>>;
 
-export interface KeyBudgets extends PeriodBudgets {
+interface KeyBudgets extends PeriodBudgets {
   mode?: 'hard' | 'soft' | null;
   per_user?: PeriodBudgets | null;
 }

@@ -99,7 +99,7 @@ export interface BudgetCheck {
 }
 
 /** One period of a key's budget state (admin API, `keys show`, the console). */
-export interface PeriodState {
+interface PeriodState {
   readonly period: BudgetPeriod;
   readonly limit: number;
   readonly used: number;

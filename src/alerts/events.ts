@@ -4,7 +4,7 @@
 // request path) is the webhook sender's job.
 import type { BudgetPeriod } from '../keys/key-budgets.js';
 
-export interface AlertKey {
+interface AlertKey {
   readonly id: string;
   readonly name: string;
 }

@@ -17,7 +17,7 @@ export interface AuditCheck {
 }
 
 /** The uploader for these settings with GATEWAY_AUDIT_LOG resolved against `cwd`, or null when the upload is off. */
-export function uploaderFor(config: Config, cwd: string, timeoutMs?: number): AuditUploader | null {
+function uploaderFor(config: Config, cwd: string, timeoutMs?: number): AuditUploader | null {
   const target = s3TargetOf(config);
   if (target === null) return null;
   return new AuditUploader({ auditLog: resolve(cwd, config.auditLog), target, ...(timeoutMs === undefined ? {} : { timeoutMs }) });

@@ -27,8 +27,6 @@ import type { KeyPolicy } from './key-policy.js';
 
 // The store's face for the CLI and the admin API: the record's types and its errors come with it.
 export { KeyStoreError, LIMIT_NAMES, keyJson, type KeyChanges, type KeyRecord } from './key-record.js';
-export type { KeyBudgets } from './key-budgets.js';
-export type { KeyPolicy } from './key-policy.js';
 export type { KeyLimits } from '../admission/limits.js';
 
 interface Row {

@@ -22,7 +22,7 @@ import { inlineRemoteMedia, mediaFetchOptions, type MediaFetchTesting } from '..
 import { RequestPolicies, applyRules, countedTokens, mayExceed, promptCount, type EffectivePolicy } from '../policy/request-policy.js';
 import type { RouteKind } from '../usage/exchange.js';
 
-export interface PolicyOptions {
+interface PolicyOptions {
   config: Config;
   /** For tests only (in code, never a setting): see MediaFetchTesting. */
   mediaFetch?: MediaFetchTesting;

@@ -42,7 +42,7 @@ export type MediaKind = 'image' | 'audio' | 'video';
  *   llama-server reads their data as raw base64, not as a data: URL);
  * - anthropic: the source becomes Anthropic's own {type:"base64", media_type, data}.
  */
-export type MediaForm = 'data-url' | 'base64' | 'anthropic';
+type MediaForm = 'data-url' | 'base64' | 'anthropic';
 
 /** One URL llama-server would download. */
 export interface RemoteMedia {

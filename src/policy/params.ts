@@ -21,7 +21,7 @@ export interface ParamEntry {
 }
 
 /** OpenAI caps top_logprobs at 20; llama-server has no cap of its own. */
-export const MAX_PROBS = 20;
+const MAX_PROBS = 20;
 
 export const DEFAULT_PARAMS: Readonly<Record<string, ParamEntry>> = {
   id_slot: {
@@ -82,7 +82,7 @@ export interface ParamCheck {
 
 const RULES: ReadonlySet<string> = new Set(['allow', 'remove', 'refuse']);
 
-export function isParamRule(v: unknown): v is ParamRule {
+function isParamRule(v: unknown): v is ParamRule {
   return typeof v === 'string' && RULES.has(v);
 }
 

@@ -118,7 +118,7 @@ export function applyRules(p: EffectivePolicy, kind: RouteKind, body: JsonBody):
 }
 
 /** The body with `edits` applied (undefined: the member removed); its other bytes as sent. */
-export function editBody(body: JsonBody, edits: ReadonlyMap<string, unknown>): JsonBody {
+function editBody(body: JsonBody, edits: ReadonlyMap<string, unknown>): JsonBody {
   const json: Record<string, unknown> = { ...body.json };
   for (const [k, v] of edits) {
     if (v === undefined) delete json[k];

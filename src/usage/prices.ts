@@ -10,7 +10,7 @@
 import type { UsageRecord } from './exchange.js';
 
 /** Prices of one model, per 1M tokens. */
-export interface ModelPrice {
+interface ModelPrice {
   readonly prompt: number;
   readonly completion: number;
   /** prompt tokens read from llama-server's cache (the prompt price when not given) */

@@ -7,7 +7,7 @@ import type { UsageRecord } from './exchange.js';
 export type GroupBy = 'day' | 'key' | 'model' | 'user';
 
 /** How reports name the requests that named no end user. */
-export const NO_USER = '(none)';
+const NO_USER = '(none)';
 
 export interface UsageFilter {
   /** key name or id */

@@ -10,7 +10,7 @@ import type { Teardown } from '../helpers.js';
 
 export const SECRET = 'whsec-0123456789abcdef0123456789abcdef';
 
-export interface Received {
+interface Received {
   readonly headers: http.IncomingHttpHeaders;
   readonly body: string;
   readonly json: { id: string; type: string; created_at: string; data: Record<string, unknown> };

@@ -16,9 +16,9 @@ interface S3rverInstance {
 type S3rverClass = new (options: Record<string, unknown>) => S3rverInstance;
 const S3rver = createRequire(import.meta.url)('@20minutes/s3rver') as S3rverClass;
 
-export const BUCKET = 'audit';
-export const ACCESS_KEY_ID = 'S3RVER';
-export const SECRET_ACCESS_KEY = 'S3RVER';
+const BUCKET = 'audit';
+const ACCESS_KEY_ID = 'S3RVER';
+const SECRET_ACCESS_KEY = 'S3RVER';
 
 export interface LocalS3 {
   readonly port: number;
