@@ -3,7 +3,7 @@
 // optionally the same per end user under the key. Stored as a JSON document in the key's `budgets`
 // column; the same document in the admin API and `keys … --json` (snake_case fields). Counting and
 // enforcing them is admission/budgets.ts; the periods are usage/calendar.ts.
-import { KeyStoreError } from './key-record.js';
+import { KeyStoreError, mergeFields } from './key-record.js';
 
 export type BudgetPeriod = 'day' | 'week' | 'month';
 export const BUDGET_PERIODS: readonly BudgetPeriod[] = ['day', 'week', 'month'];
@@ -75,19 +75,7 @@ export function validBudgets(budgets: unknown): KeyBudgets | null {
  */
 export function mergeBudgets(current: KeyBudgets | null, changes: KeyBudgets | null): KeyBudgets | null {
   if (changes === null) return null;
-  const next: Record<string, unknown> = { ...(current ?? {}) };
-  for (const [k, v] of Object.entries(changes)) {
-    if (v === null || v === undefined) delete next[k];
-    else if (k === 'per_user' && typeof v === 'object' && !Array.isArray(v)) {
-      const user: Record<string, unknown> = { ...(current?.per_user ?? {}) };
-      for (const [p, n] of Object.entries(v as Record<string, unknown>)) {
-        if (n === null || n === undefined) delete user[p];
-        else user[p] = n;
-      }
-      next.per_user = user;
-    } else next[k] = v;
-  }
-  return validBudgets(next);
+  return validBudgets(mergeFields(current, changes, 'per_user'));
 }
 
 /** True when the document sets any number (a mode alone budgets nothing). */

@@ -6,7 +6,7 @@
 // In a change (admin PATCH, `keys set`), null removes a field — the key then follows the default
 // again — and `params` merges entry by entry (an entry set to null is removed), so `--param
 // lora=allow` does not forget an earlier `--param id_slot=allow`.
-import { KeyStoreError } from './key-record.js';
+import { KeyStoreError, mergeFields } from './key-record.js';
 
 /** What happens to a llama-server parameter in a request body. */
 export type ParamRule = 'allow' | 'remove' | 'refuse';
@@ -101,21 +101,7 @@ export function validPolicy(policy: unknown): KeyPolicy | null {
 /** A stored policy merged with changes: a field set to null or undefined in `changes` is removed. */
 export function mergePolicy(current: KeyPolicy | null, changes: KeyPolicy | null): KeyPolicy | null {
   if (changes === null) return null;
-  const checked = check(changes, true) ?? {};
-  const next: Record<string, unknown> = { ...(current ?? {}) };
-  for (const [k, v] of Object.entries(checked)) {
-    if (v === null) delete next[k];
-    else if (k === 'params') {
-      const params: Record<string, unknown> = { ...(current?.params ?? {}) };
-      for (const [name, rule] of Object.entries(v as Record<string, ParamRule | null>)) {
-        if (rule === null) delete params[name];
-        else params[name] = rule;
-      }
-      if (Object.keys(params).length === 0) delete next.params;
-      else next.params = params;
-    } else next[k] = v;
-  }
-  return validPolicy(next);
+  return validPolicy(mergeFields(current, check(changes, true) ?? {}, 'params'));
 }
 
 /** A policy's one-line summary (`keys show`, the console): only what it sets. */

@@ -146,6 +146,28 @@ export function validList(field: 'models' | 'origins', list: readonly string[] |
   return JSON.stringify(items);
 }
 
+/**
+ * A stored JSON document (a key's policy or budgets) with a change applied field by field: a field
+ * set to null (or undefined) is removed, `nested` (params, per_user) is merged entry by entry the
+ * same way and dropped when it ends up empty. The caller validates the result.
+ */
+export function mergeFields(current: object | null, changes: object, nested: string): Record<string, unknown> {
+  const next: Record<string, unknown> = { ...current };
+  for (const [k, v] of Object.entries(changes)) {
+    if (v === null || v === undefined) delete next[k];
+    else if (k === nested && typeof v === 'object' && !Array.isArray(v)) {
+      const inner: Record<string, unknown> = { ...(next[k] as object | undefined) };
+      for (const [name, x] of Object.entries(v as object)) {
+        if (x === null || x === undefined) delete inner[name];
+        else inner[name] = x;
+      }
+      if (Object.keys(inner).length === 0) delete next[k];
+      else next[k] = inner;
+    } else next[k] = v;
+  }
+  return next;
+}
+
 export function validLimit(name: string, v: number | null | undefined): number | null | undefined {
   if (v === undefined || v === null) return v;
   if (!Number.isSafeInteger(v) || v < 1)
