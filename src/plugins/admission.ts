@@ -245,6 +245,9 @@ export const admit = fp(
       const res = reply.raw;
       const route = request.routeOptions; // a new object on every read (Fastify 5): read once
       const queued = route.config.queued;
+      const body = request.body as JsonBody | undefined;
+      /** what this request may cost, held against token limits and budgets alike (computed once) */
+      let hold: number | undefined;
       const l = limits.of(key);
       if (Limits.any(l)) {
         const now = Date.now();
@@ -257,9 +260,8 @@ export const admit = fp(
         res.once('close', end);
         // A key with a token limit holds what this generation may cost until its usage record
         // settles it (the admission plugin); without usage records the hold ends with the response.
-        const body = request.body as JsonBody | undefined;
         if (queued === true && Limits.holdsTokens(l) && body !== undefined) {
-          const hold = holdFor(body, route.url);
+          hold = holdFor(body, route.url);
           limits.reserve(key.id, request.id, hold, now);
           if (!settledByRecords) res.once('close', () => limits.release(request.id));
         }
@@ -268,9 +270,8 @@ export const admit = fp(
       // Token budgets over calendar periods (the key's, its end user's): only work that runs on a
       // llama-server is refused and held; every answer to the key says what is left.
       if (key.budgets !== null && hasBudgets(key.budgets)) {
-        const body = request.body as JsonBody | undefined;
         const work = queued === true;
-        const tokens = work && body !== undefined ? holdFor(body, route.url) : 0;
+        const tokens = work && body !== undefined ? (hold ??= holdFor(body, route.url)) : 0;
         const check = budgets.admit(key, request.endUser ?? null, request.id, tokens, Date.now(), work);
         reply.headers(check.headers);
         if (check.refusal !== undefined) {
@@ -287,7 +288,6 @@ export const admit = fp(
       const target = request.target;
       if (queued === undefined || queued === false || target === null) return done();
       const light = queued === 'light';
-      const body = request.body as JsonBody | undefined;
       const json = body?.json;
       const tasks = light || json === undefined ? 1 : taskCount(route.url, json);
       let placement: Placement;
