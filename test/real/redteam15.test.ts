@@ -17,7 +17,9 @@ if (!skipTier(t)) {
     });
     const answer = (await direct.json()) as { choices: { logprobs: { content: { top_logprobs: unknown[] }[] } }[] };
     t.equal(answer.choices[0]!.logprobs.content[0]!.top_logprobs.length, 30, 'llama-server returns 30 probabilities per token');
-    // Through the gateway: refused, on both routes, and llama-server ran nothing.
+    // Through the gateway: refused, on both routes, and llama-server ran nothing. (llama-server logs
+    // the direct task after its answer: wait for its last line, or it lands in the part checked below.)
+    await gw.llama.waitForLog(/task 0 \| stop processing/);
     const before = gw.llama.log().length;
     for (const [path, body] of [
       ['/v1/completions', { model: 'gpt-oss-20b', prompt: 'x', max_tokens: 1, logprobs: 30 }],

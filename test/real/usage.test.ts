@@ -35,14 +35,17 @@ async function postOk(gw: RealGateway, path: string, body: unknown): Promise<{ s
   }
 }
 
-/** Sends a request and leaves: after the first body bytes (`afterMs` null) or after `afterMs`. */
+/**
+ * Sends a request and leaves: after the first SSE event (`afterMs` null; a keep-alive comment the
+ * gateway writes while the request waits for a slot does not count) or after `afterMs`.
+ */
 function leave(gw: RealGateway, path: string, body: unknown, afterMs: number | null): Promise<void> {
   return new Promise((resolve, reject) => {
     const req = http.request(
       { host: '127.0.0.1', port: gw.port, method: 'POST', path, headers: { ...AUTH_A, 'content-type': 'application/json' } },
       (res) => {
-        res.once('data', () => {
-          if (afterMs === null) req.destroy();
+        res.on('data', (chunk: Buffer) => {
+          if (afterMs === null && chunk.includes('data:')) req.destroy();
         });
       },
     );
