@@ -361,3 +361,49 @@ export function logLevel(text: string, env: string): string {
   if (!LOG_LEVELS.has(value)) throw new ConfigError(env, `must be one of ${[...LOG_LEVELS].join(', ')}, got "${text}"`);
   return value;
 }
+
+/** A Redis server shared by several gateways (redis:// or rediss://), or empty for none. Never echoed: it may hold a password. */
+export function redisUrl(text: string, env: string): string {
+  const value = text.trim();
+  if (value === '') return '';
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new ConfigError(env, 'must be a redis:// or rediss:// URL such as redis://127.0.0.1:6379 (or empty for none)');
+  }
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:')
+    throw new ConfigError(env, `must be a redis:// or rediss:// URL, got protocol "${url.protocol}"`);
+  return value;
+}
+
+/** A PostgreSQL database for keys and usage (postgres:// or postgresql://), or empty for the SQLite file. Never echoed. */
+export function postgresUrl(text: string, env: string): string {
+  const value = text.trim();
+  if (value === '') return '';
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new ConfigError(env, 'must be a postgres:// URL such as postgres://gateway@127.0.0.1:5432/gateway (or empty for the SQLite file)');
+  }
+  if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:')
+    throw new ConfigError(env, `must be a postgres:// or postgresql:// URL, got protocol "${url.protocol}"`);
+  return value;
+}
+
+/** What a gateway does while the shared Redis cannot be reached. */
+export type RedisDownRule = 'local' | 'refuse';
+
+export function redisDownRule(text: string, env: string): RedisDownRule {
+  const value = text.trim().toLowerCase();
+  if (value === 'local' || value === 'refuse') return value;
+  throw new ConfigError(env, `must be local (count in this process until Redis is back) or refuse (answer 503), got "${text}"`);
+}
+
+/** A folder the gateway creates on first use. */
+export function folderPath(text: string, env: string): string {
+  const value = text.trim().replace(/\/+$/, '');
+  if (value === '') throw new ConfigError(env, `must be a folder such as ./data/usage-spool, got "${text}"`);
+  return value;
+}

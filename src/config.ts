@@ -13,6 +13,7 @@ import {
   days,
   endUserSources,
   filePath,
+  folderPath,
   host,
   httpUrlList,
   keySlots,
@@ -27,7 +28,10 @@ import {
   paramPolicy,
   percentList,
   port,
+  postgresUrl,
   prices,
+  redisDownRule,
+  redisUrl,
   s3Bucket,
   s3Endpoint,
   s3Prefix,
@@ -125,6 +129,12 @@ export const SETTINGS = {
   mediaTimeoutMs: setting('GATEWAY_MEDIA_TIMEOUT_MS', '10000', millis),
   webhookUrl: setting('GATEWAY_WEBHOOK_URL', '', webhookUrl),
   webhookSecret: setting('GATEWAY_WEBHOOK_SECRET', '', webhookSecret),
+  // Several gateways sharing counters, slots, keys and usage (issue 17; README "Running several gateways").
+  redisUrl: setting('GATEWAY_REDIS_URL', '', redisUrl),
+  redisDown: setting('GATEWAY_REDIS_DOWN', 'local', redisDownRule),
+  slotLeaseMs: setting('GATEWAY_SLOT_LEASE_MS', '5000', millis),
+  databaseUrl: setting('GATEWAY_DATABASE_URL', '', postgresUrl),
+  usageSpool: setting('GATEWAY_USAGE_SPOOL', './data/usage-spool', folderPath),
 } as const;
 
 export type Config = { readonly [K in keyof typeof SETTINGS]: ReturnType<(typeof SETTINGS)[K]['parse']> };
