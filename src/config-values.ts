@@ -385,7 +385,10 @@ export function postgresUrl(text: string, env: string): string {
   try {
     url = new URL(value);
   } catch {
-    throw new ConfigError(env, 'must be a postgres:// URL such as postgres://gateway@127.0.0.1:5432/gateway (or empty for the SQLite file)');
+    throw new ConfigError(
+      env,
+      'must be a postgres:// URL such as postgres://gateway@127.0.0.1:5432/gateway (or empty for the SQLite file)',
+    );
   }
   if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:')
     throw new ConfigError(env, `must be a postgres:// or postgresql:// URL, got protocol "${url.protocol}"`);
@@ -405,5 +408,13 @@ export function redisDownRule(text: string, env: string): RedisDownRule {
 export function folderPath(text: string, env: string): string {
   const value = text.trim().replace(/\/+$/, '');
   if (value === '') throw new ConfigError(env, `must be a folder such as ./data/usage-spool, got "${text}"`);
+  return value;
+}
+
+/** The prefix of every Redis key the gateway writes, so several deployments (or tests) can share one Redis. */
+export function redisPrefix(text: string, env: string): string {
+  const value = text.trim();
+  if (!/^[A-Za-z0-9_.:-]{1,64}$/.test(value))
+    throw new ConfigError(env, `must be 1 to 64 letters, digits or _.:- such as llmgw: (got "${text}")`);
   return value;
 }

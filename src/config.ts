@@ -31,6 +31,7 @@ import {
   postgresUrl,
   prices,
   redisDownRule,
+  redisPrefix,
   redisUrl,
   s3Bucket,
   s3Endpoint,
@@ -131,6 +132,7 @@ export const SETTINGS = {
   webhookSecret: setting('GATEWAY_WEBHOOK_SECRET', '', webhookSecret),
   // Several gateways sharing counters, slots, keys and usage (issue 17; README "Running several gateways").
   redisUrl: setting('GATEWAY_REDIS_URL', '', redisUrl),
+  redisPrefix: setting('GATEWAY_REDIS_PREFIX', 'llmgw:', redisPrefix),
   redisDown: setting('GATEWAY_REDIS_DOWN', 'local', redisDownRule),
   slotLeaseMs: setting('GATEWAY_SLOT_LEASE_MS', '5000', millis),
   databaseUrl: setting('GATEWAY_DATABASE_URL', '', postgresUrl),

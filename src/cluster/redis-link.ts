@@ -120,7 +120,10 @@ export class RedisLink {
       // The URL is never logged: it may hold a password.
       this.#log.error({ redis: 'down', error }, 'Redis cannot be reached: shared counting is off until it is back (GATEWAY_REDIS_DOWN)');
     } else {
-      this.#log.info({ redis: 'up' }, this.#everUp ? 'Redis is reachable again: counting is shared again' : 'Redis connected: counting is shared');
+      this.#log.info(
+        { redis: 'up' },
+        this.#everUp ? 'Redis is reachable again: counting is shared again' : 'Redis connected: counting is shared',
+      );
       this.#everUp = true;
     }
     for (const l of this.#listeners) l(state);

@@ -101,7 +101,7 @@ export function pgPool(url: string, opts: PgOptions = {}): pg.Pool {
     query_timeout: (opts.statementTimeoutMs ?? 10_000) + 2000,
     idleTimeoutMillis: 30_000,
     application_name: opts.application ?? 'llm-gateway',
-    types: TYPES as pg.CustomTypesConfig,
+    types: TYPES,
   });
   // An idle client that loses its connection emits 'error' on the pool; without a listener that
   // would end the process. The next query gets a new connection (or its own error).
