@@ -11,6 +11,7 @@
 //                the recorder's last flush (usage table, audit log)
 //   alerts       pending webhook deliveries get a last try (at most 2 s)
 //   proxy        the upstream pools end
+//   cluster      the Redis link closes (after admission gave its slot leases back)
 //   database     the WAL checkpointer's last checkpoint, after every write above
 // and server.ts closes the database connection after app.close().
 import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
@@ -23,6 +24,7 @@ import type { MediaFetchTesting } from './policy/media-fetch.js';
 import admissionPlugin, { admit } from './plugins/admission.js';
 import alertsPlugin from './plugins/alerts.js';
 import authPlugin, { checkKey } from './plugins/auth.js';
+import clusterPlugin from './plugins/cluster.js';
 import corsPlugin from './plugins/cors.js';
 import databasePlugin from './plugins/database.js';
 import endUserPlugin from './plugins/end-user.js';
@@ -95,6 +97,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
 
   // What the gateway holds (closed bottom to top, see above).
   await app.register(databasePlugin, { store: registry.store, checkpointMs: options.checkpointMs }); // app.db, app.checkpointer
+  await app.register(clusterPlugin, { config }); // app.redis, app.gatewayId (closes after admission)
   await app.register(proxyPlugin, { config, discovery: options.discovery }); // app.upstreams, app.upstream
   await app.register(alertsPlugin, { config, registry, tuning: options.webhook }); // app.alerts (closes after usage: see plugins/alerts.ts)
   await app.register(usagePlugin, { config, flushMs: options.usageFlushMs }); // app.usage, app.usageStore
