@@ -14,6 +14,7 @@
 //   cluster      the Redis link closes (after admission gave its slot leases back)
 //   database     the WAL checkpointer's last checkpoint, after every write above
 // and server.ts closes the database connection after app.close().
+import type pg from 'pg';
 import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import type { Config } from './config.js';
 import type { WebhookTuning } from './alerts/webhook.js';
@@ -61,6 +62,8 @@ export interface BuildOptions {
   webhook?: Partial<WebhookTuning>;
   /** For tests only: remote media fetches treat the test's server as public (policy/media-fetch.ts). */
   mediaFetch?: MediaFetchTesting;
+  /** The PostgreSQL pool (GATEWAY_DATABASE_URL), migrated, opened by the caller (server.ts) and ended by it after app.close(). */
+  pg?: pg.Pool;
 }
 
 // Longest time a client may take to send one whole request (headers and body), against slow-body
@@ -96,7 +99,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   if (config.corsAllowOrigin !== null) await app.register(corsPlugin, { origins: config.corsAllowOrigin });
 
   // What the gateway holds (closed bottom to top, see above).
-  await app.register(databasePlugin, { store: registry.store, checkpointMs: options.checkpointMs }); // app.db, app.checkpointer
+  // app.db, app.pg, app.checkpointer
+  await app.register(databasePlugin, { store: registry.store, checkpointMs: options.checkpointMs, pg: options.pg });
   await app.register(clusterPlugin, { config }); // app.redis, app.gatewayId (closes after admission)
   await app.register(proxyPlugin, { config, discovery: options.discovery }); // app.upstreams, app.upstream
   await app.register(alertsPlugin, { config, registry, tuning: options.webhook }); // app.alerts (closes after usage: see plugins/alerts.ts)
