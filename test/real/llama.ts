@@ -12,6 +12,8 @@ import { buildApp, type BuildOptions } from '../../src/app.js';
 import { configWith, type Config } from '../../src/config.js';
 import { KEY_A, KEY_B, freePort, sleep } from '../helpers.js';
 
+/** How long llama-server's log must stay still for mark(). */
+const QUIET_MS = 100;
 const LLAMA_BIN = process.env.LLAMA_SERVER_BIN ?? '';
 const LLAMA_MODEL = process.env.LLAMA_TEST_MODEL ?? '';
 
@@ -39,6 +41,12 @@ export interface RealLlama {
   log(): string;
   /** resolves when `text` appears in the log after `from` (a log() length) */
   waitForLog(text: string | RegExp, from?: number, timeoutMs?: number): Promise<void>;
+  /**
+   * A log() length to count from, taken once llama-server has logged the end of every task it
+   * logged the start of and then stayed quiet a moment. Its log is written by a thread of its own,
+   * after the answer: a mark taken right after an answer can come before that task's lines.
+   */
+  mark(): Promise<number>;
   stop(): Promise<void>;
 }
 
@@ -112,6 +120,18 @@ export async function startLlama(t: Test, opts: LlamaOptions = {}): Promise<Real
       while (!seen()) {
         if (Date.now() > end) throw new Error(`llama-server did not log ${String(pattern)} within ${timeoutMs} ms`);
         await sleep(20);
+      }
+    },
+    async mark() {
+      const count = (re: RegExp): number => text.match(re)?.length ?? 0;
+      const end = Date.now() + 5000;
+      let seen = -1;
+      for (;;) {
+        const balanced = count(/\| processing task/g) === count(/\| stop processing/g);
+        if (balanced && text.length === seen) return text.length;
+        if (Date.now() > end) throw new Error('llama-server did not finish logging its tasks within 5 s');
+        seen = balanced ? text.length : -1;
+        await sleep(QUIET_MS);
       }
     },
     stop,

@@ -72,7 +72,7 @@ if (!skipTier(t)) {
 
   t.test('a refused llama-server parameter never reaches it', async (t) => {
     const gw = await startRealGateway(t, {});
-    const before = gw.llama.log().length;
+    const before = await gw.llama.mark();
     const a = await post(gw, '/v1/completions', { model: 'gpt-oss-20b', prompt: 'x', max_tokens: 2, temperature: 0, id_slot: 0 });
     t.equal(a.status, 403, 'id_slot is refused by default (a key permission, like a model not allowed)');
     t.match(JSON.parse(a.text), { error: { param: 'id_slot' } });

@@ -20,7 +20,7 @@ if (!skipTier(t)) {
     // Through the gateway: refused, on both routes, and llama-server ran nothing. (llama-server logs
     // the direct task after its answer: wait for its last line, or it lands in the part checked below.)
     await gw.llama.waitForLog(/task 0 \| stop processing/);
-    const before = gw.llama.log().length;
+    const before = await gw.llama.mark();
     for (const [path, body] of [
       ['/v1/completions', { model: 'gpt-oss-20b', prompt: 'x', max_tokens: 1, logprobs: 30 }],
       ['/v1/chat/completions', { model: 'gpt-oss-20b', messages: [{ role: 'user', content: 'x' }], max_tokens: 1, logprobs: 30 }],

@@ -287,6 +287,7 @@ if (!skipTier(t)) {
     const vectors = await post(gw, KEY_A, '/v1/embeddings', { model: 'embed-model', input: 'Hello there' });
     t.equal(vectors.status, 200, 'embeddings answered (the chat server has none: it answers 501)');
     t.match(vectors.json, { object: 'list', data: [{ object: 'embedding', index: 0 }] });
+    await Promise.all([chat.mark(), embed.mark()]); // every line of the tasks above is in
     t.same(
       [launched(chat, from[0]), launched(embed, from[1])],
       [1, 1],
@@ -301,7 +302,7 @@ if (!skipTier(t)) {
       'GET /v1/models lists both servers’ models',
     );
 
-    from = [chat.log().length, embed.log().length];
+    from = [await chat.mark(), await embed.mark()];
     const unknown = await post(gw, KEY_A, '/v1/chat/completions', { model: 'nope', messages: [{ role: 'user', content: 'Hi' }] });
     t.equal(unknown.status, 404);
     t.same(unknown.json, {
@@ -322,10 +323,11 @@ if (!skipTier(t)) {
         code: 'model_required',
       },
     });
+    await Promise.all([chat.mark(), embed.mark()]); // every line of the tasks above is in
     t.same([launched(chat, from[0]), launched(embed, from[1])], [0, 0], 'neither reached a server');
 
     const openai = new OpenAI({ apiKey: KEY_B, baseURL: `${gw.url}/v1`, maxRetries: 0 });
-    from = [chat.log().length, embed.log().length];
+    from = [await chat.mark(), await embed.mark()];
     const completion = await openai.chat.completions.create({
       model: 'chat-model',
       messages: [{ role: 'user', content: 'Hi' }],
@@ -347,6 +349,7 @@ if (!skipTier(t)) {
       sdkModels.data.map((m) => m.id),
       ['chat-model', 'embed-model'],
     );
+    await Promise.all([chat.mark(), embed.mark()]); // every line of the tasks above is in
     t.equal(launched(chat, from[0]), 1, 'the SDK’s chat ran on chat-model’s server');
     t.ok(launched(embed, from[1]) >= 1, 'the SDK’s embeddings ran on embed-model’s server');
   });
@@ -369,7 +372,7 @@ if (!skipTier(t)) {
       const fourDone = await Promise.all(four.map((s) => s.done));
       t.ok(fourDone.every(completeStream), 'all four ran to their end');
 
-      from = [p0.log().length, p1.log().length];
+      from = [await p0.mark(), await p1.mark()];
       const six = Array.from({ length: 6 }, (_, i) => send(gw.port, i % 2 === 0 ? KEY_A : KEY_B, '/v1/completions', long(1000)));
       t.teardown(() => six.forEach((s) => s.req.destroy()));
       await until('4 run and 2 wait', () => queue.running === 4 && queue.waiting === 2, 10_000);
@@ -393,6 +396,7 @@ if (!skipTier(t)) {
       t.same(deferred, [0, 0], 'llama-server’s own queue is empty on both (requests_deferred 0)');
       const sixDone = await Promise.all(six.map((s) => s.done));
       t.ok(sixDone.every(completeStream), 'all six ran to their end');
+      await Promise.all([p0.mark(), p1.mark()]); // every line of the tasks above is in
       const tasks = [launched(p0, from[0]), launched(p1, from[1])];
       t.equal(tasks[0]! + tasks[1]!, 6, `6 tasks: ${tasks.join(' + ')}`);
       t.ok(tasks.every((n) => n >= 2));
@@ -496,6 +500,7 @@ if (!skipTier(t)) {
         [200, 200, 200, 200],
         'all four succeed',
       );
+      await p0.mark(); // every line of the tasks above is in
       t.equal(launched(p0, from), 4, 'all four ran on the first server');
       t.equal(n1!.state, 'down', 'the gateway marked the killed server down');
       t.ok(failovers() >= 1, `${failovers()} sent to the other server after connection refused`);
@@ -522,7 +527,7 @@ if (!skipTier(t)) {
       });
 
       const seen = failovers();
-      from = p0.log().length;
+      from = await p0.mark();
       const next = await Promise.all([0, 1, 2, 3].map((i) => send(gw.port, i % 2 === 0 ? KEY_A : KEY_B, '/v1/completions', short).done));
       t.same(
         next.map((r) => r.status),
@@ -530,6 +535,7 @@ if (!skipTier(t)) {
         'the next four succeed too',
       );
       t.equal(failovers(), seen, 'none of them tried the down server');
+      await p0.mark(); // every line of the tasks above is in
       t.equal(launched(p0, from), 4);
 
       const restartedAt = Date.now();
