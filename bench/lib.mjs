@@ -37,9 +37,15 @@ export function startProcess(name, command, args, { env = process.env, cwd, cpu,
       children.delete(child.pid);
       resolve(proc.exitCode);
     });
-  });
-  child.on('error', (err) => {
-    proc.stderr += String(err);
+    // A command that cannot start (wrk or nginx not installed: ENOENT) never exits: end it here.
+    child.on('error', (err) => {
+      proc.stderr += String(err);
+      if (child.pid === undefined) {
+        proc.exited = true;
+        proc.exitCode = -1;
+        resolve(-1);
+      }
+    });
   });
   return proc;
 }
