@@ -100,7 +100,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
 
   // What the gateway holds (closed bottom to top, see above).
   // app.db, app.pg, app.checkpointer
-  await app.register(databasePlugin, { store: registry.store, checkpointMs: options.checkpointMs, pg: options.pg });
+  await app.register(databasePlugin, { store: registry.sqlite, checkpointMs: options.checkpointMs, pg: options.pg });
   await app.register(clusterPlugin, { config }); // app.redis, app.gatewayId (closes after admission)
   await app.register(proxyPlugin, { config, discovery: options.discovery }); // app.upstreams, app.upstream
   await app.register(alertsPlugin, { config, registry, tuning: options.webhook }); // app.alerts (closes after usage: see plugins/alerts.ts)

@@ -571,6 +571,15 @@ export const SHUTTING_DOWN = fixed(
   'The gateway is restarting; retry in a few seconds.',
 );
 
+/** Redis (GATEWAY_REDIS_URL) does not answer and GATEWAY_REDIS_DOWN=refuse: no count without it. */
+export const SHARED_STATE_UNAVAILABLE = fixed(
+  'SHARED_STATE_UNAVAILABLE',
+  503,
+  'server_error',
+  'shared_state_unavailable',
+  'The gateway cannot reach the shared counters its limits are kept in, and is set to refuse requests until it can; try again shortly.',
+);
+
 /** Several llama-servers and none has told its models yet (the first seconds after start). */
 export const UPSTREAMS_STARTING = fixed(
   'UPSTREAMS_STARTING',

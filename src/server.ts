@@ -1,12 +1,16 @@
 // Process entry: read settings (.env, then the real environment wins), print the banner, build the
 // app, listen, tell pm2 we are ready, and close gracefully on SIGINT/SIGTERM.
 import type { FastifyServerOptions } from 'fastify';
+import type pg from 'pg';
 import { buildApp } from './app.js';
 import { ConfigError, NO_KEYS_MESSAGE, loadConfig, type Config } from './config.js';
 import { KeyRegistry } from './keys/key-registry.js';
 import { upstreamSpecs } from './upstreams/upstreams-file.js';
 import { BatchedLog } from './storage/batched-log.js';
 import { KeyStore, KeyStoreError } from './keys/key-store.js';
+import type { KeyRepository } from './keys/key-repository.js';
+import { PgKeyStore } from './keys/pg-key-store.js';
+import { PostgresUnusable, migratePg, pgPool } from './storage/pg.js';
 import { serializeRequest } from './plugins/request-log.js';
 
 const ENV_FILE = '.env';
@@ -73,10 +77,38 @@ function openKeyStore(config: Config): KeyStore {
   }
 }
 
+/**
+ * With GATEWAY_DATABASE_URL: the pool for keys and usage, migrated (one clear line if it cannot be
+ * reached or used, never the URL); ended after app.close(). Otherwise none: the SQLite file.
+ */
+async function openPostgres(config: Config): Promise<pg.Pool | undefined> {
+  if (config.databaseUrl === '') return undefined;
+  const pool = pgPool(config.databaseUrl);
+  try {
+    await migratePg(pool);
+  } catch (err) {
+    await pool.end().catch(() => {});
+    if (err instanceof PostgresUnusable) fail(err.message);
+    throw err;
+  }
+  return pool;
+}
+
 async function main(): Promise<void> {
   const config = readSettings();
-  const store = openKeyStore(config);
+  const pool = await openPostgres(config);
+  // On PostgreSQL the SQLite file holds nothing: keys and usage are both there.
+  const store: KeyRepository = pool === undefined ? openKeyStore(config) : new PgKeyStore(pool);
   const registry = new KeyRegistry(config.apiKeys, store);
+  if (pool !== undefined) {
+    // Loaded before the app listens: no request is judged on a partial list.
+    try {
+      await registry.load();
+    } catch (err) {
+      if (err instanceof KeyStoreError) fail(err.message);
+      throw err;
+    }
+  }
   if (registry.size === 0) fail(NO_KEYS_MESSAGE);
   const usable = registry.usable(); // disabled and expired keys are held (for their 401) but not counted
   console.log('✅ LLM Gateway starting with config:');
@@ -86,8 +118,9 @@ async function main(): Promise<void> {
     `  - Upstream${upstreams.length === 1 ? '' : 's'}: ${upstreams.join(', ')}${config.upstreamsFile === '' ? '' : ` (${config.upstreamsFile})`}`,
   );
   console.log(`  - Valid API keys: ${usable}`);
+  if (pool !== undefined) console.log(`  - Keys and usage: ${store.path} (GATEWAY_DATABASE_URL)`);
 
-  const app = await buildApp(config, { logger: loggerOptions(config), registry });
+  const app = await buildApp(config, { logger: loggerOptions(config), registry, ...(pool === undefined ? {} : { pg: pool }) });
 
   try {
     await app.listen({ port: config.port, host: config.host });
@@ -125,10 +158,15 @@ async function main(): Promise<void> {
     // until its idle timeout; close such connections as soon as they go idle.
     const sweep = setInterval(() => app.server.closeIdleConnections(), IDLE_SWEEP_MS);
     app.close().then(
-      () => {
+      async () => {
         clearTimeout(grace);
         clearInterval(sweep);
-        store.close(); // after app.close(): its onClose wrote the last records and checkpoint
+        if (pool === undefined)
+          await store.close(); // after app.close(): its onClose wrote the last records and checkpoint
+        else {
+          await registry.stop(); // the stop begun in onClose: its last last-used times written
+          await pool.end().catch(() => {});
+        }
         app.log.info('stopped');
         process.exit(0);
       },

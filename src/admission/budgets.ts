@@ -29,11 +29,15 @@ import type { UsageRecorder } from '../usage/recorder.js';
 import type { UsageStore } from '../usage/store.js';
 import type { CounterStore } from './counters.js';
 
-/** Tokens a key (or one end user under it) used since `since`: the usage table and records not yet written. */
-export type Seeder = (keyId: string, since: number, user: string | null) => number;
+/**
+ * Tokens a key (or one end user under it) used since `since`: the usage table and records not yet
+ * written. SQLite answers at once; a usage table that answers later (PostgreSQL) gives a Promise,
+ * and admission waits for it (BudgetCheck.pending) before it decides.
+ */
+export type Seeder = (keyId: string, since: number, user: string | null) => number | Promise<number>;
 
-/** Every end user's tokens under a key since `since` (users with none may be left out). */
-export type UserSeeder = (keyId: string, since: number) => Map<string, number>;
+/** Every end user's tokens under a key since `since` (users with none may be left out); at once or later. */
+export type UserSeeder = (keyId: string, since: number) => Map<string, number> | Promise<Map<string, number>>;
 
 /** The gateway's seeder: the usage table plus the recorder's unwritten records (null: no usage table). */
 export function seederFor(store: UsageStore | null, recorder: UsageRecorder | null): Seeder | null {
@@ -96,6 +100,11 @@ export interface BudgetRefusal {
 export interface BudgetCheck {
   readonly refusal: BudgetRefusal | undefined;
   readonly headers: Record<string, string>;
+  /**
+   * A count this check needs is still being read from the usage table (an async Seeder): nothing
+   * was decided or held; admit again once it settles (it rejects when the read failed).
+   */
+  readonly pending?: Promise<void>;
 }
 
 /** One period of a key's budget state (admin API, `keys show`, the console). */
@@ -158,6 +167,8 @@ export class Budgets {
   readonly #holds = new Map<string, Hold>();
   /** keys with budgets seen by admission, by id: a record without a hold (a light call) still counts */
   readonly #keys = new Map<string, BudgetKey>();
+  /** seeds still being read (async Seeder), by the counter (or user seeds) they start */
+  readonly #seeding = new Map<string, Promise<void>>();
 
   constructor(opts: BudgetOptions) {
     this.calendar = opts.calendar;
@@ -176,7 +187,9 @@ export class Budgets {
   admit(key: BudgetKey, user: string | null, requestId: string, tokens: number, now: number, enforce = true): BudgetCheck {
     const b = key.budgets!;
     this.#keys.set(key.id, key);
-    const lines = this.#lines(key.id, b, user, now);
+    const waits: Promise<void>[] = [];
+    const lines = this.#lines(key.id, b, user, now, true, waits);
+    if (waits.length > 0) return { refusal: undefined, headers: {}, pending: Promise.all(waits).then(() => undefined) };
     const mode = b.mode ?? 'hard';
     if (mode === 'hard' && enforce) {
       let spent: Line | undefined;
@@ -247,7 +260,7 @@ export class Budgets {
    * runs (a record that comes before its counter is the seed's to count), and every user's (whose
    * records before their counter go to the period's user seeds).
    */
-  #lines(keyId: string, b: KeyBudgets, user: string | null, now: number, seed = true): Line[] {
+  #lines(keyId: string, b: KeyBudgets, user: string | null, now: number, seed = true, waits: Promise<void>[] = []): Line[] {
     const out: Line[] = [];
     const add = (limits: PeriodBudgets, who: string | null): void => {
       for (const period of BUDGET_PERIODS) {
@@ -260,12 +273,31 @@ export class Budgets {
         let seeds: UserSeeds | null = null;
         if (who !== null) {
           // An end user: counted from the period's user seeds until a request of theirs settles.
-          seeds = this.#userSeedsOf(base, keyId, start, end);
-          if (used === undefined) used = this.#userSeed(seeds, keyId, who);
+          const all = this.#userSeedsOf(base, keyId, start, end, waits);
+          if (all === null && used === undefined) continue; // being read: admission waits (`waits`)
+          seeds = all;
+          if (used === undefined) used = this.#userSeed(seeds!, keyId, who, waits) ?? 0;
         } else if (used === undefined) {
           if (!seed) continue;
-          used = this.#counters.init(name, this.#seed === null ? 0 : this.#seed(keyId, start, who), end);
-          this.#markPassed(name, used, limit, b.mode ?? 'hard', end);
+          const mode = b.mode ?? 'hard';
+          const from =
+            this.#seed === null
+              ? 0
+              : this.#seedOf(
+                  name,
+                  () => this.#seed!(keyId, start, who),
+                  waits,
+                  (v) =>
+                    this.#counters.value(name, now) === undefined &&
+                    this.#markPassed(name, this.#counters.init(name, v, end), limit, mode, end),
+                );
+          if (from === undefined) {
+            // Still being read (an async Seeder): admission waits; a state() shows 0 meanwhile.
+            out.push({ user: who, period, limit, end, name, seeds, used: 0, held: 0 });
+            continue;
+          }
+          used = this.#counters.init(name, from, end);
+          this.#markPassed(name, used, limit, mode, end);
         }
         out.push({ user: who, period, limit, end, name, seeds, used, held: this.#counters.gauge(`held:${name}`) });
       }
@@ -275,25 +307,68 @@ export class Budgets {
     return out;
   }
 
-  /** The users under a key in one period not counting yet (one grouped seed per key and period). */
-  #userSeedsOf(base: string, keyId: string, start: number, end: number): UserSeeds {
+  /**
+   * A seed's value now, or undefined while it is being read (its promise joins `waits`; once it
+   * settles, the next call reads it again from the counter or the seeds it filled in).
+   */
+  #seedOf<T>(name: string, read: () => T | Promise<T>, waits: Promise<void>[], then: (value: T) => unknown): T | undefined {
+    const running = this.#seeding.get(name);
+    if (running !== undefined) {
+      waits.push(running);
+      return undefined;
+    }
+    const value = read();
+    if (!(value instanceof Promise)) return value;
+    const done = value.then(
+      (v) => {
+        this.#seeding.delete(name);
+        then(v);
+      },
+      (err: unknown) => {
+        this.#seeding.delete(name);
+        throw err;
+      },
+    );
+    done.catch(() => {}); // a state() does not wait: the one that does hears of a failure
+    this.#seeding.set(name, done);
+    waits.push(done);
+    return undefined;
+  }
+
+  /** The users under a key in one period not counting yet (one grouped seed per key and period); null while being read. */
+  #userSeedsOf(base: string, keyId: string, start: number, end: number, waits: Promise<void>[]): UserSeeds | null {
     let seeds = this.#userSeeds.get(base);
     if (seeds === undefined) {
-      seeds =
-        this.#seedUsers === null
-          ? { start, end, complete: this.#seed === null, users: new Map() }
-          : { start, end, complete: true, users: this.#seedUsers(keyId, start) };
+      if (this.#seedUsers === null) seeds = { start, end, complete: this.#seed === null, users: new Map() };
+      else {
+        const users = this.#seedOf(
+          base,
+          () => this.#seedUsers!(keyId, start),
+          waits,
+          (m) => this.#userSeeds.set(base, { start, end, complete: true, users: m }),
+        );
+        if (users === undefined) return null;
+        seeds = { start, end, complete: true, users };
+      }
       this.#userSeeds.set(base, seeds);
     }
     return seeds;
   }
 
-  /** A user's tokens in a period before their counter (without a UserSeeder: asked once from the Seeder). */
-  #userSeed(seeds: UserSeeds, keyId: string, user: string): number {
+  /**
+   * A user's tokens in a period before their counter (without a UserSeeder: asked once from the
+   * Seeder); undefined while being read.
+   */
+  #userSeed(seeds: UserSeeds, keyId: string, user: string, waits: Promise<void>[] = []): number | undefined {
     const known = seeds.users.get(user);
     if (known !== undefined || seeds.complete) return known ?? 0;
-    const used = this.#seed!(keyId, seeds.start, user);
-    seeds.users.set(user, used);
+    const used = this.#seedOf(
+      `${keyId}:${seeds.start}:user:${user}`,
+      () => this.#seed!(keyId, seeds.start, user),
+      waits,
+      (v) => seeds.users.set(user, v),
+    );
+    if (used !== undefined) seeds.users.set(user, used);
     return used;
   }
 
@@ -301,7 +376,7 @@ export class Budgets {
   #add(keyId: string, keyName: string, mode: BudgetMode, l: Line, tokens: number): void {
     if (l.seeds !== null && this.#counters.value(l.name, l.end - 1) === undefined) {
       // A user's first settled tokens this period: their counter starts from the seed, which forgets them.
-      const start = this.#userSeed(l.seeds, keyId, l.user!);
+      const start = this.#userSeed(l.seeds, keyId, l.user!) ?? 0;
       l.seeds.users.delete(l.user!);
       this.#markPassed(l.name, this.#counters.init(l.name, start, l.end), l.limit, mode, l.end);
     }

@@ -4,7 +4,7 @@
 import type { OutgoingHttpHeaders } from 'node:http';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Ticket as LightTicket } from './fair-queue.js';
-import type { Scheduler, Ticket } from './scheduler.js';
+import type { SlotQueue, Ticket } from './scheduler.js';
 import type { JsonBody } from '../proxy/json-body.js';
 import type { Failover, Upstream } from '../proxy/upstream.js';
 import type { Route, UpstreamNode, UpstreamSet } from '../upstreams/upstream-set.js';
@@ -59,7 +59,7 @@ export function lightServer(nodes: readonly UpstreamNode[]): UpstreamNode {
  * byte of llama-server's answer reached the client (proxy/upstream.ts asks only before). What the
  * server did is told to the set (down or loading) whether or not the request may go once more.
  */
-export function failoverFor(set: UpstreamSet, queue: Scheduler, pingMs: number): Failover {
+export function failoverFor(set: UpstreamSet, queue: SlotQueue, pingMs: number): Failover {
   return async (request: FastifyRequest, reply: FastifyReply, cause): Promise<Upstream | null> => {
     const p = request.placement;
     const server = request.backend;

@@ -56,7 +56,7 @@ export interface Ticket {
   readonly server: SlotServer | undefined;
 }
 
-interface EnterOptions {
+export interface EnterOptions {
   /** the server that served this conversation before (its prompt cache): taken when it has room */
   prefer?: SlotServer;
   /** wait this long for `prefer` alone before taking any server (0: never wait for it) */
@@ -72,7 +72,7 @@ export interface SchedulerOptions {
   keySlots: KeySlots;
 }
 
-interface SchedulerSnapshot {
+export interface SchedulerSnapshot {
   running: number;
   waiting: number;
   holding: number;
@@ -141,6 +141,28 @@ class Seat implements Ticket {
   }
 }
 
+/**
+ * What admission, failover, /metrics and the admin view use of the fair queue over the servers'
+ * slots: Scheduler (this process's requests), or SharedScheduler (cluster/shared-slots.ts: every
+ * gateway's, through Redis) with the same rules.
+ */
+export interface SlotQueue {
+  readonly maxQueuePerKey: number;
+  readonly running: number;
+  readonly waiting: number;
+  readonly holding: number;
+  runningOn(server: SlotServer): number;
+  waitingFor(key: string): number;
+  runningFor(key: string): number;
+  waitingIn(group: string): number;
+  keySlotsOf(candidates: readonly SlotServer[]): number;
+  snapshot(): SchedulerSnapshot;
+  enter(key: string, group: string, candidates: readonly SlotServer[], weight?: number, opts?: EnterOptions): Ticket;
+  changed(): void;
+  hold(release: () => void, ms: number): void;
+  close(): void;
+}
+
 function everyDown(candidates: readonly SlotServer[]): boolean {
   for (const s of candidates) if (s.state !== 'down') return false;
   return true;
@@ -153,7 +175,7 @@ function usable(s: SlotServer, allDown: boolean): number {
   return state === 'down' && allDown ? s.slots : 0;
 }
 
-export class Scheduler {
+export class Scheduler implements SlotQueue {
   readonly #keySlots: KeySlots;
   readonly #maxQueue: number;
   readonly #maxPerKey: number;

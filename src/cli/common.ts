@@ -1,8 +1,13 @@
 // What every `llm-gateway` command shares: its two kinds of error and their exit codes (0 ok,
-// 1 failure, 2 usage), its argument parsing with -h/--help, and the key database's path.
+// 1 failure, 2 usage), its argument parsing with -h/--help, and the key database: its path, or
+// PostgreSQL when GATEWAY_DATABASE_URL is set.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ConfigError, SETTINGS, readEnvFile, readSetting } from '../config.js';
-import { KeyStoreError } from '../keys/key-store.js';
+import type { KeyRepository } from '../keys/key-repository.js';
+import { KeyStore, KeyStoreError } from '../keys/key-store.js';
+import { PgKeyStore } from '../keys/pg-key-store.js';
+import { PgUsageStore } from '../usage/pg-usage-store.js';
+import { UsageStore, type UsageTable } from '../usage/store.js';
 
 /** The command was called wrongly: exit 2, with a hint to --help. */
 export class UsageError extends Error {}
@@ -54,6 +59,38 @@ export function dbPath(flag: string | undefined): string {
     if (err instanceof ConfigError) throw new UsageError(err.message);
     throw err;
   }
+}
+
+/** GATEWAY_DATABASE_URL (.env read), or '' for the SQLite file; a malformed one is a usage error (its value never shown). */
+export function databaseUrl(): string {
+  loadDotEnv();
+  try {
+    return readSetting(SETTINGS.databaseUrl, process.env);
+  } catch (err) {
+    if (err instanceof ConfigError) throw new UsageError(err.message);
+    throw err;
+  }
+}
+
+/** The keys and the usage table a command works on, whichever database holds them. */
+export interface KeyDatabase {
+  readonly keys: KeyRepository;
+  readonly usage: UsageTable;
+  close(): Promise<void>;
+}
+
+/**
+ * The gateway's key database: PostgreSQL when GATEWAY_DATABASE_URL is set (and no --db names a
+ * file), else the SQLite file (--db, GATEWAY_DB, the default). Migrated on open, as the gateway does.
+ */
+export async function openKeyDatabase(dbFlag: string | undefined): Promise<KeyDatabase> {
+  const url = dbFlag === undefined ? databaseUrl() : '';
+  if (url !== '') {
+    const keys = await PgKeyStore.open(url);
+    return { keys, usage: new PgUsageStore(keys.pool), close: () => keys.close() };
+  }
+  const keys = KeyStore.open(dbPath(dbFlag));
+  return { keys, usage: new UsageStore(keys.db), close: async () => keys.close() };
 }
 
 /** Runs a command body and turns what it throws into a message on stderr and an exit code. */

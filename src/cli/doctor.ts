@@ -1,10 +1,12 @@
 // `llm-gateway doctor`: one checklist for the whole set-up — settings, keys, each llama-server
 // (called directly: the gateway never exposes /props), what the running gateway says of them, the
-// Cloudflare Tunnel's config and the PM2 processes. Exit 0 only when nothing failed. It starts nothing and writes nothing: no PM2 daemon
-// is spawned, no key database is created, .env is read without touching this process's environment.
+// Cloudflare Tunnel's config, the services several gateways share (Redis, PostgreSQL) and the PM2
+// processes, each instance of a gateway in cluster mode. Exit 0 only when nothing failed. It starts
+// nothing and writes nothing: no PM2 daemon is spawned, no key database is created, .env is read
+// without touching this process's environment.
 // Over 400 lines on purpose: one section per part of the set-up, read top to bottom as the report
 // prints; each section is a short function of its own (the probing of llama-servers is apart, in
-// upstream-probe.ts).
+// upstream-probe.ts, of Redis and PostgreSQL in stack/shared-services.ts).
 import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { NO_KEYS_MESSAGE, type Config } from '../config.js';
@@ -13,7 +15,7 @@ import { auditUploadChecks } from './audit.js';
 import { commandLine, run } from './common.js';
 import { paint, wantsColor, type Color } from './format.js';
 import { getOrReason, jsonObject, localUrl } from './http-probe.js';
-import { Pm2, daemonRunning, defaultPm2Home, formatUptime } from './pm2.js';
+import { Pm2, daemonRunning, defaultPm2Home, formatBytes, formatUptime, instanceLabel, instancesOf, type ProcessState } from './pm2.js';
 import { stackFindings, tunnelFindings, type Finding } from './stack/findings.js';
 import {
   DEFAULT_STACK_FILE,
@@ -31,6 +33,7 @@ import {
   type Env,
   type UpstreamTarget,
 } from './stack/settings.js';
+import { probeSharedServices, serviceFix, type ServiceState } from './stack/shared-services.js';
 import { tunnelConfigPath, tunnelRunName } from './stack/tunnel-file.js';
 import { modelsOf, modelsText, probeUpstream, propsOf, upstreamState } from './upstream-probe.js';
 
@@ -82,6 +85,11 @@ function keyChecks(config: Config, dbPath: string): Check[] {
   const envKeys = config.apiKeys.length;
   let dbText: string;
   let dbUsable = 0;
+  if (config.databaseUrl !== '') {
+    // Keys live in PostgreSQL: the Shared services section says whether it answers.
+    const text = `${plural(envKeys, 'key')} in LLM_API_KEYS; the key database is PostgreSQL (GATEWAY_DATABASE_URL, see Shared services)`;
+    return [pass(text), adminCheck(config)];
+  }
   if (!existsSync(dbPath)) dbText = `no key database yet (${config.db})`;
   else {
     let store: KeyStore;
@@ -102,10 +110,46 @@ function keyChecks(config: Config, dbPath: string): Check[] {
   }
   const total = envKeys + dbUsable;
   const text = `${plural(total, 'key')} accepted: ${envKeys} in LLM_API_KEYS, ${dbText}`;
-  return [
-    total > 0 ? pass(text) : fail(`${text}. ${NO_KEYS_MESSAGE}`),
-    pass(config.adminKey === '' ? 'admin API off (GATEWAY_ADMIN_KEY empty)' : 'admin API on under /admin (GATEWAY_ADMIN_KEY set)'),
-  ];
+  return [total > 0 ? pass(text) : fail(`${text}. ${NO_KEYS_MESSAGE}`), adminCheck(config)];
+}
+
+function adminCheck(config: Config): Check {
+  return pass(config.adminKey === '' ? 'admin API off (GATEWAY_ADMIN_KEY empty)' : 'admin API on under /admin (GATEWAY_ADMIN_KEY set)');
+}
+
+/** Redis and PostgreSQL when set: each answers (latency, prefix, schema) or is a failure with its fix. */
+function serviceChecks(states: readonly ServiceState[], config: Config): Check[] {
+  return states.map((s) => {
+    const head = `${s.service} at ${s.where} (${s.setting})`;
+    if (!s.up) return fail(`${head} cannot be reached (${s.detail}): ${serviceFix(s, config)}`);
+    return s.level === 'ok'
+      ? pass(`${head}: ${s.detail}`)
+      : s.level === 'warn'
+        ? warn(`${head}: ${s.detail}`)
+        : fail(`${head}: ${s.detail}`);
+  });
+}
+
+/** One line per process of a gateway in cluster mode: PM2 id, pid, state, restarts, uptime, memory. */
+function instanceChecks(app: string, wanted: number, ps: readonly ProcessState[]): Check[] {
+  const now = Date.now();
+  const out = ps.map((p) => {
+    const label = instanceLabel(p, ps.length);
+    const facts = [`pm2 id ${p.pmId ?? '?'}`, `pid ${p.pid ?? '-'}`, plural(p.restarts, 'restart')];
+    if (p.startedAt !== null) facts.push(`up ${formatUptime(now - p.startedAt)}`);
+    if (p.memory !== null) facts.push(formatBytes(p.memory));
+    const text = `${label} ${p.status} (${facts.join(', ')})`;
+    return p.status === 'online' ? pass(text) : fail(`${text}: see its log (pm2 logs ${p.pmId ?? app})`);
+  });
+  const online = ps.filter((p) => p.status === 'online').length;
+  if (ps.length !== wanted)
+    out.push(
+      warn(
+        `${app} runs ${plural(ps.length, 'instance')} under PM2 but ${DEFAULT_STACK_FILE} asks for ${wanted}: restart it to apply (menu key g)`,
+      ),
+    );
+  else if (online === wanted && wanted > 1) out.push(pass(`${app}: all ${wanted} instances online, sharing one port (PM2 cluster mode)`));
+  return out;
 }
 
 /** One llama-server, asked directly: reachable, ready or loading, its models, slots and context. */
@@ -217,6 +261,14 @@ function tunnelChecks(
   return { path, checks: [...present, ...findings.map(fromFinding)] };
 }
 
+async function gatewayAnswers(config: Config, timeoutMs: number): Promise<Check> {
+  const url = `${localUrl(config.host, config.port)}/healthz`;
+  const answer = await getOrReason(url, timeoutMs);
+  return typeof answer !== 'string' && answer.status === 200
+    ? pass(`gateway answers on ${url}`)
+    : fail(`gateway does not answer on ${url} (${typeof answer === 'string' ? answer : answer.status})`);
+}
+
 async function pm2Checks(stack: StackConfig, opts: DoctorOptions, config: Config | undefined, timeoutMs: number): Promise<Check[]> {
   const out = stackFindings(stack, opts.env, { settings: false })
     .filter((f) => f.topic !== 'tunnel')
@@ -241,9 +293,13 @@ async function pm2Checks(stack: StackConfig, opts: DoctorOptions, config: Config
         out.push(skip(`${app}: off in ${DEFAULT_STACK_FILE}`));
         continue;
       }
-      const p = states.find((s) => s.name === app);
+      const ps = instancesOf(states, app);
+      const p = ps[0];
       if (p === undefined) out.push(fail(`${app} is not started under PM2 (llm-gateway menu, key a)`));
-      else if (p.status !== 'online')
+      else if (ps.length > 1 || spec.instances > 1 || p.cluster) {
+        out.push(...instanceChecks(app, spec.instances, ps));
+        if (ps.some((x) => x.status === 'online') && config !== undefined) out.push(await gatewayAnswers(config, timeoutMs));
+      } else if (p.status !== 'online')
         out.push(
           fail(
             `${app} is ${p.status} under PM2${p.restarts > 0 ? ` (${plural(p.restarts, 'restart')})` : ''}: see its log (menu key ${LOG_KEY[spec.name]}, or pm2 logs ${app})`,
@@ -252,15 +308,7 @@ async function pm2Checks(stack: StackConfig, opts: DoctorOptions, config: Config
       else {
         const up = p.startedAt === null ? '' : `, up ${formatUptime(Date.now() - p.startedAt)}`;
         out.push(pass(`${app} online (pid ${p.pid ?? '?'}${up}, ${plural(p.restarts, 'restart')})`));
-        if (spec.name === 'gateway' && config !== undefined) {
-          const url = `${localUrl(config.host, config.port)}/healthz`;
-          const answer = await getOrReason(url, timeoutMs);
-          out.push(
-            typeof answer !== 'string' && answer.status === 200
-              ? pass(`gateway answers on ${url}`)
-              : fail(`gateway does not answer on ${url} (${typeof answer === 'string' ? answer : answer.status})`),
-          );
-        }
+        if (spec.name === 'gateway' && config !== undefined) out.push(await gatewayAnswers(config, timeoutMs));
       }
     }
     // A llama-server PM2 still runs under a name the file no longer has (say "llama", after the
@@ -325,6 +373,8 @@ export async function doctor(opts: DoctorOptions): Promise<Section[]> {
   } else {
     const dbPath = resolve(stack?.processes.gateway.cwd ?? opts.cwd, config.db);
     sections.push({ title: 'Keys', checks: keyChecks(config, dbPath) });
+    const services = await probeSharedServices(config, timeoutMs);
+    if (services.length > 0) sections.push({ title: 'Shared services (several gateways)', checks: serviceChecks(services, config) });
     const auditChecks = await auditUploadChecks(config, stack?.processes.gateway.cwd ?? opts.cwd, timeoutMs);
     if (auditChecks.length > 0) sections.push({ title: 'Audit to object storage', checks: auditChecks });
     // One section per llama-server, asked at the same time (each has its own deadline).

@@ -8,7 +8,7 @@ import { ConfigError, SETTINGS, readSetting } from '../config.js';
 import { hasBudgets } from '../keys/key-budgets.js';
 import type { KeyRecord } from '../keys/key-record.js';
 import { Calendar, localIso } from '../usage/calendar.js';
-import { UsageStore } from '../usage/store.js';
+import { UsageStore, type UsageTable } from '../usage/store.js';
 import { UsageError } from './common.js';
 
 function calendar(): Calendar {
@@ -20,17 +20,34 @@ function calendar(): Calendar {
   }
 }
 
-/** Budget state per key id, for the keys that have budgets (used: the usage table). */
+/** Budget state per key id, for the keys that have budgets (used: the SQLite file's usage table). */
 export function budgetStates(db: Database.Database, keys: readonly KeyRecord[], now = Date.now()): Map<string, BudgetState> {
+  const usage = new UsageStore(db);
+  return statesOf(keys, now, (keyId, start) => usage.tokensSince(keyId, start));
+}
+
+/** The same from any usage table (PostgreSQL's answers later): what each state needs is read first. */
+export async function readBudgetStates(usage: UsageTable, keys: readonly KeyRecord[], now = Date.now()): Promise<Map<string, BudgetState>> {
+  const asked: [string, number][] = [];
+  statesOf(keys, now, (keyId, start) => (asked.push([keyId, start]), 0));
+  const used = new Map<string, number>();
+  for (const [keyId, start] of asked) used.set(`${keyId} ${start}`, await usage.tokensSince(keyId, start));
+  return statesOf(keys, now, (keyId, start) => used.get(`${keyId} ${start}`) ?? 0);
+}
+
+function statesOf(
+  keys: readonly KeyRecord[],
+  now: number,
+  tokensSince: (keyId: string, start: number) => number,
+): Map<string, BudgetState> {
   const out = new Map<string, BudgetState>();
   const budgeted = keys.filter((k) => hasBudgets(k.budgets));
   if (budgeted.length === 0) return out;
   const cal = calendar();
-  const usage = new UsageStore(db);
   for (const k of budgeted)
     out.set(
       k.id,
-      stateOf(cal, k.budgets!, now, (_p, start) => ({ used: usage.tokensSince(k.id, start), held: 0 })),
+      stateOf(cal, k.budgets!, now, (_p, start) => ({ used: tokensSince(k.id, start), held: 0 })),
     );
   return out;
 }

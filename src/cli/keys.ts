@@ -1,20 +1,21 @@
-// `llm-gateway keys …`: manage the key database (GATEWAY_DB) directly. A running gateway picks up
-// every change within a second (it polls SQLite's data_version).
+// `llm-gateway keys …`: manage the key database (GATEWAY_DB, or PostgreSQL with
+// GATEWAY_DATABASE_URL) directly. A running gateway picks up every change within a second (it polls
+// SQLite's data_version; on PostgreSQL every change is told to every gateway by NOTIFY).
 import type { ParseArgsConfig } from 'node:util';
 import { wholeNumber } from '../config.js';
 import { parseExpiry } from '../keys/expiry.js';
 import { POLICY_FLAGS, POLICY_FLAG_NAMES, describePolicy, policyFromFlags } from '../keys/key-policy.js';
-import { KeyStore, LIMIT_NAMES, keyJson, type KeyChanges, type KeyLimits, type KeyRecord } from '../keys/key-store.js';
-import { UsageStore } from '../usage/store.js';
+import { LIMIT_NAMES, keyJson, type KeyChanges, type KeyLimits, type KeyRecord } from '../keys/key-store.js';
 import { BUDGET_FLAGS, BUDGET_FLAG_NAMES, budgetsFromFlags } from '../keys/key-budgets.js';
-import { budgetColumn, budgetJson, budgetLines, budgetStates } from './key-budgets-view.js';
-import { UsageError, commandLine, dbPath, run } from './common.js';
+import { budgetColumn, budgetJson, budgetLines, readBudgetStates } from './key-budgets-view.js';
+import { UsageError, commandLine, openKeyDatabase, run } from './common.js';
 import { table } from './format.js';
 
 const KEYS_HELP = `Usage: llm-gateway keys <action> [options]
 
-Manage API keys in the key database (GATEWAY_DB, default ./data/gateway.db; .env is read).
-A running gateway applies every change within a second, without a restart.
+Manage API keys in the key database: PostgreSQL when GATEWAY_DATABASE_URL is set, else the
+file GATEWAY_DB (default ./data/gateway.db); .env is read. Running gateways apply every change
+within a second, without a restart.
 
 Actions:
   create --name NAME [options]   create a key; the key is printed once, never again
@@ -52,7 +53,8 @@ NAME is a key's name or id. Options for create and set:
   --user-budget-day N    the same budgets for each end user under the key
   --user-budget-week N
   --user-budget-month N
-  --db PATH              key database file (default: GATEWAY_DB or ./data/gateway.db)
+  --db PATH              key database file (default: GATEWAY_DB or ./data/gateway.db; given,
+                         it is used even when GATEWAY_DATABASE_URL is set)
   --json                 machine-readable output
   -h, --help             show help
 
@@ -209,7 +211,7 @@ function showSecret(values: Values, record: KeyRecord, key: string, verb: string
   );
 }
 
-function keys(action: string | undefined, positionals: string[], values: Values): void {
+async function keys(action: string | undefined, positionals: string[], values: Values): Promise<void> {
   if (action === undefined) throw new UsageError('name an action: create, list, show, disable, enable, rotate, set or revoke');
   const allowed = ACTION_OPTIONS[action];
   if (allowed === undefined) throw new UsageError(`unknown action "${action}"`);
@@ -223,19 +225,20 @@ function keys(action: string | undefined, positionals: string[], values: Values)
   if (action === 'create' && values.name === undefined) throw new UsageError('"keys create" needs --name NAME');
 
   const changes = changesFrom(values, action === 'set');
-  const store = KeyStore.open(dbPath(values.db));
+  const db = await openKeyDatabase(values.db);
+  const store = db.keys;
   try {
     switch (action) {
       case 'create': {
-        const { record, key } = store.create({ ...changes, name: values.name ?? '' });
+        const { record, key } = await store.create({ ...changes, name: values.name ?? '' });
         showSecret(values, record, key, 'Created');
         return;
       }
       case 'list': {
-        const all = store.list();
+        const all = await store.list();
         // Tokens today (UTC), as llama-server reported them, from the usage table.
-        const today = new UsageStore(store.db).tokensByKey(Date.parse(`${new Date().toISOString().slice(0, 10)}T00:00:00Z`));
-        const budgets = budgetStates(store.db, all);
+        const today = await db.usage.tokensByKey(Date.parse(`${new Date().toISOString().slice(0, 10)}T00:00:00Z`));
+        const budgets = await readBudgetStates(db.usage, all);
         const rows = [['NAME', 'ID', 'PREFIX', 'ENABLED', 'EXPIRES', 'LAST USED', 'TOKENS TODAY', 'BUDGET', 'NOTE']];
         for (const k of all)
           rows.push([
@@ -262,47 +265,48 @@ function keys(action: string | undefined, positionals: string[], values: Values)
         return;
       }
       case 'show': {
-        const k = store.get(target!);
-        const budget = budgetStates(store.db, [k]).get(k.id);
+        const k = await store.get(target!);
+        const budget = (await readBudgetStates(db.usage, [k])).get(k.id);
         print(values, { ...keyJson(k), ...budgetJson(budget) }, describe(k) + budgetLines(budget));
         return;
       }
       case 'disable':
       case 'enable': {
-        const k = store.update(target!, { enabled: action === 'enable' });
+        const k = await store.update(target!, { enabled: action === 'enable' });
         print(values, keyJson(k), `✅ Key "${k.name}" ${action}d.`);
         return;
       }
       case 'rotate': {
-        const { record, key } = store.rotate(target!);
+        const { record, key } = await store.rotate(target!);
         showSecret(values, record, key, 'Rotated');
         return;
       }
       case 'revoke': {
-        const k = store.revoke(target!);
+        const k = await store.revoke(target!);
         print(values, { id: k.id, name: k.name, deleted: true }, `✅ Key "${k.name}" revoked (deleted).`);
         return;
       }
       case 'set': {
         if (Object.keys(changes).length === 0) throw new UsageError('"keys set" needs at least one field to change (see --help)');
-        const k = store.update(target!, changes);
-        print(values, keyJson(k), `✅ Key "${k.name}" updated.\n${describe(k)}${budgetLines(budgetStates(store.db, [k]).get(k.id))}`);
+        const k = await store.update(target!, changes);
+        const budget = (await readBudgetStates(db.usage, [k])).get(k.id);
+        print(values, keyJson(k), `✅ Key "${k.name}" updated.\n${describe(k)}${budgetLines(budget)}`);
         return;
       }
       default:
         throw new UsageError(`unknown action "${action}"`);
     }
   } finally {
-    store.close();
+    await db.close();
   }
 }
 
 export function keysCommand(argv: string[]): Promise<number> {
-  return run('llm-gateway keys --help', () => {
+  return run('llm-gateway keys --help', async () => {
     const args = commandLine(argv, OPTIONS, KEYS_HELP, true);
     if (args === null) return 0;
     const [action, ...rest] = args.positionals;
-    keys(action, rest, args.values);
+    await keys(action, rest, args.values);
     return 0;
   });
 }

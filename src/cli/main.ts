@@ -2,6 +2,7 @@
 // `llm-gateway`: the command line. Each command lives in its own module and parses its own
 // arguments. Exit codes: 0 ok, 1 failure, 2 usage.
 import { auditCommand } from './audit.js';
+import { dbCommand } from './db.js';
 import { doctorCommand } from './doctor.js';
 import { keysCommand } from './keys.js';
 import { menuCommand } from './menu.js';
@@ -15,6 +16,7 @@ const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promi
   tunnel: { summary: 'write the Cloudflare Tunnel config template (tunnel init)', run: tunnelCommand },
   usage: { summary: 'token usage per day, key or model (table, CSV, JSON)', run: usageCommand },
   audit: { summary: 'upload finished audit files to object storage now (audit upload)', run: auditCommand },
+  db: { summary: 'copy the key database file to PostgreSQL (db migrate-to postgres://…)', run: dbCommand },
 };
 
 function help(): string {

@@ -11,7 +11,7 @@ import { doctor, formatDoctor } from './doctor.js';
 import { logLinePrinter, tailLines, type PrettyFactory } from './log-lines.js';
 import type { KeyQueue } from './menu-keys.js';
 import { drawStatus, healthLines, type Screen } from './menu-screen.js';
-import type { Pm2 } from './pm2.js';
+import { instanceLabel, instancesOf, type Pm2, type ProcessState } from './pm2.js';
 import { stackFindings, startBlockers, type Finding } from './stack/findings.js';
 import { pm2App } from './stack/pm2-apps.js';
 import {
@@ -253,9 +253,16 @@ export class Menu {
     await sleep(this.#opts.settleMs);
     const states = await this.#pm2.list();
     const s = this.#screen;
-    for (const { app, name } of specs) {
-      const p = states.find((x) => x.name === app);
-      if (p !== undefined && p.status === 'online' && p.restarts === 0) {
+    for (const { app, name, instances } of specs) {
+      // A gateway in cluster mode: every instance must have stayed up; the first one that did not is shown.
+      const ps = instancesOf(states, app);
+      const up = ps.filter((x) => x.status === 'online' && x.restarts === 0);
+      if (ps.length > 1 && up.length === ps.length && ps.length === instances) {
+        s.note(`${s.paint('green', '✔')} ${app} online: ${instances} instances (pids ${ps.map((x) => x.pid ?? '?').join(', ')})`);
+        continue;
+      }
+      const p: ProcessState | undefined = ps.find((x) => !up.includes(x)) ?? ps[0];
+      if (ps.length === 1 && p !== undefined && p.status === 'online' && p.restarts === 0) {
         s.note(`${s.paint('green', '✔')} ${app} online (pid ${p.pid ?? '?'})`);
         continue;
       }
@@ -316,10 +323,15 @@ export class Menu {
   async #logs(kind: ProcessName): Promise<void> {
     const s = this.#screen;
     const apps = await this.#appNames(kind);
-    const count = apps.length > 1 ? Math.max(5, Math.ceil(this.#opts.logLines / apps.length)) : this.#opts.logLines;
+    // A gateway in cluster mode has a log per instance (gateway-out-<id>.log): each is shown.
+    const states = await this.#pm2.list();
+    const each = apps.flatMap((app): { name: string; p: ProcessState | undefined }[] => {
+      const ps = instancesOf(states, app);
+      return ps.length === 0 ? [{ name: app, p: undefined }] : ps.map((p) => ({ name: instanceLabel(p, ps.length), p }));
+    });
+    const count = each.length > 1 ? Math.max(5, Math.ceil(this.#opts.logLines / each.length)) : this.#opts.logLines;
     s.clear();
-    for (const name of apps) {
-      const p = await this.#pm2.find(name);
+    for (const { name, p } of each) {
       const out = p?.outLog ?? join(this.#pm2.home, 'logs', `${name}-out.log`);
       const err = p?.errLog ?? join(this.#pm2.home, 'logs', `${name}-error.log`);
       const outLines = tailLines(out, count);

@@ -1,14 +1,15 @@
 // What the menu shows: the screen it writes to (cleared between redraws on a terminal, plain lines
 // from a pipe), the status page (the PM2 table, the health lines, the problems of the stack, the
-// keys), and the health lines themselves (each llama-server's state, models and slots, and the
-// gateway's /healthz).
+// keys), and the health lines themselves (each llama-server's state, models and slots, the
+// gateway's /healthz, and the Redis and PostgreSQL several gateways share when they are set).
 import { basename } from 'node:path';
 import { paint, table, type Color } from './format.js';
 import { httpGet, localUrl } from './http-probe.js';
-import { formatBytes, formatUptime, type ProcessState } from './pm2.js';
+import { formatBytes, formatUptime, instanceLabel, instancesOf, type ProcessState } from './pm2.js';
 import type { Finding } from './stack/findings.js';
 import { PROCESS_NAMES, isLlamaApp, type StackConfig, type StackConfigError } from './stack/pm2-config.js';
 import { gatewayEnvironment, gatewaySettings, upstreamTargets, type Env } from './stack/settings.js';
+import { probeSharedServices, type ServiceState } from './stack/shared-services.js';
 import { modelsOf, modelsText, probeUpstream, propsOf, upstreamState, type UpstreamProbe } from './upstream-probe.js';
 
 const HEALTH_TIMEOUT_MS = 1500;
@@ -92,8 +93,13 @@ export function drawStatus(s: Screen, status: Status): void {
     stale: false,
   }));
   const left = states.filter((p) => isLlamaApp(p.name) && !listed.some((l) => l.app === p.name));
-  for (const { app: name, enabled, stale } of [...listed, ...left.map((p) => ({ app: p.name, enabled: true, stale: true }))]) {
-    const p = states.find((x) => x.name === name);
+  // A gateway in cluster mode is one row per instance: gateway:0, gateway:1 … (PM2 id in `pm2 ls`).
+  type Line = { name: string; enabled: boolean; stale: boolean; p: ProcessState | undefined };
+  const lines = [...listed, ...left.map((p) => ({ app: p.name, enabled: true, stale: true }))].flatMap((l): Line[] => {
+    const ps = instancesOf(states, l.app);
+    return ps.length === 0 ? [{ ...l, name: l.app, p: undefined }] : ps.map((p) => ({ ...l, name: instanceLabel(p, ps.length), p }));
+  });
+  for (const { name, enabled, stale, p } of lines) {
     const state = p?.status ?? (enabled ? 'not started' : 'off');
     stateColors.push(
       state === 'online' ? 'green' : state === 'errored' ? 'red' : p === undefined || state === 'stopped' ? 'dim' : 'yellow',
@@ -170,9 +176,10 @@ export async function healthLines(s: Screen, stack: StackConfig | null, env: Env
   if (settings.config === undefined) return [`${s.paint('red', '✘')} gateway settings: ${settings.error}`];
   const { host, port } = settings.config;
   const gateway = localUrl(host, port);
-  const [gw, upstreams] = await Promise.all([
+  const [gw, upstreams, services] = await Promise.all([
     probe(`${gateway}/healthz`),
     Promise.all(targets.map((target) => probeUpstream(target, HEALTH_TIMEOUT_MS))),
+    probeSharedServices(settings.config, HEALTH_TIMEOUT_MS),
   ]);
   const gwText =
     gw === 200
@@ -180,6 +187,16 @@ export async function healthLines(s: Screen, stack: StackConfig | null, env: Env
       : typeof gw === 'number'
         ? s.paint('yellow', `answers ${gw}`)
         : s.paint('dim', `not reachable (${gw})`);
-  const rows = [...upstreams.map((p) => [p.target.name ?? 'llama-server', p.target.url, upstreamText(s, p)]), ['gateway', gateway, gwText]];
+  const rows = [
+    ...upstreams.map((p) => [p.target.name ?? 'llama-server', p.target.url, upstreamText(s, p)]),
+    ['gateway', gateway, gwText],
+    ...services.map((v) => [v.service === 'Redis' ? 'redis' : 'postgresql', v.where, serviceText(s, v)]),
+  ];
   return table(rows);
+}
+
+/** A shared service's line: up · latency · prefix or schema, or why it cannot be reached (with the setting to check). */
+function serviceText(s: Screen, v: ServiceState): string {
+  if (!v.up) return s.paint('red', `not reachable (${v.detail}): start it or fix ${v.setting}`);
+  return `${s.paint(v.level === 'ok' ? 'green' : v.level === 'warn' ? 'yellow' : 'red', 'up')} · ${v.detail}`;
 }

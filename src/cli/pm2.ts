@@ -12,6 +12,7 @@ type Done<T> = (err: unknown, result: T) => void;
 interface RawProcess {
   name?: string;
   pid?: number;
+  pm_id?: number;
   monit?: { memory?: number; cpu?: number };
   pm2_env?: {
     status?: string;
@@ -19,6 +20,9 @@ interface RawProcess {
     restart_time?: number;
     pm_out_log_path?: string;
     pm_err_log_path?: string;
+    exec_mode?: string;
+    /** 0, 1 … N-1: which of an app's instances (PM2's instance_var, NODE_APP_INSTANCE by default). */
+    NODE_APP_INSTANCE?: number | string;
   };
 }
 
@@ -44,6 +48,12 @@ interface Pm2Module {
 
 export interface ProcessState {
   readonly name: string;
+  /** PM2's id (`pm2 ls`'s id column; `pm2 logs <id>`). */
+  readonly pmId: number | null;
+  /** Which instance of its app (0 … N-1); several only for an app in cluster mode. */
+  readonly instance: number;
+  /** PM2 runs it in cluster mode (one of several gateway processes sharing a port). */
+  readonly cluster: boolean;
   /** online, stopping, stopped, launching, errored, waiting restart, one-launch-status */
   readonly status: string;
   readonly pid: number | null;
@@ -117,8 +127,12 @@ function state(p: RawProcess): ProcessState {
   const env = p.pm2_env ?? {};
   const status = env.status ?? 'unknown';
   const running = status === 'online' || status === 'stopping' || status === 'launching';
+  const instance = Number(env.NODE_APP_INSTANCE ?? 0);
   return {
     name: p.name ?? '?',
+    pmId: p.pm_id ?? null,
+    instance: Number.isSafeInteger(instance) ? instance : 0,
+    cluster: env.exec_mode === 'cluster_mode',
     status,
     pid: running && p.pid !== undefined && p.pid > 0 ? p.pid : null,
     startedAt: running && env.pm_uptime !== undefined ? env.pm_uptime : null,
@@ -128,6 +142,16 @@ function state(p: RawProcess): ProcessState {
     outLog: env.pm_out_log_path ?? null,
     errLog: env.pm_err_log_path ?? null,
   };
+}
+
+/** The processes PM2 runs under one app name, by instance (one, or N for an app in cluster mode). */
+export function instancesOf(states: readonly ProcessState[], name: string): ProcessState[] {
+  return states.filter((p) => p.name === name).sort((a, b) => a.instance - b.instance || (a.pmId ?? 0) - (b.pmId ?? 0));
+}
+
+/** gateway, or gateway:2 for one instance of several (in the menu's table and doctor's lines). */
+export function instanceLabel(p: ProcessState, of: number): string {
+  return of > 1 || p.cluster ? `${p.name}:${p.instance}` : p.name;
 }
 
 let pm2Module: Pm2Module | undefined;
@@ -165,6 +189,11 @@ export class Pm2 {
 
   async find(name: string): Promise<ProcessState | undefined> {
     return (await this.list()).find((p) => p.name === name);
+  }
+
+  /** Every process of an app (several for a gateway in cluster mode), by instance. */
+  async instances(name: string): Promise<ProcessState[]> {
+    return instancesOf(await this.list(), name);
   }
 
   /** Starts an app from its definition (for the gateway: once it said it is ready). */

@@ -1,12 +1,19 @@
 // Keeps the in-memory key index in step with its two sources: LLM_API_KEYS (fixed at start) and
-// the key database, which other processes (the CLI) change. A timer polls SQLite's data_version,
-// a cheap in-memory read, and reloads the index only when another connection committed. It also
-// writes the keys' last-used times in batches, so no request ever touches the disk.
+// the key database, which other processes (the CLI, other gateways) change. On the SQLite file a
+// timer polls its data_version, a cheap in-memory read, and reloads the index only when another
+// connection committed. On PostgreSQL the store's feed (keys/pg-key-feed.ts) tells each committed
+// change and the index is reloaded (coalesced: one reload running, at most one waiting); while
+// PostgreSQL cannot be reached the index keeps its last known state (a disabled key stays refused:
+// auth never fails open), said once when lost and once when back. It also writes the keys'
+// last-used times in batches, so no request ever touches the database.
 import { KEY_CHARACTERS_REASON, KeyIndex, isPrintableAscii, type IndexEntry, type KeyIdentity } from './key-index.js';
 import type { StoredKey } from './key-record.js';
-import type { KeyStore } from './key-store.js';
+import type { KeyChangeFeed, KeyFeedLog, KeyRepository } from './key-repository.js';
+import { KeyStore } from './key-store.js';
 
 const DEFAULT_POLL_MS = 250;
+/** PostgreSQL: how often last-used times are written (changes are told, not polled). */
+const DEFAULT_PG_FLUSH_MS = 1000;
 
 function entryOf(k: StoredKey): IndexEntry {
   return {
@@ -26,15 +33,13 @@ function entryOf(k: StoredKey): IndexEntry {
   };
 }
 
-export interface RegistryLog {
-  info(obj: object, msg: string): void;
-  warn(obj: object, msg: string): void;
-  error(obj: object, msg: string): void;
-}
+export type RegistryLog = KeyFeedLog;
 
 export class KeyRegistry {
   readonly index = new KeyIndex();
-  readonly store: KeyStore | undefined;
+  readonly store: KeyRepository | undefined;
+  /** The store when it is the SQLite file (its connection is shared with the usage table and checkpointed). */
+  readonly sqlite: KeyStore | undefined;
   readonly #env: readonly IndexEntry[];
   #lastUsed = new Map<string, number>();
   /** Names of stored keys left out of the index because they could never match (see reload). */
@@ -42,16 +47,84 @@ export class KeyRegistry {
   #timer: NodeJS.Timeout | undefined;
   /** Called after every reload (alerts/key-watch.ts compares the keys before and after). */
   #reloaded: (() => void)[] = [];
+  // PostgreSQL only (a store with watch()): the change feed, the reload running and the one waiting,
+  // whether the database is out of reach, a last-used write in flight, the stop in progress.
+  #feed: KeyChangeFeed | undefined;
+  #running: Promise<void> = Promise.resolve();
+  #waiting: Promise<void> | undefined;
+  #down = false;
+  #toldChanged = false;
+  #flushing: Promise<void> | undefined;
+  #stopping: Promise<void> | undefined;
+  #log: RegistryLog | undefined;
 
-  constructor(envKeys: readonly string[], store?: KeyStore) {
+  /** With a PostgreSQL store the index holds LLM_API_KEYS only until `await load()`. */
+  constructor(envKeys: readonly string[], store?: KeyRepository) {
     this.#env = KeyIndex.envEntries(envKeys);
     this.store = store;
-    this.reload();
+    this.sqlite = store instanceof KeyStore ? store : undefined;
+    if (store?.watch === undefined) this.reload();
+    else this.index.replace(this.#env);
   }
 
-  /** Rebuilds the index from both sources. */
-  reload(): void {
+  /** True while a PostgreSQL store cannot be reached (the keys are served from memory meanwhile). */
+  get storeDown(): boolean {
+    return this.#down;
+  }
+
+  /**
+   * PostgreSQL: the first load, before the gateway listens; throws (KeyStoreError) when the keys
+   * cannot be read. SQLite: a reload.
+   */
+  async load(): Promise<void> {
+    if (this.store === undefined) return;
+    this.#apply(await this.store.list());
+  }
+
+  /**
+   * Rebuilds the index from both sources. SQLite (or no store): at once. PostgreSQL: resolves once
+   * a reload that started after this call is done; never rejects (a failure keeps the index as it
+   * is and counts as the database being out of reach).
+   */
+  reload(): void | Promise<void> {
+    if (this.store?.watch !== undefined) return this.#reloadSoon();
     const stored = this.store === undefined ? [] : this.store.list();
+    // Only PostgreSQL's store answers with promises, and it has watch().
+    if (stored instanceof Promise) throw new TypeError('a key store without watch() must answer synchronously');
+    this.#apply(stored);
+  }
+
+  #reloadSoon(): Promise<void> {
+    if (this.#waiting !== undefined) return this.#waiting;
+    const next = this.#running.then(async () => {
+      this.#waiting = undefined;
+      const told = this.#toldChanged;
+      this.#toldChanged = false;
+      try {
+        this.#apply(await this.store!.list());
+        this.#reachable(true);
+        if (told) this.#log?.info({ keys: this.index.size }, 'keys reloaded: the key database changed');
+      } catch (err) {
+        this.#reachable(false, (err as Error).message);
+      }
+    });
+    this.#waiting = next;
+    this.#running = next;
+    return next;
+  }
+
+  #reachable(up: boolean, reason?: string): void {
+    if (up === !this.#down) return;
+    this.#down = !up;
+    if (up) this.#log?.info({}, 'key database (PostgreSQL) reachable again: keys reloaded, changes flow again');
+    else
+      this.#log?.error(
+        { reason },
+        'key database (PostgreSQL) unreachable: keys keep working from memory as last loaded (disabled keys stay refused); retrying',
+      );
+  }
+
+  #apply(stored: readonly StoredKey[]): void {
     // The gateway makes its keys itself (sk- + base64url), but a row written from outside could
     // hold a non-ASCII key, which no client can present: left out, and said (start, tick). Only
     // the non-secret prefix can be checked; the rest of the key is known by its digest alone.
@@ -90,11 +163,15 @@ export class KeyRegistry {
     if (identity.fromDb) this.#lastUsed.set(identity.id, now);
   }
 
-  /** One poll: reload if the database changed elsewhere, then write last-used times. */
+  /** One poll: reload if the database changed elsewhere (SQLite), then write last-used times. */
   tick(log?: RegistryLog): void {
     if (this.store === undefined) return;
+    if (this.#feed !== undefined) {
+      void this.flushLastUsed();
+      return;
+    }
     try {
-      if (this.store.changedElsewhere()) {
+      if (this.store.changedElsewhere?.() === true) {
         this.reload();
         log?.info({ keys: this.index.size }, 'keys reloaded: the key database changed');
         this.#warnUnusable(log);
@@ -108,27 +185,72 @@ export class KeyRegistry {
     }
   }
 
-  flushLastUsed(): void {
-    if (this.store === undefined || this.#lastUsed.size === 0) return;
+  /**
+   * Writes the last-used times gathered since the last write. PostgreSQL: one write at a time; a
+   * batch that fails is kept (merged with newer times) and tried again on the next tick, so times
+   * gathered while the database is away are written when it returns. The map holds one entry per
+   * key, so it stays as small as the key list.
+   */
+  flushLastUsed(): void | Promise<void> {
+    if (this.store === undefined || this.#lastUsed.size === 0 || this.#flushing !== undefined) return;
     const batch = this.#lastUsed;
     this.#lastUsed = new Map();
-    this.store.recordLastUsed(batch);
+    const written = this.store.recordLastUsed(batch);
+    if (!(written instanceof Promise)) return;
+    this.#flushing = written.then(
+      () => {
+        this.#flushing = undefined;
+      },
+      (err: unknown) => {
+        this.#flushing = undefined;
+        for (const [id, at] of batch) if ((this.#lastUsed.get(id) ?? 0) < at) this.#lastUsed.set(id, at);
+        this.#reachable(false, (err as Error).message);
+      },
+    );
+    return this.#flushing;
   }
 
-  start(log?: RegistryLog, pollMs = DEFAULT_POLL_MS): void {
+  start(log?: RegistryLog, pollMs?: number): void {
     if (this.store === undefined || this.#timer !== undefined) return;
     this.#warnUnusable(log);
-    this.#timer = setInterval(() => this.tick(log), pollMs);
+    this.#log = log;
+    if (this.store.watch !== undefined) {
+      this.#feed = this.store.watch(
+        () => {
+          this.#toldChanged = true;
+          void this.#reloadSoon();
+        },
+        (up, reason) => {
+          // The feed's return is told by the reload it triggers (which reads the keys again).
+          if (!up) this.#reachable(false, reason);
+        },
+        log,
+      );
+    }
+    this.#timer = setInterval(() => this.tick(log), pollMs ?? (this.#feed === undefined ? DEFAULT_POLL_MS : DEFAULT_PG_FLUSH_MS));
     this.#timer.unref();
   }
 
-  stop(): void {
+  /** Stops polling or listening and writes the last last-used times (PostgreSQL: resolves when written; safe to call twice). */
+  stop(): void | Promise<void> {
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
+    if (this.store?.watch !== undefined) {
+      this.#stopping ??= this.#stopListening();
+      return this.#stopping;
+    }
     try {
       this.flushLastUsed();
     } catch {
       // the database went away; last-used times are not worth failing a shutdown for
     }
+  }
+
+  async #stopListening(): Promise<void> {
+    const feed = this.#feed;
+    this.#feed = undefined;
+    await feed?.close();
+    await this.#flushing;
+    await this.flushLastUsed(); // a failure is kept in memory, not thrown
   }
 }

@@ -1,72 +1,16 @@
 // The key database's `keys` table: only a SHA-256 digest of each key plus a short non-secret
 // prefix for display. Framework-free: the gateway, the admin API and the `llm-gateway keys` CLI all
-// use this module. What a record holds and which values it accepts: key-record.ts. The connection
-// is opened and tuned by storage/db.ts and handed in (or opened by KeyStore.open).
+// use this module. What a record holds and which values it accepts: key-record.ts; its row, shared
+// with the PostgreSQL store (pg-key-store.ts): key-rows.ts. The connection is opened and tuned by
+// storage/db.ts and handed in (or opened by KeyStore.open).
 import type Database from 'better-sqlite3';
 import { DatabaseUnusable, openDatabase, type DatabaseUse } from '../storage/db.js';
-import { mergeBudgets, validBudgets } from './key-budgets.js';
-import { digestKey } from './key-index.js';
-import { mergePolicy, validPolicy } from './key-policy.js';
-import {
-  DISPLAY_PREFIX_LENGTH,
-  KeyStoreError,
-  LIMIT_NAMES,
-  generateKey,
-  newId,
-  publicRecord,
-  validLimit,
-  validList,
-  validName,
-  type KeyChanges,
-  type KeyInput,
-  type KeyRecord,
-  type StoredKey,
-} from './key-record.js';
-import type { KeyBudgets } from './key-budgets.js';
-import type { KeyPolicy } from './key-policy.js';
+import { KeyStoreError, publicRecord, type KeyChanges, type KeyInput, type KeyRecord, type StoredKey } from './key-record.js';
+import { changedColumns, fromRow, nameTaken, newKeyRow, notFound, rotatedSecret, type KeyRow as Row } from './key-rows.js';
 
 // The store's face for the CLI and the admin API: the record's types and its errors come with it.
 export { KeyStoreError, LIMIT_NAMES, keyJson, type KeyChanges, type KeyRecord } from './key-record.js';
 export type { KeyLimits } from '../admission/limits.js';
-
-interface Row {
-  id: string;
-  name: string;
-  note: string;
-  digest: Buffer;
-  prefix: string;
-  enabled: number;
-  created_at: number;
-  expires_at: number | null;
-  last_used_at: number | null;
-  models: string | null;
-  origins: string | null;
-  rpm: number | null;
-  tpm: number | null;
-  tpd: number | null;
-  concurrency: number | null;
-  policy: string | null;
-  budgets: string | null;
-}
-
-function fromRow(r: Row): StoredKey {
-  return {
-    id: r.id,
-    name: r.name,
-    note: r.note,
-    prefix: r.prefix,
-    enabled: r.enabled === 1,
-    createdAt: r.created_at,
-    expiresAt: r.expires_at,
-    lastUsedAt: r.last_used_at,
-    models: r.models === null ? null : (JSON.parse(r.models) as string[]),
-    origins: r.origins === null ? null : (JSON.parse(r.origins) as string[]),
-    limits: { rpm: r.rpm, tpm: r.tpm, tpd: r.tpd, concurrency: r.concurrency },
-    policy: r.policy === null ? null : (JSON.parse(r.policy) as KeyPolicy),
-    budgets: r.budgets === null ? null : (JSON.parse(r.budgets) as KeyBudgets),
-    digest: r.digest,
-  };
-}
 
 export class KeyStore {
   readonly path: string;
@@ -114,77 +58,34 @@ export class KeyStore {
 
   get(idOrName: string): StoredKey {
     const k = this.find(idOrName);
-    if (k === undefined) throw new KeyStoreError('key_not_found', `no key named or with id "${idOrName}"`);
+    if (k === undefined) throw notFound(idOrName);
     return k;
   }
 
   /** Creates a key; returns its record and the secret, which is never stored or shown again. */
   create(input: KeyInput, now = Date.now()): { record: KeyRecord; key: string } {
-    const key = generateKey();
-    const id = newId();
-    const name = validName(input.name);
-    if (input.expiresAt !== undefined && input.expiresAt !== null && input.expiresAt <= now) {
-      throw new KeyStoreError('invalid_key_field', 'expires is in the past', 'expires');
-    }
-    const limits = input.limits ?? {};
+    const { key, row } = newKeyRow(input, now);
     try {
       this.#db
         .prepare(
           `INSERT INTO keys (id, name, note, digest, prefix, enabled, created_at, expires_at, models, origins, rpm, tpm, tpd, concurrency, policy, budgets)
            VALUES (@id, @name, @note, @digest, @prefix, @enabled, @created_at, @expires_at, @models, @origins, @rpm, @tpm, @tpd, @concurrency, @policy, @budgets)`,
         )
-        .run({
-          id,
-          name,
-          note: input.note ?? '',
-          digest: digestKey(key),
-          prefix: key.slice(0, DISPLAY_PREFIX_LENGTH),
-          enabled: input.enabled === false ? 0 : 1,
-          created_at: now,
-          expires_at: input.expiresAt ?? null,
-          models: validList('models', input.models) ?? null,
-          origins: validList('origins', input.origins) ?? null,
-          rpm: validLimit('rpm', limits.rpm) ?? null,
-          tpm: validLimit('tpm', limits.tpm) ?? null,
-          tpd: validLimit('tpd', limits.tpd) ?? null,
-          concurrency: validLimit('concurrency', limits.concurrency) ?? null,
-          policy: jsonOrNull(validPolicy(input.policy)),
-          budgets: jsonOrNull(validBudgets(input.budgets)),
-        });
+        .run(row);
     } catch (err) {
-      throw uniqueNameError(err, name);
+      throw uniqueNameError(err, row.name);
     }
-    return { record: publicRecord(this.get(id)), key };
+    return { record: publicRecord(this.get(row.id)), key };
   }
 
   /** Changes the given fields; returns the new record. */
   update(idOrName: string, changes: KeyChanges, now = Date.now()): KeyRecord {
     const current = this.get(idOrName);
-    const sets: string[] = [];
-    const values: Record<string, unknown> = { id: current.id };
-    const set = (column: string, value: unknown): void => {
-      sets.push(`${column} = @${column}`);
-      values[column] = value;
-    };
-    if (changes.name !== undefined) set('name', validName(changes.name));
-    if (changes.note !== undefined) set('note', changes.note);
-    if (changes.enabled !== undefined) set('enabled', changes.enabled ? 1 : 0);
-    if (changes.expiresAt !== undefined) {
-      if (changes.expiresAt !== null && changes.expiresAt <= now)
-        throw new KeyStoreError('invalid_key_field', 'expires is in the past', 'expires');
-      set('expires_at', changes.expiresAt);
-    }
-    if (changes.models !== undefined) set('models', validList('models', changes.models));
-    if (changes.origins !== undefined) set('origins', validList('origins', changes.origins));
-    for (const limit of LIMIT_NAMES) {
-      const v = changes.limits?.[limit];
-      if (v !== undefined) set(limit, validLimit(limit, v));
-    }
-    if (changes.policy !== undefined) set('policy', jsonOrNull(mergePolicy(current.policy, changes.policy)));
-    if (changes.budgets !== undefined) set('budgets', jsonOrNull(mergeBudgets(current.budgets, changes.budgets)));
-    if (sets.length > 0) {
+    const columns = changedColumns(current, changes, now);
+    if (columns.size > 0) {
+      const sets = [...columns.keys()].map((column) => `${column} = @${column}`);
       try {
-        this.#db.prepare(`UPDATE keys SET ${sets.join(', ')} WHERE id = @id`).run(values);
+        this.#db.prepare(`UPDATE keys SET ${sets.join(', ')} WHERE id = @id`).run({ ...Object.fromEntries(columns), id: current.id });
       } catch (err) {
         throw uniqueNameError(err, String(changes.name));
       }
@@ -195,10 +96,8 @@ export class KeyStore {
   /** A new secret for the same record; the old secret stops working. */
   rotate(idOrName: string): { record: KeyRecord; key: string } {
     const current = this.get(idOrName);
-    const key = generateKey();
-    this.#db
-      .prepare('UPDATE keys SET digest = ?, prefix = ? WHERE id = ?')
-      .run(digestKey(key), key.slice(0, DISPLAY_PREFIX_LENGTH), current.id);
+    const { key, digest, prefix } = rotatedSecret();
+    this.#db.prepare('UPDATE keys SET digest = ?, prefix = ? WHERE id = ?').run(digest, prefix, current.id);
     return { record: publicRecord(this.get(current.id)), key };
   }
 
@@ -234,10 +133,6 @@ export class KeyStore {
   }
 }
 
-function jsonOrNull(doc: object | null): string | null {
-  return doc === null ? null : JSON.stringify(doc);
-}
-
 function openDatabaseForKeys(path: string, use: DatabaseUse): Database.Database {
   try {
     return openDatabase(path, use);
@@ -250,7 +145,7 @@ function openDatabaseForKeys(path: string, use: DatabaseUse): Database.Database 
 function uniqueNameError(err: unknown, name: string): unknown {
   const code = (err as { code?: string }).code;
   if (code === 'SQLITE_CONSTRAINT_UNIQUE' && String((err as Error).message).includes('keys.name')) {
-    return new KeyStoreError('key_name_taken', `a key named "${name}" already exists`, 'name');
+    return nameTaken(name);
   }
   return err;
 }

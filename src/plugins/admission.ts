@@ -27,21 +27,33 @@
 //            never waits behind generations.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import { KEY_QUEUE_FULL, MODEL_LOADING, QUEUE_FULL, QUEUE_TIMEOUT, RATE_LIMITED, TOO_MANY_TASKS, type GatewayError } from '../errors.js';
+import {
+  KEY_QUEUE_FULL,
+  MODEL_LOADING,
+  QUEUE_FULL,
+  QUEUE_TIMEOUT,
+  RATE_LIMITED,
+  SHARED_STATE_UNAVAILABLE,
+  TOO_MANY_TASKS,
+  type GatewayError,
+} from '../errors.js';
 import type { Config } from '../config.js';
 import { MemoryCounters } from '../admission/counters.js';
 import { FairQueue, QueueFull, QueueLeft, TooManyTasks, type Ticket as LightTicket } from '../admission/fair-queue.js';
 import { Placement, failoverFor, lightServer, startPings } from '../admission/placement.js';
-import { Scheduler, type Ticket } from '../admission/scheduler.js';
+import { Scheduler, type SlotQueue, type Ticket } from '../admission/scheduler.js';
+import { SharedScheduler } from '../cluster/shared-slots.js';
 import type { Failover } from '../proxy/upstream.js';
 import { AffinityMap, affinityKey, preferMs } from '../upstreams/affinity.js';
 import type { UpstreamNode } from '../upstreams/upstream-set.js';
 import type { RouteKind } from '../usage/exchange.js';
-import { Limits } from '../admission/limits.js';
-import { Budgets, budgetError, seederFor, userSeederFor } from '../admission/budgets.js';
+import { Limits, type KeyLimits } from '../admission/limits.js';
+import { Budgets, budgetError } from '../admission/budgets.js';
+import { SHARED_DOWN_RETRY_S, SharedCounting } from '../cluster/shared-counting.js';
 import { NO_ALERTS } from '../alerts/events.js';
 import { hasBudgets } from '../keys/key-budgets.js';
 import { Calendar } from '../usage/calendar.js';
+import { budgetSeeder, budgetUserSeeder } from '../usage/pg-usage-store.js';
 import { reserveFor } from '../admission/token-estimate.js';
 import type { JsonBody } from '../proxy/json-body.js';
 import { sseErrorEvent } from '../proxy/sse-tap.js';
@@ -70,7 +82,7 @@ const HOLD_MAX_AGE_MS = 3_600_000;
 declare module 'fastify' {
   interface FastifyInstance {
     /** The fair queue in front of the llama-servers' slots: per model, over every server of it. */
-    queue: Scheduler;
+    queue: SlotQueue;
     /** Sends a request that failed before its answer started to another server (proxy/upstream.ts). */
     failover: Failover;
     /** The light calls' queue (token counting, model list): GATEWAY_LIGHT_SLOTS at once. */
@@ -79,6 +91,8 @@ declare module 'fastify' {
     limits: Limits;
     /** Token budgets over calendar periods, per key and end user (admission/budgets.ts). */
     budgets: Budgets;
+    /** Per-key limits counted in Redis (null: no GATEWAY_REDIS_URL): cluster/shared-counting.ts. */
+    sharedCounting: SharedCounting | null;
   }
   interface FastifyContextConfig {
     /**
@@ -116,23 +130,40 @@ export default fp(
       counters,
       calendar: new Calendar(config.budgetTz),
       warnAt: config.budgetWarnAt,
-      seed: seederFor(app.usageStore, app.usage),
-      seedUsers: userSeederFor(app.usageStore, app.usage),
+      seed: budgetSeeder(app.usageStore, app.usage),
+      seedUsers: budgetUserSeeder(app.usageStore, app.usage),
       alerts: () => (app.hasDecorator('alerts') ? app.alerts : NO_ALERTS),
     });
     app.decorate('budgets', budgets);
+    // With Redis (GATEWAY_REDIS_URL) a key's limits are counted there, shared by every gateway;
+    // the process-local ones above decide while it does not answer (GATEWAY_REDIS_DOWN=local).
+    const redis = app.hasDecorator('redis') ? app.redis : null;
+    const shared =
+      redis === null
+        ? null
+        : new SharedCounting({
+            link: redis,
+            prefix: config.redisPrefix,
+            gatewayId: app.gatewayId,
+            leaseMs: config.slotLeaseMs,
+            whenDown: config.redisDown,
+            log: app.log,
+          });
+    app.decorate('sharedCounting', shared);
     // A request's usage record settles the tokens its key held for it with the real ones.
     app.usage?.onRecord((r) => {
       if (r.keyId === null) return;
       const tokens = (r.promptTokens ?? 0) + (r.completionTokens ?? 0);
       limits.settle(r.keyId, r.requestId, tokens, Date.now());
       budgets.settle(r.requestId, r.keyId, r.endUser ?? null, r.ts, tokens);
+      if (shared !== null) void shared.limits.settle(r.keyId, r.requestId, tokens);
     });
     const sweep = setInterval(() => {
       const now = Date.now();
       counters.sweep(now, COUNTER_MAX_AGE_MS);
       limits.sweep(now, HOLD_MAX_AGE_MS);
       budgets.sweep(now, HOLD_MAX_AGE_MS);
+      shared?.limits.sweep(now, HOLD_MAX_AGE_MS);
     }, COUNTER_SWEEP_MS);
     sweep.unref();
 
@@ -142,13 +173,30 @@ export default fp(
     // (or GATEWAY_MAX_INFLIGHT, or the upstreams file), followed as it changes (upstreams/). Light
     // calls (token counting) wait in a small queue of their own, never behind generations; each
     // server's light pool has as many connections (GATEWAY_LIGHT_SLOTS).
+    // With Redis (GATEWAY_REDIS_URL) the slots are shared by every gateway, and so is the fair
+    // queue in front of them (cluster/shared-slots.ts); the light queue stays per process.
     const set = app.upstreams;
-    const queue = new Scheduler({
+    const queueOpts = {
       maxQueue: config.maxQueue,
       maxQueuePerKey: config.maxQueuePerKey,
       timeoutMs: config.queueTimeoutMs,
       keySlots: config.keySlots,
-    });
+    };
+    const slotsLink = app.hasDecorator('redis') ? app.redis : null;
+    const queue: SlotQueue =
+      slotsLink === null
+        ? new Scheduler(queueOpts)
+        : new SharedScheduler({
+            ...queueOpts,
+            link: slotsLink,
+            prefix: config.redisPrefix,
+            gatewayId: app.gatewayId,
+            leaseMs: config.slotLeaseMs,
+            whenDown: config.redisDown,
+            servers: () => set.nodes,
+            refusal: () => SHARED_STATE_UNAVAILABLE,
+            log: app.log,
+          });
     set.onChange(() => queue.changed());
     app.decorate('queue', queue);
     app.decorateRequest('backend', null);
@@ -178,6 +226,7 @@ export default fp(
     app.addHook('onClose', async () => {
       clearInterval(sweep);
       queue.close(); // ends slot holds (ABANDONED_SLOT_HOLD_MS)
+      await shared?.close(); // gives this process's concurrency entries and holds back
     });
   },
   { name: 'admission', fastify: '5.x', dependencies: ['proxy', 'usage'] },
@@ -188,6 +237,16 @@ export interface AdmitOptions {
   /** How often a waiting stream gets a keep-alive comment (and, the first time, its headers). */
   pingMs?: number | undefined;
 }
+
+/**
+ * Where a request's limits are decided: here (LOCAL), already (DECIDED: in Redis, or before it
+ * waited for a budget's seed), or not yet (WAITING: a script is running, the hook comes back).
+ */
+const LOCAL = 0;
+const DECIDED = 1;
+const WAITING = 2;
+type Via = typeof LOCAL | typeof DECIDED | typeof WAITING;
+type Hook = (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => void;
 
 /** Routes that read a prompt and generate nothing: they hold only their prompt's tokens. */
 const PROMPT_ONLY = new Set(['/v1/embeddings', '/v1/rerank']);
@@ -236,36 +295,124 @@ export const admit = fp(
     // Usage records settle token holds (GATEWAY_USAGE=on); else a hold ends with its response.
     const settledByRecords = app.usage !== null;
     const pingMs = opts.pingMs ?? DEFAULT_QUEUE_PING_MS;
+    const shared = app.sharedCounting;
+    /**
+     * Requests that come back into the hook after an await (a Redis script, a budget's seed being
+     * read), with how far they got; `resuming` counts them, so the common path never looks here.
+     */
+    const resumed = new WeakMap<FastifyRequest, Via>();
+    let resuming = 0;
+    /** Runs the hook again for a request that waited (unless its client left meanwhile). */
+    function resume(request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void, hook: Hook, via: Via): void {
+      if (reply.raw.destroyed || request.raw.socket.destroyed) {
+        reply.hijack(); // the client left while the request waited: nobody to answer, nothing to run
+        return;
+      }
+      resumed.set(request, via);
+      resuming++;
+      hook(request, reply, done);
+    }
+
+    /**
+     * A key's limits in Redis (GATEWAY_REDIS_URL): WAITING while the script runs (it then answers
+     * the refusal, or resumes the hook: DECIDED, or LOCAL when Redis failed and
+     * GATEWAY_REDIS_DOWN=local); LOCAL at once while the link is down.
+     */
+    function sharedLimits(
+      request: FastifyRequest,
+      reply: FastifyReply,
+      done: (err?: Error) => void,
+      hook: Hook,
+      keyId: string,
+      l: KeyLimits,
+      queued: boolean | 'light' | undefined,
+      body: JsonBody | undefined,
+      url: string | undefined,
+    ): Via {
+      const counting = shared!;
+      if (!counting.link.up) return redisDown(reply, done);
+      const tokens = queued === true && Limits.holdsTokens(l) && body !== undefined ? holdFor(body, url) : 0;
+      const res = reply.raw;
+      counting.limits.admit(keyId, l, request.id, tokens).then(
+        (a) => {
+          if (a.refusal !== undefined) {
+            reply.headers(a.headers).header('retry-after', String(a.refusal.retryAfter));
+            return done(RATE_LIMITED(a.refusal.limit, a.refusal.max, a.refusal.retryAfter));
+          }
+          const release = (): void => void counting.limits.release(request.id);
+          if (res.destroyed || request.raw.socket.destroyed) {
+            a.end(); // the client left while Redis answered (resume() hijacks)
+            release();
+          } else {
+            res.once('close', a.end);
+            // Without usage records a hold ends with the response (as in the local path).
+            if (tokens > 0 && !settledByRecords) res.once('close', release);
+            reply.headers(a.headers);
+          }
+          resume(request, reply, done, hook, DECIDED);
+        },
+        (err: Error) => {
+          counting.failed(err, 'admit');
+          if (redisDown(reply, done) === WAITING) return;
+          resume(request, reply, done, hook, LOCAL);
+        },
+      );
+      return WAITING;
+    }
+
+    /** Redis does not answer: GATEWAY_REDIS_DOWN=refuse answers 503, local decides here (LOCAL). */
+    function redisDown(reply: FastifyReply, done: (err?: Error) => void): Via {
+      if (shared!.whenDown === 'refuse') {
+        reply.header('retry-after', String(SHARED_DOWN_RETRY_S));
+        done(SHARED_STATE_UNAVAILABLE);
+        return WAITING;
+      }
+      shared!.decidedLocally++;
+      return LOCAL;
+    }
+
     // A callback hook: the common case (no limit refuses, a slot is free) finishes synchronously,
     // without a promise, a microtask hop or a ping timer per request. Only a request that has to
     // wait takes the async path.
-    app.addHook('preHandler', (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => {
+    app.addHook('preHandler', function admitHook(request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) {
       const key = request.apiKey;
       if (key === null) return done();
       const res = reply.raw;
       const route = request.routeOptions; // a new object on every read (Fastify 5): read once
       const queued = route.config.queued;
       const body = request.body as JsonBody | undefined;
+      /** how far a request that waited got (see resume()); undefined on the common path */
+      let back: Via | undefined;
+      if (resuming !== 0 && (back = resumed.get(request)) !== undefined) {
+        resumed.delete(request);
+        resuming--;
+      }
       /** what this request may cost, held against token limits and budgets alike (computed once) */
       let hold: number | undefined;
       const l = limits.of(key);
       if (Limits.any(l)) {
-        const now = Date.now();
-        const refusal = limits.check(key.id, l, now);
-        if (refusal !== undefined) {
-          reply.headers(limits.headers(key.id, l, now)).header('retry-after', String(refusal.retryAfter));
-          return done(RATE_LIMITED(refusal.limit, refusal.max, refusal.retryAfter));
+        // With Redis the key's limits count there, for every gateway: a script away (async), then
+        // this hook runs again from the top and goes on below (sharedLimits).
+        const via = back ?? (shared === null ? LOCAL : sharedLimits(request, reply, done, admitHook, key.id, l, queued, body, route.url));
+        if (via === WAITING) return;
+        if (via === LOCAL) {
+          const now = Date.now();
+          const refusal = limits.check(key.id, l, now);
+          if (refusal !== undefined) {
+            reply.headers(limits.headers(key.id, l, now)).header('retry-after', String(refusal.retryAfter));
+            return done(RATE_LIMITED(refusal.limit, refusal.max, refusal.retryAfter));
+          }
+          const end = limits.admit(key.id, now);
+          res.once('close', end);
+          // A key with a token limit holds what this generation may cost until its usage record
+          // settles it (the admission plugin); without usage records the hold ends with the response.
+          if (queued === true && Limits.holdsTokens(l) && body !== undefined) {
+            hold = holdFor(body, route.url);
+            limits.reserve(key.id, request.id, hold, now);
+            if (!settledByRecords) res.once('close', () => limits.release(request.id));
+          }
+          reply.headers(limits.headers(key.id, l, now));
         }
-        const end = limits.admit(key.id, now);
-        res.once('close', end);
-        // A key with a token limit holds what this generation may cost until its usage record
-        // settles it (the admission plugin); without usage records the hold ends with the response.
-        if (queued === true && Limits.holdsTokens(l) && body !== undefined) {
-          hold = holdFor(body, route.url);
-          limits.reserve(key.id, request.id, hold, now);
-          if (!settledByRecords) res.once('close', () => limits.release(request.id));
-        }
-        reply.headers(limits.headers(key.id, l, now));
       }
       // Token budgets over calendar periods (the key's, its end user's): only work that runs on a
       // llama-server is refused and held; every answer to the key says what is left.
@@ -273,6 +420,11 @@ export const admit = fp(
         const work = queued === true;
         const tokens = work && body !== undefined ? (hold ??= holdFor(body, route.url)) : 0;
         const check = budgets.admit(key, request.endUser ?? null, request.id, tokens, Date.now(), work);
+        if (check.pending !== undefined) {
+          // A count still being read from the usage table (PostgreSQL): decide once it is there.
+          check.pending.then(() => resume(request, reply, done, admitHook, DECIDED), done);
+          return;
+        }
         reply.headers(check.headers);
         if (check.refusal !== undefined) {
           reply.header('retry-after', String(check.refusal.retryAfter));
@@ -366,19 +518,27 @@ export const admit = fp(
           reply.hijack(); // nobody to answer
           return;
         }
-        // Timed out, or llama-server now has too few slots for this request's tasks.
+        // Timed out, or llama-server now has too few slots for this request's tasks; with shared
+        // slots also: the key's line is full across the gateways, or Redis failed (=refuse).
         const json = (request.body as JsonBody | undefined)?.json;
         const timeout =
           err instanceof TooManyTasks
             ? tooManyTasks(err, json)
-            : (request.target?.nodes.every((n) => n.state === 'loading') ?? false)
-              ? MODEL_LOADING(queueTimeoutMs)
-              : QUEUE_TIMEOUT(queueTimeoutMs);
+            : err instanceof QueueFull
+              ? err.scope === 'key'
+                ? KEY_QUEUE_FULL(maxQueuePerKey)
+                : QUEUE_FULL
+              : err === SHARED_STATE_UNAVAILABLE
+                ? SHARED_STATE_UNAVAILABLE
+                : (request.target?.nodes.every((n) => n.state === 'loading') ?? false)
+                  ? MODEL_LOADING(queueTimeoutMs)
+                  : QUEUE_TIMEOUT(queueTimeoutMs);
         if (res.headersSent) {
           res.end(sseErrorEvent(request.routeOptions.url?.startsWith('/v1/messages') === true ? 'anthropic' : 'openai', timeout));
           return;
         }
-        if (!(err instanceof TooManyTasks)) reply.header('retry-after', String(QUEUE_TIMEOUT_RETRY_S));
+        if (err instanceof QueueFull) reply.header('retry-after', String(QUEUE_FULL_RETRY_S));
+        else if (!(err instanceof TooManyTasks)) reply.header('retry-after', String(QUEUE_TIMEOUT_RETRY_S));
         throw timeout;
       } finally {
         clearInterval(ping);

@@ -22,15 +22,19 @@ import { AuditLog } from '../usage/audit-log.js';
 import { AuditUploader, s3TargetOf } from '../usage/audit-upload.js';
 import type { AnsweringServer, Exchange, Outcome, UsageRecord } from '../usage/exchange.js';
 import { UsageCompleter, needOf } from '../usage/completion.js';
+import { PgUsageStore } from '../usage/pg-usage-store.js';
 import { UsageRecorder } from '../usage/recorder.js';
-import { UsageStore } from '../usage/store.js';
+import { SpoolingWriter } from '../usage/spool.js';
+import { UsageStore, type UsageTable } from '../usage/store.js';
 
 declare module 'fastify' {
   interface FastifyInstance {
     /** Usage records (null with GATEWAY_USAGE=off). */
     usage: UsageRecorder | null;
-    /** The usage table (null without a key database). */
-    usageStore: UsageStore | null;
+    /** The usage table: on PostgreSQL (app.pg), else the SQLite file (null without a key database). */
+    usageStore: UsageTable | null;
+    /** PostgreSQL's usage writer, with its spool (null on SQLite, or with GATEWAY_USAGE=off). */
+    usageSpool: SpoolingWriter | null;
     /** How a request becomes a usage record (null with GATEWAY_USAGE=off). */
     usageAccounting: UsageAccounting | null;
     /** Finished audit files to object storage (null without GATEWAY_AUDIT_S3_*). */
@@ -205,8 +209,16 @@ interface UsageOptions {
 export default fp(
   async function usagePlugin(app: FastifyInstance, opts: UsageOptions) {
     const { config } = opts;
-    const store = app.db === null ? null : new UsageStore(app.db);
-    app.decorate('usageStore', store);
+    const pgStore = app.pg === null ? null : new PgUsageStore(app.pg);
+    const store = pgStore === null && app.db !== null ? new UsageStore(app.db) : null;
+    const table: UsageTable | null = pgStore ?? store;
+    app.decorate('usageStore', table);
+    // PostgreSQL: batches inserted off the request path, spooled to GATEWAY_USAGE_SPOOL while it is down.
+    const writer =
+      pgStore === null || !config.usage
+        ? null
+        : new SpoolingWriter({ store: pgStore, dir: config.usageSpool, log: app.log.child({ component: 'usage-spool' }) });
+    app.decorate('usageSpool', writer);
     // With object storage set, a file leaves the disk only once uploaded: no pruning by age (keepDays 0).
     const s3 = s3TargetOf(config);
     const audit =
@@ -225,6 +237,7 @@ export default fp(
     const recorder = config.usage
       ? new UsageRecorder({
           ...(store === null ? {} : { store }),
+          ...(writer === null ? {} : { writer }),
           ...(audit === null ? {} : { audit }),
           logBodies: config.logBodies,
           prices: config.prices,
@@ -255,6 +268,8 @@ export default fp(
     app.decorate('usageAccounting', accountingFor(recorder, config.trustProxy, completer));
     const watcher = watcherFor(recorder, config.trustProxy, completer);
     for (const node of app.upstreams.nodes) node.client.watch(watcher);
+    // What a previous run left spooled is read now and replayed in the background.
+    await writer?.start();
     recorder.start(app.log, opts.flushMs);
     // Once every connection is done: pending token counts finish (the upstream pools close after
     // this hook: the proxy registered earlier), then the last flush (the database's last checkpoint

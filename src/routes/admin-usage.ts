@@ -7,12 +7,12 @@
 import type { FastifyInstance } from 'fastify';
 import { INVALID_PERIOD } from '../errors.js';
 import type { KeyIdentity } from '../keys/key-index.js';
-import type { Scheduler } from '../admission/scheduler.js';
+import type { SlotQueue } from '../admission/scheduler.js';
 import type { UpstreamSet, UpstreamState } from '../upstreams/upstream-set.js';
 import type { UsageRecord } from '../usage/exchange.js';
 import { DAY_MS, usageFilter } from '../usage/period.js';
 import { roundCost } from '../usage/prices.js';
-import type { RequestFilter, UsageStore } from '../usage/store.js';
+import type { RequestFilter, UsageTable } from '../usage/store.js';
 
 const DAY_PATTERN = '^\\d{4}-\\d{2}-\\d{2}$';
 const seriesQuery = {
@@ -189,7 +189,7 @@ interface UpstreamLive {
  * Each llama-server as the gateway follows it (upstreams/): no call to llama-server per view (its
  * /slots, polled, would restart the 1 s checks with which it notices a client that left).
  */
-function readUpstreams(set: UpstreamSet, queue: Scheduler): UpstreamLive[] {
+function readUpstreams(set: UpstreamSet, queue: SlotQueue): UpstreamLive[] {
   return set.nodes.map((n) => {
     const models = n.models.map((m) => m.id);
     return {
@@ -207,7 +207,7 @@ function iso(ms: number | undefined): string | null {
   return ms === undefined ? null : new Date(ms).toISOString();
 }
 
-export default async function adminUsageRoutes(app: FastifyInstance, opts: { usage: UsageStore }): Promise<void> {
+export default async function adminUsageRoutes(app: FastifyInstance, opts: { usage: UsageTable }): Promise<void> {
   const { usage } = opts;
   const logBodies = app.usage?.logBodies ?? false;
   const rate = new RecentRate();
@@ -222,7 +222,7 @@ export default async function adminUsageRoutes(app: FastifyInstance, opts: { usa
       throw INVALID_PERIOD((err as Error).message);
     }
     const by = request.query.by ?? 'key';
-    const cells = usage.series(filter, by);
+    const cells = await usage.series(filter, by);
     const days = [...new Set(cells.map((c) => c.day))];
     const groups = [...new Set(cells.map((c) => c.group))].sort();
     const at = new Map(days.map((d, i) => [d, i]));
@@ -259,7 +259,7 @@ export default async function adminUsageRoutes(app: FastifyInstance, opts: { usa
       filter.before = { ts: Number(ts), id: Number(id) };
     }
     const limit = q.limit === undefined ? DEFAULT_PAGE : Number(q.limit);
-    const rows = usage.requests(filter, limit + 1);
+    const rows = await usage.requests(filter, limit + 1);
     const more = rows.length > limit;
     const page = more ? rows.slice(0, limit) : rows;
     const last = page.at(-1);

@@ -9,11 +9,12 @@ import { INVALID_JSON, INVALID_KEY_FIELD, INVALID_PERIOD, KEY_DB_UNUSABLE, KEY_N
 import { parseExpiry } from '../keys/expiry.js';
 import type { KeyPolicy } from '../keys/key-policy.js';
 import type { KeyRegistry } from '../keys/key-registry.js';
-import { KeyStoreError, keyJson, type KeyChanges, type KeyLimits, type KeyRecord, type KeyStore } from '../keys/key-store.js';
+import type { KeyRepository } from '../keys/key-repository.js';
+import { KeyStoreError, keyJson, type KeyChanges, type KeyLimits, type KeyRecord } from '../keys/key-store.js';
 import { hasBudgets, type KeyBudgets } from '../keys/key-budgets.js';
 import { groupBy, usageFilter } from '../usage/period.js';
 import { roundCost } from '../usage/prices.js';
-import { usageTotal, type UsageStore } from '../usage/store.js';
+import { usageTotal, type UsageTable } from '../usage/store.js';
 import { adminKeyCheck, type AuthGuard } from '../http/auth-guard.js';
 import adminUsageRoutes from './admin-usage.js';
 
@@ -133,7 +134,7 @@ const usageQuery = {
 
 export default async function adminRoutes(
   app: FastifyInstance,
-  opts: { adminKey: string; guard: AuthGuard; registry: KeyRegistry; store: KeyStore; usage: UsageStore; currency?: string },
+  opts: { adminKey: string; guard: AuthGuard; registry: KeyRegistry; store: KeyRepository; usage: UsageTable; currency?: string },
 ): Promise<void> {
   const isAdmin = adminKeyCheck(opts.adminKey);
   const { guard, registry, store, usage } = opts;
@@ -159,19 +160,22 @@ export default async function adminRoutes(
     done();
   });
 
-  /** Runs a store operation; our own writes do not bump data_version, so reload at once. */
-  const write = <T>(fn: () => T): T => {
+  /**
+   * Runs a store operation (SQLite or PostgreSQL: keys/key-repository.ts); reloads at once after
+   * our own writes (SQLite's data_version does not count them; PostgreSQL tells them too, later).
+   */
+  const write = async <T>(fn: () => T | Promise<T>): Promise<T> => {
     try {
-      const result = fn();
-      registry.reload();
+      const result = await fn();
+      await registry.reload();
       return result;
     } catch (err) {
       throw fromStoreError(err, app.log);
     }
   };
-  const read = <T>(fn: () => T): T => {
+  const read = async <T>(fn: () => T | Promise<T>): Promise<T> => {
     try {
-      return fn();
+      return await fn();
     } catch (err) {
       throw fromStoreError(err, app.log);
     }
@@ -184,17 +188,17 @@ export default async function adminRoutes(
       ? { ...keyJson(k), budget_state: app.budgets.state(k.id, k.budgets, Date.now()) }
       : keyJson(k);
 
-  app.get('/keys', async () => ({ object: 'list', data: read(() => store.list()).map(withBudget) }));
+  app.get('/keys', async () => ({ object: 'list', data: (await read(() => store.list())).map(withBudget) }));
 
   app.post<{ Body: KeyBody }>('/keys', { schema: { body: createSchema } }, async (request, reply) => {
     const changes = changesFrom(request.body);
-    const { record, key } = write(() => store.create({ ...changes, name: request.body.name ?? '' }));
+    const { record, key } = await write(() => store.create({ ...changes, name: request.body.name ?? '' }));
     request.log.info({ keyId: record.id, keyName: record.name }, 'admin: key created');
     return reply.code(201).send({ ...keyJson(record), key });
   });
 
   app.get<{ Params: { id: string } }>('/keys/:id', { schema: { params: idParams } }, async (request) =>
-    withBudget(read(() => store.get(request.params.id))),
+    withBudget(await read(() => store.get(request.params.id))),
   );
 
   app.patch<{ Params: { id: string }; Body: KeyBody }>(
@@ -202,20 +206,20 @@ export default async function adminRoutes(
     { schema: { params: idParams, body: patchSchema } },
     async (request) => {
       const changes = changesFrom(request.body);
-      const record = write(() => store.update(request.params.id, changes));
+      const record = await write(() => store.update(request.params.id, changes));
       request.log.info({ keyId: record.id, keyName: record.name, fields: Object.keys(request.body) }, 'admin: key changed');
       return keyJson(record);
     },
   );
 
   app.delete<{ Params: { id: string } }>('/keys/:id', { schema: { params: idParams } }, async (request) => {
-    const record = write(() => store.revoke(request.params.id));
+    const record = await write(() => store.revoke(request.params.id));
     request.log.info({ keyId: record.id, keyName: record.name }, 'admin: key revoked');
     return { id: record.id, name: record.name, deleted: true };
   });
 
   app.post<{ Params: { id: string } }>('/keys/:id/rotate', { schema: { params: idParams } }, async (request) => {
-    const { record, key } = write(() => store.rotate(request.params.id));
+    const { record, key } = await write(() => store.rotate(request.params.id));
     request.log.info({ keyId: record.id, keyName: record.name }, 'admin: key rotated');
     return { ...keyJson(record), key };
   });
@@ -234,7 +238,7 @@ export default async function adminRoutes(
       } catch (err) {
         throw INVALID_PERIOD((err as Error).message);
       }
-      const rows = usage.report(filter, by);
+      const rows = await usage.report(filter, by);
       const t = usageTotal(rows);
       const total = {
         requests: t.requests,

@@ -9,6 +9,11 @@
 //     503 loading   some model has no ready server, but one of them is loading (or not probed yet)
 //     502 down      some model has no ready or loading server (nothing answers for it)
 //   A server whose models are not known yet (it never answered) counts as a model of its own.
+//   With GATEWAY_REDIS_URL, also "redis": {"state": "up"|"down", "since", "error" (while down),
+//   "downs", "when_down": "local"|"refuse", "decided_locally"} (never its URL). `status` and the
+//   code stay about the llama-servers: a gateway whose Redis is down still serves (local), or
+//   refuses like every other gateway on that Redis would (refuse), so taking it out of a load
+//   balancer's rotation helps nothing.
 import type { FastifyInstance } from 'fastify';
 import type { UpstreamNode, UpstreamSet } from '../upstreams/upstream-set.js';
 
@@ -48,6 +53,7 @@ function healthStatus(set: UpstreamSet): Status {
 
 export default async function healthRoutes(app: FastifyInstance): Promise<void> {
   const set = app.upstreams;
+  const shared = app.hasDecorator('sharedCounting') ? app.sharedCounting : null;
 
   app.get('/healthz', (_request, reply) => {
     reply.header('content-type', JSON_TYPE).send(OK);
@@ -61,6 +67,7 @@ export default async function healthRoutes(app: FastifyInstance): Promise<void> 
     const body = JSON.stringify({
       status,
       upstreams: set.nodes.map((n) => ({ name: n.name, state: n.state, slots: n.slots })),
+      ...(shared === null ? {} : { redis: shared.status() }),
     });
     return reply.code(CODE[status]).header('content-type', JSON_TYPE).send(body);
   });

@@ -191,6 +191,79 @@ export default async function metricsRoutes(app: FastifyInstance, opts: { adminK
     },
   });
 
+  // Counting shared through Redis (cluster/shared-counting.ts): only with GATEWAY_REDIS_URL.
+  const shared = app.hasDecorator('sharedCounting') ? app.sharedCounting : null;
+  if (shared !== null) {
+    new Gauge({
+      name: 'llm_gateway_redis_up',
+      help: 'Whether the Redis the gateways share (GATEWAY_REDIS_URL) answers: 1 up, 0 down (limits then follow GATEWAY_REDIS_DOWN)',
+      registers: [registry],
+      collect() {
+        this.set(shared.link.up ? 1 : 0);
+      },
+    });
+    new Counter({
+      name: 'llm_gateway_redis_local_admissions_total',
+      help: "Requests whose key's limits this gateway decided alone because Redis did not answer (GATEWAY_REDIS_DOWN=local)",
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(shared.decidedLocally);
+      },
+    });
+    new Counter({
+      name: 'llm_gateway_redis_errors_total',
+      help: 'Redis commands for shared counting that failed or timed out',
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(shared.failures);
+      },
+    });
+  }
+
+  // Usage records on their way to PostgreSQL (usage/spool.ts): only with GATEWAY_DATABASE_URL.
+  const spool = app.hasDecorator('usageSpool') ? app.usageSpool : null;
+  if (spool !== null) {
+    new Gauge({
+      name: 'llm_gateway_usage_spooled_records',
+      help: 'Usage records waiting on disk (GATEWAY_USAGE_SPOOL) for PostgreSQL to take them; 0 when all are written',
+      registers: [registry],
+      collect() {
+        this.set(spool.spooledRecords);
+      },
+    });
+    new Counter({
+      name: 'llm_gateway_usage_spooled_records_total',
+      help: 'Usage records PostgreSQL did not take at once, spooled to disk',
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(spool.spooledTotal);
+      },
+    });
+    new Counter({
+      name: 'llm_gateway_usage_replayed_records_total',
+      help: 'Spooled usage records written to PostgreSQL since',
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(spool.replayedTotal);
+      },
+    });
+    new Counter({
+      name: 'llm_gateway_usage_unwritten_records_total',
+      help: 'Usage records not written: the spool folder failed (disk), or PostgreSQL refused their data (rejected: file kept aside)',
+      labelNames: ['reason'],
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc({ reason: 'disk' }, spool.lostTotal);
+        this.inc({ reason: 'rejected' }, spool.rejectedTotal);
+      },
+    });
+  }
+
   // Alerts (plugins/alerts.ts): only with a webhook set.
   const webhook = app.hasDecorator('webhook') ? app.webhook : null;
   if (webhook !== null) {

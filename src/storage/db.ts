@@ -74,6 +74,13 @@ export const MIGRATIONS: readonly string[] = [
    ALTER TABLE keys ADD COLUMN budgets TEXT;
    ALTER TABLE usage ADD COLUMN end_user TEXT;
    ALTER TABLE usage ADD COLUMN cost REAL`,
+  // 5: usage batches written (PostgreSQL's spool replay writes each batch once: usage/spool.ts;
+  // unused on SQLite, kept so both schemas stay one for one)
+  `CREATE TABLE usage_batches (
+     id  TEXT PRIMARY KEY,
+     at  INTEGER NOT NULL
+   );
+   CREATE INDEX usage_batches_at ON usage_batches (at)`,
 ];
 
 /** Who holds the connection: the gateway's long-lived one, or a command that does one thing and exits. */

@@ -68,6 +68,13 @@ export const PG_MIGRATIONS: readonly string[] = [
    ALTER TABLE keys ADD COLUMN budgets TEXT;
    ALTER TABLE usage ADD COLUMN end_user TEXT;
    ALTER TABLE usage ADD COLUMN cost DOUBLE PRECISION`,
+  // 5: usage batches written, by id: a batch replayed from the spool after a crash between its
+  // commit and its file's removal is written once (usage/spool.ts)
+  `CREATE TABLE usage_batches (
+     id  TEXT PRIMARY KEY,
+     at  BIGINT NOT NULL
+   );
+   CREATE INDEX usage_batches_at ON usage_batches (at)`,
 ];
 
 /** Any number for pg_advisory_xact_lock: held while migrating, so two gateways starting at once migrate once. */

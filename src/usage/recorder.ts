@@ -1,10 +1,13 @@
 // Collects usage records in memory and writes them in batches, once a second, to the usage table
 // and the audit log: nothing touches the disk on the request path, a graceful shutdown flushes
 // everything, and a crash loses at most the last second. Listeners (metrics) see each record at once.
+// On the SQLite file a batch is one synchronous transaction; on PostgreSQL it is handed to the
+// SpoolingWriter (usage/spool.ts: inserted, or spooled to disk while PostgreSQL is down).
 import type { AuditLog } from './audit-log.js';
 import { auditLine } from './audit-line.js';
 import type { UsageRecord } from './exchange.js';
 import { costOf, hasPrices, type PriceList } from './prices.js';
+import type { SpoolingWriter } from './spool.js';
 import type { UsageStore } from './store.js';
 
 const DEFAULT_FLUSH_MS = 1000;
@@ -31,6 +34,8 @@ export interface RecorderLog {
 export class UsageRecorder {
   readonly logBodies: boolean;
   readonly #store: UsageStore | undefined;
+  /** PostgreSQL's batches (instead of #store) */
+  readonly #writer: SpoolingWriter | undefined;
   readonly #audit: AuditLog | undefined;
   readonly #listeners: ((r: UsageRecord) => void)[] = [];
   /** GATEWAY_PRICES, or null when none is set (nothing to compute per record) */
@@ -46,8 +51,9 @@ export class UsageRecorder {
   /** refusals stored this minute, per key (known keys only: as many entries as keys) */
   readonly #refusals = new Map<string, { minute: number; n: number }>();
 
-  constructor(opts: { store?: UsageStore; audit?: AuditLog; logBodies?: boolean; prices?: PriceList }) {
+  constructor(opts: { store?: UsageStore; writer?: SpoolingWriter; audit?: AuditLog; logBodies?: boolean; prices?: PriceList }) {
     this.#store = opts.store;
+    this.#writer = opts.writer;
     this.#prices = opts.prices !== undefined && hasPrices(opts.prices) ? opts.prices : null;
     this.#audit = opts.audit;
     this.logBodies = opts.logBodies === true;
@@ -67,7 +73,7 @@ export class UsageRecorder {
     for (const r of this.#pending)
       if (r.keyId === keyId && r.ts >= since && (user === null || r.endUser === user))
         tokens += (r.promptTokens ?? 0) + (r.completionTokens ?? 0);
-    return tokens;
+    return this.#writer === undefined ? tokens : tokens + this.#writer.pendingTokens(keyId, since, user);
   }
 
   /** pendingTokens for every end user under key `keyId` at once (per-user budgets' seed). */
@@ -76,14 +82,24 @@ export class UsageRecorder {
     for (const r of this.#pending)
       if (r.keyId === keyId && r.ts >= since && r.endUser !== null)
         out.set(r.endUser, (out.get(r.endUser) ?? 0) + (r.promptTokens ?? 0) + (r.completionTokens ?? 0));
+    this.#writer?.pendingByUser(keyId, since, out);
     return out;
+  }
+
+  /**
+   * Runs `read` (a query of the usage table) while no batch commits, so the table plus
+   * pendingTokens count each record once (PostgreSQL's budget seeds; on SQLite a write is
+   * synchronous and `read` simply runs).
+   */
+  counted<T>(read: () => Promise<T>): Promise<T> {
+    return this.#writer === undefined ? read() : this.#writer.counted(read);
   }
 
   record(r: UsageRecord): void {
     // Every record passes here once, with its final numbers (completed ones too): priced here.
     if (this.#prices !== null) r.cost = costOf(this.#prices, r);
     for (const l of this.#listeners) l(r);
-    if (this.#store === undefined && this.#audit === undefined) return;
+    if (this.#store === undefined && this.#writer === undefined && this.#audit === undefined) return;
     if ((r.outcome === 'rejected_limit' || r.outcome === 'rejected_policy') && !this.#storesRefusal(r.keyId, r.ts)) return;
     if (this.#pending.push(r) >= FLUSH_AT) this.#soon();
   }
@@ -139,6 +155,11 @@ export class UsageRecorder {
     } else {
       this.#pending = [];
     }
+    if (this.#writer !== undefined) {
+      const written = this.#writer.write(batch);
+      const audited = this.#audit?.write(batch.map(auditLine));
+      return audited === undefined ? written : Promise.all([written, audited]).then(() => undefined);
+    }
     try {
       this.#store?.insert(batch);
     } catch (err) {
@@ -155,6 +176,7 @@ export class UsageRecorder {
     this.#timer = undefined;
     do await this.flush();
     while (this.#pending.length > 0);
+    await this.#writer?.close();
   }
 }
 

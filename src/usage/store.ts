@@ -7,7 +7,7 @@ import type { UsageRecord } from './exchange.js';
 export type GroupBy = 'day' | 'key' | 'model' | 'user';
 
 /** How reports name the requests that named no end user. */
-const NO_USER = '(none)';
+export const NO_USER = '(none)';
 
 export interface UsageFilter {
   /** key name or id */
@@ -112,7 +112,23 @@ export interface RequestRow {
   cost: number | null;
 }
 
-export class UsageStore {
+/**
+ * The usage table on either engine, as its callers (reports, the admin API, the CLI, budget seeds)
+ * see it: UsageStore on the SQLite file answers at once, PgUsageStore (usage/pg-usage-store.ts) on
+ * PostgreSQL with promises; the same rows and shapes for the same data. Callers `await`.
+ */
+export interface UsageTable {
+  insert(records: readonly UsageRecord[]): void | Promise<void>;
+  report(filter: UsageFilter, by: GroupBy): UsageRow[] | Promise<UsageRow[]>;
+  records(filter: UsageFilter, limit?: number): Record<string, unknown>[] | Promise<Record<string, unknown>[]>;
+  series(filter: UsageFilter, by: 'key' | 'model'): SeriesCell[] | Promise<SeriesCell[]>;
+  requests(filter: RequestFilter, limit: number): RequestRow[] | Promise<RequestRow[]>;
+  tokensByKey(since: number): Map<string, number> | Promise<Map<string, number>>;
+  tokensSince(keyId: string, since: number, user?: string | null): number | Promise<number>;
+  tokensByUserSince(keyId: string, since: number): Map<string, number> | Promise<Map<string, number>>;
+}
+
+export class UsageStore implements UsageTable {
   readonly #db: Database.Database;
   readonly #insert: Database.Statement;
   readonly #insertMany: (records: readonly UsageRecord[]) => void;

@@ -46,7 +46,24 @@ function processBlockers(stack: StackConfig, spec: ProcessSpec, env: Env, opts: 
     const settings = gatewaySettings(gatewayEnvironment(stack, env));
     if (settings.error !== undefined) out.push(`gateway setting: ${settings.error}`);
   }
+  if (name === 'gateway') {
+    const alone = unsharedInstances(stack, spec, env);
+    if (alone !== null) out.push(alone);
+  }
   return out;
+}
+
+/**
+ * Several gateway instances without GATEWAY_REDIS_URL: refused, not just warned about. Each process
+ * would count alone, so every key's limits, budgets and the failed-auth brake would be N times what
+ * was set (the well-known LiteLLM bug), and each would fill llama-server's slots as if it were the
+ * only one (the fair queue defeated). Nothing would look wrong until a key used N times its quota.
+ */
+function unsharedInstances(stack: StackConfig, spec: ProcessSpec, env: Env): string | null {
+  // Set but wrong is the settings' own error (said elsewhere), not this one.
+  if (spec.instances < 2 || (gatewayEnvironment(stack, env)[SETTINGS.redisUrl.env] ?? '').trim() !== '') return null;
+  const n = spec.instances;
+  return `${spec.path}.instances ${n} without GATEWAY_REDIS_URL: each of the ${n} gateways would keep its own limits, budgets, failed-auth brake and llama-server slots (${n}× what you set); set GATEWAY_REDIS_URL (README, Running several gateways) or "instances": 1`;
 }
 
 /** Everything that stops a process from starting, the tunnel's cloudflared file included. */

@@ -1,6 +1,8 @@
 // PM2's app definitions for the stack: how each process is started (the program found in PATH, a
 // Node.js script run with IPC), how long PM2 waits for it to stop, and the gateway's wait_ready.
-// Each llama-server of the list is an app of its own (llama-1, llama-2 … or llama-<name>).
+// Each llama-server of the list is an app of its own (llama-1, llama-2 … or llama-<name>). A
+// gateway with "instances": N ≥ 2 is one app of N processes in PM2 cluster mode: PM2's daemon forks
+// them with Node's cluster module, so they all accept connections on the one GATEWAY_PORT.
 // ecosystemApps() is what ecosystem.config.cjs hands PM2.
 import { resolve } from 'node:path';
 import { SETTINGS } from '../../config.js';
@@ -30,7 +32,10 @@ export interface Pm2AppDefinition {
   node_args: string[];
   cwd: string;
   env: Record<string, string>;
-  exec_mode: 'fork';
+  /** 'cluster' for a gateway of several instances (Node's cluster module, one shared port). */
+  exec_mode: 'fork' | 'cluster';
+  /** Only in cluster mode: how many gateway processes. */
+  instances?: number;
   autorestart: boolean;
   kill_timeout: number;
   wait_ready?: boolean;
@@ -57,7 +62,16 @@ export function pm2App(stack: StackConfig, spec: ProcessSpec, env: Env): Pm2AppD
   if (name === 'gateway') {
     const grace = settingOr(gatewayEnvironment(stack, env), SETTINGS.shutdownGraceMs);
     // server.ts calls process.send('ready') once it listens; PM2 must outwait its shutdown grace.
-    return { ...app, wait_ready: true, listen_timeout: GATEWAY_LISTEN_TIMEOUT_MS, kill_timeout: grace + GATEWAY_KILL_MARGIN_MS };
+    // In cluster mode PM2 waits for each worker's own 'ready' and stops each with its own SIGINT, and
+    // gives each its own log files (gateway-out-<id>.log); the interpreter is the daemon's node.
+    const cluster = spec.instances > 1 ? { exec_mode: 'cluster' as const, instances: spec.instances } : {};
+    return {
+      ...app,
+      ...cluster,
+      wait_ready: true,
+      listen_timeout: GATEWAY_LISTEN_TIMEOUT_MS,
+      kill_timeout: grace + GATEWAY_KILL_MARGIN_MS,
+    };
   }
   return {
     ...app,

@@ -5,7 +5,7 @@
 // consistency checks (findings.ts). PM2 itself is driven elsewhere (src/cli/pm2.ts).
 import { existsSync, readFileSync } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
-import { expandHome, isDirectory, writeNew } from './paths.js';
+import { expandHome, isDirectory, isNodeCommand, writeNew } from './paths.js';
 
 export const PROCESS_NAMES = ['llama', 'gateway', 'tunnel'] as const;
 export type ProcessName = (typeof PROCESS_NAMES)[number];
@@ -18,6 +18,12 @@ export const PLACEHOLDER = /<[^<>\s][^<>]*>/g;
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const FIELDS = ['enabled', 'command', 'args', 'cwd', 'env'] as const;
 const LLAMA_FIELDS = ['name', ...FIELDS] as const;
+const GATEWAY_FIELDS = [...FIELDS, 'instances'] as const;
+/**
+ * The most gateway processes one pm2-config.json may ask for. Far above what a box needs (the
+ * gateway waits on llama-server, not on its CPU); a typo such as 40 instead of 4 is refused.
+ */
+export const MAX_GATEWAY_INSTANCES = 32;
 /** A llama process's "name": what PM2 calls it after "llama-" (also its log files' names). */
 const LLAMA_NAME = /^[A-Za-z0-9][A-Za-z0-9_.]*$/;
 
@@ -34,6 +40,11 @@ export interface ProcessSpec {
   /** Absolute: relative paths in the file are taken from the file's folder. */
   readonly cwd: string;
   readonly env: Readonly<Record<string, string>>;
+  /**
+   * How many processes PM2 runs of it: 1 (fork mode), or for the gateway N ≥ 2 in PM2 cluster mode
+   * (all share GATEWAY_PORT through Node's cluster module). Always 1 for llama-server and the tunnel.
+   */
+  readonly instances: number;
 }
 
 export interface StackConfig {
@@ -106,12 +117,17 @@ export function defaultStackConfig(): Record<string, unknown> {
       ],
     },
     gateway: {
-      '//': 'Reads .env in cwd like `npm start`; run `npm run build` after updating the code.',
+      '//': [
+        'Reads .env in cwd like `npm start`; run `npm run build` after updating the code.',
+        'instances: 2 or more runs that many gateways on GATEWAY_PORT (PM2 cluster mode); they need',
+        'GATEWAY_REDIS_URL to share limits and slots (README, Running several gateways).',
+      ],
       enabled: true,
       command: 'node',
       args: ['dist/server.js'],
       cwd: '.',
       env: {},
+      instances: 1,
     },
     tunnel: {
       '//': 'Writes ./cloudflared-config.yml from a template if it is missing; README, Cloudflare Tunnel.',
@@ -182,7 +198,7 @@ function parseProcess(
   problems: string[],
 ): ProcessSpec | undefined {
   const { path } = at;
-  const fields: readonly string[] = name === 'llama' ? LLAMA_FIELDS : FIELDS;
+  const fields: readonly string[] = name === 'llama' ? LLAMA_FIELDS : name === 'gateway' ? GATEWAY_FIELDS : FIELDS;
   if (!isRecord(raw)) {
     problems.push(`${path} must be an object with "command", "args", "cwd", "env" and "enabled", got ${describeValue(raw)}`);
     return undefined;
@@ -248,8 +264,31 @@ function parseProcess(
       else env[k] = v;
     }
   }
+  const instances = name === 'gateway' ? parseInstances(path, raw.instances, command, problems) : 1;
   if (problems.length > before) return undefined;
-  return { name, app, path, enabled: enabled as boolean, command: (command as string).trim(), args: args as string[], cwd, env };
+  return { name, app, path, enabled: enabled as boolean, command: (command as string).trim(), args: args as string[], cwd, env, instances };
+}
+
+/**
+ * The gateway's "instances": a whole number from 1 to MAX_GATEWAY_INSTANCES (default 1). Two or
+ * more run in PM2 cluster mode, which forks Node.js workers itself: the command must be node.
+ */
+function parseInstances(path: string, raw: unknown, command: unknown, problems: string[]): number {
+  if (raw === undefined) return 1;
+  const wants = `a whole number of gateway processes from 1 to ${MAX_GATEWAY_INSTANCES}, such as 4`;
+  if (typeof raw === 'string' && /^\d+$/.test(raw.trim())) {
+    problems.push(`${path}.instances must be ${wants}, got ${describeValue(raw)} (write ${raw.trim()} without quotes)`);
+    return 1;
+  }
+  if (typeof raw !== 'number' || !Number.isInteger(raw) || raw < 1 || raw > MAX_GATEWAY_INSTANCES) {
+    problems.push(`${path}.instances must be ${wants}, got ${describeValue(raw)}`);
+    return 1;
+  }
+  if (raw > 1 && typeof command === 'string' && command.trim() !== '' && !isNodeCommand(command.trim()))
+    problems.push(
+      `${path}.instances ${raw} needs "command": "node": PM2 runs several instances in cluster mode, which starts Node.js scripts only (got ${JSON.stringify(command)})`,
+    );
+  return raw;
 }
 
 /**
