@@ -9,7 +9,9 @@
 // LLM_GATEWAY_PM2_CONFIG), through the code the menu uses (dist/cli/stack/pm2-apps.js and
 // pm2-config.js): the gateway gets wait_ready (it calls process.send('ready') once it listens) and
 // a kill_timeout longer than GATEWAY_SHUTDOWN_GRACE_MS; processes with "enabled": false are left out;
-// a "llama" list gives one app per llama-server (llama-1, llama-2 … or llama-<name>).
+// a "llama" list gives one app per llama-server (llama-1, llama-2 … or llama-<name>); a gateway with
+// "instances": N ≥ 2 is one app of N processes in PM2 cluster mode, sharing GATEWAY_PORT (refused
+// without GATEWAY_REDIS_URL: README, Running several gateways).
 'use strict';
 
 const path = require('node:path');

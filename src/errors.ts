@@ -571,13 +571,16 @@ export const SHUTTING_DOWN = fixed(
   'The gateway is restarting; retry in a few seconds.',
 );
 
-/** Redis (GATEWAY_REDIS_URL) does not answer and GATEWAY_REDIS_DOWN=refuse: no count without it. */
+/**
+ * Redis (GATEWAY_REDIS_URL) does not answer and GATEWAY_REDIS_DOWN=refuse, or a budget's count
+ * cannot be read from the usage table (PostgreSQL down): no decision without the count.
+ */
 export const SHARED_STATE_UNAVAILABLE = fixed(
   'SHARED_STATE_UNAVAILABLE',
   503,
   'server_error',
   'shared_state_unavailable',
-  'The gateway cannot reach the shared counters its limits are kept in, and is set to refuse requests until it can; try again shortly.',
+  'The gateway cannot reach the shared store its limits and budgets are counted in; try again shortly.',
 );
 
 /** Several llama-servers and none has told its models yet (the first seconds after start). */

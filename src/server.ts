@@ -164,7 +164,7 @@ async function main(): Promise<void> {
         if (pool === undefined)
           await store.close(); // after app.close(): its onClose wrote the last records and checkpoint
         else {
-          await registry.stop(); // the stop begun in onClose: its last last-used times written
+          await registry.stopped(); // begun in onClose: the feed closed, the last last-used times written
           await pool.end().catch(() => {});
         }
         app.log.info('stopped');

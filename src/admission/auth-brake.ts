@@ -11,6 +11,11 @@
 // key again and again would walk over every deleted slot at the front each time).
 //
 // Checking an address that is not blocked is one Map lookup: no allocation on the request path.
+//
+// Several gateways (GATEWAY_REDIS_URL): each failure is also counted in Redis (onFail:
+// cluster/shared-brake.ts), and a block started there reaches every gateway's brake through
+// block(). The check stays this Map lookup; the local count still blocks on its own too (and
+// alone while Redis is down).
 
 /** Failures are counted per minute (aligned to the clock). */
 export const AUTH_WINDOW_MS = 60_000;
@@ -53,6 +58,8 @@ export class AuthBrake {
   #windowEnd = 0;
   /** blocked addresses → when the block ends */
   readonly #blocked = new Fifo<number>();
+  /** told of every failure counted here (the shared count in Redis), or null */
+  onFail: ((address: string) => void) | null = null;
 
   constructor(maxPerMinute: number, blockMs: number, opts: { maxAddresses?: number } = {}) {
     this.#max = maxPerMinute;
@@ -86,6 +93,7 @@ export class AuthBrake {
   fail(ip: string, now: number): boolean {
     const key = addressKey(ip);
     if (this.blockedFor(key, now) > 0) return false; // already blocked: the block does not grow
+    if (this.onFail !== null) this.onFail(key);
     this.#startWindow(now);
     const counting = this.#counting.map;
     const failures = (counting.get(key) ?? 0) + 1;
@@ -97,6 +105,17 @@ export class AuthBrake {
     if (!counting.delete(key)) this.#makeRoom();
     this.#blocked.map.set(key, now + this.#blockMs);
     return true;
+  }
+
+  /** Blocks an address until `until` (a block another gateway started); a longer one stays. */
+  block(ip: string, until: number, now: number): void {
+    const key = addressKey(ip);
+    const blocked = this.#blocked.map;
+    const current = blocked.get(key);
+    if (current !== undefined && current >= until) return;
+    if (current === undefined && !this.#counting.map.delete(key)) this.#makeRoom();
+    blocked.set(key, until);
+    if (until <= now) blocked.delete(key);
   }
 
   /** At the cap: forget the oldest counting address, or the oldest blocked one if none is counting. */

@@ -41,8 +41,7 @@ const OPTIONS = {
 /** Rows per INSERT: 1000 usage rows are 22,000 parameters (PostgreSQL allows 65,535). */
 const BATCH_ROWS = 1000;
 // Both tables are copied column for column, as the file has them (the schemas are one for one).
-const TABLES = ['keys', 'usage'] as const;
-type Table = (typeof TABLES)[number];
+type Table = 'keys' | 'usage';
 
 export interface MigrateResult {
   keys: number;
@@ -98,9 +97,20 @@ export async function migrateTo(file: Database.Database, pool: pg.Pool, force: b
   }
 }
 
-/** Copies one table in batches, in rowid order (a large usage table is never in memory at once); returns its row count. */
+/**
+ * Copies one table in batches, in rowid order (a large usage table is never in memory at once);
+ * returns its row count. SQLite keeps a fractional number in an INTEGER column as it is (a usage
+ * row's ts is "now - duration", in fractions of a millisecond); PostgreSQL's BIGINT refuses it, so
+ * such values are rounded to the millisecond on the way.
+ */
 async function copyTable(file: Database.Database, client: pg.PoolClient, table: Table): Promise<number> {
   const columns = (file.pragma(`table_info(${table})`) as { name: string }[]).map((c) => c.name);
+  const types = await client.query<{ column_name: string; data_type: string }>(
+    'SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1',
+    [table],
+  );
+  const whole = new Set(types.rows.filter((r) => r.data_type === 'bigint' || r.data_type === 'integer').map((r) => r.column_name));
+  const round = columns.map((c) => whole.has(c));
   const page = file.prepare(`SELECT rowid, ${columns.join(', ')} FROM ${table} WHERE rowid > ? ORDER BY rowid LIMIT ${BATCH_ROWS}`).raw();
   let after = Number.MIN_SAFE_INTEGER;
   let total = 0;
@@ -108,10 +118,8 @@ async function copyTable(file: Database.Database, client: pg.PoolClient, table: 
     const rows = page.all(after) as unknown[][];
     if (rows.length === 0) return total;
     const values = rows.map((_, r) => `(${columns.map((_c, c) => `$${r * columns.length + c + 1}`).join(', ')})`);
-    await client.query(
-      `INSERT INTO ${table} (${columns.join(', ')}) VALUES ${values.join(', ')}`,
-      rows.flatMap((row) => row.slice(1)),
-    );
+    const params = rows.flatMap((row) => row.slice(1).map((v, c) => (round[c] && typeof v === 'number' ? Math.round(v) : v)));
+    await client.query(`INSERT INTO ${table} (${columns.join(', ')}) VALUES ${values.join(', ')}`, params);
     total += rows.length;
     after = rows.at(-1)![0] as number;
   }

@@ -436,7 +436,10 @@ Checks the whole set-up and prints a checklist: settings (.env and environment),
 loading, its models, slots and context, asked directly), the running gateway's view of them (its
 GET /health), the audit upload to object storage when GATEWAY_AUDIT_S3_* are set (storage
 reachable with the credentials, finished days waiting), the Cloudflare Tunnel's config (present,
-pointing at the gateway) and, when pm2-config.json exists, the PM2 processes. Starts nothing, changes nothing, never prints a key.
+pointing at the gateway), the Redis and PostgreSQL several gateways share when GATEWAY_REDIS_URL
+or GATEWAY_DATABASE_URL is set (latency, key prefix, schema version; host:port only) and, when
+pm2-config.json exists, the PM2 processes (each instance of a gateway in cluster mode). Starts
+nothing, changes nothing, never prints a key or a password.
 
 Exit codes: 0 every check passed, 1 something failed, 2 usage.
 

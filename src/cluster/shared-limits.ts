@@ -202,7 +202,10 @@ export class SharedLimits {
     if (this.#active.size === 0 && this.#holds.size === 0) return;
     const keys: string[] = [];
     const members: string[] = [];
-    for (const [member, zset] of this.#active) (keys.push(zset), members.push(member));
+    for (const [member, zset] of this.#active) {
+      keys.push(zset);
+      members.push(member);
+    }
     for (const hold of this.#holds.values()) {
       keys.push(this.#key(hold.keyId, 'held'), this.#key(hold.keyId, 'heldtok'));
       members.push(hold.member, '');

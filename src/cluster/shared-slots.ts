@@ -3,18 +3,12 @@
 // SharedScheduler has the Scheduler's surface (SlotQueue), so admission, failover, /metrics and
 // the admin view use either.
 //
-// Design: a sorted-set semaphore with leases, and one waiting line per model, in one Lua script
-// (cluster/slots-script.ts). A running request holds a lease (a sorted-set member scored by its
-// expiry, Redis time) on one server; a waiting request is a member of the waiting set, which
-// expires too. Every call drops what expired, then dispatches: the fairest waiter (its key has
-// the fewest slots running in the model across all gateways) gets a lease where there is room,
-// and its gateway hears of it on its pub/sub channel. This process
-//   - asks once per request (ENTER + DISPATCH in one round trip: a free slot answers at once),
-//   - gives back once per request (RELEASE + DISPATCH),
-//   - every lease/3 renews its leases and waiters in one call (RENEW + DISPATCH), which also tells
-//     it of any grant whose message was lost, and lets waiters take a dead gateway's slots.
-// A gateway killed mid-stream stops renewing: its slots are free again one lease later
-// (GATEWAY_SLOT_LEASE_MS) at the latest.
+// Design (DESIGN.md "Shared slots"): leases in a sorted set, one waiting line per model, one Lua
+// script (cluster/slots-script.ts) that drops what expired and dispatches on every call; a grant
+// reaches the waiter's gateway on its pub/sub channel. This process asks once per request
+// (ENTER + DISPATCH: a free slot answers at once), gives back once (RELEASE + DISPATCH), and every
+// lease/3 renews its leases and waiters in one call, which also tells it of a grant whose message
+// was lost. A gateway killed mid-stream stops renewing: its slots are free one lease later.
 //
 // Redis down (or a call failing): GATEWAY_REDIS_DOWN=local → new requests and this process's
 // waiters go to a process-local Scheduler (each gateway counts only its own requests again: with
@@ -23,11 +17,10 @@
 // other gateways may fill those slots meanwhile (oversubscription bounded by what this process was
 // running), and when Redis answers again the next renewal leases them again, even above the slots,
 // so every gateway counts them and the excess drains.
-import type { Redis, Result } from 'ioredis';
-import { QueueFull, QueueLeft, QueueTimeout, TooManyTasks, keySlotCap, type KeySlots } from '../admission/fair-queue.js';
+import type { Redis } from 'ioredis';
+import { QueueFull, QueueLeft, QueueTimeout, TooManyTasks, type KeySlots } from '../admission/fair-queue.js';
 import {
   Scheduler,
-  type Admission,
   type EnterOptions,
   type SchedulerOptions,
   type SchedulerSnapshot,
@@ -36,13 +29,8 @@ import {
   type Ticket,
 } from '../admission/scheduler.js';
 import type { RedisLink } from './redis-link.js';
-import { SLOTS_LUA, SLOT_KEYS } from './slots-script.js';
-
-declare module 'ioredis' {
-  interface RedisCommander<Context> {
-    gatewaySlots(...args: (string | number)[]): Result<string[], Context>;
-  }
-}
+import { defineSlotsScript, slotKeys } from './slots-script.js';
+import { SharedSeat, addSeats, most } from './slots-seat.js';
 
 /** A llama-server as the shared slots name it: by its URL, the same on every gateway. */
 export interface SharedServer extends SlotServer {
@@ -67,75 +55,6 @@ export interface SharedSlotsOptions extends SchedulerOptions {
   /** the error a request gets when Redis is down and GATEWAY_REDIS_DOWN=refuse (a 503) */
   refusal: () => Error;
   log: SlotsLog;
-}
-
-/** The Redis keys of the shared slots under `prefix` (one hash tag: one Redis Cluster slot). */
-export function slotKeys(prefix: string): string[] {
-  return SLOT_KEYS.map((k) => `${prefix}{slots}:${k}`);
-}
-
-/** Registers the script on `client` as client.gatewaySlots (EVALSHA, EVAL the first time). */
-export function defineSlotsScript(client: Redis): void {
-  client.defineCommand('gatewaySlots', { numberOfKeys: SLOT_KEYS.length, lua: SLOTS_LUA });
-}
-
-type SeatState = 'entering' | 'waiting' | 'running' | 'done' | 'local';
-
-/** Set in SharedScheduler's static block: a seat's cancel reaches the scheduler's private state. */
-let cancelSeat: (seat: SharedSeat) => void;
-
-class SharedSeat implements Ticket {
-  readonly immediate = false;
-  readonly cancel = (): void => cancelSeat(this);
-  readonly admitted: Promise<Admission>;
-  state: SeatState = 'entering';
-  /** the process-local ticket it went on with (Redis went down) */
-  local: Ticket | undefined = undefined;
-  #server: SlotServer | undefined = undefined;
-  resolve!: (a: Admission) => void;
-  reject!: (err: Error) => void;
-  timer: NodeJS.Timeout | undefined = undefined;
-  preferTimer: NodeJS.Timeout | undefined = undefined;
-
-  constructor(
-    readonly owner: SharedScheduler,
-    readonly id: string,
-    readonly key: string,
-    readonly group: string,
-    readonly candidates: readonly SlotServer[],
-    readonly weight: number,
-    readonly opts: EnterOptions | undefined,
-  ) {
-    this.admitted = new Promise<Admission>((resolve, reject) => {
-      this.resolve = resolve;
-      this.reject = reject;
-    });
-    this.admitted.catch(() => {}); // rejections are read by the admission plugin, or by nobody (failover gave up)
-  }
-
-  get started(): boolean {
-    return this.local !== undefined ? this.local.started : this.#server !== undefined;
-  }
-
-  get server(): SlotServer | undefined {
-    return this.local !== undefined ? this.local.server : this.#server;
-  }
-
-  /** granted: it runs on `server` */
-  run(server: SlotServer): void {
-    this.state = 'running';
-    this.#server = server;
-  }
-}
-
-function most(keySlots: KeySlots, candidates: readonly SlotServer[]): number {
-  let total = 0;
-  let biggest = 0;
-  for (const s of candidates) {
-    total += s.slots;
-    if (s.slots > biggest) biggest = s.slots;
-  }
-  return Math.min(keySlotCap(keySlots, total), biggest);
 }
 
 export class SharedScheduler implements SlotQueue {
@@ -166,10 +85,6 @@ export class SharedScheduler implements SlotQueue {
   #urls: string[] = [];
   readonly #tick: NodeJS.Timeout;
   #closed = false;
-
-  static {
-    cancelSeat = (seat) => seat.owner.#cancel(seat);
-  }
 
   constructor(opts: SharedSlotsOptions) {
     this.#local = new Scheduler(opts);
@@ -252,36 +167,7 @@ export class SharedScheduler implements SlotQueue {
 
   /** This process's requests, shared and (while Redis was down) local ones together. */
   snapshot(): SchedulerSnapshot {
-    const snap = this.#local.snapshot();
-    const groups = new Map(snap.groups.map((g) => [g.group, g]));
-    const servers = new Map(snap.servers.map((s) => [s.index, s]));
-    for (const seat of this.#seats.values()) {
-      const running = seat.state === 'running';
-      const w = running ? seat.weight : 0;
-      let g = groups.get(seat.group);
-      if (g === undefined) {
-        g = { group: seat.group, running: 0, waiting: 0, keys: [] };
-        groups.set(seat.group, g);
-        snap.groups.push(g);
-      }
-      g.running += w;
-      g.waiting += running ? 0 : 1;
-      let k = g.keys.find((x) => x.key === seat.key);
-      if (k === undefined) g.keys.push((k = { key: seat.key, running: 0, waiting: 0 }));
-      k.running += w;
-      k.waiting += running ? 0 : 1;
-      if (running && seat.server !== undefined) {
-        const s = servers.get(seat.server.index);
-        if (s === undefined) {
-          const added = { index: seat.server.index, running: w };
-          servers.set(added.index, added);
-          snap.servers.push(added);
-        } else s.running += w;
-      }
-      snap.running += w;
-      snap.waiting += running ? 0 : 1;
-    }
-    return snap;
+    return addSeats(this.#local.snapshot(), this.#seats.values());
   }
 
   enter(key: string, group: string, candidates: readonly SlotServer[], weight = 1, opts?: EnterOptions): Ticket {
@@ -293,7 +179,7 @@ export class SharedScheduler implements SlotQueue {
     const max = most(this.#keySlots, candidates);
     if (weight > max) throw new TooManyTasks(weight, max);
     if (this.#waiting >= this.#maxQueue) throw new QueueFull('all');
-    const seat = new SharedSeat(this, `${this.#gatewayId}|${++this.#n}`, key, group, candidates, weight, opts);
+    const seat = new SharedSeat(this.#onCancel, `${this.#gatewayId}|${++this.#n}`, key, group, candidates, weight, opts);
     this.#seats.set(seat.id, seat);
     this.#waiting++;
     seat.timer = setTimeout(() => {
@@ -429,6 +315,8 @@ export class SharedScheduler implements SlotQueue {
   #dispatch(): void {
     if (this.#link.up && !this.#closed) this.#call('dispatch', '').catch(() => {});
   }
+
+  readonly #onCancel = (seat: SharedSeat): void => this.#cancel(seat);
 
   #cancel(seat: SharedSeat): void {
     if (seat.state === 'local') seat.local!.cancel();

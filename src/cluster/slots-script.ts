@@ -39,7 +39,25 @@
 //           excess drain instead of growing.
 //   dispatch → {}
 
+import type { Redis, Result } from 'ioredis';
+
+declare module 'ioredis' {
+  interface RedisCommander<Context> {
+    gatewaySlots(...args: (string | number)[]): Result<string[], Context>;
+  }
+}
+
 export const SLOT_KEYS = ['lease', 'linfo', 'run', 'wait', 'winfo', 'wexp', 'seq'] as const;
+
+/** The Redis keys of the shared slots under `prefix` (one hash tag: one Redis Cluster slot). */
+export function slotKeys(prefix: string): string[] {
+  return SLOT_KEYS.map((k) => `${prefix}{slots}:${k}`);
+}
+
+/** Registers the script on `client` as client.gatewaySlots (EVALSHA, EVAL the first time). */
+export function defineSlotsScript(client: Redis): void {
+  client.defineCommand('gatewaySlots', { numberOfKeys: SLOT_KEYS.length, lua: SLOTS_LUA });
+}
 
 export const SLOTS_LUA = `
 local LEASE, LINFO, RUN, WAIT, WINFO, WEXP, SEQ = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]

@@ -63,7 +63,7 @@ export class KeyRegistry {
     this.#env = KeyIndex.envEntries(envKeys);
     this.store = store;
     this.sqlite = store instanceof KeyStore ? store : undefined;
-    if (store?.watch === undefined) this.reload();
+    if (store?.watch === undefined) void this.reload();
     else this.index.replace(this.#env);
   }
 
@@ -172,11 +172,11 @@ export class KeyRegistry {
     }
     try {
       if (this.store.changedElsewhere?.() === true) {
-        this.reload();
+        void this.reload();
         log?.info({ keys: this.index.size }, 'keys reloaded: the key database changed');
         this.#warnUnusable(log);
       }
-      this.flushLastUsed();
+      void this.flushLastUsed();
     } catch (err) {
       log?.error(
         { err: { message: (err as Error).message, code: (err as { code?: string }).code } },
@@ -231,19 +231,24 @@ export class KeyRegistry {
     this.#timer.unref();
   }
 
-  /** Stops polling or listening and writes the last last-used times (PostgreSQL: resolves when written; safe to call twice). */
-  stop(): void | Promise<void> {
+  /** Stops polling or listening and writes the last last-used times (PostgreSQL: begins it; see stopped()). */
+  stop(): void {
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
     if (this.store?.watch !== undefined) {
       this.#stopping ??= this.#stopListening();
-      return this.#stopping;
+      return;
     }
     try {
-      this.flushLastUsed();
+      void this.flushLastUsed();
     } catch {
       // the database went away; last-used times are not worth failing a shutdown for
     }
+  }
+
+  /** PostgreSQL: resolves once what stop() began is done (server.ts ends the pool after it). */
+  stopped(): Promise<void> {
+    return this.#stopping ?? Promise.resolve();
   }
 
   async #stopListening(): Promise<void> {

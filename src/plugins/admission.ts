@@ -422,7 +422,14 @@ export const admit = fp(
         const check = budgets.admit(key, request.endUser ?? null, request.id, tokens, Date.now(), work);
         if (check.pending !== undefined) {
           // A count still being read from the usage table (PostgreSQL): decide once it is there.
-          check.pending.then(() => resume(request, reply, done, admitHook, DECIDED), done);
+          check.pending.then(
+            () => resume(request, reply, done, admitHook, DECIDED),
+            (err: Error) => {
+              request.log.error({ error: err.message }, "a budget's count could not be read from the usage table");
+              reply.header('retry-after', String(SHARED_DOWN_RETRY_S));
+              done(SHARED_STATE_UNAVAILABLE);
+            },
+          );
           return;
         }
         reply.headers(check.headers);

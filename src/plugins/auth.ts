@@ -12,6 +12,7 @@ import fp from 'fastify-plugin';
 import type { Config } from '../config.js';
 import { KEY_DISABLED, KEY_EXPIRED, ORIGIN_NOT_ALLOWED } from '../errors.js';
 import { AuthBrake } from '../admission/auth-brake.js';
+import { SharedBrake } from '../cluster/shared-brake.js';
 import { AuthGuard, presentedKey } from '../http/auth-guard.js';
 import type { KeyIdentity } from '../keys/key-index.js';
 import type { KeyRegistry } from '../keys/key-registry.js';
@@ -39,6 +40,19 @@ export default fp(
   async function authPlugin(app: FastifyInstance, opts: { config: Config; registry: KeyRegistry }) {
     const { config, registry } = opts;
     const brake = new AuthBrake(config.authFailLimit, config.authBlockMs);
+    // Several gateways (GATEWAY_REDIS_URL): failures also counted in Redis, blocks shared.
+    const redis = app.hasDecorator('redis') ? app.redis : null;
+    const shared =
+      redis === null
+        ? null
+        : new SharedBrake({
+            link: redis,
+            prefix: config.redisPrefix,
+            brake,
+            limit: config.authFailLimit,
+            blockMs: config.authBlockMs,
+            log: app.log,
+          });
     app.decorate('authGuard', new AuthGuard(brake, config.trustProxy));
     app.decorate('keyRegistry', registry);
     const sweep = setInterval(() => brake.sweep(Date.now()), BRAKE_SWEEP_MS);
@@ -48,6 +62,7 @@ export default fp(
     // (the usage plugin, registered earlier, closes after this).
     app.addHook('onClose', async () => {
       clearInterval(sweep);
+      shared?.close();
       registry.stop();
     });
   },

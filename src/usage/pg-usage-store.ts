@@ -172,7 +172,10 @@ export class PgUsageStore implements UsageTable {
     const params: unknown[] = [];
     const where = whereOf(conditions(filter, params));
     params.push(limit);
-    const res = await this.#pool.query<Record<string, unknown>>(`SELECT * FROM usage ${where} ORDER BY ts, id LIMIT $${params.length}`, params);
+    const res = await this.#pool.query<Record<string, unknown>>(
+      `SELECT * FROM usage ${where} ORDER BY ts, id LIMIT $${params.length}`,
+      params,
+    );
     return res.rows;
   }
 

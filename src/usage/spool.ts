@@ -131,7 +131,8 @@ export class SpoolingWriter {
       names = await readdir(this.#dir);
       this.#dirMade = true;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT') throw new Error(`GATEWAY_USAGE_SPOOL (${this.#dir}) cannot be read: ${code ?? (err as Error).message}`);
     }
     for (const name of names.sort()) {
       // A .tmp is a batch whose spooling did not finish (the process ended first): not complete, not used.
@@ -182,6 +183,9 @@ export class SpoolingWriter {
       } finally {
         this.#writing.delete(batch);
       }
+    }).catch((err: unknown) => {
+      // Not expected (the insert's and the spool's failures are handled above); said, never thrown at the recorder's timer.
+      this.#log.error({ err: { message: (err as Error).message }, records: batch.rows.length }, 'usage batch could not be handled');
     });
   }
 
@@ -198,7 +202,8 @@ export class SpoolingWriter {
         if (row[COLUMN.keyId] === keyId && (row[COLUMN.ts] as number) >= since && (user === null || row[COLUMN.endUser] === user))
           tokens += tokensOf(row);
     for (const s of this.#spooled)
-      for (const t of s.tally) if (t.keyId === keyId && t.minute * 60_000 >= since && (user === null || t.user === user)) tokens += t.tokens;
+      for (const t of s.tally)
+        if (t.keyId === keyId && t.minute * 60_000 >= since && (user === null || t.user === user)) tokens += t.tokens;
     return tokens;
   }
 
@@ -254,7 +259,11 @@ export class SpoolingWriter {
     } catch (err) {
       this.lostTotal += batch.rows.length;
       this.#log.error(
-        { err: { message: (err as Error).message, code: (err as NodeJS.ErrnoException).code }, records: batch.rows.length, folder: this.#dir },
+        {
+          err: { message: (err as Error).message, code: (err as NodeJS.ErrnoException).code },
+          records: batch.rows.length,
+          folder: this.#dir,
+        },
         'usage records LOST: PostgreSQL did not take them and the spool folder could not be written',
       );
       return;

@@ -245,7 +245,13 @@ t.test('`llm-gateway usage` on PostgreSQL prints what it prints on SQLite for th
   const cwd = tempDir(t); // no .env there
   const cli = async (env: Record<string, string>, args: string[]): Promise<string> =>
     (await run(process.execPath, [CLI, 'usage', ...args], { cwd, env: { PATH: process.env.PATH ?? '', ...env } })).stdout;
-  for (const args of [[], ['--by', 'key'], ['--by', 'model', '--csv'], ['--by', 'user', '--json'], ['--key', 'Bob', '--since', '2026-02-11']]) {
+  for (const args of [
+    [],
+    ['--by', 'key'],
+    ['--by', 'model', '--csv'],
+    ['--by', 'user', '--json'],
+    ['--key', 'Bob', '--since', '2026-02-11'],
+  ]) {
     const fromPg = await cli({ GATEWAY_DATABASE_URL: url }, args);
     t.equal(fromPg, await cli({ GATEWAY_DB: lite.path }, args), `usage ${args.join(' ')}`);
     t.ok(fromPg.length > 40, 'not empty');

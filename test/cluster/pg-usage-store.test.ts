@@ -3,7 +3,7 @@
 import t from 'tap';
 import { migratePg, pgPool } from '../../src/storage/pg.js';
 import type { UsageRecord } from '../../src/usage/exchange.js';
-import { PgUsageStore, budgetSeeder, budgetUserSeeder } from '../../src/usage/pg-usage-store.js';
+import { PgUsageStore, budgetSeeder, budgetUserSeeder, usageColumns } from '../../src/usage/pg-usage-store.js';
 import { UsageStore, type GroupBy, type UsageFilter, type UsageRow } from '../../src/usage/store.js';
 import { tempStore, usageRecord } from '../helpers.js';
 import { pgSchema } from './harness.js';
@@ -79,8 +79,10 @@ t.test('the same rows give the same reports on SQLite and PostgreSQL', async (t)
   ];
   const groups: GroupBy[] = ['day', 'key', 'model', 'user'];
   for (const [name, filter] of filters) {
-    for (const by of groups) t.strictSame(rounded(await pgStore.report(filter, by)), rounded(lite.report(filter, by)), `report ${name} by ${by}`);
-    for (const by of ['key', 'model'] as const) t.strictSame(await pgStore.series(filter, by), lite.series(filter, by), `series ${name} by ${by}`);
+    for (const by of groups)
+      t.strictSame(rounded(await pgStore.report(filter, by)), rounded(lite.report(filter, by)), `report ${name} by ${by}`);
+    for (const by of ['key', 'model'] as const)
+      t.strictSame(await pgStore.series(filter, by), lite.series(filter, by), `series ${name} by ${by}`);
     t.strictSame(await pgStore.records(filter), lite.records(filter), `records ${name}`);
     t.strictSame(await pgStore.records(filter, 7), lite.records(filter, 7), `records ${name}, limit 7`);
   }
@@ -117,12 +119,11 @@ t.test('a batch is written once: the same batch id again writes nothing', async 
   t.teardown(() => pool.end());
   await migratePg(pool);
   const store = new PgUsageStore(pool);
-  const { usageColumns } = await import('../../src/usage/pg-usage-store.js');
   const rows = [usageRecord(1), usageRecord(2)].map(usageColumns);
   t.equal(await store.insertBatch(rows, 'batch-1'), true);
   t.equal(await store.insertBatch(rows, 'batch-1'), false, 'a replay of a committed batch');
   t.equal(await store.insertBatch(rows, 'batch-2'), true);
-  t.equal((await pool.query('SELECT count(*) AS n FROM usage')).rows[0].n, 4);
+  t.equal((await pool.query<{ n: number }>('SELECT count(*) AS n FROM usage')).rows[0]!.n, 4);
 });
 
 t.test('budget seeds on PostgreSQL: the table plus the records not written yet', async (t) => {
@@ -141,9 +142,12 @@ t.test('budget seeds on PostgreSQL: the table plus the records not written yet',
   const seedUsers = budgetUserSeeder(store, recorder)!;
   t.equal(await seed('env-1', 0, null), 6, 'prompt 1 + completion 2, twice');
   t.equal(await seed('env-1', 0, 'u1'), 3);
-  t.strictSame(await seedUsers('env-1', 0), new Map([
-    ['u1', 3],
-    ['u2', 3],
-  ]));
+  t.strictSame(
+    await seedUsers('env-1', 0),
+    new Map([
+      ['u1', 3],
+      ['u2', 3],
+    ]),
+  );
   t.equal(budgetSeeder(null, recorder), null);
 });

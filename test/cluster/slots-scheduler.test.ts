@@ -7,7 +7,8 @@ import t, { type Test } from 'tap';
 import { QueueFull, QueueLeft, QueueTimeout, TooManyTasks } from '../../src/admission/fair-queue.js';
 import type { Admission, SlotState } from '../../src/admission/scheduler.js';
 import { RedisLink } from '../../src/cluster/redis-link.js';
-import { SharedScheduler, slotKeys, type SharedServer } from '../../src/cluster/shared-slots.js';
+import { SharedScheduler, type SharedServer } from '../../src/cluster/shared-slots.js';
+import { slotKeys } from '../../src/cluster/slots-script.js';
 import { until } from '../helpers.js';
 import { REDIS_URL, redisPrefix, startRedis } from './harness.js';
 

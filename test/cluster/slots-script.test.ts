@@ -4,7 +4,7 @@
 // gateway, and renewal telling a gateway of a grant it missed.
 import { Redis } from 'ioredis';
 import t, { type Test } from 'tap';
-import { defineSlotsScript, slotKeys } from '../../src/cluster/shared-slots.js';
+import { defineSlotsScript, slotKeys } from '../../src/cluster/slots-script.js';
 import { sleep, until } from '../helpers.js';
 import { REDIS_URL, redisPrefix } from './harness.js';
 

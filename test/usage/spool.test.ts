@@ -25,7 +25,12 @@ class FakeTable {
   }
 }
 
-function quietLog(): { lines: string[]; info: (o: object, m: string) => void; warn: (o: object, m: string) => void; error: (o: object, m: string) => void } {
+function quietLog(): {
+  lines: string[];
+  info: (o: object, m: string) => void;
+  warn: (o: object, m: string) => void;
+  error: (o: object, m: string) => void;
+} {
   const lines: string[] = [];
   const push = (_: object, m: string): void => {
     lines.push(m);
@@ -51,7 +56,10 @@ t.test('PostgreSQL down: batches are spooled in order, then written back in orde
   await writer.write(records(6, 2));
   t.equal(spoolFiles(dir).length, 2, 'one file per batch');
   t.equal(writer.spooledRecords, 4);
-  t.ok(log.lines.some((l) => l.startsWith('usage spool started')), 'said so');
+  t.ok(
+    log.lines.some((l) => l.startsWith('usage spool started')),
+    'said so',
+  );
   t.equal(writer.pendingTokens('env-1', 0, null), 12, 'spooled tokens count for budget seeds (1 + 2 each)');
   await until('spool drained', () => (writer.spooledRecords === 0 ? true : undefined), 10_000);
   t.same(table.rows, ['req-1', 'req-2', 'req-3', 'req-4', 'req-5', 'req-6', 'req-7'], 'in the order they were made');
@@ -59,7 +67,10 @@ t.test('PostgreSQL down: batches are spooled in order, then written back in orde
   t.equal(writer.pendingTokens('env-1', 0, null), 0);
   t.equal(writer.spooledTotal, 4);
   t.equal(writer.replayedTotal, 4);
-  t.ok(log.lines.some((l) => l.startsWith('usage spool drained')), 'said so');
+  t.ok(
+    log.lines.some((l) => l.startsWith('usage spool drained')),
+    'said so',
+  );
   await writer.close();
 });
 
@@ -75,7 +86,11 @@ t.test('closing while PostgreSQL is down leaves the batches spooled; the next st
   t.equal(spoolFiles(dir).length, 2);
   // A crash between a commit and the file's removal: the batch's id is in the table already.
   const [oldest] = spoolFiles(dir).sort();
-  const id = oldest!.replace(/\.jsonl$/, '').split('-').slice(2).join('-');
+  const id = oldest!
+    .replace(/\.jsonl$/, '')
+    .split('-')
+    .slice(2)
+    .join('-');
   table.batches.add(id);
   table.rows.push('req-1', 'req-2');
   // A spooling that never finished (no final name): not a batch.
@@ -110,4 +125,28 @@ t.test('an unreadable spool file is set aside, the others are written', async (t
   t.same(readdirSync(dir), ['000000000000001-000000-broken.jsonl.rejected']);
   t.ok(log.lines.some((l) => l.startsWith('usage spool file cannot be written')));
   await second.close();
+});
+
+t.test('a budget seed reads while no batch commits: each record counted once, in the table or pending', async (t) => {
+  const table = new FakeTable();
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  const insert = table.insertBatch.bind(table);
+  table.insertBatch = async (rows, id) => {
+    await gate;
+    return insert(rows, id);
+  };
+  const writer = new SpoolingWriter({ store: table, dir: join(tempDir(t), 'spool'), log: quietLog() });
+  await writer.start();
+  const written = writer.write(records(1, 2));
+  t.equal(writer.pendingTokens('env-1', 0, null), 6, 'being written: pending');
+  const order: string[] = [];
+  const seed = writer.counted(async () => {
+    order.push(`seed: table ${table.rows.length}, pending ${writer.pendingTokens('env-1', 0, null)}`);
+    return Promise.resolve();
+  });
+  open();
+  await Promise.all([written, seed]);
+  t.same(order, ['seed: table 2, pending 0'], 'after the commit: in the table, no longer pending');
+  await writer.close();
 });

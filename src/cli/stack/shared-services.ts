@@ -26,7 +26,7 @@ export interface ServiceState {
 const DEFAULT_PORTS = { 'redis:': 6379, 'rediss:': 6379, 'postgres:': 5432, 'postgresql:': 5432 } as const;
 
 /** host:port of a service URL (the scheme's default port when none is given); no user, no password. */
-export function serviceAddress(url: string): string {
+function serviceAddress(url: string): string {
   let u: URL;
   try {
     u = new URL(url);
@@ -67,7 +67,7 @@ function ms(start: number): number {
 }
 
 /** Asks the Redis of `url`: PING and its latency, the server's version; the prefix is shown as given. */
-export async function probeRedis(url: string, prefix: string, timeoutMs: number): Promise<ServiceState> {
+async function probeRedis(url: string, prefix: string, timeoutMs: number): Promise<ServiceState> {
   const base = { service: 'Redis', setting: 'GATEWAY_REDIS_URL', where: serviceAddress(url) } as const;
   const client = new Redis(url, {
     lazyConnect: true,
@@ -105,7 +105,7 @@ export async function probeRedis(url: string, prefix: string, timeoutMs: number)
 }
 
 /** Asks the PostgreSQL of `url`: SELECT 1 and its latency, and the gateway's schema version there. */
-export async function probePostgres(url: string, timeoutMs: number): Promise<ServiceState> {
+async function probePostgres(url: string, timeoutMs: number): Promise<ServiceState> {
   const base = { service: 'PostgreSQL', setting: 'GATEWAY_DATABASE_URL', where: pgAddress(url) } as const;
   const pool = pgPool(url, { max: 1, connectTimeoutMs: timeoutMs, statementTimeoutMs: timeoutMs, application: 'llm-gateway doctor' });
   try {
