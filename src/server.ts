@@ -94,8 +94,21 @@ async function openPostgres(config: Config): Promise<pg.Pool | undefined> {
   return pool;
 }
 
+/**
+ * Started as one of several PM2 cluster workers (`pm2 start dist/server.js -i 4`, around
+ * pm2-config.json's check) without GATEWAY_REDIS_URL: each would count limits alone. Said loudly.
+ */
+function warnUnsharedCluster(config: Config): void {
+  const instances = Number(process.env.instances ?? 1);
+  if (process.env.exec_mode !== 'cluster_mode' || !(instances > 1) || config.redisUrl !== '') return;
+  process.stderr.write(
+    `⚠️  LLM Gateway: one of ${instances} PM2 cluster instances without GATEWAY_REDIS_URL: every limit, budget and llama-server slot is counted ${instances} times over (README, Running several gateways)\n`,
+  );
+}
+
 async function main(): Promise<void> {
   const config = readSettings();
+  warnUnsharedCluster(config);
   const pool = await openPostgres(config);
   // On PostgreSQL the SQLite file holds nothing: keys and usage are both there.
   const store: KeyRepository = pool === undefined ? openKeyStore(config) : new PgKeyStore(pool);

@@ -103,7 +103,10 @@ export class KeyRegistry {
       try {
         this.#apply(await this.store!.list());
         this.#reachable(true);
-        if (told) this.#log?.info({ keys: this.index.size }, 'keys reloaded: the key database changed');
+        if (told) {
+          this.#log?.info({ keys: this.index.size }, 'keys reloaded: the key database changed');
+          this.#warnUnusable(this.#log);
+        }
       } catch (err) {
         this.#reachable(false, (err as Error).message);
       }
@@ -116,7 +119,7 @@ export class KeyRegistry {
   #reachable(up: boolean, reason?: string): void {
     if (up === !this.#down) return;
     this.#down = !up;
-    if (up) this.#log?.info({}, 'key database (PostgreSQL) reachable again: keys reloaded, changes flow again');
+    if (up) this.#log?.info({}, 'key database (PostgreSQL) reachable again: keys reloaded');
     else
       this.#log?.error(
         { reason },
@@ -167,6 +170,9 @@ export class KeyRegistry {
   tick(log?: RegistryLog): void {
     if (this.store === undefined) return;
     if (this.#feed !== undefined) {
+      // Out of reach: read the keys again each tick (the feed's reconnect reloads too); the first
+      // read that works says it is back.
+      if (this.#down) void this.#reloadSoon();
       void this.flushLastUsed();
       return;
     }

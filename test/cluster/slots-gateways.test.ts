@@ -47,6 +47,8 @@ async function waitingAll(gws: GatewayProcess[]): Promise<number> {
   return n;
 }
 
+const ADMIN = 'adm-0123456789abcdefghijklmnopqrstuvwxyz';
+
 function env(fake: FakeLlama, extra: Record<string, string> = {}): Record<string, string> {
   return {
     LLM_API_KEYS: `${KEY_A},${KEY_B}`,
@@ -56,6 +58,7 @@ function env(fake: FakeLlama, extra: Record<string, string> = {}): Record<string
     GATEWAY_REDIS_URL: REDIS_URL,
     GATEWAY_REDIS_PREFIX: redisPrefix(),
     GATEWAY_QUEUE_TIMEOUT_MS: '60000',
+    GATEWAY_ADMIN_KEY: ADMIN,
     LOG_LEVEL: 'warn',
     ...extra,
   };
@@ -93,8 +96,22 @@ t.test("a key with 1 request is served before another key's 3rd of 20 (counted f
     30_000,
     20,
   );
-  const before = chats(fake).length;
-  const b = await stream(gws[3]!, KEY_B, 'B');
+  const bDone = stream(gws[3]!, KEY_B, 'B');
+  // When B is in line (its gateway's /admin/live), or already upstream: A's that start from then on count.
+  const before = await until(
+    'B in line',
+    async () => {
+      const upstream = chats(fake);
+      if (upstream.some((r) => promptOf(r) === 'B')) return upstream.length - 1;
+      const live = (await (await fetch(`${gws[3]!.url}/admin/live`, { headers: bearer(ADMIN) })).json()) as {
+        queue: { keys: { id: string; waiting: number }[] };
+      };
+      return live.queue.keys.some((k) => k.id === 'env-2' && k.waiting === 1) ? upstream.length : undefined;
+    },
+    30_000,
+    10,
+  );
+  const b = await bDone;
   await Promise.all(a);
   t.equal(b.status, 200);
   const order = chats(fake).map(promptOf);
