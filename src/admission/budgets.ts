@@ -21,6 +21,10 @@
 // users under a key start from ONE grouped query per key and period (kept until it ends; records
 // for a user without a counter are added there), and a user's counter is made only when a request
 // of theirs settles real tokens: refusals and model lists with a new id each leave nothing behind.
+//
+// Over 400 lines on purpose: holds, seeds (sync or read later: BudgetCheck.pending), settling and
+// the alerts are one set of rules over one set of counters; split, a seed rule would be read apart
+// from the check it feeds.
 import type { Alerts } from '../alerts/events.js';
 import { BUDGET_PERIODS, type BudgetMode, type BudgetPeriod, type KeyBudgets, type PeriodBudgets } from '../keys/key-budgets.js';
 import { localIso, type Calendar } from '../usage/calendar.js';

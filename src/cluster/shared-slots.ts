@@ -1,7 +1,6 @@
 // The llama-servers' slots shared by several gateways (issue 17): the fair queue of
-// admission/scheduler.ts over every gateway's requests, kept in Redis (GATEWAY_REDIS_URL).
-// SharedScheduler has the Scheduler's surface (SlotQueue), so admission, failover, /metrics and
-// the admin view use either.
+// admission/scheduler.ts over every gateway's requests, in Redis (GATEWAY_REDIS_URL), with the
+// Scheduler's surface (SlotQueue) for admission, failover, /metrics and the admin view.
 //
 // Design (DESIGN.md "Shared slots"): leases in a sorted set, one waiting line per model, one Lua
 // script (cluster/slots-script.ts) that drops what expired and dispatches on every call; a grant
@@ -37,9 +36,7 @@ export interface SharedServer extends SlotServer {
   readonly url: string;
 }
 
-export interface SlotsLog {
-  warn(obj: object, msg: string): void;
-}
+export type SlotsLog = { warn(obj: object, msg: string): void };
 
 export interface SharedSlotsOptions extends SchedulerOptions {
   link: RedisLink;

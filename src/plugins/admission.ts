@@ -47,9 +47,10 @@ import type { Failover } from '../proxy/upstream.js';
 import { AffinityMap, affinityKey, preferMs } from '../upstreams/affinity.js';
 import type { UpstreamNode } from '../upstreams/upstream-set.js';
 import type { RouteKind } from '../usage/exchange.js';
-import { Limits, type KeyLimits } from '../admission/limits.js';
+import { Limits } from '../admission/limits.js';
 import { Budgets, budgetError } from '../admission/budgets.js';
 import { SHARED_DOWN_RETRY_S, SharedCounting } from '../cluster/shared-counting.js';
+import { DECIDED, LOCAL, WAITING, sharedLimitsFor, type Hook, type Via } from '../cluster/shared-admit.js';
 import { NO_ALERTS } from '../alerts/events.js';
 import { hasBudgets } from '../keys/key-budgets.js';
 import { Calendar } from '../usage/calendar.js';
@@ -238,16 +239,6 @@ export interface AdmitOptions {
   pingMs?: number | undefined;
 }
 
-/**
- * Where a request's limits are decided: here (LOCAL), already (DECIDED: in Redis, or before it
- * waited for a budget's seed), or not yet (WAITING: a script is running, the hook comes back).
- */
-const LOCAL = 0;
-const DECIDED = 1;
-const WAITING = 2;
-type Via = typeof LOCAL | typeof DECIDED | typeof WAITING;
-type Hook = (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => void;
-
 /** Routes that read a prompt and generate nothing: they hold only their prompt's tokens. */
 const PROMPT_ONLY = new Set(['/v1/embeddings', '/v1/rerank']);
 /**
@@ -313,63 +304,8 @@ export const admit = fp(
       hook(request, reply, done);
     }
 
-    /**
-     * A key's limits in Redis (GATEWAY_REDIS_URL): WAITING while the script runs (it then answers
-     * the refusal, or resumes the hook: DECIDED, or LOCAL when Redis failed and
-     * GATEWAY_REDIS_DOWN=local); LOCAL at once while the link is down.
-     */
-    function sharedLimits(
-      request: FastifyRequest,
-      reply: FastifyReply,
-      done: (err?: Error) => void,
-      hook: Hook,
-      keyId: string,
-      l: KeyLimits,
-      queued: boolean | 'light' | undefined,
-      body: JsonBody | undefined,
-      url: string | undefined,
-    ): Via {
-      const counting = shared!;
-      if (!counting.link.up) return redisDown(reply, done);
-      const tokens = queued === true && Limits.holdsTokens(l) && body !== undefined ? holdFor(body, url) : 0;
-      const res = reply.raw;
-      counting.limits.admit(keyId, l, request.id, tokens).then(
-        (a) => {
-          if (a.refusal !== undefined) {
-            reply.headers(a.headers).header('retry-after', String(a.refusal.retryAfter));
-            return done(RATE_LIMITED(a.refusal.limit, a.refusal.max, a.refusal.retryAfter));
-          }
-          const release = (): void => void counting.limits.release(request.id);
-          if (res.destroyed || request.raw.socket.destroyed) {
-            a.end(); // the client left while Redis answered (resume() hijacks)
-            release();
-          } else {
-            res.once('close', a.end);
-            // Without usage records a hold ends with the response (as in the local path).
-            if (tokens > 0 && !settledByRecords) res.once('close', release);
-            reply.headers(a.headers);
-          }
-          resume(request, reply, done, hook, DECIDED);
-        },
-        (err: Error) => {
-          counting.failed(err, 'admit');
-          if (redisDown(reply, done) === WAITING) return;
-          resume(request, reply, done, hook, LOCAL);
-        },
-      );
-      return WAITING;
-    }
-
-    /** Redis does not answer: GATEWAY_REDIS_DOWN=refuse answers 503, local decides here (LOCAL). */
-    function redisDown(reply: FastifyReply, done: (err?: Error) => void): Via {
-      if (shared!.whenDown === 'refuse') {
-        reply.header('retry-after', String(SHARED_DOWN_RETRY_S));
-        done(SHARED_STATE_UNAVAILABLE);
-        return WAITING;
-      }
-      shared!.decidedLocally++;
-      return LOCAL;
-    }
+    // A key's limits in Redis (GATEWAY_REDIS_URL): cluster/shared-admit.ts.
+    const sharedLimits = shared === null ? null : sharedLimitsFor(shared, holdFor, settledByRecords, resume);
 
     // A callback hook: the common case (no limit refuses, a slot is free) finishes synchronously,
     // without a promise, a microtask hop or a ping timer per request. Only a request that has to
@@ -393,7 +329,8 @@ export const admit = fp(
       if (Limits.any(l)) {
         // With Redis the key's limits count there, for every gateway: a script away (async), then
         // this hook runs again from the top and goes on below (sharedLimits).
-        const via = back ?? (shared === null ? LOCAL : sharedLimits(request, reply, done, admitHook, key.id, l, queued, body, route.url));
+        const via =
+          back ?? (sharedLimits === null ? LOCAL : sharedLimits(request, reply, done, admitHook, key.id, l, queued, body, route.url));
         if (via === WAITING) return;
         if (via === LOCAL) {
           const now = Date.now();

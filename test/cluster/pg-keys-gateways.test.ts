@@ -92,4 +92,9 @@ t.test('a key created and disabled through one gateway (or the CLI) reaches ever
   );
   t.match(shown.stdout, /^name: {7}alice\n/);
   t.notMatch(list.stdout + list.stderr + shown.stdout + made.stderr, /postgres:\/\//);
+
+  // A graceful stop on PostgreSQL: the feed closed, the last last-used times written, the pool ended.
+  gws[0]!.child.kill('SIGTERM');
+  t.equal(await gws[0]!.exit, 0, 'SIGTERM: exit 0');
+  t.match(gws[0]!.output(), /"msg":"stopped"/);
 });
