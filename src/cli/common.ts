@@ -73,7 +73,7 @@ export function databaseUrl(): string {
 }
 
 /** The keys and the usage table a command works on, whichever database holds them. */
-export interface KeyDatabase {
+interface KeyDatabase {
   readonly keys: KeyRepository;
   readonly usage: UsageTable;
   close(): Promise<void>;

@@ -43,7 +43,7 @@ const BATCH_ROWS = 1000;
 // Both tables are copied column for column, as the file has them (the schemas are one for one).
 type Table = 'keys' | 'usage';
 
-export interface MigrateResult {
+interface MigrateResult {
   keys: number;
   usage: number;
 }
@@ -56,7 +56,7 @@ export function shownUrl(url: string): string {
 }
 
 /** Copies `file`'s keys and usage into the database `pool` reaches (migrated first). Throws Failure. */
-export async function migrateTo(file: Database.Database, pool: pg.Pool, force: boolean): Promise<MigrateResult> {
+async function migrateTo(file: Database.Database, pool: pg.Pool, force: boolean): Promise<MigrateResult> {
   try {
     await migratePg(pool);
   } catch (err) {

@@ -4,7 +4,7 @@
 // of it; callers await. Both stores check fields and word their refusals alike (key-rows.ts).
 import type { KeyChanges, KeyInput, KeyRecord, StoredKey } from './key-record.js';
 
-export type MaybePromise<T> = T | Promise<T>;
+type MaybePromise<T> = T | Promise<T>;
 
 /** How the registry learns of changes made elsewhere: polled (SQLite) or told (PostgreSQL). */
 export interface KeyChangeFeed {

@@ -43,7 +43,7 @@ export interface KeyRow {
 }
 
 /** The columns a create writes, in order (last_used_at starts empty). */
-export type NewKeyRow = Omit<KeyRow, 'last_used_at'>;
+type NewKeyRow = Omit<KeyRow, 'last_used_at'>;
 
 export function fromRow(r: KeyRow): StoredKey {
   return {

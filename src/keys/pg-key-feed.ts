@@ -13,7 +13,7 @@ const FIRST_RETRY_MS = 250;
 const MAX_RETRY_MS = 5000;
 const HEARTBEAT_MS = 5000;
 
-export interface FeedListeners {
+interface FeedListeners {
   /** a change was committed (or may have been, while we were not listening) */
   changed(): void;
   /** the connection was lost (with why) or is back */
@@ -36,11 +36,6 @@ export class PgKeyFeed implements KeyChangeFeed {
     this.#channel = channel;
     this.#on = on;
     void this.#connect();
-  }
-
-  /** True while LISTEN is in place. */
-  get listening(): boolean {
-    return this.#client !== null;
   }
 
   async close(): Promise<void> {

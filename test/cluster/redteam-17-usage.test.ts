@@ -1,0 +1,70 @@
+// Red team, issue 17 (usage on PostgreSQL): values SQLite takes but PostgreSQL refuses must not
+// cost the other records of their batch. A key holder controls a record's `model` (the body's
+// string, kept verbatim when the request is refused before reaching llama-server), and a NUL in it
+// made PostgreSQL refuse the whole batch (22021): up to 250 records of every key set aside.
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import t from 'tap';
+import { migratePg, pgPool } from '../../src/storage/pg.js';
+import { PgUsageStore } from '../../src/usage/pg-usage-store.js';
+import { SpoolingWriter } from '../../src/usage/spool.js';
+import { tempDir, until, usageRecord } from '../helpers.js';
+import { pgSchema } from './harness.js';
+
+function quietLog(): { lines: string[]; info: (o: object, m: string) => void; warn: (o: object, m: string) => void; error: (o: object, m: string) => void } {
+  const lines: string[] = [];
+  const push = (_: object, m: string): void => {
+    lines.push(m);
+  };
+  return { lines, info: push, warn: push, error: push };
+}
+
+const files = (dir: string, ext: string): string[] => (existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith(ext)) : []);
+
+t.test("a NUL byte in one record's model (a key holder's body) does not keep its batch out of PostgreSQL", async (t) => {
+  const url = await pgSchema(t);
+  const pool = pgPool(url, { max: 2 });
+  t.teardown(() => pool.end());
+  await migratePg(pool);
+  const store = new PgUsageStore(pool);
+  const dir = join(tempDir(t), 'spool');
+  const log = quietLog();
+  const writer = new SpoolingWriter({ store, dir, log });
+  await writer.start();
+  t.teardown(() => writer.close());
+  const batch = [1, 2, 3, 4, 5].map((i) => usageRecord(i));
+  batch[2]!.model = 'evil\u0000model';
+  batch[3]!.userAgent = 'ua\u0000';
+  batch[4]!.endUser = 'u\u0000'; // end users are cleaned before this; the store must not rely on it
+  await writer.write(batch);
+  await until('nothing waits', () => (writer.spooledRecords === 0 ? true : undefined), 10_000);
+  const rows = (await pool.query<{ request_id: string; model: string }>('SELECT request_id, model FROM usage ORDER BY request_id')).rows;
+  t.same(
+    rows.map((r) => r.request_id),
+    ['req-1', 'req-2', 'req-3', 'req-4', 'req-5'],
+    'every record of the batch is in the table',
+  );
+  t.notOk(rows[2]!.model.includes('\u0000'), 'without the NUL');
+  t.equal(writer.rejectedTotal, 0, 'nothing set aside');
+  t.same(files(dir, '.rejected'), []);
+});
+
+t.test('token counts PostgreSQL BIGINT refuses (a fraction, beyond its range) do not cost the batch', async (t) => {
+  const url = await pgSchema(t);
+  const pool = pgPool(url, { max: 2 });
+  t.teardown(() => pool.end());
+  await migratePg(pool);
+  const store = new PgUsageStore(pool);
+  const dir = join(tempDir(t), 'spool');
+  const writer = new SpoolingWriter({ store, dir, log: quietLog() });
+  await writer.start();
+  t.teardown(() => writer.close());
+  const batch = [1, 2, 3].map((i) => usageRecord(i));
+  batch[0]!.promptTokens = 12.5; // an upstream's usage object: finite, not an integer
+  batch[1]!.completionTokens = 1e30;
+  await writer.write(batch);
+  await until('nothing waits', () => (writer.spooledRecords === 0 ? true : undefined), 10_000);
+  const n = (await pool.query<{ n: number }>('SELECT count(*)::bigint AS n FROM usage')).rows[0]!.n;
+  t.equal(n, 3, 'every record of the batch is in the table');
+  t.equal(writer.rejectedTotal, 0);
+});
