@@ -58,6 +58,22 @@ const TYPES = [
   'float8',
 ];
 
+/**
+ * Each column's value as PostgreSQL takes it, where SQLite took anything: TEXT refuses a NUL
+ * (a key holder's body `model` is recorded verbatim), BIGINT/INTEGER a fraction or a number beyond
+ * their range (an upstream's usage object). One such value made the whole batch fail (22021,
+ * 22P02, 22003) and be set aside with every other key's records in it.
+ */
+const MAX_INTEGER = 2_147_483_647;
+function fitInteger(max: number): (v: unknown) => unknown {
+  return (v) => (typeof v !== 'number' || Number.isSafeInteger(v) ? v : Number.isNaN(v) ? null : Math.max(-max, Math.min(max, Math.round(v))));
+}
+const fitText = (v: unknown): unknown => (typeof v === 'string' && v.includes('\u0000') ? v.replaceAll('\u0000', '\ufffd') : v);
+const fitAny = (v: unknown): unknown => v;
+const FIT = TYPES.map((t) =>
+  t === 'text' ? fitText : t === 'bigint' ? fitInteger(Number.MAX_SAFE_INTEGER) : t === 'integer' ? fitInteger(MAX_INTEGER) : fitAny,
+);
+
 /** One record as the usage table's columns (COLUMNS' order): what a batch inserts and the spool keeps. */
 export type UsageColumns = (string | number | null)[];
 
@@ -139,7 +155,7 @@ export class PgUsageStore implements UsageTable {
    */
   async insertBatch(rows: readonly UsageColumns[], id: string): Promise<boolean> {
     if (rows.length === 0) return true;
-    const values: unknown[] = TYPES.map((_, c) => rows.map((r) => r[c]));
+    const values: unknown[] = FIT.map((fit, c) => rows.map((r) => fit(r[c])));
     values.push(id, Date.now());
     const res = await this.#pool.query({ name: 'llmgw-usage-batch', text: INSERT_BATCH, values });
     return res.rowCount === rows.length;
