@@ -66,7 +66,10 @@ const TYPES = [
  */
 const MAX_INTEGER = 2_147_483_647;
 function fitInteger(max: number): (v: unknown) => unknown {
-  return (v) => (typeof v !== 'number' || Number.isSafeInteger(v) ? v : Number.isNaN(v) ? null : Math.max(-max, Math.min(max, Math.round(v))));
+  return (v) => {
+    if (typeof v !== 'number' || (Number.isInteger(v) && v <= max && v >= -max)) return v;
+    return Number.isNaN(v) ? null : Math.max(-max, Math.min(max, Math.round(v)));
+  };
 }
 const fitText = (v: unknown): unknown => (typeof v === 'string' && v.includes('\u0000') ? v.replaceAll('\u0000', '\ufffd') : v);
 const fitAny = (v: unknown): unknown => v;

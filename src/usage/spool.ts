@@ -17,7 +17,7 @@
 // being written, and per spooled file its tokens per key, end user and minute (budget periods
 // start on a minute), kept in memory instead of the records.
 import { randomUUID } from 'node:crypto';
-import { mkdir, open, readFile, readdir, rename, unlink } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describePgError } from '../storage/pg.js';
 import type { UsageRecord } from './exchange.js';
@@ -76,6 +76,11 @@ function tallyOf(rows: readonly UsageColumns[]): Tally[] {
     else t.tokens += tokens;
   }
   return [...by.values()];
+}
+
+/** A spool file's text: a header line, then one JSON array per record. */
+function spoolText(batch: Batch): string {
+  return `${JSON.stringify({ batch: batch.id, records: batch.rows.length })}\n${batch.rows.map((r) => JSON.stringify(r)).join('\n')}\n`;
 }
 
 /**
@@ -240,7 +245,7 @@ export class SpoolingWriter {
 
   async #spool(batch: Batch): Promise<void> {
     const file = `${String(Date.now()).padStart(15, '0')}-${String(this.#seq++).padStart(6, '0')}-${batch.id}${SUFFIX}`;
-    const text = `${JSON.stringify({ batch: batch.id, records: batch.rows.length })}\n${batch.rows.map((r) => JSON.stringify(r)).join('\n')}\n`;
+    const text = spoolText(batch);
     try {
       if (!this.#dirMade) {
         await mkdir(this.#dir, { recursive: true });
@@ -292,12 +297,42 @@ export class SpoolingWriter {
     return { id: head.batch, rows };
   }
 
-  async #setAside(name: string, err: unknown): Promise<void> {
+  /**
+   * Writes `rows` one per statement (batch id `<id>.<n>`); resolves with the rows PostgreSQL
+   * refuses for good, or null when it stopped answering (the file is tried again later).
+   */
+  async #oneByOne(rows: readonly UsageColumns[], id: string): Promise<UsageColumns[] | null> {
+    const refused: UsageColumns[] = [];
+    for (let i = 0; i < rows.length; i++) {
+      try {
+        await this.#store.insertBatch([rows[i]!], `${id}.${i}`);
+      } catch (err) {
+        if (!refusedForGood(err)) return null;
+        refused.push(rows[i]!);
+      }
+    }
+    return refused;
+  }
+
+  /** A file kept for a person (`only`: just these records of it are left unwritten). */
+  async #setAside(name: string, err: unknown, only?: Batch): Promise<void> {
     this.#log.error(
-      { err: { message: describePgError(err), code: (err as { code?: string }).code }, file: name, folder: this.#dir },
+      {
+        err: { message: describePgError(err), code: (err as { code?: string }).code },
+        file: name,
+        folder: this.#dir,
+        ...(only === undefined ? {} : { records: only.rows.length }),
+      },
       `usage spool file cannot be written to PostgreSQL: kept aside as ${name}${SET_ASIDE}`,
     );
-    await rename(join(this.#dir, name), join(this.#dir, `${name}${SET_ASIDE}`)).catch(() => {});
+    const from = join(this.#dir, name);
+    const to = join(this.#dir, `${name}${SET_ASIDE}`);
+    if (only === undefined) {
+      await rename(from, to).catch(() => {});
+      return;
+    }
+    await writeFile(to, spoolText(only)).catch(() => {});
+    await unlink(from).catch(() => {});
   }
 
   #replaySoon(ms: number): void {
@@ -327,8 +362,19 @@ export class SpoolingWriter {
       else this.replayedTotal += rows.length;
     } catch (err) {
       if (refusedForGood(err)) {
-        this.rejectedTotal += rows.length;
-        await this.#setAside(head.file, err);
+        // One record PostgreSQL refuses must not cost the others of its batch: each goes alone
+        // (ids derived from the batch's: a replay after a crash writes none twice), and only the
+        // refused ones are kept aside.
+        const refused = rows.length === 1 ? rows : await this.#oneByOne(rows, head.id);
+        if (refused === null) {
+          this.#delay = Math.min(RETRY_MAX_MS, this.#delay * 2);
+          this.#replaySoon(this.#delay);
+          return;
+        }
+        this.rejectedTotal += refused.length;
+        this.replayedTotal += rows.length - refused.length;
+        if (refused.length > 0) await this.#setAside(head.file, err, refused.length < rows.length ? { id: head.id, rows: refused } : undefined);
+        else await unlink(join(this.#dir, head.file)).catch(() => {});
         this.#forget(head);
         return this.#next();
       }
