@@ -412,23 +412,31 @@ export class Budgets {
   }
 
   #refusal(l: Line, now: number): BudgetRefusal {
-    return {
-      user: l.user,
-      period: l.period,
-      limit: l.limit,
-      used: l.used,
-      held: l.held,
-      resetsAt: l.end,
-      resetsLocal: localIso(this.calendar, l.end),
-      tz: this.calendar.tz,
-      retryAfter: Math.max(1, Math.ceil((l.end - now) / 1000)),
-    };
+    return refusalOf(this.calendar, l, now);
   }
 }
 
+/** One budget's count as the 429 and the x-budget-* headers need it (here, or from Redis: cluster/shared-budgets.ts). */
+export type BudgetCount = Pick<Line, 'user' | 'period' | 'limit' | 'end' | 'used' | 'held'>;
+
+/** The refusal for a spent budget. */
+export function refusalOf(calendar: Calendar, l: BudgetCount, now: number): BudgetRefusal {
+  return {
+    user: l.user,
+    period: l.period,
+    limit: l.limit,
+    used: l.used,
+    held: l.held,
+    resetsAt: l.end,
+    resetsLocal: localIso(calendar, l.end),
+    tz: calendar.tz,
+    retryAfter: Math.max(1, Math.ceil((l.end - now) / 1000)),
+  };
+}
+
 /** x-budget-* headers for the budget with the fewest tokens left (ties: the one that resets last). */
-function headersOf(lines: readonly Line[]): Record<string, string> {
-  let tight: Line | undefined;
+export function headersOf(lines: readonly BudgetCount[]): Record<string, string> {
+  let tight: BudgetCount | undefined;
   let left = Infinity;
   for (const l of lines) {
     const r = Math.max(0, l.limit - l.used - l.held);

@@ -17,7 +17,7 @@
 // being written, and per spooled file its tokens per key, end user and minute (budget periods
 // start on a minute), kept in memory instead of the records.
 import { randomUUID } from 'node:crypto';
-import { mkdir, open, readFile, readdir, rename, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describePgError } from '../storage/pg.js';
 import type { UsageRecord } from './exchange.js';
@@ -31,6 +31,8 @@ const PRUNE_EVERY_MS = 86_400_000;
 const SUFFIX = '.jsonl';
 /** A file that can never be written (unreadable, or PostgreSQL refuses its data) is renamed to this, kept for a person. */
 const SET_ASIDE = '.rejected';
+/** A .tmp older than this is a write that never finished (a write takes milliseconds). */
+const STALE_TMP_MS = 60_000;
 
 export interface SpoolLog {
   info(obj: object, msg: string): void;
@@ -140,8 +142,10 @@ export class SpoolingWriter {
       if (code !== 'ENOENT') throw new Error(`GATEWAY_USAGE_SPOOL (${this.#dir}) cannot be read: ${code ?? (err as Error).message}`);
     }
     for (const name of names.sort()) {
-      // A .tmp is a batch whose spooling did not finish (the process ended first): not complete, not used.
-      if (name.endsWith('.tmp')) await unlink(join(this.#dir, name)).catch(() => {});
+      // A .tmp is a batch whose spooling did not finish (the process ended first): not complete, not
+      // used. Removed only when old: a young one may be another process's write in progress (PM2
+      // cluster mode: every process has the same folder), which its rename completes.
+      if (name.endsWith('.tmp')) await this.#dropStale(name);
       if (!name.endsWith(SUFFIX)) continue;
       try {
         const { id, rows } = await this.#read(name);
@@ -344,6 +348,12 @@ export class SpoolingWriter {
     this.#retry.unref();
   }
 
+  async #dropStale(name: string): Promise<void> {
+    const path = join(this.#dir, name);
+    const mtime = await stat(path).then((st) => st.mtimeMs, () => null);
+    if (mtime !== null && Date.now() - mtime > STALE_TMP_MS) await unlink(path).catch(() => {});
+  }
+
   /** Writes the oldest spooled file (one per turn of the chain: new batches and seeds go between). */
   async #replayOne(): Promise<void> {
     const head = this.#spooled[0];
@@ -352,7 +362,8 @@ export class SpoolingWriter {
     try {
       rows = (await this.#read(head.file)).rows;
     } catch (err) {
-      await this.#setAside(head.file, err);
+      // Gone: another process on this folder wrote it (its batch id keeps it written once).
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') await this.#setAside(head.file, err);
       this.#forget(head);
       return this.#next();
     }

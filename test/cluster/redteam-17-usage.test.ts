@@ -2,11 +2,11 @@
 // cost the other records of their batch. A key holder controls a record's `model` (the body's
 // string, kept verbatim when the request is refused before reaching llama-server), and a NUL in it
 // made PostgreSQL refuse the whole batch (22021): up to 250 records of every key set aside.
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import { migratePg, pgPool } from '../../src/storage/pg.js';
-import { PgUsageStore } from '../../src/usage/pg-usage-store.js';
+import { PgUsageStore, type UsageColumns } from '../../src/usage/pg-usage-store.js';
 import { SpoolingWriter } from '../../src/usage/spool.js';
 import { tempDir, until, usageRecord } from '../helpers.js';
 import { pgSchema } from './harness.js';
@@ -67,4 +67,59 @@ t.test('token counts PostgreSQL BIGINT refuses (a fraction, beyond its range) do
   const n = (await pool.query<{ n: number }>('SELECT count(*)::bigint AS n FROM usage')).rows[0]!.n;
   t.equal(n, 3, 'every record of the batch is in the table');
   t.equal(writer.rejectedTotal, 0);
+});
+
+t.test('a record PostgreSQL refuses for a reason not foreseen: the others of its batch are written, it alone is kept aside', async (t) => {
+  const committed: string[] = [];
+  const ids = new Set<string>();
+  const store = {
+    insertBatch(rows: readonly UsageColumns[], id: string): Promise<boolean> {
+      if (rows.some((r) => r[1] === 'req-bad'))
+        return Promise.reject(Object.assign(new Error('value out of range'), { code: '22003' }));
+      if (ids.has(id)) return Promise.resolve(false);
+      ids.add(id);
+      for (const r of rows) committed.push(r[1] as string);
+      return Promise.resolve(true);
+    },
+    pruneBatches: () => Promise.resolve(),
+  };
+  const dir = join(tempDir(t), 'spool');
+  const writer = new SpoolingWriter({ store, dir, log: quietLog() });
+  await writer.start();
+  t.teardown(() => writer.close());
+  const batch = [1, 2, 3].map((i) => usageRecord(i));
+  batch[1]!.requestId = 'req-bad';
+  await writer.write(batch);
+  await writer.write([usageRecord(4)]);
+  await until('nothing waits', () => (writer.spooledRecords === 0 ? true : undefined), 10_000);
+  t.same(committed, ['req-1', 'req-3', 'req-4'], 'the good records, in order');
+  t.equal(writer.rejectedTotal, 1);
+  const aside = files(dir, '.rejected');
+  t.equal(aside.length, 1);
+  const text = readFileSync(join(dir, aside[0]!), 'utf8');
+  t.match(text, /req-bad/);
+  t.notMatch(text, /req-1"|req-3"/, 'only the refused record is kept aside');
+  t.same(files(dir, '.jsonl'), []);
+});
+
+t.test("a gateway starting on a spool folder another process uses (PM2 cluster: one ./data/usage-spool) leaves that process's file being written alone", async (t) => {
+  const dir = join(tempDir(t), 'spool');
+  mkdirSync(dir, { recursive: true });
+  // Another gateway process is between open(.tmp) and rename(): its batch is only in this file.
+  const tmp = join(dir, `${String(Date.now()).padStart(15, '0')}-000000-0b7c.jsonl.tmp`);
+  writeFileSync(tmp, '{"batch":"0b7c","records":1}\n');
+  const store = { insertBatch: () => Promise.resolve(true), pruneBatches: () => Promise.resolve() };
+  const writer = new SpoolingWriter({ store, dir, log: quietLog() });
+  await writer.start();
+  t.teardown(() => writer.close());
+  t.ok(existsSync(tmp), "the other process's file is still there for its rename");
+  // One a crashed run left long ago is removed.
+  const old = join(dir, '000000000000001-000000-dead.jsonl.tmp');
+  writeFileSync(old, '{"batch":"dead","records":1}\n');
+  const then = new Date(Date.now() - 3_600_000);
+  utimesSync(old, then, then);
+  const again = new SpoolingWriter({ store, dir, log: quietLog() });
+  await again.start();
+  t.teardown(() => again.close());
+  t.notOk(existsSync(old), 'an old unfinished file is removed');
 });

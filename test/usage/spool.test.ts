@@ -1,7 +1,7 @@
 // PostgreSQL's usage writer (usage/spool.ts): a batch PostgreSQL does not take goes to a file, and
 // so does every batch after it until the files are written back, oldest first, each file removed
 // only once its batch is committed. Here against a stand-in for PgUsageStore that can be "down".
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import type { UsageColumns } from '../../src/usage/pg-usage-store.js';
@@ -95,6 +95,8 @@ t.test('closing while PostgreSQL is down leaves the batches spooled; the next st
   table.rows.push('req-1', 'req-2');
   // A spooling that never finished (no final name): not a batch.
   writeFileSync(join(dir, 'x.jsonl.tmp'), '{"batch":"half"');
+  // (an hour old: a young one may be another process's write in progress, left alone)
+  utimesSync(join(dir, 'x.jsonl.tmp'), new Date(Date.now() - 3_600_000), new Date(Date.now() - 3_600_000));
   table.down = false;
   const log = quietLog();
   const second = new SpoolingWriter({ store: table, dir, log });
