@@ -3,7 +3,8 @@
 // file's one for one), then every key and usage row is copied in one PostgreSQL transaction with
 // multi-row inserts, read from one snapshot of the file. Usage ids are kept (the admin console pages
 // by them), and the id sequence is moved past them. A target that already holds keys or usage is
-// refused unless --force, which empties it first: two histories are never mixed.
+// refused unless --force, which empties it first: two histories are never mixed. Values PostgreSQL
+// refuses where SQLite took them (a NUL in a text, a number beyond BIGINT) are fitted (FIT).
 import { existsSync } from 'node:fs';
 import type { ParseArgsConfig } from 'node:util';
 import type Database from 'better-sqlite3';
@@ -48,10 +49,14 @@ interface MigrateResult {
   usage: number;
 }
 
-/** The URL's text with its password hidden, to say which database without showing a secret. */
+/** Query parameters node-postgres (like libpq) takes a secret from. */
+const SECRET_PARAMS = ['password', 'sslpassword'];
+
+/** The URL's text with its password hidden (in its user part or a ?password= parameter), to say which database without showing a secret. */
 export function shownUrl(url: string): string {
   const u = new URL(url);
   if (u.password !== '') u.password = '****';
+  for (const name of SECRET_PARAMS) if (u.searchParams.has(name)) u.searchParams.set(name, '****');
   return u.toString();
 }
 
@@ -98,10 +103,29 @@ async function migrateTo(file: Database.Database, pool: pg.Pool, force: boolean)
 }
 
 /**
+ * Each value as PostgreSQL's column takes it, where SQLite took anything (what the gateway's
+ * PostgreSQL usage store does for live records, usage/pg-usage-store.ts): one refused value would
+ * fail the whole copy. A fraction in an INTEGER column (a usage row's ts is "now - duration", in
+ * fractions of a millisecond) is rounded; a number beyond the column's range (an upstream's absurd
+ * token count, kept by SQLite as REAL) is the largest it holds; NaN is null; a NUL in a text (a key
+ * holder's body `model` is recorded as sent) is U+FFFD.
+ */
+function fitInteger(max: number): (v: unknown) => unknown {
+  return (v) => {
+    if (typeof v !== 'number' || (Number.isInteger(v) && v <= max && v >= -max)) return v;
+    return Number.isNaN(v) ? null : Math.max(-max, Math.min(max, Math.round(v)));
+  };
+}
+const asIs = (v: unknown): unknown => v;
+const FIT: Record<string, (v: unknown) => unknown> = {
+  bigint: fitInteger(Number.MAX_SAFE_INTEGER),
+  integer: fitInteger(2_147_483_647),
+  text: (v) => (typeof v === 'string' && v.includes('\u0000') ? v.replaceAll('\u0000', '\ufffd') : v),
+};
+
+/**
  * Copies one table in batches, in rowid order (a large usage table is never in memory at once);
- * returns its row count. SQLite keeps a fractional number in an INTEGER column as it is (a usage
- * row's ts is "now - duration", in fractions of a millisecond); PostgreSQL's BIGINT refuses it, so
- * such values are rounded to the millisecond on the way.
+ * returns its row count. Values PostgreSQL would refuse are fitted on the way (FIT).
  */
 async function copyTable(file: Database.Database, client: pg.PoolClient, table: Table): Promise<number> {
   const columns = (file.pragma(`table_info(${table})`) as { name: string }[]).map((c) => c.name);
@@ -109,8 +133,8 @@ async function copyTable(file: Database.Database, client: pg.PoolClient, table: 
     'SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1',
     [table],
   );
-  const whole = new Set(types.rows.filter((r) => r.data_type === 'bigint' || r.data_type === 'integer').map((r) => r.column_name));
-  const round = columns.map((c) => whole.has(c));
+  const typeOf = new Map(types.rows.map((r) => [r.column_name, r.data_type]));
+  const fit = columns.map((c) => FIT[typeOf.get(c) ?? ''] ?? asIs);
   const page = file.prepare(`SELECT rowid, ${columns.join(', ')} FROM ${table} WHERE rowid > ? ORDER BY rowid LIMIT ${BATCH_ROWS}`).raw();
   let after = Number.MIN_SAFE_INTEGER;
   let total = 0;
@@ -118,7 +142,7 @@ async function copyTable(file: Database.Database, client: pg.PoolClient, table: 
     const rows = page.all(after) as unknown[][];
     if (rows.length === 0) return total;
     const values = rows.map((_, r) => `(${columns.map((_c, c) => `$${r * columns.length + c + 1}`).join(', ')})`);
-    const params = rows.flatMap((row) => row.slice(1).map((v, c) => (round[c] && typeof v === 'number' ? Math.round(v) : v)));
+    const params = rows.flatMap((row) => row.slice(1).map((v, c) => fit[c]!(v)));
     await client.query(`INSERT INTO ${table} (${columns.join(', ')}) VALUES ${values.join(', ')}`, params);
     total += rows.length;
     after = rows.at(-1)![0] as number;

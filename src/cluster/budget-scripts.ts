@@ -8,12 +8,16 @@
 //
 // Holds are leased members gatewayId|requestId of one sorted set per key, scored by expiry (Redis
 // time), with `tokens:user` in a hash beside it: a key's budgets count every hold of the key, an end
-// user's only theirs. The holding gateway renews them every lease/3 (limits-scripts.ts RENEW).
+// user's only theirs. The holding gateway renews them every lease/3 (BUDGET_RENEW).
 
-/** Redis's time in ms and the purge of expired holds (and their tokens). */
-const PRELUDE = `
+/** Redis's time in ms. */
+const NOW = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+`;
+
+/** Redis's time and the purge of expired holds (and their tokens). */
+const PRELUDE = `${NOW}
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 if #gone > 0 then redis.call('HDEL', KEYS[2], unpack(gone)) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -130,4 +134,22 @@ for i = 1, n do
   out[#out + 1] = exhausted
 end
 return out
+`;
+
+/**
+ * BUDGET_RENEW: this gateway's holds get a new expiry (now + lease). A hold already dropped (the
+ * gateway stalled past its lease, Redis restarted empty) is added again with its tokens: the
+ * request still runs, so every gateway must count it again (as limits-scripts.ts RENEW does).
+ * KEYS: per hold its key's sorted set and hash; ARGV: lease ms, then per hold its member and value.
+ */
+export const BUDGET_RENEW = `${NOW}
+local lease = tonumber(ARGV[1])
+for i = 1, #KEYS / 2 do
+  local z, h, m = KEYS[2 * i - 1], KEYS[2 * i], ARGV[2 * i]
+  redis.call('ZADD', z, now + lease, m)
+  redis.call('HSETNX', h, m, ARGV[2 * i + 1])
+  redis.call('PEXPIRE', z, lease * 2)
+  redis.call('PEXPIRE', h, lease * 2)
+end
+return #KEYS / 2
 `;

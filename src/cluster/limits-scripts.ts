@@ -12,7 +12,8 @@
 //
 // Concurrency entries and token holds are sorted-set members (gatewayId|requestId) whose score is
 // their expiry in ms; every script drops the expired ones first, and the holding gateway renews
-// its live ones (RENEW) every lease/3. A dead gateway's entries are gone within one lease.
+// its live ones (RENEW) every lease/3, adding back any Redis dropped meanwhile. A dead gateway's
+// entries are gone within one lease.
 
 /** Redis's time in ms, the end of its minute and day, and the purge of expired members. */
 const PRELUDE = `
@@ -105,16 +106,18 @@ return 1
 `;
 
 /**
- * RENEW: this gateway's live entries get a new expiry (now + lease); an entry already purged (the
- * gateway stalled past its lease) is not brought back (ZADD XX).
- * KEYS: sorted sets and hashes; ARGV: lease ms, then one member per key ('' for a hash: only its
- * key's own expiry is renewed).
+ * RENEW: this gateway's live entries get a new expiry (now + lease). An entry already dropped (the
+ * gateway stalled past its lease, Redis restarted empty or lost it in a failover) is added again,
+ * with its tokens for a hold: the request still runs, so every gateway must count it again (the
+ * excess over a limit then drains instead of growing).
+ * KEYS: sorted sets and hashes; ARGV: lease ms, then per key its member and '' (a sorted set) or
+ * the tokens held (a hash: set only if missing).
  */
 export const RENEW = `${PRELUDE}
 local lease = tonumber(ARGV[1])
 for i = 1, #KEYS do
-  local m = ARGV[i + 1]
-  if m ~= '' then redis.call('ZADD', KEYS[i], 'XX', now + lease, m) end
+  local m, v = ARGV[2 * i], ARGV[2 * i + 1]
+  if v == '' then redis.call('ZADD', KEYS[i], now + lease, m) else redis.call('HSETNX', KEYS[i], m, v) end
   redis.call('PEXPIRE', KEYS[i], lease * 2)
 end
 return #KEYS

@@ -14,9 +14,12 @@ import { SHARED_DOWN_RETRY_S, type SharedCounting } from './shared-counting.js';
 export const LOCAL = 0;
 export const DECIDED = 1;
 export const WAITING = 2;
-export type Via = typeof LOCAL | typeof DECIDED | typeof WAITING;
+/** Resumed after the budgets (limits decided before): decided in Redis, or to decide here (shared-budgets-admit.ts). */
+export const BUDGETED = 3;
+export const BUDGET_LOCAL = 4;
+export type Via = typeof LOCAL | typeof DECIDED | typeof WAITING | typeof BUDGETED | typeof BUDGET_LOCAL;
 export type Hook = (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => void;
-type Resume = (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void, hook: Hook, via: Via) => void;
+export type Resume = (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void, hook: Hook, via: Via) => void;
 
 export type SharedLimitsBranch = (
   request: FastifyRequest,

@@ -1,6 +1,7 @@
 // Counting shared through Redis (issue 17), as admission uses it: the shared per-key limits
-// (shared-limits.ts), what to do while Redis does not answer (GATEWAY_REDIS_DOWN), and how many
-// admissions were decided by this process alone meanwhile (/health, /metrics).
+// (shared-limits.ts) and token budgets (shared-budgets.ts), what to do while Redis does not answer
+// (GATEWAY_REDIS_DOWN), and how many admissions were decided by this process alone meanwhile
+// (/health, /metrics; a request of a key with limits and budgets counts once for each).
 //
 // GATEWAY_REDIS_DOWN=local (the default): while the link is down, or when a script fails or times
 // out, the request is decided with the process-local counters (admission/limits.ts), as a single
@@ -11,6 +12,7 @@
 import type { RedisDownRule } from '../config-values.js';
 import type { RedisLink } from './redis-link.js';
 import { SharedLimits } from './shared-limits.js';
+import { SharedBudgets, type SharedBudgetsOptions } from './shared-budgets.js';
 
 /** Retry-After of a request refused because Redis does not answer (GATEWAY_REDIS_DOWN=refuse). */
 export const SHARED_DOWN_RETRY_S = 5;
@@ -22,11 +24,14 @@ export interface SharedCountingOptions {
   readonly leaseMs: number;
   readonly whenDown: RedisDownRule;
   readonly log: { warn(obj: object, msg: string): void };
+  /** token budgets: the calendar, warning levels, seeders and alerts (cluster/shared-budgets.ts) */
+  readonly budgets: Omit<SharedBudgetsOptions, 'client' | 'prefix' | 'gatewayId' | 'leaseMs' | 'onError'>;
 }
 
 export class SharedCounting {
   readonly link: RedisLink;
   readonly limits: SharedLimits;
+  readonly budgets: SharedBudgets;
   readonly whenDown: RedisDownRule;
   /** admissions decided with this process's counters because Redis did not answer (since start) */
   decidedLocally = 0;
@@ -47,6 +52,15 @@ export class SharedCounting {
       onError: (err, what) => this.failed(err, what),
     });
     this.limits.start();
+    this.budgets = new SharedBudgets({
+      ...opts.budgets,
+      client: opts.link.client,
+      prefix: opts.prefix,
+      gatewayId: opts.gatewayId,
+      leaseMs: opts.leaseMs,
+      onError: (err, what) => this.failed(err, what),
+    });
+    this.budgets.start();
   }
 
   /** A command failed: counted, and logged at most every 10 s (the link logs its own ups and downs). */
@@ -64,7 +78,7 @@ export class SharedCounting {
     return { ...this.link.status(), when_down: this.whenDown, decided_locally: this.decidedLocally };
   }
 
-  close(): Promise<void> {
-    return this.limits.close();
+  async close(): Promise<void> {
+    await Promise.all([this.limits.close(), this.budgets.close()]);
   }
 }

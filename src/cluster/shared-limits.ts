@@ -8,7 +8,8 @@
 // Concurrency entries and holds are leases: members gatewayId|requestId of a sorted set scored by
 // their expiry (Redis time). This process renews its live ones every lease/3 in one call; a
 // gateway that dies stops renewing, and its entries are dropped by the next script that looks at
-// them once GATEWAY_SLOT_LEASE_MS has passed.
+// them once GATEWAY_SLOT_LEASE_MS has passed; a live one's entries dropped while it could not renew
+// (a stall, Redis restarted empty) are added again at its next renewal.
 import type { Redis, Result } from 'ioredis';
 import { Limits, resetText, type KeyLimits, type Refusal } from '../admission/limits.js';
 import { ADMIT, RENEW, SETTLE } from './limits-scripts.js';
@@ -35,6 +36,8 @@ interface Hold {
   readonly keyId: string;
   readonly member: string;
   readonly at: number;
+  /** the tokens held (renew() adds the hold back with them if Redis lost it) */
+  readonly tokens: number;
 }
 
 export interface SharedLimitsOptions {
@@ -140,7 +143,7 @@ export class SharedLimits {
               : l.concurrency;
       return { refusal: { limit, max: max ?? 0, retryAfter: Math.max(1, Math.ceil(retryMs / 1000)) }, headers, end: noop };
     }
-    if (hold > 0) this.#holds.set(requestId, { keyId, member, at: Date.now() });
+    if (hold > 0) this.#holds.set(requestId, { keyId, member, at: Date.now(), tokens: hold });
     if (l.concurrency === null) return { refusal: undefined, headers, end: noop };
     this.#active.set(member, active);
     let done = false;
@@ -197,21 +200,24 @@ export class SharedLimits {
     return this.#active.size + this.#holds.size;
   }
 
-  /** Renews every live entry of this process: one call. */
+  /**
+   * Renews every live entry of this process: one call. An entry Redis dropped meanwhile (this
+   * process stalled past its lease, Redis restarted) is added again: its request still runs.
+   */
   async renew(): Promise<void> {
     if (this.#active.size === 0 && this.#holds.size === 0) return;
     const keys: string[] = [];
-    const members: string[] = [];
+    const args: (string | number)[] = [];
     for (const [member, zset] of this.#active) {
       keys.push(zset);
-      members.push(member);
+      args.push(member, '');
     }
     for (const hold of this.#holds.values()) {
       keys.push(this.#key(hold.keyId, 'held'), this.#key(hold.keyId, 'heldtok'));
-      members.push(hold.member, '');
+      args.push(hold.member, '', hold.member, hold.tokens);
     }
     try {
-      await this.#client.gatewayLimitsRenew(keys.length, ...keys, this.leaseMs, ...members);
+      await this.#client.gatewayLimitsRenew(keys.length, ...keys, this.leaseMs, ...args);
     } catch (err) {
       this.#onError(err as Error, 'renew');
     }

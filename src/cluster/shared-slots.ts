@@ -82,6 +82,8 @@ export class SharedScheduler implements SlotQueue {
   #urls: string[] = [];
   readonly #tick: NodeJS.Timeout;
   #closed = false;
+  /** renewals in a row that got no answer */
+  #renewFailures = 0;
 
   constructor(opts: SharedSlotsOptions) {
     this.#local = new Scheduler(opts);
@@ -345,6 +347,7 @@ export class SharedScheduler implements SlotQueue {
     }
     this.#call('renew', '', running.join('\n'), waiting.join('\n')).then(
       (lines) => {
+        this.#renewFailures = 0;
         for (const line of lines) {
           const [id = '', what, url = ''] = line.split('\t');
           const seat = this.#seats.get(id);
@@ -357,7 +360,13 @@ export class SharedScheduler implements SlotQueue {
           }
         }
       },
-      () => {}, // the link says when Redis is down; leases expire by themselves
+      () => {
+        // No answer within the command timeout while the connection stays open (a partition
+        // without a reset, a hung Redis): the link stays up, no grant comes, and the waiters' places
+        // expire in Redis. Twice in a row: they go on as if Redis were down (local, or refused),
+        // instead of waiting out the queue deadline. Leases expire by themselves.
+        if (++this.#renewFailures === 2) this.#down();
+      },
     );
   }
 

@@ -18,6 +18,12 @@ import { PgKeyFeed } from './pg-key-feed.js';
 export const KEY_CHANNEL = 'llmgw_keys';
 
 const NOTIFY = `SELECT pg_notify('${KEY_CHANNEL}', current_schema())`;
+/**
+ * PostgreSQL's TEXT cannot hold a NUL, which SQLite's takes (a note is any text): a NUL written is
+ * U+FFFD (as usage/pg-usage-store.ts and `db migrate-to` do), and one in a name or id asked for
+ * names no key (names refuse it, ids are ours) instead of failing as "database unusable".
+ */
+const fitText = (v: unknown): unknown => (typeof v === 'string' && v.includes('\u0000') ? v.replaceAll('\u0000', '\ufffd') : v);
 const BY_ID_OR_NAME = 'SELECT * FROM keys WHERE id = $1 OR name = $1';
 const UNIQUE_VIOLATION = '23505';
 
@@ -64,6 +70,7 @@ export class PgKeyStore implements KeyRepository {
   }
 
   async find(idOrName: string): Promise<StoredKey | undefined> {
+    if (idOrName.includes('\u0000')) return undefined;
     const row = (await this.#query(BY_ID_OR_NAME, [idOrName]))[0];
     return row === undefined ? undefined : fromRow(row);
   }
@@ -78,7 +85,7 @@ export class PgKeyStore implements KeyRepository {
     const { key, row } = newKeyRow(input, now);
     const columns = Object.keys(row);
     const sql = `INSERT INTO keys (${columns.join(', ')}) VALUES (${columns.map((_, i) => `$${i + 1}`).join(', ')}) RETURNING *`;
-    const stored = await this.#write(async (c) => (await c.query<KeyRow>(sql, Object.values(row))).rows[0]!, row.name);
+    const stored = await this.#write(async (c) => (await c.query<KeyRow>(sql, Object.values(row).map(fitText))).rows[0]!, row.name);
     return { record: publicRecord(fromRow(stored)), key };
   }
 
@@ -88,8 +95,12 @@ export class PgKeyStore implements KeyRepository {
       const columns = changedColumns(current, changes, now);
       if (columns.size === 0) return null;
       const sets = [...columns.keys()].map((column, i) => `${column} = $${i + 2}`);
-      return (await c.query<KeyRow>(`UPDATE keys SET ${sets.join(', ')} WHERE id = $1 RETURNING *`, [current.id, ...columns.values()]))
-        .rows[0]!;
+      return (
+        await c.query<KeyRow>(`UPDATE keys SET ${sets.join(', ')} WHERE id = $1 RETURNING *`, [
+          current.id,
+          ...[...columns.values()].map(fitText),
+        ])
+      ).rows[0]!;
     }, String(changes.name));
     return row === null ? publicRecord(await this.get(idOrName)) : publicRecord(fromRow(row));
   }
@@ -164,6 +175,7 @@ export class PgKeyStore implements KeyRepository {
 
 /** The key by id or name, locked until the transaction ends (a change is computed from it). */
 async function lockedKey(c: pg.PoolClient, idOrName: string): Promise<StoredKey> {
+  if (idOrName.includes('\u0000')) throw notFound(idOrName);
   const row = (await c.query<KeyRow>(`${BY_ID_OR_NAME} FOR UPDATE`, [idOrName])).rows[0];
   if (row === undefined) throw notFound(idOrName);
   return fromRow(row);

@@ -25,22 +25,20 @@
 //            (GATEWAY_AFFINITY; upstreams/affinity.ts), when its model has several servers.
 //   light    token counting waits in a queue of its own (GATEWAY_LIGHT_SLOTS), same rules, so it
 //            never waits behind generations.
+//
+// Over 400 lines on purpose: the admit hook is one callback whose order (limits, budgets, queue,
+// affinity) is the admission rule, and it re-enters itself (resume) with how far it got after an
+// await (Redis, a budget's seed); split, that order and the states it resumes with would be read
+// apart. What stands alone lives beside it: the wait for a slot (admission/slot-wait.ts) and the
+// Redis branches (cluster/shared-admit.ts, cluster/shared-budgets-admit.ts).
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import {
-  KEY_QUEUE_FULL,
-  MODEL_LOADING,
-  QUEUE_FULL,
-  QUEUE_TIMEOUT,
-  RATE_LIMITED,
-  SHARED_STATE_UNAVAILABLE,
-  TOO_MANY_TASKS,
-  type GatewayError,
-} from '../errors.js';
+import { KEY_QUEUE_FULL, QUEUE_FULL, RATE_LIMITED, SHARED_STATE_UNAVAILABLE } from '../errors.js';
 import type { Config } from '../config.js';
 import { MemoryCounters } from '../admission/counters.js';
-import { FairQueue, QueueFull, QueueLeft, TooManyTasks, type Ticket as LightTicket } from '../admission/fair-queue.js';
-import { Placement, failoverFor, lightServer, startPings } from '../admission/placement.js';
+import { FairQueue, QueueFull, TooManyTasks } from '../admission/fair-queue.js';
+import { Placement, failoverFor, lightServer } from '../admission/placement.js';
+import { QUEUE_FULL_RETRY_S, slotWaiter, taskCount, tooManyTasks } from '../admission/slot-wait.js';
 import { Scheduler, type SlotQueue, type Ticket } from '../admission/scheduler.js';
 import { SharedScheduler } from '../cluster/shared-slots.js';
 import type { Failover } from '../proxy/upstream.js';
@@ -50,19 +48,15 @@ import type { RouteKind } from '../usage/exchange.js';
 import { Limits } from '../admission/limits.js';
 import { Budgets, budgetError } from '../admission/budgets.js';
 import { SHARED_DOWN_RETRY_S, SharedCounting } from '../cluster/shared-counting.js';
-import { DECIDED, LOCAL, WAITING, sharedLimitsFor, type Hook, type Via } from '../cluster/shared-admit.js';
+import { BUDGETED, BUDGET_LOCAL, DECIDED, LOCAL, WAITING, sharedLimitsFor, type Hook, type Via } from '../cluster/shared-admit.js';
+import { sharedBudgetsFor } from '../cluster/shared-budgets-admit.js';
 import { NO_ALERTS } from '../alerts/events.js';
 import { hasBudgets } from '../keys/key-budgets.js';
 import { Calendar } from '../usage/calendar.js';
 import { budgetSeeder, budgetUserSeeder } from '../usage/pg-usage-store.js';
 import { reserveFor } from '../admission/token-estimate.js';
 import type { JsonBody } from '../proxy/json-body.js';
-import { sseErrorEvent } from '../proxy/sse-tap.js';
-import { countField } from '../usage/estimate.js';
-import { tasksOf } from '../usage/exchange.js';
 
-const QUEUE_FULL_RETRY_S = 5;
-const QUEUE_TIMEOUT_RETRY_S = 10;
 /**
  * A client left a non-streamed request llama-server is running: its slot stays taken this long.
  * llama-server notices a closed non-streamed request only by polling about once a second (a
@@ -149,6 +143,13 @@ export default fp(
             leaseMs: config.slotLeaseMs,
             whenDown: config.redisDown,
             log: app.log,
+            budgets: {
+              calendar: budgets.calendar,
+              warnAt: config.budgetWarnAt,
+              seed: budgetSeeder(app.usageStore, app.usage),
+              seedUsers: budgetUserSeeder(app.usageStore, app.usage),
+              alerts: () => (app.hasDecorator('alerts') ? app.alerts : NO_ALERTS),
+            },
           });
     app.decorate('sharedCounting', shared);
     // A request's usage record settles the tokens its key held for it with the real ones.
@@ -157,7 +158,10 @@ export default fp(
       const tokens = (r.promptTokens ?? 0) + (r.completionTokens ?? 0);
       limits.settle(r.keyId, r.requestId, tokens, Date.now());
       budgets.settle(r.requestId, r.keyId, r.endUser ?? null, r.ts, tokens);
-      if (shared !== null) void shared.limits.settle(r.keyId, r.requestId, tokens);
+      if (shared !== null) {
+        void shared.limits.settle(r.keyId, r.requestId, tokens);
+        void shared.budgets.settle(r.requestId, r.keyId, r.endUser ?? null, r.ts, tokens);
+      }
     });
     const sweep = setInterval(() => {
       const now = Date.now();
@@ -165,6 +169,7 @@ export default fp(
       limits.sweep(now, HOLD_MAX_AGE_MS);
       budgets.sweep(now, HOLD_MAX_AGE_MS);
       shared?.limits.sweep(now, HOLD_MAX_AGE_MS);
+      shared?.budgets.sweep(now, HOLD_MAX_AGE_MS);
     }, COUNTER_SWEEP_MS);
     sweep.unref();
 
@@ -247,21 +252,6 @@ const PROMPT_ONLY = new Set(['/v1/embeddings', '/v1/rerank']);
  */
 const UPLOAD_HOLD_TOKENS = 16_384;
 
-/**
- * How many llama-server tasks a request runs at once, so how many slots it takes: one per prompt
- * of a /v1/completions prompt array (counted as llama-server splits it: promptsOf), times `n`
- * (chat and completions). Allocates nothing for the usual body (a string prompt, no n).
- */
-function taskCount(url: string | undefined, json: Record<string, unknown>): number {
-  if (url === '/v1/completions') return tasksOf('completions', json);
-  return url === '/v1/chat/completions' ? tasksOf('chat', json) : 1;
-}
-
-/** The 400 for a request with more tasks than its key may run: names `n` when it asks for several choices. */
-function tooManyTasks(err: TooManyTasks, json: Record<string, unknown> | undefined): GatewayError {
-  return TOO_MANY_TASKS(err.tasks, err.max, (countField(json?.n) ?? 1) > 1 ? 'n' : 'prompt');
-}
-
 /** The authenticated scope's preHandler: limits, budgets, then a turn in the fair queue. */
 export const admit = fp(
   async function admitPlugin(app: FastifyInstance, opts: AdmitOptions) {
@@ -282,10 +272,14 @@ export const admit = fp(
       set.onChange((node) => {
         if (node.state === 'down' || node.state === 'loading') affinity.forget(node.index);
       });
-    const accounting = app.usageAccounting;
     // Usage records settle token holds (GATEWAY_USAGE=on); else a hold ends with its response.
     const settledByRecords = app.usage !== null;
-    const pingMs = opts.pingMs ?? DEFAULT_QUEUE_PING_MS;
+    const waitForSlot = slotWaiter({
+      pingMs: opts.pingMs ?? DEFAULT_QUEUE_PING_MS,
+      queueTimeoutMs,
+      maxQueuePerKey,
+      accounting: app.usageAccounting,
+    });
     const shared = app.sharedCounting;
     /**
      * Requests that come back into the hook after an await (a Redis script, a budget's seed being
@@ -306,6 +300,8 @@ export const admit = fp(
 
     // A key's limits in Redis (GATEWAY_REDIS_URL): cluster/shared-admit.ts.
     const sharedLimits = shared === null ? null : sharedLimitsFor(shared, holdFor, settledByRecords, resume);
+    // A key's budgets in Redis: cluster/shared-budgets-admit.ts.
+    const sharedBudgets = shared === null ? null : sharedBudgetsFor(shared, shared.budgets, settledByRecords, resume);
 
     // A callback hook: the common case (no limit refuses, a slot is free) finishes synchronously,
     // without a promise, a microtask hop or a ping timer per request. Only a request that has to
@@ -356,28 +352,40 @@ export const admit = fp(
       if (key.budgets !== null && hasBudgets(key.budgets)) {
         const work = queued === true;
         const tokens = work && body !== undefined ? (hold ??= holdFor(body, route.url)) : 0;
-        const check = budgets.admit(key, request.endUser ?? null, request.id, tokens, Date.now(), work);
-        if (check.pending !== undefined) {
-          // A count still being read from the usage table (PostgreSQL): decide once it is there.
-          check.pending.then(
-            () => resume(request, reply, done, admitHook, DECIDED),
-            (err: Error) => {
-              request.log.error({ error: err.message }, "a budget's count could not be read from the usage table");
-              reply.header('retry-after', String(SHARED_DOWN_RETRY_S));
-              done(SHARED_STATE_UNAVAILABLE);
-            },
-          );
-          return;
-        }
-        reply.headers(check.headers);
-        if (check.refusal !== undefined) {
-          reply.header('retry-after', String(check.refusal.retryAfter));
-          return done(budgetError(check.refusal));
-        }
-        if (tokens > 0 && !settledByRecords) {
-          if (!warnedNoUsage) request.log.warn('GATEWAY_USAGE is off: token budgets hold requests but count nothing');
-          warnedNoUsage = true;
-          res.once('close', () => budgets.release(request.id));
+        // With Redis the budgets count there, for every gateway: a script away, then back here (BUDGETED).
+        const via =
+          back === undefined || back < BUDGETED
+            ? sharedBudgets === null
+              ? LOCAL
+              : sharedBudgets(request, reply, done, admitHook, key, tokens, work)
+            : back === BUDGET_LOCAL
+              ? LOCAL
+              : DECIDED;
+        if (via === WAITING) return;
+        if (via === LOCAL) {
+          const check = budgets.admit(key, request.endUser ?? null, request.id, tokens, Date.now(), work);
+          if (check.pending !== undefined) {
+            // A count still being read from the usage table (PostgreSQL): decide once it is there.
+            check.pending.then(
+              () => resume(request, reply, done, admitHook, BUDGET_LOCAL),
+              (err: Error) => {
+                request.log.error({ error: err.message }, "a budget's count could not be read from the usage table");
+                reply.header('retry-after', String(SHARED_DOWN_RETRY_S));
+                done(SHARED_STATE_UNAVAILABLE);
+              },
+            );
+            return;
+          }
+          reply.headers(check.headers);
+          if (check.refusal !== undefined) {
+            reply.header('retry-after', String(check.refusal.retryAfter));
+            return done(budgetError(check.refusal));
+          }
+          if (tokens > 0 && !settledByRecords) {
+            if (!warnedNoUsage) request.log.warn('GATEWAY_USAGE is off: token budgets hold requests but count nothing');
+            warnedNoUsage = true;
+            res.once('close', () => budgets.release(request.id));
+          }
         }
       }
 
@@ -439,55 +447,6 @@ export const admit = fp(
         done();
       }, done);
     });
-
-    async function waitForSlot(
-      request: FastifyRequest,
-      reply: FastifyReply,
-      ticket: Ticket | LightTicket,
-      keyName: string,
-      light: boolean,
-    ): Promise<void> {
-      const res = reply.raw;
-      // A stream that waits long starts early: 200 and SSE headers, then a comment line every
-      // pingMs, so proxies (Cloudflare: ~100 s) keep the connection. The proxy then continues it.
-      // (Light calls answer JSON even when their body says stream: true.)
-      const streamed = !light && (request.body as JsonBody | undefined)?.json.stream === true;
-      const ping = streamed ? startPings(reply, pingMs) : undefined;
-      try {
-        await ticket.admitted;
-      } catch (err) {
-        if (err instanceof QueueLeft) {
-          request.log.info({ key: keyName }, 'client left while waiting for a slot; never sent upstream');
-          accounting?.leftQueue(request);
-          reply.hijack(); // nobody to answer
-          return;
-        }
-        // Timed out, or llama-server now has too few slots for this request's tasks; with shared
-        // slots also: the key's line is full across the gateways, or Redis failed (=refuse).
-        const json = (request.body as JsonBody | undefined)?.json;
-        const timeout =
-          err instanceof TooManyTasks
-            ? tooManyTasks(err, json)
-            : err instanceof QueueFull
-              ? err.scope === 'key'
-                ? KEY_QUEUE_FULL(maxQueuePerKey)
-                : QUEUE_FULL
-              : err === SHARED_STATE_UNAVAILABLE
-                ? SHARED_STATE_UNAVAILABLE
-                : (request.target?.nodes.every((n) => n.state === 'loading') ?? false)
-                  ? MODEL_LOADING(queueTimeoutMs)
-                  : QUEUE_TIMEOUT(queueTimeoutMs);
-        if (res.headersSent) {
-          res.end(sseErrorEvent(request.routeOptions.url?.startsWith('/v1/messages') === true ? 'anthropic' : 'openai', timeout));
-          return;
-        }
-        if (err instanceof QueueFull) reply.header('retry-after', String(QUEUE_FULL_RETRY_S));
-        else if (!(err instanceof TooManyTasks)) reply.header('retry-after', String(QUEUE_TIMEOUT_RETRY_S));
-        throw timeout;
-      } finally {
-        clearInterval(ping);
-      }
-    }
   },
   { name: 'admit', fastify: '5.x', dependencies: ['admission', 'check-key'] },
 );

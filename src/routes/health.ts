@@ -10,10 +10,10 @@
 //     502 down      some model has no ready or loading server (nothing answers for it)
 //   A server whose models are not known yet (it never answered) counts as a model of its own.
 //   With GATEWAY_REDIS_URL, also "redis": {"state": "up"|"down", "since", "error" (while down),
-//   "downs", "when_down": "local"|"refuse", "decided_locally"} (never its URL). `status` and the
-//   code stay about the llama-servers: a gateway whose Redis is down still serves (local), or
-//   refuses like every other gateway on that Redis would (refuse), so taking it out of a load
-//   balancer's rotation helps nothing.
+//   "downs", "when_down": "local"|"refuse", "decided_locally"} (never its URL, nor its address in
+//   the error: "connect ECONNREFUSED"). `status` and the code stay about the llama-servers: a
+//   gateway whose Redis is down still serves (local), or refuses like every other gateway on that
+//   Redis would (refuse), so taking it out of a load balancer's rotation helps nothing.
 import type { FastifyInstance } from 'fastify';
 import type { UpstreamNode, UpstreamSet } from '../upstreams/upstream-set.js';
 
@@ -51,6 +51,20 @@ function healthStatus(set: UpstreamSet): Status {
   return worst;
 }
 
+/**
+ * The Redis status with its error told without where Redis is: this route is public, and the
+ * driver's socket errors name the host and port ("connect ECONNREFUSED 10.0.0.5:6379"). What went
+ * wrong is kept (the syscall and its code, the server's own answer).
+ */
+function withoutAddress(status: Record<string, unknown>): Record<string, unknown> {
+  const error = status.error;
+  if (typeof error !== 'string') return status;
+  const told = error
+    .replace(/^(\w+ E[A-Z_]+)\b.*$/s, '$1')
+    .replace(/\[[0-9a-f:.]+\](?::\d+)?|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b|\b[\w-]+(?:\.[\w-]+)+:\d+\b/gi, '(address)');
+  return { ...status, error: told };
+}
+
 export default async function healthRoutes(app: FastifyInstance): Promise<void> {
   const set = app.upstreams;
   const shared = app.hasDecorator('sharedCounting') ? app.sharedCounting : null;
@@ -67,7 +81,7 @@ export default async function healthRoutes(app: FastifyInstance): Promise<void> 
     const body = JSON.stringify({
       status,
       upstreams: set.nodes.map((n) => ({ name: n.name, state: n.state, slots: n.slots })),
-      ...(shared === null ? {} : { redis: shared.status() }),
+      ...(shared === null ? {} : { redis: withoutAddress(shared.status()) }),
     });
     return reply.code(CODE[status]).header('content-type', JSON_TYPE).send(body);
   });

@@ -31,6 +31,12 @@ const PRUNE_EVERY_MS = 86_400_000;
 const SUFFIX = '.jsonl';
 /** A file that can never be written (unreadable, or PostgreSQL refuses its data) is renamed to this, kept for a person. */
 const SET_ASIDE = '.rejected';
+/**
+ * At shutdown an insert PostgreSQL has not answered within this is given up: its batch is spooled
+ * (the insert may still commit: the batch id makes the next run's replay write nothing). Without
+ * it a hung PostgreSQL held the shutdown for its query timeout (12 s), past PM2's kill.
+ */
+const CLOSE_WAIT_MS = 2000;
 /** A .tmp older than this is a write that never finished (a write takes milliseconds). */
 const STALE_TMP_MS = 60_000;
 
@@ -108,6 +114,10 @@ export class SpoolingWriter {
   #prune: NodeJS.Timeout | undefined;
   #delay = RETRY_MIN_MS;
   #closing = false;
+  /** rejects CLOSE_WAIT_MS after close() is called: what an insert in flight is raced against */
+  readonly #giveUp: Promise<never>;
+  #giveUpSoon!: () => void;
+  #giveUpTimer: NodeJS.Timeout | undefined;
   #dirMade = false;
   /** records in spool files now */
   spooledRecords = 0;
@@ -124,6 +134,17 @@ export class SpoolingWriter {
     this.#store = opts.store;
     this.#dir = opts.dir;
     this.#log = opts.log;
+    this.#giveUp = new Promise<never>((_, reject) => {
+      this.#giveUpSoon = () => {
+        this.#giveUpTimer = setTimeout(() => reject(new Error('shutting down: PostgreSQL did not answer in time')), CLOSE_WAIT_MS);
+      };
+    });
+    this.#giveUp.catch(() => {});
+  }
+
+  /** insertBatch, given up CLOSE_WAIT_MS into shutdown. */
+  #insert(rows: readonly UsageColumns[], id: string): Promise<boolean> {
+    return Promise.race([this.#store.insertBatch(rows, id), this.#giveUp]);
   }
 
   /** Files waiting now. */
@@ -178,7 +199,7 @@ export class SpoolingWriter {
       try {
         if (this.#spooled.length === 0) {
           try {
-            await this.#store.insertBatch(batch.rows, batch.id);
+            await this.#insert(batch.rows, batch.id);
             return;
           } catch (err) {
             this.#log.error(
@@ -229,11 +250,13 @@ export class SpoolingWriter {
 
   /** Waits for every batch handed over (inserted or spooled); what is spooled stays for the next run. */
   async close(): Promise<void> {
+    if (!this.#closing) this.#giveUpSoon();
     this.#closing = true;
     if (this.#retry !== undefined) clearTimeout(this.#retry);
     if (this.#prune !== undefined) clearInterval(this.#prune);
     this.#retry = undefined;
     await this.#chain;
+    clearTimeout(this.#giveUpTimer);
     if (this.#spooled.length > 0)
       this.#log.warn(
         { batches: this.#spooled.length, records: this.spooledRecords, folder: this.#dir },
@@ -309,7 +332,7 @@ export class SpoolingWriter {
     const refused: UsageColumns[] = [];
     for (let i = 0; i < rows.length; i++) {
       try {
-        await this.#store.insertBatch([rows[i]!], `${id}.${i}`);
+        await this.#insert([rows[i]!], `${id}.${i}`);
       } catch (err) {
         if (!refusedForGood(err)) return null;
         refused.push(rows[i]!);
@@ -368,7 +391,7 @@ export class SpoolingWriter {
       return this.#next();
     }
     try {
-      if (!(await this.#store.insertBatch(rows, head.id)))
+      if (!(await this.#insert(rows, head.id)))
         this.#log.warn({ file: head.file }, 'spooled usage batch was already in PostgreSQL: not written twice');
       else this.replayedTotal += rows.length;
     } catch (err) {

@@ -8,8 +8,9 @@ import t from 'tap';
 import { migratePg, pgPool } from '../../src/storage/pg.js';
 import { PgUsageStore, type UsageColumns } from '../../src/usage/pg-usage-store.js';
 import { SpoolingWriter } from '../../src/usage/spool.js';
-import { tempDir, until, usageRecord } from '../helpers.js';
-import { pgSchema } from './harness.js';
+import { startFakeLlama } from '../fixtures/fake-llama.js';
+import { KEY_A, tempDir, until, usageRecord, within } from '../helpers.js';
+import { pgSchema, startGatewayProcess } from './harness.js';
 
 function quietLog(): { lines: string[]; info: (o: object, m: string) => void; warn: (o: object, m: string) => void; error: (o: object, m: string) => void } {
   const lines: string[] = [];
@@ -122,4 +123,60 @@ t.test("a gateway starting on a spool folder another process uses (PM2 cluster: 
   await again.start();
   t.teardown(() => again.close());
   t.notOk(existsSync(old), 'an old unfinished file is removed');
+});
+
+t.test("end to end: a key holder's request naming a model with a NUL reaches the usage batch; no other row is lost", async (t) => {
+  const url = await pgSchema(t);
+  const fake = await startFakeLlama();
+  t.teardown(() => fake.close());
+  const dir = tempDir(t);
+  const gw = await startGatewayProcess(t, 0, {
+    LLM_API_KEYS: KEY_A,
+    LLM_UPSTREAM: fake.url,
+    GATEWAY_DATABASE_URL: url,
+    GATEWAY_DB: join(dir, 'gateway.db'),
+    GATEWAY_USAGE_SPOOL: join(dir, 'spool'),
+  });
+  const post = (model: string): Promise<number> =>
+    fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${KEY_A}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ model, messages: [{ role: 'user', content: 'hi' }], max_tokens: 4 }),
+    }).then(async (r) => {
+      await r.arrayBuffer();
+      return r.status;
+    });
+  // Sent together: one flush, one batch, the bad record among the good ones.
+  await Promise.all([post('m'), post('m'), post('evil\u0000'), post('m'), post('m')]);
+  const pool = pgPool(url, { max: 1 });
+  t.teardown(() => pool.end());
+  const n = async (): Promise<number> =>
+    (await pool.query<{ n: number }>('SELECT count(*)::bigint AS n FROM usage').catch(() => ({ rows: [{ n: -1 }] }))).rows[0]!.n;
+  await until('five rows in PostgreSQL', async () => ((await n()) === 5 ? true : undefined), 10_000);
+  const models = (await pool.query<{ model: string }>('SELECT model FROM usage')).rows.map((r) => r.model);
+  t.ok(
+    models.some((m) => m.startsWith('evil')),
+    "the body's model reached the record (it is the client's string): " + JSON.stringify(models),
+  );
+  t.same(files(join(dir, 'spool'), '.rejected'), [], 'nothing set aside');
+});
+
+t.test('shutdown while PostgreSQL hangs on a batch: the batch goes to the spool soon, not after the query timeout (PM2 kills)', async (t) => {
+  let hung = 0;
+  const store = {
+    insertBatch: (): Promise<boolean> => {
+      hung++;
+      return new Promise<boolean>(() => {}); // a PostgreSQL that accepted the query and never answers
+    },
+    pruneBatches: () => Promise.resolve(),
+  };
+  const dir = join(tempDir(t), 'spool');
+  const writer = new SpoolingWriter({ store, dir, log: quietLog() });
+  await writer.start();
+  const written = writer.write([usageRecord(1), usageRecord(2)]);
+  await until('insert in flight', () => hung === 1);
+  await within(writer.close(), 8000, 'close');
+  await within(written, 1000, 'the write');
+  t.equal(files(dir, '.jsonl').length, 1, 'the batch is on disk for the next run (its id: written once even if the insert commits late)');
+  t.equal(writer.spooledRecords, 2);
 });

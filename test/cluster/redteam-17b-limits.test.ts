@@ -1,0 +1,164 @@
+// Red team, issue 17 (part b): per-key limits counted in Redis and the shared failed-auth brake,
+// attacked as a client, an operator and a flaky network would: what a request holds in Redis after
+// its client leaves at each stage, what a Redis restart or a stalled gateway does to the entries of
+// requests still running, and whether every key written expires.
+import t from 'tap';
+import http from 'node:http';
+import { Redis } from 'ioredis';
+import { SharedLimits } from '../../src/cluster/shared-limits.js';
+import type { KeyLimits } from '../../src/admission/limits.js';
+import { AUTH_A, chatBody, freePort, sleep, startGateway, until, type Teardown } from '../helpers.js';
+import { REDIS_URL, redisPrefix, startRedis } from './harness.js';
+
+const NONE: KeyLimits = { rpm: null, tpm: null, tpd: null, concurrency: null };
+
+function client(t: Teardown, url = REDIS_URL): Redis {
+  const c = new Redis(url, { maxRetriesPerRequest: 0, retryStrategy: () => 50 });
+  c.on('error', () => {});
+  t.teardown(() => c.disconnect());
+  return c;
+}
+
+function sharedLimits(t: Teardown, prefix: string, gatewayId: string, leaseMs: number, c: Redis): SharedLimits {
+  const s = new SharedLimits({ client: c, prefix, gatewayId, leaseMs });
+  t.teardown(() => s.close());
+  return s;
+}
+
+t.test('Redis restarted (its data lost) while a request runs: the running request still counts for concurrency', async (t) => {
+  const redis = await startRedis(t);
+  const prefix = redisPrefix();
+  const lease = 600;
+  const ca = client(t, redis.url);
+  const cb = client(t, redis.url);
+  const a = sharedLimits(t, prefix, 'gwA', lease, ca);
+  const b = sharedLimits(t, prefix, 'gwB', lease, cb);
+  a.start();
+  const conc = { ...NONE, concurrency: 1 };
+  const tokens = { ...NONE, tpm: 1000 };
+  t.equal((await a.admit('k', conc, 'r1', 0)).refusal, undefined, 'a long stream runs on gateway A');
+  t.equal((await a.admit('t', tokens, 'r2', 1000)).refusal, undefined, 'a generation holding all 1000 tokens runs on A');
+  await redis.stop();
+  await redis.start(); // empty: a restart without persistence, a failover to an empty replica
+  await until('both clients are back', () => ca.status === 'ready' && cb.status === 'ready');
+  await sleep(lease * 2); // A renews (every lease/3) meanwhile
+  t.match(
+    (await b.admit('k', conc, 'x', 0)).refusal,
+    { limit: 'concurrent requests' },
+    "B refuses a 2nd request of a concurrency-1 key: A's request still runs",
+  );
+  t.match((await b.admit('t', tokens, 'y', 200)).refusal, { limit: 'tokens per minute' }, "A's hold of 1000 still counts");
+});
+
+t.test('a gateway that stalled past its lease: its running requests count again at its next renewal', async (t) => {
+  const prefix = redisPrefix();
+  const lease = 400;
+  const a = sharedLimits(t, prefix, 'gwA', lease, client(t));
+  const b = sharedLimits(t, prefix, 'gwB', lease, client(t));
+  const conc = { ...NONE, concurrency: 1 };
+  t.equal((await a.admit('k', conc, 'r1', 0)).refusal, undefined);
+  await sleep(lease * 2); // A's event loop stalled: no renewal
+  const x = await b.admit('k', conc, 'x', 0);
+  t.equal(x.refusal, undefined, 'meanwhile B cannot know it runs');
+  x.end(); // (its ZREM goes before the next call on B's connection)
+  await a.renew(); // A is back and renews its live entries
+  t.match((await b.admit('k', conc, 'y', 0)).refusal, { limit: 'concurrent requests' }, 'counted again: the excess drains');
+});
+
+/** A streaming chat request left by its client after `afterMs` (or once the first byte arrives). */
+function leaveAfter(port: number, afterMs: number, onFirstByte = false): Promise<void> {
+  return new Promise((resolve) => {
+    const req = http.request({
+      host: '127.0.0.1',
+      port,
+      method: 'POST',
+      path: '/v1/chat/completions',
+      headers: { ...AUTH_A, 'content-type': 'application/json' },
+      agent: false,
+    });
+    const leave = (): void => {
+      req.destroy();
+      resolve();
+    };
+    req.on('error', () => resolve());
+    req.on('response', (res) => {
+      res.on('error', () => {});
+      if (onFirstByte) res.once('data', leave);
+    });
+    if (!onFirstByte) setTimeout(leave, afterMs);
+    req.end(chatBody({ stream: true, max_tokens: 50 }));
+  });
+}
+
+t.test('a client that leaves while queued or mid-stream leaves no hold and no concurrency entry in Redis', async (t) => {
+  const prefix = redisPrefix();
+  const gw = await startGateway(
+    t,
+    { redisUrl: REDIS_URL, redisPrefix: prefix, defaultTpm: 1_000_000, defaultConcurrency: 10, maxInflight: 1 },
+    { chunkDelayMs: 100, slots: 1 },
+  );
+  const shared = gw.app.sharedCounting!;
+  await until('Redis up', () => shared.link.up);
+  const first = leaveAfter(gw.port, 0, true); // takes the one slot, leaves mid-stream
+  await until('the first holds the slot', () => gw.fake.busySlots() === 1);
+  const queued = leaveAfter(gw.port, 300); // waits for the slot, leaves while queued
+  await Promise.all([first, queued]);
+  t.ok(gw.fake.maxBusySeen >= 1, 'the first reached llama-server');
+  await until('nothing held in this process', () => shared.limits.live === 0, 10_000);
+  const c = client(t);
+  await until(
+    'nothing held in Redis',
+    async () => {
+      const keys = await c.keys(`${prefix}lim:*`);
+      let n = 0;
+      for (const k of keys)
+        n += k.endsWith('heldtok') ? await c.hlen(k) : k.endsWith(':active') || k.endsWith(':held') ? await c.zcard(k) : 0;
+      return n === 0;
+    },
+    10_000,
+  );
+});
+
+t.test('every key written under the prefix by a gateway run (limits and brake) expires', async (t) => {
+  const prefix = redisPrefix();
+  const gw = await startGateway(t, {
+    redisUrl: REDIS_URL,
+    redisPrefix: prefix,
+    defaultRpm: 100,
+    defaultTpm: 1_000_000,
+    defaultTpd: 10_000_000,
+    defaultConcurrency: 10,
+    trustProxy: true,
+    authFailLimit: 2,
+  });
+  await until('Redis up', () => gw.app.sharedCounting!.link.up);
+  const post = (headers: Record<string, string>): Promise<Response> =>
+    fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...headers },
+      body: chatBody(),
+    });
+  t.equal((await post(AUTH_A)).status, 200);
+  for (let i = 0; i < 3; i++) await post({ authorization: 'Bearer sk-wrong', 'cf-connecting-ip': '198.51.100.9' });
+  const c = client(t);
+  await until('the brake wrote its keys', async () => (await c.keys(`${prefix}brake:*`)).length > 0);
+  const keys = await c.keys(`${prefix}*`);
+  t.ok(keys.length > 0);
+  for (const k of keys) {
+    const ttl = await c.pttl(k);
+    t.ok(ttl > 0, `${k.slice(prefix.length)} expires (${ttl} ms)`);
+  }
+});
+
+t.test("the public /health says why Redis is down without saying where it is (as it names llama-servers, never their URLs)", async (t) => {
+  const port = await freePort();
+  const gw = await startGateway(t, { redisUrl: `redis://:sekret-pw@127.0.0.1:${port}`, redisPrefix: redisPrefix() });
+  const health = await until('the error is told', async () => {
+    const body = (await (await fetch(`${gw.url}/health`)).json()) as { redis: { state: string; error?: string } };
+    return body.redis.error === undefined ? undefined : body;
+  });
+  t.equal(health.redis.state, 'down');
+  t.comment(health.redis.error);
+  t.notMatch(health.redis.error, new RegExp(`127\\.0\\.0\\.1|${port}|sekret`), 'neither its host, its port nor its password');
+  t.match(health.redis.error, /ECONNREFUSED|refused/i, 'but why');
+});
