@@ -10,6 +10,7 @@ import type { ParseArgsConfig } from 'node:util';
 import type Database from 'better-sqlite3';
 import type pg from 'pg';
 import { ConfigError, SETTINGS, readSetting } from '../config.js';
+import { KEY_CHANNEL } from '../keys/pg-key-store.js';
 import { openDatabase } from '../storage/db.js';
 import { PostgresUnusable, describePgError, migratePg, pgPool } from '../storage/pg.js';
 import { Failure, UsageError, commandLine, dbPath, run } from './common.js';
@@ -90,6 +91,8 @@ async function migrateTo(file: Database.Database, pool: pg.Pool, force: boolean)
     const copied = { keys: await copyTable(file, client, 'keys'), usage: await copyTable(file, client, 'usage') };
     // The ids were given; the next one PostgreSQL makes follows the largest.
     await client.query(`SELECT setval(pg_get_serial_sequence('usage', 'id'), coalesce((SELECT max(id) FROM usage), 0) + 1, false)`);
+    // Gateways already on this database (--force) reload their keys at the commit, as for any change.
+    await client.query('SELECT pg_notify($1, current_schema())', [KEY_CHANNEL]);
     await client.query('COMMIT');
     return copied;
   } catch (err) {

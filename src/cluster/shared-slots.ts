@@ -1,3 +1,5 @@
+// (Over 400 lines, kept whole: every state change of a request's seat — enter, grant, leave, renew,
+// fall back — is here, next to the others it races with.)
 // The llama-servers' slots shared by several gateways (issue 17): the fair queue of
 // admission/scheduler.ts over every gateway's requests, in Redis (GATEWAY_REDIS_URL), with the
 // Scheduler's surface (SlotQueue) for admission, failover, /metrics and the admin view.

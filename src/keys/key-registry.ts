@@ -14,6 +14,13 @@ import { KeyStore } from './key-store.js';
 const DEFAULT_POLL_MS = 250;
 /** PostgreSQL: how often last-used times are written (changes are told, not polled). */
 const DEFAULT_PG_FLUSH_MS = 1000;
+/**
+ * PostgreSQL: the keys are read again every this many ticks (30 s) even when nothing was told. A
+ * notification can be lost on a connection that otherwise works (LISTEN behind PgBouncer in
+ * transaction mode, a proxy, a NOTIFY queue full): without this a key revoked elsewhere would stay
+ * accepted here until a reconnect. One `SELECT * FROM keys` per gateway per 30 s.
+ */
+const PG_SAFETY_RELOAD_TICKS = 30;
 
 function entryOf(k: StoredKey): IndexEntry {
   return {
@@ -57,6 +64,8 @@ export class KeyRegistry {
   #flushing: Promise<void> | undefined;
   #stopping: Promise<void> | undefined;
   #log: RegistryLog | undefined;
+  /** ticks since the last reload read for safety (PG_SAFETY_RELOAD_TICKS) */
+  #ticks = 0;
 
   /** With a PostgreSQL store the index holds LLM_API_KEYS only until `await load()`. */
   constructor(envKeys: readonly string[], store?: KeyRepository) {
@@ -171,8 +180,12 @@ export class KeyRegistry {
     if (this.store === undefined) return;
     if (this.#feed !== undefined) {
       // Out of reach: read the keys again each tick (the feed's reconnect reloads too); the first
-      // read that works says it is back.
-      if (this.#down) void this.#reloadSoon();
+      // read that works says it is back. Reachable: read them again every PG_SAFETY_RELOAD_TICKS
+      // anyway (a lost notification).
+      if (this.#down || ++this.#ticks >= PG_SAFETY_RELOAD_TICKS) {
+        this.#ticks = 0;
+        void this.#reloadSoon();
+      }
       void this.flushLastUsed();
       return;
     }

@@ -1,4 +1,6 @@
 // Usage records on their way to PostgreSQL (GATEWAY_DATABASE_URL), never lost while it is down.
+// (Over 400 lines, kept whole: one promise chain orders every insert, spool write and replay, and
+// its invariants — file order, exactly once, budget tallies — are easier checked in one place.)
 //
 // The recorder hands each batch here (off the request path). One chain runs every step in order:
 // a batch is inserted (PgUsageStore.insertBatch, one statement); if that fails (PostgreSQL down,
@@ -373,7 +375,10 @@ export class SpoolingWriter {
 
   async #dropStale(name: string): Promise<void> {
     const path = join(this.#dir, name);
-    const mtime = await stat(path).then((st) => st.mtimeMs, () => null);
+    const mtime = await stat(path).then(
+      (st) => st.mtimeMs,
+      () => null,
+    );
     if (mtime !== null && Date.now() - mtime > STALE_TMP_MS) await unlink(path).catch(() => {});
   }
 
@@ -407,7 +412,8 @@ export class SpoolingWriter {
         }
         this.rejectedTotal += refused.length;
         this.replayedTotal += rows.length - refused.length;
-        if (refused.length > 0) await this.#setAside(head.file, err, refused.length < rows.length ? { id: head.id, rows: refused } : undefined);
+        if (refused.length > 0)
+          await this.#setAside(head.file, err, refused.length < rows.length ? { id: head.id, rows: refused } : undefined);
         else await unlink(join(this.#dir, head.file)).catch(() => {});
         this.#forget(head);
         return this.#next();

@@ -15,7 +15,7 @@ const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const SERVER = join(ROOT, 'dist', 'server.js');
 
 export const REDIS_URL = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
-export const PG_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+const PG_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 
 /** A Redis key prefix no other test uses. */
 export function redisPrefix(): string {
@@ -23,7 +23,7 @@ export function redisPrefix(): string {
 }
 
 /** `url` with search_path set to `schema` (every table the gateway makes lands there). */
-export function withSchema(url: string, schema: string): string {
+function withSchema(url: string, schema: string): string {
   const u = new URL(url);
   u.searchParams.set('options', `-c search_path=${schema}`);
   return u.toString();

@@ -55,7 +55,7 @@ async function gateways(
 
 const REFUSED = new Error('refused: shared state unavailable');
 
-/** A TCP proxy to the machine's Redis that can freeze: connections stay open, nothing passes (a partition without a reset, a hung Redis). */
+/** A TCP proxy to the machine's Redis that can freeze: connections stay open, nothing passes (a partition without reset, a hung Redis). */
 async function freezingProxy(t: Test): Promise<{ url: string; freeze(): void }> {
   const target = new URL(REDIS_URL);
   let frozen = false;
@@ -110,13 +110,17 @@ t.test('leaving at every stage on three gateways leaves no lease, waiter or coun
     };
     all.push(
       (async () => {
-        if (how === 0) ticket.cancel(); // left while its ENTER is in flight
+        if (how === 0)
+          ticket.cancel(); // left while its ENTER is in flight
         else if (how === 1)
-          setTimeout(() => {
-            cancelled = true;
-            end();
-            ticket.cancel(); // left while waiting (or just after its grant)
-          }, 5 + (i % 7) * 3);
+          setTimeout(
+            () => {
+              cancelled = true;
+              end();
+              ticket.cancel(); // left while waiting (or just after its grant)
+            },
+            5 + (i % 7) * 3,
+          );
         try {
           const a = await ticket.admitted;
           if (!cancelled) {
@@ -157,24 +161,29 @@ t.test('leaving at every stage on three gateways leaves no lease, waiter or coun
 });
 
 for (const whenDown of ['local', 'refuse'] as const)
-  t.test(`Redis stops answering but the connection stays open (partition, hung Redis): waiters are not left to the queue deadline (${whenDown})`, async (t) => {
-    const prefix = redisPrefix();
-    const server: Server = { index: 0, url: 'http://127.0.0.1:9198', slots: 1, state: 'ready', weight: 1 };
-    const proxy = await freezingProxy(t);
-    const [g] = (await gateways(t, 1, prefix, server, { url: proxy.url, leaseMs: 900, whenDown, timeoutMs: 20_000 })) as [SharedScheduler];
-    t.teardown(async () => {
-      const c = new RedisLink(REDIS_URL, quiet);
-      await c.ready();
-      await c.client.del(...slotKeys(prefix));
-      await c.close();
-    });
-    await g.enter('A', 'm', [server]).admitted;
-    const waiter = g.enter('B', 'm', [server]);
-    await until('B waiting', () => g.waitingFor('B') === 1);
-    await sleep(300); // its ENTER answered: it waits in Redis (not in flight)
-    proxy.freeze();
-    if (whenDown === 'local') {
-      const a = await within(waiter.admitted, 8000, 'the waiter goes on in this process');
-      t.equal(a.server, server);
-    } else await t.rejects(within(waiter.admitted, 8000, 'the waiter refused'), REFUSED);
-  });
+  t.test(
+    `Redis stops answering but the connection stays open (partition, hung Redis): waiters are not left to the queue deadline (${whenDown})`,
+    async (t) => {
+      const prefix = redisPrefix();
+      const server: Server = { index: 0, url: 'http://127.0.0.1:9198', slots: 1, state: 'ready', weight: 1 };
+      const proxy = await freezingProxy(t);
+      const [g] = (await gateways(t, 1, prefix, server, { url: proxy.url, leaseMs: 900, whenDown, timeoutMs: 20_000 })) as [
+        SharedScheduler,
+      ];
+      t.teardown(async () => {
+        const c = new RedisLink(REDIS_URL, quiet);
+        await c.ready();
+        await c.client.del(...slotKeys(prefix));
+        await c.close();
+      });
+      await g.enter('A', 'm', [server]).admitted;
+      const waiter = g.enter('B', 'm', [server]);
+      await until('B waiting', () => g.waitingFor('B') === 1);
+      await sleep(300); // its ENTER answered: it waits in Redis (not in flight)
+      proxy.freeze();
+      if (whenDown === 'local') {
+        const a = await within(waiter.admitted, 8000, 'the waiter goes on in this process');
+        t.equal(a.server, server);
+      } else await t.rejects(within(waiter.admitted, 8000, 'the waiter refused'), REFUSED);
+    },
+  );

@@ -12,7 +12,12 @@ import { startFakeLlama } from '../fixtures/fake-llama.js';
 import { KEY_A, tempDir, until, usageRecord, within } from '../helpers.js';
 import { pgSchema, startGatewayProcess } from './harness.js';
 
-function quietLog(): { lines: string[]; info: (o: object, m: string) => void; warn: (o: object, m: string) => void; error: (o: object, m: string) => void } {
+function quietLog(): {
+  lines: string[];
+  info: (o: object, m: string) => void;
+  warn: (o: object, m: string) => void;
+  error: (o: object, m: string) => void;
+} {
   const lines: string[] = [];
   const push = (_: object, m: string): void => {
     lines.push(m);
@@ -75,8 +80,7 @@ t.test('a record PostgreSQL refuses for a reason not foreseen: the others of its
   const ids = new Set<string>();
   const store = {
     insertBatch(rows: readonly UsageColumns[], id: string): Promise<boolean> {
-      if (rows.some((r) => r[1] === 'req-bad'))
-        return Promise.reject(Object.assign(new Error('value out of range'), { code: '22003' }));
+      if (rows.some((r) => r[1] === 'req-bad')) return Promise.reject(Object.assign(new Error('value out of range'), { code: '22003' }));
       if (ids.has(id)) return Promise.resolve(false);
       ids.add(id);
       for (const r of rows) committed.push(r[1] as string);
@@ -103,27 +107,30 @@ t.test('a record PostgreSQL refuses for a reason not foreseen: the others of its
   t.same(files(dir, '.jsonl'), []);
 });
 
-t.test("a gateway starting on a spool folder another process uses (PM2 cluster: one ./data/usage-spool) leaves that process's file being written alone", async (t) => {
-  const dir = join(tempDir(t), 'spool');
-  mkdirSync(dir, { recursive: true });
-  // Another gateway process is between open(.tmp) and rename(): its batch is only in this file.
-  const tmp = join(dir, `${String(Date.now()).padStart(15, '0')}-000000-0b7c.jsonl.tmp`);
-  writeFileSync(tmp, '{"batch":"0b7c","records":1}\n');
-  const store = { insertBatch: () => Promise.resolve(true), pruneBatches: () => Promise.resolve() };
-  const writer = new SpoolingWriter({ store, dir, log: quietLog() });
-  await writer.start();
-  t.teardown(() => writer.close());
-  t.ok(existsSync(tmp), "the other process's file is still there for its rename");
-  // One a crashed run left long ago is removed.
-  const old = join(dir, '000000000000001-000000-dead.jsonl.tmp');
-  writeFileSync(old, '{"batch":"dead","records":1}\n');
-  const then = new Date(Date.now() - 3_600_000);
-  utimesSync(old, then, then);
-  const again = new SpoolingWriter({ store, dir, log: quietLog() });
-  await again.start();
-  t.teardown(() => again.close());
-  t.notOk(existsSync(old), 'an old unfinished file is removed');
-});
+t.test(
+  "a gateway starting on a spool folder another process uses (PM2 cluster: one ./data/usage-spool) leaves that process's file being written alone",
+  async (t) => {
+    const dir = join(tempDir(t), 'spool');
+    mkdirSync(dir, { recursive: true });
+    // Another gateway process is between open(.tmp) and rename(): its batch is only in this file.
+    const tmp = join(dir, `${String(Date.now()).padStart(15, '0')}-000000-0b7c.jsonl.tmp`);
+    writeFileSync(tmp, '{"batch":"0b7c","records":1}\n');
+    const store = { insertBatch: () => Promise.resolve(true), pruneBatches: () => Promise.resolve() };
+    const writer = new SpoolingWriter({ store, dir, log: quietLog() });
+    await writer.start();
+    t.teardown(() => writer.close());
+    t.ok(existsSync(tmp), "the other process's file is still there for its rename");
+    // One a crashed run left long ago is removed.
+    const old = join(dir, '000000000000001-000000-dead.jsonl.tmp');
+    writeFileSync(old, '{"batch":"dead","records":1}\n');
+    const then = new Date(Date.now() - 3_600_000);
+    utimesSync(old, then, then);
+    const again = new SpoolingWriter({ store, dir, log: quietLog() });
+    await again.start();
+    t.teardown(() => again.close());
+    t.notOk(existsSync(old), 'an old unfinished file is removed');
+  },
+);
 
 t.test("end to end: a key holder's request naming a model with a NUL reaches the usage batch; no other row is lost", async (t) => {
   const url = await pgSchema(t);
@@ -161,22 +168,25 @@ t.test("end to end: a key holder's request naming a model with a NUL reaches the
   t.same(files(join(dir, 'spool'), '.rejected'), [], 'nothing set aside');
 });
 
-t.test('shutdown while PostgreSQL hangs on a batch: the batch goes to the spool soon, not after the query timeout (PM2 kills)', async (t) => {
-  let hung = 0;
-  const store = {
-    insertBatch: (): Promise<boolean> => {
-      hung++;
-      return new Promise<boolean>(() => {}); // a PostgreSQL that accepted the query and never answers
-    },
-    pruneBatches: () => Promise.resolve(),
-  };
-  const dir = join(tempDir(t), 'spool');
-  const writer = new SpoolingWriter({ store, dir, log: quietLog() });
-  await writer.start();
-  const written = writer.write([usageRecord(1), usageRecord(2)]);
-  await until('insert in flight', () => hung === 1);
-  await within(writer.close(), 8000, 'close');
-  await within(written, 1000, 'the write');
-  t.equal(files(dir, '.jsonl').length, 1, 'the batch is on disk for the next run (its id: written once even if the insert commits late)');
-  t.equal(writer.spooledRecords, 2);
-});
+t.test(
+  'shutdown while PostgreSQL hangs on a batch: the batch goes to the spool soon, not after the query timeout (PM2 kills)',
+  async (t) => {
+    let hung = 0;
+    const store = {
+      insertBatch: (): Promise<boolean> => {
+        hung++;
+        return new Promise<boolean>(() => {}); // a PostgreSQL that accepted the query and never answers
+      },
+      pruneBatches: () => Promise.resolve(),
+    };
+    const dir = join(tempDir(t), 'spool');
+    const writer = new SpoolingWriter({ store, dir, log: quietLog() });
+    await writer.start();
+    const written = writer.write([usageRecord(1), usageRecord(2)]);
+    await until('insert in flight', () => hung === 1);
+    await within(writer.close(), 8000, 'close');
+    await within(written, 1000, 'the write');
+    t.equal(files(dir, '.jsonl').length, 1, 'the batch is on disk for the next run (its id: written once even if the insert commits late)');
+    t.equal(writer.spooledRecords, 2);
+  },
+);

@@ -3,11 +3,13 @@
 // its client leaves at each stage, what a Redis restart or a stalled gateway does to the entries of
 // requests still running, and whether every key written expires.
 import t from 'tap';
+import { once } from 'node:events';
 import http from 'node:http';
+import net from 'node:net';
 import { Redis } from 'ioredis';
 import { SharedLimits } from '../../src/cluster/shared-limits.js';
 import type { KeyLimits } from '../../src/admission/limits.js';
-import { AUTH_A, chatBody, freePort, sleep, startGateway, until, type Teardown } from '../helpers.js';
+import { AUTH_A, chatBody, freePort, sleep, startGateway, until, within, type Teardown } from '../helpers.js';
 import { REDIS_URL, redisPrefix, startRedis } from './harness.js';
 
 const NONE: KeyLimits = { rpm: null, tpm: null, tpd: null, concurrency: null };
@@ -161,4 +163,65 @@ t.test("the public /health says why Redis is down without saying where it is (as
   t.comment(health.redis.error);
   t.notMatch(health.redis.error, new RegExp(`127\\.0\\.0\\.1|${port}|sekret`), 'neither its host, its port nor its password');
   t.match(health.redis.error, /ECONNREFUSED|refused/i, 'but why');
+});
+
+/** A TCP proxy to the machine's Redis that can freeze (connections stay open, nothing passes): a hung Redis. */
+async function freezableProxy(t: Teardown): Promise<{ url: string; freeze(): void; thaw(): void }> {
+  const target = new URL(REDIS_URL);
+  const sockets = new Set<net.Socket>();
+  let frozen = false;
+  const server = net.createServer((c) => {
+    const up = net.connect(Number(target.port || 6379), target.hostname);
+    for (const s of [c, up]) {
+      sockets.add(s);
+      s.on('error', () => {}).on('close', () => {
+        c.destroy();
+        up.destroy();
+        sockets.delete(s);
+      });
+      if (frozen) s.pause();
+    }
+    c.pipe(up).pipe(c);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.teardown(() => {
+    for (const s of sockets) s.destroy();
+    server.close();
+  });
+  return {
+    url: `redis://127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+    freeze: () => {
+      frozen = true;
+      for (const s of sockets) s.pause();
+    },
+    thaw: () => {
+      frozen = false;
+      for (const s of sockets) s.resume();
+    },
+  };
+}
+
+t.test('a hung Redis (connections open, no answer): requests are decided by the rule within a few seconds, never hang', async (t) => {
+  const proxy = await freezableProxy(t);
+  const prefix = redisPrefix();
+  const local = await startGateway(t, { redisUrl: proxy.url, redisPrefix: prefix, defaultRpm: 100, defaultConcurrency: 5 });
+  const refuse = await startGateway(t, { redisUrl: proxy.url, redisPrefix: prefix, defaultRpm: 100, redisDown: 'refuse' });
+  await until('Redis up', () => local.app.sharedCounting!.link.up && refuse.app.sharedCounting!.link.up);
+  const post = (gw: { url: string }, headers: Record<string, string> = AUTH_A): Promise<Response> =>
+    fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: chatBody() });
+  t.equal((await post(local)).status, 200);
+  proxy.freeze();
+  const answers = await within(Promise.all([post(local), post(local), post(refuse)]), 10_000, 'answers while Redis hangs');
+  t.same(
+    answers.map((r) => r.status),
+    [200, 200, 503],
+    'local: served on local counts; refuse: 503',
+  );
+  t.equal(answers[2]!.headers.get('retry-after'), '5');
+  t.ok(local.app.sharedCounting!.decidedLocally >= 2, 'counted as decided locally');
+  const wrong = await within(post(local, { authorization: 'Bearer sk-wrong-key-0123456789' }), 5000, 'a wrong key while Redis hangs');
+  t.equal(wrong.status, 401, 'a wrong key: 401 at once (the brake counts in Redis on the side)');
+  proxy.thaw();
+  await until('counted in Redis again', async () => (await post(local)).headers.get('x-ratelimit-remaining-requests') !== null, 10_000, 200);
 });

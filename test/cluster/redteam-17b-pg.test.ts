@@ -3,17 +3,19 @@
 // printer does not look) and a flaky network. Runs dist/cli/main.js: build first.
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { createServer, type AddressInfo } from 'node:net';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import t from 'tap';
 import { KeyStore } from '../../src/keys/key-store.js';
+import { KeyRegistry } from '../../src/keys/key-registry.js';
 import { PgKeyStore } from '../../src/keys/pg-key-store.js';
+import { pgPool } from '../../src/storage/pg.js';
 import { UsageStore } from '../../src/usage/store.js';
 import { pgSchema } from './harness.js';
 import { runCli } from './pg-keys-helpers.js';
-import { KEY_A, freePort, tempDir, usageRecord, within, type Teardown } from '../helpers.js';
+import { KEY_A, freePort, sleep, tempDir, until, usageRecord, within, type Teardown } from '../helpers.js';
 
 const SERVER = fileURLToPath(new URL('../../dist/server.js', import.meta.url));
 
@@ -97,30 +99,127 @@ function startServer(t: Teardown, env: Record<string, string>): Promise<{ code: 
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-  return within(
-    new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr }))),
-    30_000,
-    'the gateway exits',
-  );
+  return within(new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr }))), 30_000, 'the gateway exits');
 }
 
-t.test('a gateway started while PostgreSQL is down, hung or dropping connections: one line naming the setting, exit 1, never the URL', async (t) => {
-  const silent = createServer(() => {}).listen(0, '127.0.0.1'); // accepts, never answers
-  const dropping = createServer((s) => s.destroy()).listen(0, '127.0.0.1'); // accepts, hangs up
-  await Promise.all([once(silent, 'listening'), once(dropping, 'listening')]);
-  t.teardown(() => {
-    silent.close();
-    dropping.close();
+t.test(
+  'a gateway started while PostgreSQL is down, hung or dropping connections: one line naming the setting, exit 1, never the URL',
+  async (t) => {
+    const silent = createServer(() => {}).listen(0, '127.0.0.1'); // accepts, never answers
+    const dropping = createServer((s) => s.destroy()).listen(0, '127.0.0.1'); // accepts, hangs up
+    await Promise.all([once(silent, 'listening'), once(dropping, 'listening')]);
+    t.teardown(() => {
+      silent.close();
+      dropping.close();
+    });
+    const ports = {
+      refused: await freePort(),
+      silent: (silent.address() as AddressInfo).port,
+      dropping: (dropping.address() as AddressInfo).port,
+    };
+    for (const [what, port] of Object.entries(ports)) {
+      const run = await startServer(t, { GATEWAY_DATABASE_URL: `postgres://gw:sekret-pw@127.0.0.1:${port}/gw?password=sekret-pw` });
+      t.equal(run.code, 1, `${what}: exit 1`);
+      t.notMatch(run.stdout + run.stderr, /sekret-pw/, `${what}: the password is not printed`);
+      t.match(
+        run.stderr,
+        /^❌ LLM Gateway cannot start: GATEWAY_DATABASE_URL cannot be reached: [^\n]+\n$/,
+        `${what}: one line (${run.stderr.trim()})`,
+      );
+    }
+  },
+);
+
+/**
+ * A TCP proxy to the machine's PostgreSQL that passes everything but its notifications (backend
+ * message 'A'): what a LISTEN behind PgBouncer in transaction mode, or a notification lost any other
+ * way, looks like to the gateway. Returns `url` through it.
+ */
+async function droppingNotifications(t: Teardown, url: string): Promise<string> {
+  const target = new URL(url);
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(Number(target.port || 5432), target.hostname);
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on('error', () => {}).on('close', () => {
+        client.destroy();
+        upstream.destroy();
+        sockets.delete(s);
+      });
+    }
+    client.pipe(upstream);
+    let pending = Buffer.alloc(0);
+    upstream.on('data', (d: Buffer) => {
+      pending = Buffer.concat([pending, d]);
+      const out: Buffer[] = [];
+      while (pending.length >= 5) {
+        const size = 1 + pending.readUInt32BE(1);
+        if (pending.length < size) break;
+        if (pending[0] !== 0x41) out.push(pending.subarray(0, size));
+        pending = pending.subarray(size);
+      }
+      if (out.length > 0) client.write(Buffer.concat(out));
+    });
   });
-  const ports = {
-    refused: await freePort(),
-    silent: (silent.address() as AddressInfo).port,
-    dropping: (dropping.address() as AddressInfo).port,
-  };
-  for (const [what, port] of Object.entries(ports)) {
-    const run = await startServer(t, { GATEWAY_DATABASE_URL: `postgres://gw:sekret-pw@127.0.0.1:${port}/gw?password=sekret-pw` });
-    t.equal(run.code, 1, `${what}: exit 1`);
-    t.notMatch(run.stdout + run.stderr, /sekret-pw/, `${what}: the password is not printed`);
-    t.match(run.stderr, /^❌ LLM Gateway cannot start: GATEWAY_DATABASE_URL cannot be reached: [^\n]+\n$/, `${what}: one line (${run.stderr.trim()})`);
-  }
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.teardown(() => {
+    for (const s of sockets) s.destroy();
+    server.close();
+  });
+  const via = new URL(url);
+  via.port = String((server.address() as AddressInfo).port);
+  return via.toString();
+}
+
+t.test('a key revoked elsewhere while notifications are lost (PgBouncer, a lost NOTIFY): refused within a bound anyway', async (t) => {
+  const url = await pgSchema(t);
+  const direct = await PgKeyStore.open(url);
+  t.teardown(() => direct.close());
+  const alice = await direct.create({ name: 'alice' });
+  const pool = pgPool(await droppingNotifications(t, url));
+  t.teardown(() => pool.end());
+  const registry = new KeyRegistry([], new PgKeyStore(pool));
+  await registry.load();
+  const quiet = { info: () => {}, warn: () => {}, error: () => {} };
+  let reloads = 0;
+  registry.onReload(() => reloads++);
+  registry.start(quiet, 100); // ticks every 100 ms (1 s in a gateway)
+  t.teardown(() => registry.stop());
+  await until('the feed listens (its connect reloads once)', () => reloads > 0);
+  await sleep(300);
+  t.ok(registry.index.verify(alice.key), 'alice is accepted');
+  await direct.revoke('alice');
+  await until('the revoked key is refused', () => registry.index.verify(alice.key) === undefined, 15_000, 50);
+});
+
+t.test('migrate-to --force into a database gateways already use: they hear of it (the keys it removed are refused at once)', async (t) => {
+  const url = await pgSchema(t);
+  const direct = await PgKeyStore.open(url);
+  t.teardown(() => direct.close());
+  const old = await direct.create({ name: 'old' });
+  const pool = pgPool(url);
+  t.teardown(() => pool.end());
+  const registry = new KeyRegistry([], new PgKeyStore(pool));
+  await registry.load();
+  let reloads = 0;
+  registry.onReload(() => reloads++);
+  registry.start({ info: () => {}, warn: () => {}, error: () => {} }); // a gateway's own tick (1 s): no safety reload for 30 s
+  t.teardown(() => registry.stop());
+  await until('the feed listens', () => reloads > 0);
+  t.ok(registry.index.verify(old.key));
+  const dir = tempDir(t);
+  const path = join(dir, 'gateway.db');
+  const file = KeyStore.open(path);
+  const fresh = file.create({ name: 'fresh' });
+  file.close();
+  const run = await runCli(dir, ['db', 'migrate-to', url, '--db', path, '--force']);
+  t.equal(run.code, 0, run.stderr);
+  await until(
+    'the key the copy removed is refused, the one it brought accepted',
+    () => registry.index.verify(old.key) === undefined && registry.index.verify(fresh.key) !== undefined,
+    10_000,
+    50,
+  );
 });
