@@ -17,9 +17,11 @@ import type { Alerts } from '../alerts/events.js';
 import {
   headersOf,
   refusalOf,
+  stateOf,
   type BudgetCheck,
   type BudgetCount,
   type BudgetKey,
+  type BudgetState,
   type Seeder,
   type UserSeeder,
 } from '../admission/budgets.js';
@@ -144,10 +146,31 @@ export class SharedBudgets {
    * list). Rejects when Redis does not answer or a seed cannot be read.
    */
   async admit(key: BudgetKey, user: string | null, requestId: string, tokens: number, enforce = true): Promise<BudgetCheck> {
-    const b = key.budgets!;
     this.#keys.set(key.id, key);
     const now = Date.now();
-    const lines = this.#lines(key.id, b, user, now);
+    const lines = this.#lines(key.id, key.budgets!, user, now);
+    return this.#run(key, user, requestId, tokens, enforce, now, lines);
+  }
+
+  /** The key's own budgets now, as every gateway counts them (seeded when needed): what the admin API shows. */
+  async state(key: BudgetKey): Promise<BudgetState> {
+    const b = key.budgets!;
+    const now = Date.now();
+    const lines = this.#lines(key.id, b, null, now);
+    await this.#run(key, null, 'state', 0, false, now, lines);
+    return stateOf(this.calendar, b, now, (period) => lines.find((l) => l.period === period)!);
+  }
+
+  async #run(
+    key: BudgetKey,
+    user: string | null,
+    requestId: string,
+    tokens: number,
+    enforce: boolean,
+    now: number,
+    lines: Line[],
+  ): Promise<BudgetCheck> {
+    const b = key.budgets!;
     if (lines.length === 0) return { refusal: undefined, headers: {} };
     const mode = b.mode ?? 'hard';
     const member = `${this.#gatewayId}|${requestId}`;

@@ -6,6 +6,7 @@
 // them here.
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { INVALID_JSON, INVALID_KEY_FIELD, INVALID_PERIOD, KEY_DB_UNUSABLE, KEY_NAME_TAKEN, KEY_NOT_FOUND } from '../errors.js';
+import type { BudgetState } from '../admission/budgets.js';
 import { parseExpiry } from '../keys/expiry.js';
 import type { KeyPolicy } from '../keys/key-policy.js';
 import type { KeyRegistry } from '../keys/key-registry.js';
@@ -183,12 +184,17 @@ export default async function adminRoutes(
 
   // A key with budgets carries its budget state (none without): the gateway's own counts, held
   // tokens included.
-  const withBudget = (k: KeyRecord): Record<string, unknown> =>
-    hasBudgets(k.budgets) && app.hasDecorator('budgets')
-      ? { ...keyJson(k), budget_state: app.budgets.state(k.id, k.budgets, Date.now()) }
-      : keyJson(k);
+  /** A key's JSON with its budget state: as every gateway counts it when they share Redis, else this process's count. */
+  const withBudget = async (k: KeyRecord): Promise<Record<string, unknown>> => {
+    if (!hasBudgets(k.budgets) || !app.hasDecorator('budgets')) return keyJson(k);
+    const budgets = k.budgets;
+    const local = (): BudgetState => app.budgets.state(k.id, budgets, Date.now());
+    const shared = app.hasDecorator('sharedCounting') ? app.sharedCounting : null;
+    const state = shared !== null && shared.link.up ? await shared.budgets.state(k).catch(local) : local();
+    return { ...keyJson(k), budget_state: state };
+  };
 
-  app.get('/keys', async () => ({ object: 'list', data: (await read(() => store.list())).map(withBudget) }));
+  app.get('/keys', async () => ({ object: 'list', data: await Promise.all((await read(() => store.list())).map(withBudget)) }));
 
   app.post<{ Body: KeyBody }>('/keys', { schema: { body: createSchema } }, async (request, reply) => {
     const changes = changesFrom(request.body);

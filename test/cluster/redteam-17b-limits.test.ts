@@ -152,7 +152,7 @@ t.test('every key written under the prefix by a gateway run (limits and brake) e
   }
 });
 
-t.test("the public /health says why Redis is down without saying where it is (as it names llama-servers, never their URLs)", async (t) => {
+t.test('the public /health says why Redis is down without saying where it is (as it names llama-servers, never their URLs)', async (t) => {
   const port = await freePort();
   const gw = await startGateway(t, { redisUrl: `redis://:sekret-pw@127.0.0.1:${port}`, redisPrefix: redisPrefix() });
   const health = await until('the error is told', async () => {
@@ -209,7 +209,11 @@ t.test('a hung Redis (connections open, no answer): requests are decided by the 
   const refuse = await startGateway(t, { redisUrl: proxy.url, redisPrefix: prefix, defaultRpm: 100, redisDown: 'refuse' });
   await until('Redis up', () => local.app.sharedCounting!.link.up && refuse.app.sharedCounting!.link.up);
   const post = (gw: { url: string }, headers: Record<string, string> = AUTH_A): Promise<Response> =>
-    fetch(`${gw.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: chatBody() });
+    fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...headers },
+      body: chatBody(),
+    });
   t.equal((await post(local)).status, 200);
   proxy.freeze();
   const answers = await within(Promise.all([post(local), post(local), post(refuse)]), 10_000, 'answers while Redis hangs');
@@ -218,10 +222,49 @@ t.test('a hung Redis (connections open, no answer): requests are decided by the 
     [200, 200, 503],
     'local: served on local counts; refuse: 503',
   );
-  t.equal(answers[2]!.headers.get('retry-after'), '5');
+  t.equal(answers[2].headers.get('retry-after'), '5');
   t.ok(local.app.sharedCounting!.decidedLocally >= 2, 'counted as decided locally');
   const wrong = await within(post(local, { authorization: 'Bearer sk-wrong-key-0123456789' }), 5000, 'a wrong key while Redis hangs');
   t.equal(wrong.status, 401, 'a wrong key: 401 at once (the brake counts in Redis on the side)');
   proxy.thaw();
-  await until('counted in Redis again', async () => (await post(local)).headers.get('x-ratelimit-remaining-requests') !== null, 10_000, 200);
+  await until(
+    'counted in Redis again',
+    async () => (await post(local)).headers.get('x-ratelimit-remaining-requests') !== null,
+    10_000,
+    200,
+  );
 });
+
+t.test(
+  'a client that leaves while the admission script waits on Redis: its entry and hold are given back when Redis answers',
+  async (t) => {
+    const proxy = await freezableProxy(t);
+    const prefix = redisPrefix();
+    const gw = await startGateway(t, { redisUrl: proxy.url, redisPrefix: prefix, defaultTpm: 1_000_000, defaultConcurrency: 1 });
+    const shared = gw.app.sharedCounting!;
+    await until('Redis up', () => shared.link.up);
+    proxy.freeze();
+    const left = leaveAfter(gw.port, 150);
+    await left;
+    await sleep(100);
+    proxy.thaw(); // within the command timeout (1 s): the script answers after the client left
+    const c = client(t);
+    await until('nothing held here', () => shared.limits.live === 0, 5000);
+    await until(
+      'nothing held in Redis',
+      async () => {
+        let n = 0;
+        for (const k of await c.keys(`${prefix}lim:*`))
+          n += k.endsWith('heldtok') ? await c.hlen(k) : k.endsWith(':active') || k.endsWith(':held') ? await c.zcard(k) : 0;
+        return n === 0;
+      },
+      5000,
+    );
+    const ok = await fetch(`${gw.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { ...AUTH_A, 'content-type': 'application/json' },
+      body: chatBody(),
+    });
+    t.equal(ok.status, 200, 'the concurrency-1 key is free again');
+  },
+);

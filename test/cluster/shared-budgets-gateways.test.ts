@@ -15,6 +15,7 @@ import { REDIS_URL, redisPrefix, startGateways, type GatewayProcess } from './ha
 /** The fake llama-server's recorded non-streamed chat answer: 31 prompt + 8 completion tokens. */
 const USED = 39;
 const GATEWAYS = 4;
+const ADMIN_KEY = 'admin-key-for-shared-budgets-0123456789abcdef';
 
 const errorOf = (r: RawResponse): { type: string; code: string } => (JSON.parse(r.text) as { error: { type: string; code: string } }).error;
 
@@ -35,6 +36,7 @@ t.test('4 gateways on one Redis and one file: a hard daily budget as one gateway
       GATEWAY_REDIS_PREFIX: prefix,
       GATEWAY_WEBHOOK_URL: receiver.url,
       GATEWAY_WEBHOOK_SECRET: SECRET,
+      GATEWAY_ADMIN_KEY: ADMIN_KEY,
     },
     each: () => ({ GATEWAY_DB: file }),
     readyMs: 60_000,
@@ -64,6 +66,19 @@ t.test('4 gateways on one Redis and one file: a hard daily budget as one gateway
     }
   }
   t.same(statuses, [200, 200, 200, 200, 200, 429, 429, 429, 429, 429], 'exactly 5 answered 200 across 4 gateways, the rest 429');
+  // The admin API of every gateway says what all of them used, not what it counted itself.
+  const states = await Promise.all(
+    gws.map(async (gw) => {
+      const res = await fetch(`${gw.url}/admin/keys/${hard.record.id}`, { headers: bearer(ADMIN_KEY) });
+      return ((await res.json()) as { budget_state: { periods: { period: string; used: number; remaining: number }[] } }).budget_state
+        .periods;
+    }),
+  );
+  t.same(
+    states.map((p) => p.map(({ period, used, remaining }) => ({ period, used, remaining }))),
+    Array.from({ length: GATEWAYS }, () => [{ period: 'day', used: 5 * USED, remaining: 0 }]),
+    'GET /admin/keys/:id on each gateway: the budget as counted in Redis',
+  );
 
   // A soft budget of 4 × 39: the 4th request reaches 100 %, the 4th…8th go past it; the 80 % and
   // 100 % warnings are each sent by one gateway only.
