@@ -20,7 +20,7 @@ import { startPings } from './placement.js';
 import type { Ticket } from './scheduler.js';
 
 export const QUEUE_FULL_RETRY_S = 5;
-export const QUEUE_TIMEOUT_RETRY_S = 10;
+const QUEUE_TIMEOUT_RETRY_S = 10;
 
 /**
  * How many llama-server tasks a request runs at once, so how many slots it takes: one per prompt

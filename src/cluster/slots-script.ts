@@ -47,7 +47,7 @@ declare module 'ioredis' {
   }
 }
 
-export const SLOT_KEYS = ['lease', 'linfo', 'run', 'wait', 'winfo', 'wexp', 'seq'] as const;
+const SLOT_KEYS = ['lease', 'linfo', 'run', 'wait', 'winfo', 'wexp', 'seq'] as const;
 
 /** The Redis keys of the shared slots under `prefix` (one hash tag: one Redis Cluster slot). */
 export function slotKeys(prefix: string): string[] {
@@ -59,7 +59,7 @@ export function defineSlotsScript(client: Redis): void {
   client.defineCommand('gatewaySlots', { numberOfKeys: SLOT_KEYS.length, lua: SLOTS_LUA });
 }
 
-export const SLOTS_LUA = `
+const SLOTS_LUA = `
 local LEASE, LINFO, RUN, WAIT, WINFO, WEXP, SEQ = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local op, caller, leaseMs, chan, keySlots = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local t = redis.call('TIME')
