@@ -5,7 +5,8 @@
 //   2 processes               two workers sharing the port through Node's cluster module (what PM2
 //                             cluster mode does: bench/cluster-worker.mjs is its stand-in)
 //   1 process, limit          a per-key limit counted in this process (GATEWAY_DEFAULT_RPM huge: never refuses)
-//   1 process, limit, Redis   the same limit counted in Redis (GATEWAY_REDIS_URL, 127.0.0.1:6379)
+//   1 proc, Redis             GATEWAY_REDIS_URL (127.0.0.1:6379), no limit: what the shared slots cost
+//   1 process, limit, Redis   the same limit counted in Redis too
 //   2 processes, limit, Redis
 // Nothing is pinned: the gateway processes, the fake upstream, wrk and Redis share the cores, as they
 // would on a real box. Prints medians of req/s, gateway CPU µs per request (every process of the
@@ -49,6 +50,7 @@ const VARIANTS = [
   { name: '1 process', workers: 1, env: {} },
   { name: '2 processes', workers: 2, env: {} },
   { name: '1 process, limit', workers: 1, env: LIMIT },
+  { name: '1 proc, Redis', workers: 1, env: {}, redis: true },
   { name: '1 proc, limit, Redis', workers: 1, env: LIMIT, redis: true },
   { name: '2 procs, limit, Redis', workers: 2, env: LIMIT, redis: true },
 ];
@@ -64,10 +66,14 @@ function redisReading() {
   const cpu = redisInfo('cpu');
   const used = (k) => Number(new RegExp(`${k}:([\\d.]+)`).exec(cpu)?.[1] ?? 0);
   const stats = redisInfo('commandstats');
+  // Round trips: the scripts (EVALSHA, EVAL) and every other command a client sent; the commands a
+  // script runs inside Redis are counted by Redis under their own names (calls), not as round trips.
   let calls = 0;
   for (const m of stats.matchAll(/calls=(\d+)/g)) calls += Number(m[1]);
+  let scripts = 0;
+  for (const m of stats.matchAll(/cmdstat_(?:evalsha|eval):calls=(\d+)/g)) scripts += Number(m[1]);
   // INFO itself counts as a command: two per reading (cpu, commandstats).
-  return { cpu: used('used_cpu_user') + used('used_cpu_sys'), calls };
+  return { cpu: used('used_cpu_user') + used('used_cpu_sys'), calls, scripts };
 }
 
 process.on('exit', killAllSync);
@@ -115,6 +121,7 @@ try {
         cpuUs: (cpu / m.requests) * 1e6,
         redisUs: ((redis1.cpu - redis0.cpu) / m.requests) * 1e6,
         redisCalls: (redis1.calls - redis0.calls - 2) / m.requests,
+        redisScripts: (redis1.scripts - redis0.scripts) / m.requests,
         p99: m.p99,
         noise: otherCores,
       });
@@ -129,7 +136,8 @@ try {
     'vs 1 proc'.padStart(10),
     'gw CPU µs/req'.padStart(14),
     'Redis CPU µs/req'.padStart(17),
-    'Redis cmds/req'.padStart(15),
+    'scripts/req'.padStart(12),
+    'in-Redis cmds/req'.padStart(18),
     'p99 µs'.padStart(8),
     'noise'.padStart(6),
   );
@@ -141,7 +149,8 @@ try {
       `${(med('rps') / base).toFixed(2)}×`.padStart(10),
       med('cpuUs').toFixed(1).padStart(14),
       med('redisUs').toFixed(1).padStart(17),
-      med('redisCalls').toFixed(2).padStart(15),
+      med('redisScripts').toFixed(2).padStart(12),
+      med('redisCalls').toFixed(1).padStart(18),
       med('p99').toFixed(0).padStart(8),
       Math.max(...res[v.name].map((x) => x.noise))
         .toFixed(2)
