@@ -243,19 +243,30 @@ export function keySlots(text: string, env: string): 'auto' | 'all' | number {
   return n;
 }
 
-/** The alerts webhook (alerts/webhook.ts), or empty for none. A query is kept (some receivers take a token there). */
-export function webhookUrl(text: string, env: string): string {
+/**
+ * An optional URL that is never echoed (it may carry a password or a token): null when empty.
+ * `kind` names the schemes it takes (e.g. "an http(s)"); `usage` is the whole message for text that
+ * is no URL at all.
+ */
+export function quietUrl(text: string, env: string, protocols: readonly string[], kind: string, usage: string): URL | null {
   const value = text.trim();
-  if (value === '') return '';
+  if (value === '') return null;
   let url: URL;
   try {
     url = new URL(value);
   } catch {
-    // Not echoed: a webhook URL often carries a token.
-    throw new ConfigError(env, 'must be an http(s) URL such as https://hooks.example.com/llm-gateway (or empty for off)');
+    throw new ConfigError(env, usage);
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:')
-    throw new ConfigError(env, `must be an http(s) URL, got protocol "${url.protocol}"`);
+  if (!protocols.includes(url.protocol)) throw new ConfigError(env, `must be ${kind} URL, got protocol "${url.protocol}"`);
+  return url;
+}
+
+/** The alerts webhook (alerts/webhook.ts), or empty for none. A query is kept (some receivers take a token there). */
+export function webhookUrl(text: string, env: string): string {
+  // Not echoed: a webhook URL often carries a token.
+  const usage = 'must be an http(s) URL such as https://hooks.example.com/llm-gateway (or empty for off)';
+  const url = quietUrl(text, env, ['http:', 'https:'], 'an http(s)', usage);
+  if (url === null) return '';
   if (url.username || url.password) throw new ConfigError(env, 'must not contain credentials: receivers check the signature instead');
   if (url.hash) throw new ConfigError(env, 'must not contain a fragment');
   return url.href;
@@ -362,59 +373,9 @@ export function logLevel(text: string, env: string): string {
   return value;
 }
 
-/** A Redis server shared by several gateways (redis:// or rediss://), or empty for none. Never echoed: it may hold a password. */
-export function redisUrl(text: string, env: string): string {
-  const value = text.trim();
-  if (value === '') return '';
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    throw new ConfigError(env, 'must be a redis:// or rediss:// URL such as redis://127.0.0.1:6379 (or empty for none)');
-  }
-  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:')
-    throw new ConfigError(env, `must be a redis:// or rediss:// URL, got protocol "${url.protocol}"`);
-  return value;
-}
-
-/** A PostgreSQL database for keys and usage (postgres:// or postgresql://), or empty for the SQLite file. Never echoed. */
-export function postgresUrl(text: string, env: string): string {
-  const value = text.trim();
-  if (value === '') return '';
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    throw new ConfigError(
-      env,
-      'must be a postgres:// URL such as postgres://gateway@127.0.0.1:5432/gateway (or empty for the SQLite file)',
-    );
-  }
-  if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:')
-    throw new ConfigError(env, `must be a postgres:// or postgresql:// URL, got protocol "${url.protocol}"`);
-  return value;
-}
-
-/** What a gateway does while the shared Redis cannot be reached. */
-export type RedisDownRule = 'local' | 'refuse';
-
-export function redisDownRule(text: string, env: string): RedisDownRule {
-  const value = text.trim().toLowerCase();
-  if (value === 'local' || value === 'refuse') return value;
-  throw new ConfigError(env, `must be local (count in this process until Redis is back) or refuse (answer 503), got "${text}"`);
-}
-
 /** A folder the gateway creates on first use. */
 export function folderPath(text: string, env: string): string {
   const value = text.trim().replace(/\/+$/, '');
   if (value === '') throw new ConfigError(env, `must be a folder such as ./data/usage-spool, got "${text}"`);
-  return value;
-}
-
-/** The prefix of every Redis key the gateway writes, so several deployments (or tests) can share one Redis. */
-export function redisPrefix(text: string, env: string): string {
-  const value = text.trim();
-  if (!/^[A-Za-z0-9_.:-]{1,64}$/.test(value))
-    throw new ConfigError(env, `must be 1 to 64 letters, digits or _.:- such as llmgw: (got "${text}")`);
   return value;
 }

@@ -28,11 +28,7 @@ import {
   paramPolicy,
   percentList,
   port,
-  postgresUrl,
   prices,
-  redisDownRule,
-  redisPrefix,
-  redisUrl,
   s3Bucket,
   s3Endpoint,
   s3Prefix,
@@ -43,6 +39,7 @@ import {
   webhookUrl,
   ConfigError,
 } from './config-values.js';
+import { postgresUrl, redisDownRule, redisPrefix, redisUrl } from './cluster/settings.js';
 import { DEFAULT_END_USER } from './usage/end-user.js';
 
 export { ConfigError, wholeNumber, type CorsOrigins } from './config-values.js';

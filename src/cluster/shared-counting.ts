@@ -9,7 +9,7 @@
 // locally during the outage is not merged into Redis afterwards: for that while each gateway
 // enforced the limits on its own (N gateways: up to N times a key's limit).
 // GATEWAY_REDIS_DOWN=refuse: such a request is answered 503 shared_state_unavailable, Retry-After.
-import type { RedisDownRule } from '../config-values.js';
+import type { RedisDownRule } from './settings.js';
 import type { RedisLink } from './redis-link.js';
 import { SharedLimits } from './shared-limits.js';
 import { SharedBudgets, type SharedBudgetsOptions } from './shared-budgets.js';
