@@ -8,6 +8,7 @@
 // A build's ENV may hold UPSTREAMS=2: it then fronts two fake upstreams serving the same model
 // (LLM_UPSTREAM with both URLs; both on core 1), to compare one llama-server with two (issue 14).
 // --sse: also short streams at 64 connections under wrk (CPU per streamed request).
+// --only 'POST c64,GET c64': only these scenarios.
 // --streams: instead of wrk, the 100-stream burst of run.mjs (100 × --chunks chunks, 2 ms apart, on warm
 // keep-alive connections), per build: TTFB p50/p99, chunk lag p50/p99 and server CPU per 1,000 chunks.
 import { join, resolve } from 'node:path';
@@ -55,6 +56,8 @@ const CHUNKS = Number(opt('--chunks', '500'));
 // nearest a quiet machine; medians stay the headline.
 const BEST = args.includes('--best') ? (args.splice(args.indexOf('--best'), 1), true) : false;
 const SSE = args.includes('--sse') ? (args.splice(args.indexOf('--sse'), 1), true) : false;
+// --only 'POST c64,GET c64': run only these scenarios (ids as printed)
+const ONLY = opt('--only', '');
 // NAME=DIR or NAME=DIR:LEVEL (LOG_LEVEL for that build; default --log, itself default info).
 const builds = args.map((a) => {
   // Split at the first `=` and `:` only: the ENV part holds `=` (and values may hold `:`).
@@ -132,6 +135,10 @@ async function wrkAB(sse) {
   // --sse: short streams (2 chunks, 1 ms apart) at 64 connections: the cost of starting a stream.
   if (SSE) {
     scenarios.unshift({ id: 'SSE c64', path: '/v1/chat/completions', script: sse, c: 64 });
+  }
+  if (ONLY !== '') {
+    const keep = new Set(ONLY.split(','));
+    scenarios.splice(0, scenarios.length, ...scenarios.filter((s) => keep.has(s.id)));
   }
   for (const b of builds) await runWrk({ url: `${b.url}/v1/chat/completions`, script: post, connections: 64, seconds: 2, cpu: 1 });
   const res = {};

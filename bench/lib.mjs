@@ -78,7 +78,9 @@ export function firstJsonLine(proc, timeoutMs = 10_000) {
 export function collectStdout(proc) {
   let out = '';
   proc.child.stdout.on('data', (d) => (out += d));
-  return proc.exit.then((code) => ({ code, out }));
+  // 'exit' can come before the last of stdout has been read: wait for both.
+  const ended = new Promise((resolve) => proc.child.stdout.once('close', resolve));
+  return Promise.all([proc.exit, ended]).then(([code]) => ({ code, out }));
 }
 
 /** Runs bench/stream-client.mjs once ({ key, cpu, mode, url, ... }) and resolves with its result line. */

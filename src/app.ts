@@ -92,6 +92,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     clientErrorHandler,
     http: { requireHostHeader: false },
   });
+  app.decorateRequest('routeConfigSeen', null); // http/route-config.ts
   const registry = options.registry ?? new KeyRegistry(config.apiKeys);
 
   // Everywhere, before anything else: OpenAI-shaped errors and 404s, CORS.

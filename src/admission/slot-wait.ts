@@ -1,6 +1,7 @@
 // A request's wait for its slot (plugins/admission.ts's admit hook): the pings that keep a waiting
 // stream open, and the answer when the wait ends without a slot (the client left, the queue timed
 // out or is full, the model is loading, too many tasks, shared state unavailable).
+import { routeConfig } from '../http/route-config.js';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import {
   KEY_QUEUE_FULL,
@@ -87,7 +88,7 @@ export function slotWaiter(opts: SlotWaitOptions) {
                 ? MODEL_LOADING(queueTimeoutMs)
                 : QUEUE_TIMEOUT(queueTimeoutMs);
       if (res.headersSent) {
-        res.end(sseErrorEvent(request.routeOptions.url?.startsWith('/v1/messages') === true ? 'anthropic' : 'openai', timeout));
+        res.end(sseErrorEvent(routeConfig(request).url?.startsWith('/v1/messages') === true ? 'anthropic' : 'openai', timeout));
         return;
       }
       if (err instanceof QueueFull) reply.header('retry-after', String(QUEUE_FULL_RETRY_S));

@@ -34,6 +34,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { KEY_QUEUE_FULL, QUEUE_FULL, RATE_LIMITED, SHARED_STATE_UNAVAILABLE } from '../errors.js';
+import { routeConfig } from '../http/route-config.js';
 import type { Config } from '../config.js';
 import { MemoryCounters } from '../admission/counters.js';
 import { FairQueue, QueueFull, TooManyTasks } from '../admission/fair-queue.js';
@@ -310,8 +311,8 @@ export const admit = fp(
       const key = request.apiKey;
       if (key === null) return done();
       const res = reply.raw;
-      const route = request.routeOptions; // a new object on every read (Fastify 5): read once
-      const queued = route.config.queued;
+      const route = routeConfig(request);
+      const queued = route.queued;
       const body = request.body as JsonBody | undefined;
       /** how far a request that waited got (see resume()); undefined on the common path */
       let back: Via | undefined;
@@ -404,7 +405,7 @@ export const admit = fp(
           let prefer: UpstreamNode | undefined;
           let wait = 0;
           if (affinity !== null && target.nodes.length > 1 && json !== undefined && body !== undefined) {
-            affine = affinityKey(route.config.kind ?? 'chat', json, key.id);
+            affine = affinityKey(route.kind ?? 'chat', json, key.id);
             const at = affine === null ? undefined : affinity.get(affine);
             prefer = at === undefined ? undefined : set.nodes[at];
             if (prefer !== undefined) wait = preferMs(body.raw.length, prefer.client.rates.speeds().prompt);

@@ -15,6 +15,7 @@ import { QueueFull, QueueTimeout } from '../admission/fair-queue.js';
 import { lightServer } from '../admission/placement.js';
 import type { Config } from '../config.js';
 import { KEY_QUEUE_FULL, MODEL_NOT_ALLOWED, PROMPT_TOO_MANY_TOKENS, QUEUE_FULL, QUEUE_TIMEOUT, REMOTE_MEDIA_REFUSED } from '../errors.js';
+import { routeConfig } from '../http/route-config.js';
 import type { JsonBody } from '../proxy/json-body.js';
 import type { Upstream } from '../proxy/upstream.js';
 import { findRemoteMedia } from '../policy/media.js';
@@ -119,7 +120,7 @@ export default fp(
         const model = body.json.model;
         if (typeof model !== 'string' || !models.has(model)) return done(MODEL_NOT_ALLOWED(model));
       }
-      const kind = request.routeOptions.config.kind;
+      const kind = routeConfig(request).kind;
       if (kind === undefined) return done();
       const p = policies.of(key.policy);
       const verdict = applyRules(p, kind, body);

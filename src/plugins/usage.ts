@@ -16,6 +16,7 @@ import fp from 'fastify-plugin';
 import type { Config } from '../config.js';
 import { MAX_USER_AGENT_LENGTH, loggablePath, recordedModel } from '../http/client-input.js';
 import { clientIp } from '../http/client-ip.js';
+import { routeConfig } from '../http/route-config.js';
 import type { JsonBody } from '../proxy/json-body.js';
 import type { ExchangeWatcher } from '../proxy/upstream.js';
 import { AuditLog } from '../usage/audit-log.js';
@@ -86,7 +87,7 @@ function buildRecord(
     requestId: request.id,
     keyId: key?.id ?? null,
     keyName: key?.name ?? null,
-    route: request.routeOptions.url ?? loggablePath(request.url),
+    route: routeConfig(request).url ?? loggablePath(request.url),
     model: recordedModel(ex?.model ?? bodyModel),
     status,
     streamed: ex?.streamed ?? false,

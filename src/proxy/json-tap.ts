@@ -36,6 +36,39 @@ function isSpace(c: number | undefined): boolean {
   return c === 0x20 || c === 0x0a || c === 0x0d || c === 0x09;
 }
 
+/**
+ * Strings between structural characters are short (keys, numbers' neighbours, ids): a byte loop
+ * finds their quotes faster than a native indexOf call each; a long string (a model's text) goes to
+ * indexOf after this many bytes.
+ */
+const SHORT_SCAN = 48;
+
+/** The last `"` at or before `from` (-1: none). */
+function quoteBefore(buf: Buffer, from: number): number {
+  const stop = from - SHORT_SCAN;
+  for (let i = from; i >= 0; i--) {
+    if (buf[i] === QUOTE) return i;
+    if (i === stop) return buf.lastIndexOf(QUOTE, i - 1);
+  }
+  return -1;
+}
+
+/** The first `"` at or after `from` (-1: none). */
+function quoteAfter(buf: Buffer, from: number): number {
+  const stop = from + SHORT_SCAN;
+  for (let i = from; i < buf.length; i++) {
+    if (buf[i] === QUOTE) return i;
+    if (i === stop) return buf.indexOf(QUOTE, i + 1);
+  }
+  return -1;
+}
+
+/** True when `buf[at, at + key.length)` holds `key` (keys are a few bytes: no native call). */
+function holds(buf: Buffer, at: number, key: Buffer): boolean {
+  for (let i = 0; i < key.length; i++) if (buf[at + i] !== key[i]) return false;
+  return true;
+}
+
 /** True when the quote at `at` is escaped (an odd run of backslashes before it, not before `floor`). */
 function escaped(buf: Buffer, at: number, floor: number): boolean {
   let b = at - 1;
@@ -68,7 +101,7 @@ export function topLevelFromEnd(buf: Buffer, keys: readonly Buffer[]): (Buffer |
       let k = j - 1;
       for (;;) {
         if (k < 0) return found; // the string began before what we have
-        k = buf.lastIndexOf(QUOTE, k);
+        k = quoteBefore(buf, k);
         if (k < 0) return found;
         if (!escaped(buf, k, 0)) break;
         k--;
@@ -83,7 +116,7 @@ export function topLevelFromEnd(buf: Buffer, keys: readonly Buffer[]): (Buffer |
           if (a === valueStart) {
             for (let i = 0; i < keys.length; i++) {
               const key = keys[i]!;
-              if (found[i] === undefined && j - k - 1 === key.length && buf.compare(key, 0, key.length, k + 1, j) === 0) {
+              if (found[i] === undefined && j - k - 1 === key.length && holds(buf, k + 1, key)) {
                 found[i] = buf.subarray(valueStart, valueEnd + 1);
                 if (--missing === 0) return found;
               }
@@ -129,7 +162,7 @@ export function topLevelFromStart(buf: Buffer, keys: readonly Buffer[]): (Buffer
     if (c === QUOTE) {
       let k = i + 1;
       for (;;) {
-        k = buf.indexOf(QUOTE, k);
+        k = quoteAfter(buf, k);
         if (k < 0) return found; // cut inside a string
         if (!escaped(buf, k, i + 1)) break;
         k++;
@@ -143,7 +176,7 @@ export function topLevelFromStart(buf: Buffer, keys: readonly Buffer[]): (Buffer
           if (buf[a] === OPEN_OBJECT) {
             for (let n = 0; n < keys.length; n++) {
               const key = keys[n]!;
-              if (found[n] === undefined && k - i - 1 === key.length && buf.compare(key, 0, key.length, i + 1, k) === 0) {
+              if (found[n] === undefined && k - i - 1 === key.length && holds(buf, i + 1, key)) {
                 want = n;
                 valueStart = a;
                 break;
