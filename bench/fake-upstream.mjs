@@ -63,6 +63,18 @@ const CHUNK_TAIL =
   ',"choices":[{"finish_reason":null,"index":0,"delta":{"content":" token"}}],"created":1795674702,"id":"chatcmpl-aps1wCkbm8hMIpGtP9CyMnJ5SY4MKSwq","model":"bench-model","system_fingerprint":"b10587-3f545becc","object":"chat.completion.chunk"}\n\n';
 const chunk = (i) => `data: {"i":${i},"t":${nowUs().toFixed(1)}${CHUNK_TAIL}`;
 const DONE = 'data: [DONE]\n\n';
+// How llama-server ends a chat stream (../shared/llama-server-recordings/chat-stream*.http): a last
+// chunk with the finish reason and its timings, then — when the request asked with
+// stream_options.include_usage (the gateway always does) — the usage chunk, in the same write; then
+// [DONE] on its own.
+const TIMINGS =
+  '"timings":{"cache_n":30,"prompt_n":1,"prompt_ms":5.332,"prompt_per_token_ms":5.332,"prompt_per_second":187.54688672168044,"predicted_n":6,"predicted_ms":5.664,"predicted_per_token_ms":1.1328,"predicted_per_second":882.768361581921}';
+const STREAM_ID =
+  '"created":1795674702,"id":"chatcmpl-aps1wCkbm8hMIpGtP9CyMnJ5SY4MKSwq","model":"bench-model","system_fingerprint":"b10587-3f545becc","object":"chat.completion.chunk"';
+const LAST = `data: {"choices":[{"finish_reason":"length","index":0,"delta":{}}],${STREAM_ID},${TIMINGS}}\n\n`;
+const lastWithUsage = (n) =>
+  `data: {"choices":[{"finish_reason":"length","index":0,"delta":{}}],${STREAM_ID}}\n\ndata: {"choices":[],${STREAM_ID},"usage":{"completion_tokens":${n},"prompt_tokens":31,"total_tokens":${31 + n},"prompt_tokens_details":{"cached_tokens":30}},${TIMINGS}}\n\n`;
+const ending = (s) => (s.usage ? lastWithUsage(s.total) : LAST);
 
 // ---- "chunks" streams: one ticker for all of them, so 100 streams cost one timer.
 const ticking = new Set();
@@ -73,6 +85,7 @@ function tick() {
     s.res.write(chunk(s.next++));
     if (s.next >= s.total) {
       ticking.delete(s);
+      s.res.write(ending(s));
       s.res.end(DONE);
     }
   }
@@ -81,11 +94,14 @@ function tick() {
     ticker = null;
   }
 }
-function startChunks(res, total, intervalMs) {
+function startChunks(res, total, intervalMs, usage) {
   res.writeHead(200, H_SSE);
   res.write(chunk(0)); // the first chunk goes with the headers: TTFB does not wait for a tick
-  if (total <= 1) return void res.end(DONE);
-  const s = { res, next: 1, total };
+  const s = { res, next: 1, total, usage };
+  if (total <= 1) {
+    res.write(ending(s));
+    return void res.end(DONE);
+  }
   ticking.add(s);
   res.once('close', () => ticking.delete(s));
   if (ticker === null || tickMs !== intervalMs) {
@@ -125,14 +141,17 @@ function startBig(res, bytes) {
 
 function stream(res, body) {
   let bench = {};
+  let usage = false;
   try {
-    bench = JSON.parse(body).bench ?? {};
+    const json = JSON.parse(body);
+    bench = json.bench ?? {};
+    usage = json.stream_options?.include_usage === true;
   } catch {
     /* a plain stream */
   }
   if (bench.mode === 'idle') return startIdle(res, bench.interval_ms ?? 10_000);
   if (bench.mode === 'big') return startBig(res, bench.bytes ?? 100 * 1024 * 1024);
-  return startChunks(res, bench.chunks ?? 20, bench.interval_ms ?? 2);
+  return startChunks(res, bench.chunks ?? 20, bench.interval_ms ?? 2, usage);
 }
 
 export function createFakeUpstream() {

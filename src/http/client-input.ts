@@ -96,6 +96,8 @@ export function forwardedIp(value: string): string | undefined {
  * a byte loop takes ~2 ms); only bodies with more are scanned, jumping over each string with indexOf.
  */
 export function nestedDeeperThan(raw: Buffer, max: number): boolean {
+  // Deeper than `max` takes more than `max` opening brackets, so more bytes (no native call at all).
+  if (raw.length <= max) return false;
   return hasMoreOpeningBrackets(raw, max) && scanDeeperThan(raw, max);
 }
 

@@ -286,3 +286,24 @@ export class JsonTap implements Tap {
     return null;
   }
 }
+
+/**
+ * The tap for answers that carry no token numbers (the model list): it counts their bytes, which is
+ * all their record holds of them, without keeping chunks or scanning the body at its end.
+ */
+export class CountingTap implements Tap {
+  readonly #ex: Exchange;
+
+  constructor(exchange: Exchange) {
+    this.#ex = exchange;
+  }
+
+  chunk(chunk: Buffer): Buffer {
+    this.#ex.bytesOut += chunk.length;
+    return chunk;
+  }
+
+  end(): null {
+    return null;
+  }
+}

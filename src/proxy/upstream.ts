@@ -28,8 +28,8 @@ import type { Config } from '../config.js';
 import { SHUTTING_DOWN, UPSTREAM_BAD_RESPONSE, UPSTREAM_TIMEOUT, type GatewayError } from '../errors.js';
 import { copyResponseHeaders, upstreamRequestHeaders } from './headers.js';
 import { needsIncludeUsage, withIncludeUsage, type JsonBody } from './json-body.js';
-import { JsonTap } from './json-tap.js';
-import { relay, type BrokenEnd, type OnBroken } from './relay.js';
+import { CountingTap, JsonTap } from './json-tap.js';
+import { relay, type BrokenEnd, type OnBroken, type Tap } from './relay.js';
 import { SseTap, sseErrorEvent, type SseDialect } from './sse-tap.js';
 import {
   describeBreak,
@@ -78,6 +78,11 @@ interface FailoverCause {
 
 /** Routes whose work is light (counting tokens, listing models): queued apart, sent on the light pool. */
 export const LIGHT_KINDS: ReadonlySet<RouteKind> = new Set<RouteKind>(['count_tokens', 'models']);
+
+/** The model list holds no token numbers: its bytes are counted, the rest passes unread (unless its text is logged). */
+function jsonTapFor(ex: Exchange, rates: GenerationRates): Tap {
+  return ex.kind === 'models' && ex.text === null ? new CountingTap(ex) : new JsonTap(ex, rates);
+}
 
 function dialectOf(kind: RouteKind): SseDialect {
   return kind === 'messages' ? 'anthropic' : 'openai';
@@ -336,7 +341,7 @@ export class Upstream {
       );
       return undefined;
     }
-    relay(answer.body, res, answer.statusCode, headers, ex === null ? null : new JsonTap(ex, this.rates), this.#jsonBroken, request);
+    relay(answer.body, res, answer.statusCode, headers, ex === null ? null : jsonTapFor(ex, this.rates), this.#jsonBroken, request);
     return undefined;
   }
 
