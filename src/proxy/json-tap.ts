@@ -48,7 +48,8 @@ function quoteBefore(buf: Buffer, from: number): number {
   const stop = from - SHORT_SCAN;
   for (let i = from; i >= 0; i--) {
     if (buf[i] === QUOTE) return i;
-    if (i === stop) return buf.lastIndexOf(QUOTE, i - 1);
+    // (a negative offset would make lastIndexOf count from the end: at 0 there is nothing left)
+    if (i === stop) return i === 0 ? -1 : buf.lastIndexOf(QUOTE, i - 1);
   }
   return -1;
 }

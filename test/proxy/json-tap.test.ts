@@ -131,3 +131,17 @@ t.test('the scanners themselves', async (t) => {
   t.same(found(topLevelFromStart(Buffer.from('{"x":"\\"usage\\":{}","usage":{"n":2},"data":[]}'), [keys[0]!])), ['{"n":2}']);
   t.same(found(topLevelFromStart(Buffer.from('{"x":{"usage":{"n":0}},"usage":{"n":'), [keys[0]!])), [undefined], 'cut before its end');
 });
+
+t.test('a kept tail that starts inside a long string: the scan stops there, whatever the string length', async (t) => {
+  // The scan skips strings with a byte loop for 48 bytes, then indexOf: a string cut by the tail's
+  // start at exactly that distance once made lastIndexOf count from the end (offset -1).
+  const keys = [Buffer.from('usage'), Buffer.from('timings')];
+  for (let n = 40; n <= 110; n++) {
+    const tail = Buffer.from(`${'w'.repeat(n)}","usage":{"prompt_tokens":7}}`);
+    t.same(topLevelFromEnd(tail, keys)[0]?.toString(), '{"prompt_tokens":7}', `usage after a cut string of ${n} bytes`);
+    const fake = Buffer.from(`${'w'.repeat(n)}\\"usage\\":{\\"prompt_tokens\\":0}","id":"x"}`);
+    t.same(topLevelFromEnd(fake, keys), [undefined, undefined], `content of a cut string of ${n} bytes is not usage`);
+    const open = Buffer.from(`${'w'.repeat(n)}"}`);
+    t.same(topLevelFromEnd(open, keys), [undefined, undefined], `a lone closing quote after ${n} bytes`);
+  }
+});
