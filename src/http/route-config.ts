@@ -8,7 +8,7 @@ type RouteConfig = FastifyRequest['routeOptions']['config'];
 declare module 'fastify' {
   interface FastifyRequest {
     /** routeConfig()'s cache (decorated in app.ts) */
-    routeConfigSeen: FastifyRequest['routeOptions']['config'] | null;
+    routeConfigSeen: RouteConfig | null;
   }
 }
 

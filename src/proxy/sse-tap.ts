@@ -56,19 +56,18 @@ const ERROR = Buffer.from('error');
 /** the last event is looked for in the chunks holding this many bytes at the stream's end */
 const LAST_WINDOW = 8 * 1024;
 
-/** Occurrences of `"` + `needle` within text[from, to). */
-function count(text: string, needle: string, from: number, to: number): number {
-  let n = 0;
+/** Where the next `"` + `needle` within text[from, to) starts its needle (so at ≥ from + 1), or -1. */
+function next(text: string, needle: string, from: number, to: number): number {
   for (let at = text.indexOf(needle, from + 1); at >= 0 && at + needle.length <= to; at = text.indexOf(needle, at + needle.length))
-    if (text.charCodeAt(at - 1) === QUOTE) n++;
-  return n;
+    if (text.charCodeAt(at - 1) === QUOTE) return at;
+  return -1;
 }
 
-/** True when `"` + `needle` occurs within text[from, to). */
-function holds(text: string, needle: string, from: number, to: number): boolean {
-  for (let at = text.indexOf(needle, from + 1); at >= 0 && at + needle.length <= to; at = text.indexOf(needle, at + needle.length))
-    if (text.charCodeAt(at - 1) === QUOTE) return true;
-  return false;
+/** Occurrences of `"` + `needle` within text[from, to), not overlapping. */
+function count(text: string, needle: string, from: number, to: number): number {
+  let n = 0;
+  for (let at = next(text, needle, from, to); at >= 0; at = next(text, needle, at + needle.length, to)) n++;
+  return n;
 }
 
 /** The data of each event in `text` (multi-line data joined with \n). */
@@ -266,7 +265,7 @@ export class SseTap implements Tap {
       if (ex.firstContentAt === 0) ex.firstContentAt = performance.now();
       ex.contentEvents += events;
     }
-    if (ex.text === null && !holds(text, USAGE, from, to)) return region;
+    if (ex.text === null && next(text, USAGE, from, to) < 0) return region;
     return this.#readEvents(ex, region, strip);
   }
 
