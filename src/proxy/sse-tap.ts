@@ -33,10 +33,26 @@ export function sseErrorEvent(dialect: SseDialect, err: GatewayError): string {
 }
 
 const EVENT_END = Buffer.from('\n\n');
-// Each chunk is searched as a latin1 string (one byte per character, so positions are byte
-// offsets): V8's own String indexOf, without the per-call cost of Buffer#indexOf's native binding
-// (measured: ~70% of the tap's time per chunk went to those calls, four per chunk).
+// A chunk of a token stream (a few hundred bytes) is searched as a latin1 string (one byte per
+// character, so positions are byte offsets): V8's own String indexOf, without the per-call cost of
+// Buffer#indexOf's native binding (measured: ~70% of the tap's time per chunk went to those calls,
+// four per chunk). A larger chunk is searched where it is: a copy of every 64 KiB chunk of a big
+// stream as a string grew a slow reader's RSS by +20–28 MB instead of +12 (the bench's slow-reader
+// target is 20), while the native calls' cost is nothing next to such a chunk's.
 const EVENT_END_TEXT = '\n\n';
+/** chunks up to this size are searched as a string (a token's chunk is ~200–500 bytes) */
+const AS_STRING_MAX = 4096;
+
+/** What a chunk is searched in: the chunk itself, or (small) its latin1 string. */
+type Haystack = string | Buffer;
+
+function haystack(bytes: Buffer): Haystack {
+  return bytes.length <= AS_STRING_MAX ? bytes.toString('latin1') : bytes;
+}
+
+function byteAt(hay: Haystack, i: number): number | undefined {
+  return typeof hay === 'string' ? hay.charCodeAt(i) : hay[i];
+}
 // The needles are written without their opening quote, which is checked apart: a search looks for
 // the needle's first character first, and a quote is JSON's most frequent one (measured: −35% per
 // chunk for these two searches).
@@ -57,14 +73,14 @@ const ERROR = Buffer.from('error');
 const LAST_WINDOW = 8 * 1024;
 
 /** Where the next `"` + `needle` within text[from, to) starts its needle (so at ≥ from + 1), or -1. */
-function next(text: string, needle: string, from: number, to: number): number {
+function next(text: Haystack, needle: string, from: number, to: number): number {
   for (let at = text.indexOf(needle, from + 1); at >= 0 && at + needle.length <= to; at = text.indexOf(needle, at + needle.length))
-    if (text.charCodeAt(at - 1) === QUOTE) return at;
+    if (byteAt(text, at - 1) === QUOTE) return at;
   return -1;
 }
 
 /** Occurrences of `"` + `needle` within text[from, to), not overlapping. */
-function count(text: string, needle: string, from: number, to: number): number {
+function count(text: Haystack, needle: string, from: number, to: number): number {
   let n = 0;
   for (let at = next(text, needle, from, to); at >= 0; at = next(text, needle, at + needle.length, to)) n++;
   return n;
@@ -141,7 +157,7 @@ export class SseTap implements Tap {
     if (chunk.length === 0) return null;
     this.#keepTail(chunk);
     const strip = this.#ex.stripUsageChunk;
-    const text = chunk.toString('latin1');
+    const text = haystack(chunk);
     // Where the first event that ends in this chunk ends (just after its "\n\n").
     let first: number;
     if (this.#lastNewline && chunk[0] === 0x0a && (this.#partsBytes > 0 || this.#skipping)) first = 1;
@@ -254,10 +270,10 @@ export class SseTap implements Tap {
   }
 
   /**
-   * Counts and reads the complete events in `region`; returns what of it to send on. `text`: the
-   * chunk `region` lies in, as latin1, with `region` from `from` on (else `region` is converted).
+   * Counts and reads the complete events in `region`; returns what of it to send on. `text`: what
+   * the chunk `region` lies in is searched in, with `region` from `from` on (else `region`'s own).
    */
-  #look(region: Buffer, strip: boolean, text: string = region.toString('latin1'), from = 0): Buffer {
+  #look(region: Buffer, strip: boolean, text: Haystack = haystack(region), from = 0): Buffer {
     const ex = this.#ex;
     const to = from + region.length;
     const events = this.#marker === undefined ? 0 : count(text, this.#marker, from, to);

@@ -77,6 +77,33 @@ for (const [name, kind] of STREAMS) {
   });
 }
 
+// Chunks over 4 KiB are searched in place, smaller ones as strings (src/proxy/sse-tap.ts): the same
+// stream behind a 5,000-byte SSE comment, in one piece, in pieces of up to 9,000 bytes (both kinds
+// mixed) and of up to 200, gives the numbers of the stream alone.
+for (const [name, kind] of STREAMS) {
+  t.test(`${name}: chunks searched in place and as strings agree`, async (t) => {
+    const body = Buffer.concat(recordings[name]!.chunks);
+    const pad = Buffer.from(`: ${'p'.repeat(4996)}\n\n`);
+    const padded = Buffer.concat([pad, body]);
+    for (const strip of kind === 'chat' ? [false, true] : [false]) {
+      const alone = run(kind, [body], strip);
+      for (const [how, pieces] of [
+        ['one piece', [padded]],
+        ...[1, 2, 3].map((seed): [string, Buffer[]] => [`pieces up to 9,000 bytes (seed ${seed})`, cut(padded, cuts(padded.length, seed, 9000))]),
+        ['pieces up to 200 bytes', cut(padded, cuts(padded.length, 4, 200))],
+      ] as [string, Buffer[]][]) {
+        const r = run(kind, pieces, strip);
+        t.equal(r.out, pad.toString('utf8') + alone.out, `${strip ? 'filtered' : 'unfiltered'}, ${how}: same bytes`);
+        t.same(
+          [r.ex.promptTokens, r.ex.completionTokens, r.ex.cachedTokens, r.ex.contentEvents, r.ex.bytesOut],
+          [alone.ex.promptTokens, alone.ex.completionTokens, alone.ex.cachedTokens, alone.ex.contentEvents, alone.ex.bytesOut + pad.length],
+          `${strip ? 'filtered' : 'unfiltered'}, ${how}: same numbers`,
+        );
+      }
+    }
+  });
+}
+
 t.test('the usage-only chunk the gateway asked for is dropped, whole or cut', async (t) => {
   const body = Buffer.concat(recordings['chat-stream-include-usage']!.chunks);
   const text = body.toString('utf8');
