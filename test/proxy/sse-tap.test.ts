@@ -89,7 +89,10 @@ for (const [name, kind] of STREAMS) {
       const alone = run(kind, [body], strip);
       for (const [how, pieces] of [
         ['one piece', [padded]],
-        ...[1, 2, 3].map((seed): [string, Buffer[]] => [`pieces up to 9,000 bytes (seed ${seed})`, cut(padded, cuts(padded.length, seed, 9000))]),
+        ...[1, 2, 3].map((seed): [string, Buffer[]] => [
+          `pieces up to 9,000 bytes (seed ${seed})`,
+          cut(padded, cuts(padded.length, seed, 9000)),
+        ]),
         ['pieces up to 200 bytes', cut(padded, cuts(padded.length, 4, 200))],
       ] as [string, Buffer[]][]) {
         const r = run(kind, pieces, strip);
