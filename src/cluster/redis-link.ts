@@ -6,7 +6,12 @@
 // command timeout): a request must never wait on a Redis that is not there. What the gateway does
 // then is the callers' choice (GATEWAY_REDIS_DOWN: local counters, or 503); this file says when
 // the link goes down and comes back, loudly (an error line, /health, /metrics).
-import { Redis, type RedisOptions } from 'ioredis';
+import { createRequire } from 'node:module';
+import type { Redis, RedisOptions } from 'ioredis';
+
+// ioredis (~5 MB of RSS) is loaded when a link is made: only with GATEWAY_REDIS_URL (storage/pg.ts
+// says why).
+const requireLazily = createRequire(import.meta.url);
 
 export type LinkState = 'up' | 'down';
 
@@ -53,7 +58,8 @@ export class RedisLink {
       lazyConnect: false,
       connectionName: 'llm-gateway',
     };
-    this.client = new Redis(url, this.#options);
+    const { Redis: Client } = requireLazily('ioredis') as { Redis: typeof Redis };
+    this.client = new Client(url, this.#options);
     this.client.on('ready', () => this.#set('up', ''));
     this.client.on('error', (err: Error) => {
       this.#lastError = err.message;
