@@ -242,6 +242,30 @@ t.test("llama-server's own error event at a 200 stream's end marks the exchange 
   );
 });
 
+t.test('the error event is found after a long stream, whatever its ending and however it is cut', async (t) => {
+  const first = recordings['chat-stream']!.chunks[0]!.toString('utf8');
+  const error = 'data: {"error":{"code":500,"message":"boom","type":"server_error"}}';
+  for (const ending of ['\n\n', '\n', '', '\r\n\r\n']) {
+    const text = `${first.repeat(200)}${error}${ending}`;
+    const body = Buffer.from(text);
+    for (const [how, at] of [
+      ['whole', []],
+      ['every byte of the last 400', Array.from({ length: 400 }, (_, i) => body.length - 400 + i)],
+      ['random pieces', cuts(body.length, 9, 700)],
+    ] as [string, number[]][]) {
+      const r = run('chat', cut(body, at), false);
+      t.equal(r.ex.broken, 'error', `ending ${JSON.stringify(ending)}, ${how}`);
+      t.equal(r.out, text, 'the stream reaches the client unchanged');
+    }
+  }
+  const ok = Buffer.from(`${error.replace('data: ', 'data: {"choices":[{"delta":{"content":').replace(/}$/, '}}}]}')}\n\n${first}`);
+  t.equal(
+    run('chat', cut(ok, cuts(ok.length, 3, 30)), false).ex.broken,
+    null,
+    'an error object in content before the last event: not an error',
+  );
+});
+
 t.test('usage is read from where each API puts it in an event, never from content', async (t) => {
   // Anthropic: a content_block_start whose tool input holds "usage" at the top of that object.
   const spoof =
