@@ -255,6 +255,9 @@ t.test('the admin API: budgets set and merged by PATCH, budget_state beside the 
 
   // `keys show` and `keys list` count from the usage table (the CLI is another process).
   const k = r.store.update(r.keyId, { budgets: { month: 1000, day: 100 } });
+  // The record reaches the usage table with the recorder's next flush (every 20 ms here, later on a
+  // loaded machine): the count above was the gateway's own.
+  await until('the record in the usage table', () => budgetStates(r.store.db, [k]).get(k.id)?.periods[0]?.used === USED || undefined);
   const state = budgetStates(r.store.db, [k]).get(k.id);
   t.match(
     budgetLines(state),
