@@ -229,8 +229,9 @@ export class SseTap implements Tap {
   /** The body ended: an unfinished last event held back for filtering goes out as it is. */
   end(): Buffer | Buffer[] | null {
     if (this.#ex.broken === null) {
-      // The last event: the unfinished one's pieces (if they hold more than newlines) after the
-      // complete events that ended last.
+      // The last event: the unfinished one's pieces after the complete events that ended last
+      // (endsWithError skips trailing newlines: pieces holding only an event end's first "\n" do
+      // not hide the event before them).
       const last = this.#lastEvents;
       const held =
         this.#partsBytes === 0 ? null : this.#parts.length === 1 ? this.#parts[0]! : Buffer.concat(this.#parts, this.#partsBytes);
