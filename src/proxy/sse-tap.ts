@@ -1,3 +1,6 @@
+// (Over 400 lines, kept whole: the chunk state machine, the searches it makes in each chunk's one
+// string and the readers of the events it finds share their offsets; split, each would re-derive them.)
+//
 // Looks at an upstream SSE body on its way to the client (through the relay, chunk by chunk as it
 // arrives, with back-pressure). On the side it reads what usage accounting needs: it counts content
 // events (for an estimate if the client leaves) and parses only the events that carry `"usage"`. It
@@ -16,6 +19,7 @@
 // recorded as `ok`.
 import type { GatewayError } from '../errors.js';
 import type { Tap } from './relay.js';
+import { topLevelFromEnd } from './json-tap.js';
 import type { GenerationRates } from '../usage/estimate.js';
 import { usageInEvent, type Exchange, type RouteKind } from '../usage/exchange.js';
 
@@ -70,6 +74,16 @@ const QUOTE = 0x22;
 const MAX_CARRY = 1 << 20; // a "partial event" this large is not SSE as llama-server writes it
 const MAX_TEXT = 1 << 20;
 const ERROR = Buffer.from('error');
+const CRLF_EVENT_END = Buffer.from('\n\r\n');
+// An event of the shape #readTopLevel reads: `data: {` … `}`, choices first (llama-server's order).
+const DATA_OBJECT = 'data: {';
+const DATA_PREFIX = 'data: '.length;
+const CLOSE_OBJECT = 0x7d;
+const CHOICES_EMPTY = '{"choices":[]';
+const CHOICES_OBJECT = '{"choices":[{';
+const USAGE_KEYS: readonly Buffer[] = [Buffer.from('usage'), Buffer.from('timings')];
+const LF = 0x0a;
+const CR = 0x0d;
 
 /** Where the next `"` + `needle` within text[from, to) starts its needle (so at ≥ from + 1), or -1. */
 function next(text: Haystack, needle: string, from: number, to: number): number {
@@ -114,17 +128,46 @@ function endsWithError(tail: Buffer): boolean {
   let end = tail.length;
   while (end > 0 && (tail[end - 1] === 0x0a || tail[end - 1] === 0x0d)) end--;
   if (end === 0) return false;
-  const lf = tail.lastIndexOf(EVENT_END, end - 1);
-  const crlf = tail.lastIndexOf('\n\r\n', end - 1);
-  const start = Math.max(lf < 0 ? 0 : lf + 2, crlf < 0 ? 0 : crlf + 3);
-  const event = tail.subarray(start, end);
-  if (!event.includes(ERROR)) return false; // the usual last event ([DONE], a final chunk): no parse
-  const text = event.toString('utf8').replace(/\r/g, '');
+  const start = lastEventStart(tail, end);
+  if (!holdsError(tail, start, end)) return false; // the usual last event ([DONE], a final chunk): no parse
+  const text = tail.toString('utf8', start, end).replace(/\r/g, '');
   if (/^event: ?error$/m.test(text)) return true;
   const data = parse(eventData(text));
   if (data === null || typeof data !== 'object' || Array.isArray(data)) return false;
   const error = (data as { error?: unknown }).error;
   return error !== null && typeof error === 'object' && (data as { choices?: unknown }).choices === undefined;
+}
+
+/**
+ * How far back the end check looks byte by byte in JavaScript (the usual last event, `data:
+ * [DONE]` or a final chunk, is shorter): no native call per stream for it, three of which cost
+ * more than the rest of the check. A longer last event is searched with Buffer#lastIndexOf.
+ */
+const END_SCAN = 512;
+
+/** Where the last event before `end` starts: after the last "\n\n" or "\n\r\n" (0: none). */
+function lastEventStart(tail: Buffer, end: number): number {
+  const floor = Math.max(1, end - END_SCAN);
+  for (let j = end - 1; j >= floor; j--) {
+    if (tail[j] !== LF) continue;
+    if (tail[j - 1] === LF || (tail[j - 1] === CR && j >= 2 && tail[j - 2] === LF)) return j + 1;
+  }
+  if (floor === 1) return 0;
+  const lf = tail.lastIndexOf(EVENT_END, end - 1);
+  const crlf = tail.lastIndexOf(CRLF_EVENT_END, end - 1);
+  return Math.max(lf < 0 ? 0 : lf + 2, crlf < 0 ? 0 : crlf + 3);
+}
+
+/** True when tail[start, end) holds `error`. */
+function holdsError(tail: Buffer, start: number, end: number): boolean {
+  if (end - start > END_SCAN) return tail.subarray(start, end).includes(ERROR);
+  for (let i = start; i + ERROR.length <= end; i++) {
+    if (tail[i] !== ERROR[0]) continue;
+    let k = 1;
+    while (k < ERROR.length && tail[i + k] === ERROR[k]) k++;
+    if (k === ERROR.length) return true;
+  }
+  return false;
 }
 
 export class SseTap implements Tap {
@@ -283,13 +326,19 @@ export class SseTap implements Tap {
       ex.contentEvents += events;
     }
     if (ex.text === null && next(text, USAGE, from, to) < 0) return region;
-    return this.#readEvents(ex, region, strip);
+    return this.#readEvents(ex, region, strip, text, from);
   }
 
-  /** Parses the complete events in `region` for usage (and text); returns what to send on. */
-  #readEvents(ex: Exchange, region: Buffer, strip: boolean): Buffer {
-    const text = region.toString('utf8');
-    const events = text.split('\n\n');
+  /**
+   * Parses the complete events in `region` for usage (and text); returns what to send on. `text`
+   * and `from` as for #look.
+   */
+  #readEvents(ex: Exchange, region: Buffer, strip: boolean, text: Haystack, from: number): Buffer {
+    if (ex.text === null && (ex.kind === 'chat' || ex.kind === 'completions')) {
+      const out = this.#readTopLevel(ex, region, strip, text, from);
+      if (out !== null) return out;
+    }
+    const events = region.toString('utf8').split('\n\n');
     let kept = strip ? '' : undefined;
     let dropped = false;
     for (let i = 0; i < events.length - 1; i++) {
@@ -319,6 +368,65 @@ export class SseTap implements Tap {
     if (kept === undefined || !dropped) return region;
     return Buffer.from(kept, 'utf8');
   }
+
+  /**
+   * #readEvents for chat and completions streams as llama-server writes them: each event that
+   * mentions usage is one `data: {…}` line whose `usage` and `timings` are top-level keys. Only
+   * those two values are read (the scan the non-streamed tap uses, json-tap.ts), not the whole
+   * event (~550 bytes of JSON with its id, model and timings: the largest part of the tap's cost
+   * per stream), and the usage-only chunk is cut out of the bytes as they came instead of the
+   * events being decoded and written again. Returns null, having changed nothing, when an event
+   * is not of that shape: the general path reads the region then.
+   */
+  #readTopLevel(ex: Exchange, region: Buffer, strip: boolean, text: Haystack, from: number): Buffer | null {
+    // Searched in `text` (the chunk's string, when small: no native call per search), at `from` +
+    // the offset in `region`. Where each event that mentions usage lies: [start, end) pairs of
+    // offsets in `region`, end at its "\n\n".
+    let spans: number[] | null = null;
+    const to = from + region.length;
+    for (let at = from; at < to;) {
+      const found = text.indexOf(EVENT_END_TEXT, at);
+      const end = found < 0 || found >= to ? to : found;
+      if (next(text, USAGE, at, end) >= 0) {
+        if (!startsWith(text, at, DATA_OBJECT) || byteAt(text, end - 1) !== CLOSE_OBJECT) return null;
+        const lf = text.indexOf('\n', at);
+        if (lf >= 0 && lf < end) return null; // data on several lines
+        // Usage-only: a chunk whose choices are `[]`; one with choices has `[{`. Else: not decided here.
+        if (strip && !startsWith(text, at + DATA_PREFIX, CHOICES_EMPTY) && !startsWith(text, at + DATA_PREFIX, CHOICES_OBJECT)) return null;
+        (spans ??= []).push(at - from, end - from);
+      }
+      if (end === to) break;
+      at = end + 2;
+    }
+    if (spans === null) return region;
+    let out = region;
+    let cut = 0; // bytes cut out of `region` before the span being read
+    for (let i = 0; i < spans.length; i += 2) {
+      const start = spans[i]!;
+      const end = spans[i + 1]!;
+      const [usage, timings] = topLevelFromEnd(region.subarray(start + DATA_PREFIX, end), USAGE_KEYS);
+      ex.applyUsage(parse(usage?.toString('utf8')));
+      // llama-server's speed rides on the same event: for estimates (a copy: the chunk is not kept).
+      if (timings !== undefined) this.#rates?.add(Buffer.from(timings));
+      if (strip && startsWith(text, from + start + DATA_PREFIX, CHOICES_EMPTY)) {
+        // The usage-only chat chunk that only the gateway asked for: out, with its "\n\n".
+        const drop = Math.min(end + 2, region.length);
+        const before = out.subarray(0, start - cut);
+        const after = out.subarray(drop - cut);
+        out = after.length === 0 ? before : before.length === 0 ? after : Buffer.concat([before, after], before.length + after.length);
+        cut += drop - start;
+      }
+    }
+    return out;
+  }
+}
+
+/** True when `text` holds `prefix` (ASCII) at `at`. */
+function startsWith(text: Haystack, at: number, prefix: string): boolean {
+  if (typeof text === 'string') return text.startsWith(prefix, at);
+  if (at + prefix.length > text.length) return false;
+  for (let i = 0; i < prefix.length; i++) if (text[at + i] !== prefix.charCodeAt(i)) return false;
+  return true;
 }
 
 /** The text a content event adds (only gathered with GATEWAY_LOG_BODIES). */

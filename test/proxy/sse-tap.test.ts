@@ -118,6 +118,47 @@ t.test('the usage-only chunk the gateway asked for is dropped, whole or cut', as
   t.equal(run('chat', [body], false).out, text, 'kept when the client asked for usage itself');
 });
 
+// llama-server writes each usage event as one `data: {"choices":…}` line, which the tap reads
+// without parsing the whole event (src/proxy/sse-tap.ts, #readTopLevel); any other shape goes the
+// general way. Either way: the same numbers, and in filtered mode the same usage-only chunk cut out.
+t.test('usage events in other shapes than llama-server writes: the same numbers, the same chunk dropped', async (t) => {
+  const body = Buffer.concat(recordings['chat-stream-include-usage']!.chunks).toString('utf8');
+  const usageEvent = body.split('\n\n').find((e) => e.includes('"choices":[]') && e.includes('"usage"'))!;
+  const finishEvent = body.split('\n\n').find((e) => e.includes('"finish_reason":"length"'))!;
+  const standard = run('chat', [Buffer.from(body)], true);
+  t.ok(standard.ex.completionTokens !== null && standard.ex.completionTokens > 0, 'the recording has numbers');
+  const data = usageEvent.slice('data: '.length);
+  const usage = /"usage":(\{[^}]*\}\})/.exec(data)![1]!;
+  const shapes: [string, string][] = [
+    ['no space after data:', `data:${data}`],
+    ['data on two lines', `data: ${data.replace(',"created"', '\ndata: ,"created"')}`],
+    ['an id line first', `id: 7\n${usageEvent}`],
+    ['usage before choices', `data: {"usage":${usage},${data.slice(1).replace(`,"usage":${usage}`, '')}`],
+    ['spaces in the choices', `data: ${data.replace('"choices":[]', '"choices": [ ]')}`],
+  ];
+  for (const [how, shaped] of shapes) {
+    const text = body.replace(usageEvent, shaped);
+    t.not(text, body, `${how}: the stream changed`);
+    for (const pieces of [[Buffer.from(text)], cut(Buffer.from(text), cuts(text.length, 11, 90))]) {
+      const filtered = run('chat', pieces, true);
+      t.equal(filtered.out, text.replace(`${shaped}\n\n`, ''), `${how}: filtered, the usage-only chunk is dropped`);
+      t.same(
+        [filtered.ex.promptTokens, filtered.ex.completionTokens, filtered.ex.cachedTokens, filtered.ex.usageEvents],
+        [standard.ex.promptTokens, standard.ex.completionTokens, standard.ex.cachedTokens, standard.ex.usageEvents],
+        `${how}: filtered, the same numbers`,
+      );
+      const unfiltered = run('chat', pieces, false);
+      t.equal(unfiltered.out, text, `${how}: unfiltered, byte for byte`);
+      t.same([unfiltered.ex.promptTokens, unfiltered.ex.completionTokens], [standard.ex.promptTokens, standard.ex.completionTokens]);
+    }
+  }
+  // A usage-carrying chunk that is not usage-only (choices first, not empty) stays, in either mode.
+  const inline = body.replace(`${finishEvent}\n\n${usageEvent}`, finishEvent.replace(/\}$/, `,"usage":${usage}}`));
+  const r = run('chat', [Buffer.from(inline)], true);
+  t.equal(r.out, inline, 'usage on a chunk with choices: nothing dropped');
+  t.same([r.ex.promptTokens, r.ex.completionTokens], [standard.ex.promptTokens, standard.ex.completionTokens]);
+});
+
 t.test('big events in big reads: held pieces are not copied until their event is complete', async (t) => {
   const event = `data: {"choices":[{"delta":{"content":"${'x'.repeat(16_000)}"}}]}\n\n`;
   const body = Buffer.from(event.repeat(20) + 'data: [DONE]\n\n');
@@ -258,6 +299,29 @@ t.test('the error event is found after a long stream, whatever its ending and ho
       t.equal(r.out, text, 'the stream reaches the client unchanged');
     }
   }
+  // A last event longer than the end check's byte-by-byte look (512 bytes) is found as well.
+  const long = `data: {"error":{"code":500,"message":"${'m'.repeat(2000)}","type":"server_error"}}`;
+  for (const ending of ['\n\n', '', '\r\n\r\n']) {
+    const text = `${first.repeat(20)}${long}${ending}`;
+    for (const at of [[], cuts(text.length, 4, 300)]) {
+      t.equal(
+        run('chat', cut(Buffer.from(text), at), false).ex.broken,
+        'error',
+        `a ${long.length}-byte error event, ending ${JSON.stringify(ending)}`,
+      );
+    }
+  }
+  const longContent = `data: {"choices":[{"delta":{"content":"${'c'.repeat(2000)}"}}]}\n\n`;
+  t.equal(
+    run('chat', [Buffer.from(`${first}${error}\n\n${longContent}`)], false).ex.broken,
+    null,
+    'a long last event after an error event: not an error',
+  );
+  t.equal(
+    run('chat', [Buffer.from(`${first}${error}\n\n${longContent}`.replace(/\n\n/g, '\r\n\r\n'))], false).ex.broken,
+    null,
+    'the same with CRLF endings',
+  );
   const ok = Buffer.from(`${error.replace('data: ', 'data: {"choices":[{"delta":{"content":').replace(/}$/, '}}}]}')}\n\n${first}`);
   t.equal(
     run('chat', cut(ok, cuts(ok.length, 3, 30)), false).ex.broken,
