@@ -65,7 +65,7 @@ function quoteAfter(buf: Buffer, from: number): number {
 }
 
 /** True when `buf[at, at + key.length)` holds `key` (keys are a few bytes: no native call). */
-function holds(buf: Buffer, at: number, key: Buffer): boolean {
+export function holds(buf: Buffer, at: number, key: Buffer): boolean {
   for (let i = 0; i < key.length; i++) if (buf[at + i] !== key[i]) return false;
   return true;
 }

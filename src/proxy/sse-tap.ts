@@ -19,7 +19,7 @@
 // recorded as `ok`.
 import type { GatewayError } from '../errors.js';
 import type { Tap } from './relay.js';
-import { topLevelFromEnd } from './json-tap.js';
+import { holds, topLevelFromEnd } from './json-tap.js';
 import type { GenerationRates } from '../usage/estimate.js';
 import { usageInEvent, type Exchange, type RouteKind } from '../usage/exchange.js';
 
@@ -126,7 +126,7 @@ function parse(data: string | undefined): unknown {
  */
 function endsWithError(tail: Buffer): boolean {
   let end = tail.length;
-  while (end > 0 && (tail[end - 1] === 0x0a || tail[end - 1] === 0x0d)) end--;
+  while (end > 0 && (tail[end - 1] === LF || tail[end - 1] === CR)) end--;
   if (end === 0) return false;
   const start = lastEventStart(tail, end);
   if (!holdsError(tail, start, end)) return false; // the usual last event ([DONE], a final chunk): no parse
@@ -161,12 +161,7 @@ function lastEventStart(tail: Buffer, end: number): number {
 /** True when tail[start, end) holds `error`. */
 function holdsError(tail: Buffer, start: number, end: number): boolean {
   if (end - start > END_SCAN) return tail.subarray(start, end).includes(ERROR);
-  for (let i = start; i + ERROR.length <= end; i++) {
-    if (tail[i] !== ERROR[0]) continue;
-    let k = 1;
-    while (k < ERROR.length && tail[i + k] === ERROR[k]) k++;
-    if (k === ERROR.length) return true;
-  }
+  for (let i = start; i + ERROR.length <= end; i++) if (holds(tail, i, ERROR)) return true;
   return false;
 }
 
@@ -206,12 +201,12 @@ export class SseTap implements Tap {
     const text = haystack(chunk);
     // Where the first event that ends in this chunk ends (just after its "\n\n").
     let first: number;
-    if (this.#lastNewline && chunk[0] === 0x0a && (this.#partsBytes > 0 || this.#skipping)) first = 1;
+    if (this.#lastNewline && chunk[0] === LF && (this.#partsBytes > 0 || this.#skipping)) first = 1;
     else {
       const at = text.indexOf(EVENT_END_TEXT);
       first = at < 0 ? -1 : at + 2;
     }
-    this.#lastNewline = chunk[chunk.length - 1] === 0x0a;
+    this.#lastNewline = chunk[chunk.length - 1] === LF;
 
     if (first < 0) {
       // All of it belongs to the unfinished event.
